@@ -1,0 +1,305 @@
+// Package agent is the daemon on every hypervisor host. It runs each VM as its own QEMU
+// process, owns the host's bridges, TAP devices and datastores, reports the host to the
+// center in heartbeats, and serves the API the center calls. VMs outlive the agent: a
+// restarted agent finds them in its state directory and re-adopts them.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/netdev"
+	"github.com/godwit/godwit/internal/qemu"
+)
+
+// Config is an agent's configuration.
+type Config struct {
+	Name string
+	// Listen is the address the agent's API listens on (host:port).
+	Listen string
+	// Advertise is the URL the center and other agents use to reach this agent.
+	Advertise string
+	// Center is the center's URL.
+	Center string
+	// StateDir keeps one directory per VM (spec, QMP socket, console log, pid file).
+	StateDir string
+	// Datastores maps a datastore name to its mount path.
+	Datastores map[string]string
+	// Networks maps a network name to the bridge that carries it on this host.
+	Networks map[string]string
+	// QEMU is the qemu-system binary.
+	QEMU string
+	// Accel is "auto" (probe), "kvm" or "tcg".
+	Accel string
+	// AccelCache is where the probe's answer is kept between restarts.
+	AccelCache string
+	// ProbeKernel is a standard Linux kernel used to probe KVM; empty: the first
+	// images/*/vmlinuz found on a datastore.
+	ProbeKernel string
+	// Heartbeat is the interval between heartbeats.
+	Heartbeat time.Duration
+	Log       *slog.Logger
+}
+
+// Agent is a running host daemon.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	center  *api.Client
+	version string
+	boot    time.Time
+
+	accelOnce  sync.Once
+	accelReady chan struct{}
+	accel      qemu.Probe
+	qemuVer    string
+
+	mu  sync.Mutex
+	vms map[string]*vm // by name
+
+	// wg tracks the goroutines that watch VM processes; they end with runCtx.
+	wg     sync.WaitGroup
+	runCtx context.Context
+}
+
+// New checks the configuration and prepares an agent; Run starts it.
+func New(cfg Config, version string) (*Agent, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("the agent needs a host name (--name)")
+	}
+	if cfg.Center == "" {
+		return nil, errors.New("the agent needs the center's URL (--center)")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("the agent needs a state directory (--state-dir)")
+	}
+	if cfg.Listen == "" {
+		return nil, errors.New("the agent needs an address to listen on (--listen)")
+	}
+	if cfg.Advertise == "" {
+		cfg.Advertise = "http://" + cfg.Listen
+	}
+	if cfg.QEMU == "" {
+		cfg.QEMU = "qemu-system-x86_64"
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = "auto"
+	}
+	if cfg.Accel != "auto" && cfg.Accel != "kvm" && cfg.Accel != "tcg" {
+		return nil, fmt.Errorf("--accel must be auto, kvm or tcg, not %q", cfg.Accel)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 2 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	for name, p := range cfg.Datastores {
+		if st, err := os.Stat(p); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("datastore %s: %s is not a directory on this host; create or mount it first", name, p)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o755); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	c, err := api.NewClient(cfg.Center, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("center: %w", err)
+	}
+	return &Agent{
+		cfg: cfg, log: cfg.Log.With("host", cfg.Name), center: c, version: version,
+		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
+	}, nil
+}
+
+// Run serves until ctx ends. VMs keep running after it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	a.runCtx = ctx
+	ver, err := qemu.Version(ctx, a.cfg.QEMU)
+	if err != nil {
+		return fmt.Errorf("QEMU at %s does not run; install it (make deps): %w", a.cfg.QEMU, err)
+	}
+	a.qemuVer = ver
+	for name, br := range a.cfg.Networks {
+		if err := netdev.EnsureBridge(br); err != nil {
+			return fmt.Errorf("network %s: %w", name, err)
+		}
+	}
+	if err := a.adoptAll(ctx); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); a.probeAccel(ctx) }()
+	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
+	errc := make(chan error, 1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	wg.Wait()
+	a.wg.Wait()
+	a.log.Info("agent stopped; its VMs keep running")
+	return runErr
+}
+
+// probeAccel decides between KVM and TCG once, by probing, and caches the answer.
+func (a *Agent) probeAccel(ctx context.Context) {
+	defer close(a.accelReady)
+	if a.cfg.Accel != "auto" {
+		a.accel = qemu.Probe{Accel: a.cfg.Accel, Reason: "set by --accel"}
+		return
+	}
+	kernel := a.cfg.ProbeKernel
+	if kernel == "" {
+		kernel = a.findProbeKernel()
+	}
+	if kernel == "" {
+		a.accel = qemu.Probe{Accel: "tcg", Reason: "no standard kernel to probe KVM with (images/*/vmlinuz on a datastore, or --probe-kernel); using TCG"}
+		a.log.Warn("accelerator", "accel", a.accel.Accel, "reason", a.accel.Reason)
+		return
+	}
+	p, err := qemu.ProbeAccelCached(ctx, a.cfg.QEMU, kernel, a.cfg.AccelCache)
+	if err != nil {
+		a.accel = qemu.Probe{Accel: "tcg", Reason: "KVM probe failed: " + err.Error()}
+	} else {
+		a.accel = p
+	}
+	a.log.Info("accelerator", "accel", a.accel.Accel, "reason", a.accel.Reason)
+}
+
+func (a *Agent) findProbeKernel() string {
+	for _, name := range a.datastoreNames() {
+		m, _ := filepath.Glob(filepath.Join(a.cfg.Datastores[name], "images", "*", "vmlinuz"))
+		if len(m) > 0 {
+			return m[0]
+		}
+	}
+	return ""
+}
+
+// waitAccel waits for the probe's answer.
+func (a *Agent) waitAccel(ctx context.Context) (qemu.Probe, error) {
+	select {
+	case <-a.accelReady:
+		return a.accel, nil
+	case <-ctx.Done():
+		return qemu.Probe{}, fmt.Errorf("waiting for the accelerator probe: %w", ctx.Err())
+	}
+}
+
+func (a *Agent) datastoreNames() []string {
+	var n []string
+	for k := range a.cfg.Datastores {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+// Facts gathers what the heartbeat reports.
+func (a *Agent) Facts() api.HostFacts {
+	f := api.HostFacts{
+		Name: a.cfg.Name, AgentURL: a.cfg.Advertise, Version: a.version,
+		QEMUVersion: a.qemuVer, BootTime: a.boot, Health: "ok",
+	}
+	if host, _, err := net.SplitHostPort(a.cfg.Listen); err == nil {
+		f.Address = host
+	}
+	if cpu, err := readCPUInfo("/proc/cpuinfo"); err == nil {
+		f.CPU = cpu
+	}
+	f.MemoryMiB, f.FreeMemoryMiB, _ = readMemInfo("/proc/meminfo")
+	f.Load = readLoad("/proc/loadavg")
+	select {
+	case <-a.accelReady:
+		f.Accel, f.AccelReason = a.accel.Accel, a.accel.Reason
+	default:
+		f.Accel, f.AccelReason = "", "probing"
+	}
+	for _, name := range a.datastoreNames() {
+		ds, err := datastoreFacts(name, a.cfg.Datastores[name])
+		if err != nil {
+			f.Health, f.HealthReason = "degraded", err.Error()
+			continue
+		}
+		f.Datastores = append(f.Datastores, ds)
+	}
+	var nets []string
+	for n := range a.cfg.Networks {
+		nets = append(nets, n)
+	}
+	sort.Strings(nets)
+	for _, n := range nets {
+		nw := api.Network{Name: n, Bridge: a.cfg.Networks[n]}
+		if b, err := netdev.BridgeInfo(nw.Bridge); err == nil {
+			nw.MTU = b.MTU
+			if !b.Up {
+				f.Health, f.HealthReason = "degraded", fmt.Sprintf("bridge %s of network %s is down", b.Name, n)
+			}
+		} else {
+			f.Health, f.HealthReason = "degraded", err.Error()
+		}
+		f.Networks = append(f.Networks, nw)
+	}
+	f.VMs = a.statuses()
+	return f
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.Heartbeat)
+	defer t.Stop()
+	failing := false
+	for {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := a.center.Do(hctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			a.log.Warn("heartbeat to center failed; retrying", "err", err)
+			failing = true
+		case err == nil && failing:
+			a.log.Info("heartbeat to center restored")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// kick sends a heartbeat now so the center sees a state change without waiting.
+func (a *Agent) kick() {
+	ctx, cancel := context.WithTimeout(a.runCtx, 3*time.Second)
+	defer cancel()
+	_ = a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
+}

@@ -1,0 +1,202 @@
+// Package api holds the JSON types of Godwit's REST APIs — the center's public API
+// (/api/v1) and the agent's API that the center calls — and the helpers both sides use to
+// decode requests strictly and report errors the same way.
+package api
+
+import "time"
+
+// VM power and lifecycle states, as the center reports them.
+const (
+	VMStopped  = "stopped"
+	VMStarting = "starting"
+	VMRunning  = "running"
+	VMStopping = "stopping"
+	VMError    = "error"
+	// VMUnknown means the VM's host has not reported on it recently (disconnected host).
+	VMUnknown = "unknown"
+)
+
+// Host connection states.
+const (
+	HostConnected    = "connected"
+	HostDisconnected = "disconnected"
+)
+
+// DefaultImage is the name of the test guest image the lab places on its datastore.
+const DefaultImage = "godwit-test"
+
+// Disk is one virtual disk of a VM: a raw or qcow2 file on a datastore.
+type Disk struct {
+	// Datastore names the datastore that holds the file.
+	Datastore string `json:"datastore"`
+	// Path is relative to the datastore's root.
+	Path string `json:"path"`
+	// Format is "raw" or "qcow2".
+	Format string `json:"format"`
+	// SizeMiB, when the file does not exist yet, makes the host create it with this size.
+	SizeMiB int `json:"size_mib,omitempty"`
+}
+
+// NIC is one virtual network card.
+type NIC struct {
+	// Network names the network (a bridge on each host) the NIC is plugged into.
+	Network string `json:"network"`
+	// MAC is the NIC's address; the center assigns one when empty.
+	MAC string `json:"mac,omitempty"`
+	// IP is the guest's address in CIDR form (198.18.1.100/24), when known. The center
+	// assigns one from the network's pool when the network has one and IP is empty.
+	IP string `json:"ip,omitempty"`
+}
+
+// Boot says how a VM boots: from a kernel (with initrd and command line) or from its
+// first disk (SeaBIOS). Paths are absolute host paths or "[datastore] relative/path".
+type Boot struct {
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+	// FromDisk boots the first disk.
+	FromDisk bool `json:"from_disk,omitempty"`
+}
+
+// VMSpec is a VM's complete definition.
+type VMSpec struct {
+	Name      string `json:"name"`
+	UUID      string `json:"uuid"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	Boot      Boot   `json:"boot"`
+	Disks     []Disk `json:"disks,omitempty"`
+	NICs      []NIC  `json:"nics,omitempty"`
+}
+
+// CreateVMRequest is the body of POST /api/v1/vms.
+type CreateVMRequest struct {
+	Name      string `json:"name"`
+	Host      string `json:"host,omitempty"`
+	// CPUs and MemoryMiB default to 1 and 512 when absent.
+	CPUs      *int   `json:"cpus,omitempty"`
+	MemoryMiB *int   `json:"memory_mib,omitempty"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	// DataDiskMiB adds an empty qcow2 data disk of this size (the test image gets 64 MiB
+	// by default).
+	DataDiskMiB *int `json:"data_disk_mib,omitempty"`
+	// Image names an image found on a datastore (images/NAME/). Used when Boot has no
+	// kernel and no disk boot; defaults to the test guest.
+	Image string `json:"image,omitempty"`
+	Boot  Boot   `json:"boot,omitempty"`
+	Disks []Disk `json:"disks,omitempty"`
+	NICs  []NIC  `json:"nics,omitempty"`
+	// Start powers the VM on once it is created.
+	Start bool `json:"start,omitempty"`
+}
+
+// VM is a VM as the center reports it.
+type VM struct {
+	Name      string    `json:"name"`
+	UUID      string    `json:"uuid"`
+	Host      string    `json:"host"`
+	State     string    `json:"state"`
+	Error     string    `json:"error,omitempty"`
+	IP        string    `json:"ip"`
+	MAC       string    `json:"mac"`
+	CPUs      int       `json:"cpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	Spec      VMSpec    `json:"spec"`
+	PID       int       `json:"pid,omitempty"`
+	Accel     string    `json:"accel,omitempty"`
+	Created   time.Time `json:"created"`
+	Updated   time.Time `json:"updated"`
+}
+
+// Datastore is a storage location a host can see.
+type Datastore struct {
+	Name      string   `json:"name"`
+	Path      string   `json:"path"`
+	TotalByte uint64  `json:"total_bytes"`
+	FreeByte  uint64  `json:"free_bytes"`
+	Images    []Image `json:"images,omitempty"`
+	// Hosts lists the hosts that see it (center inventory only).
+	Hosts []string `json:"hosts,omitempty"`
+}
+
+// Image is a bootable image found in a datastore's images/NAME/ folder: a kernel
+// (vmlinuz) with an initrd (initrd.img) and a default command line (cmdline), or a disk
+// (disk.qcow2 or disk.raw). Paths are "[datastore] relative/path".
+type Image struct {
+	Name    string `json:"name"`
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+	Disk    string `json:"disk,omitempty"`
+}
+
+// Network is a VM network: on each host, a bridge.
+type Network struct {
+	Name   string `json:"name"`
+	Bridge string `json:"bridge,omitempty"`
+	MTU    int    `json:"mtu,omitempty"`
+	// Subnet and the address pool come from the center's configuration.
+	Subnet string `json:"subnet,omitempty"`
+	Pool   string `json:"pool,omitempty"`
+	// Hosts lists the hosts that have it (center inventory only).
+	Hosts []string `json:"hosts,omitempty"`
+}
+
+// CPUInfo describes a host's processor.
+type CPUInfo struct {
+	Model   string   `json:"model"`
+	Vendor  string   `json:"vendor"`
+	Cores   int      `json:"cores"`
+	Flags   []string `json:"flags"`
+	Threads int      `json:"threads"`
+}
+
+// HostFacts is what an agent reports in each heartbeat.
+type HostFacts struct {
+	Name      string  `json:"name"`
+	AgentURL  string  `json:"agent_url"`
+	Address   string  `json:"address"`
+	Version   string  `json:"version"`
+	CPU       CPUInfo `json:"cpu"`
+	MemoryMiB int     `json:"memory_mib"`
+	// FreeMemoryMiB is the host's available memory.
+	FreeMemoryMiB int `json:"free_memory_mib"`
+	// Load is the 1-minute load average.
+	Load         float64     `json:"load"`
+	QEMUVersion  string      `json:"qemu_version"`
+	Accel        string      `json:"accel"`
+	AccelReason  string      `json:"accel_reason"`
+	Datastores   []Datastore `json:"datastores"`
+	Networks     []Network   `json:"networks"`
+	Health       string      `json:"health"`
+	HealthReason string      `json:"health_reason,omitempty"`
+	VMs          []VMStatus  `json:"vms"`
+	BootTime     time.Time   `json:"boot_time"`
+}
+
+// Host is a host as the center reports it.
+type Host struct {
+	HostFacts
+	State         string    `json:"state"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	Registered    time.Time `json:"registered"`
+	VMCount       int       `json:"vm_count"`
+}
+
+// VMStatus is an agent's view of one VM it holds.
+type VMStatus struct {
+	Name  string `json:"name"`
+	UUID  string `json:"uuid"`
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+	PID   int    `json:"pid,omitempty"`
+	Accel string `json:"accel,omitempty"`
+}
+
+// Error is the body of every error response.
+type Error struct {
+	Error string `json:"error"`
+	// Code is a short machine-readable code such as "invalid_spec" or "not_found".
+	Code string `json:"code,omitempty"`
+}

@@ -1,0 +1,134 @@
+// Package center is Godwit's management server: the inventory of hosts, VMs, datastores
+// and networks (kept in the store), the REST API (/api/v1) that the CLI and the web UI
+// use, and the calls it makes to host agents. Desired state lives in the database and
+// observed state arrives in heartbeats; a restarted center loses nothing and converges
+// again from the next heartbeat of each host.
+package center
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/store"
+)
+
+// Config is the center's configuration.
+type Config struct {
+	// Listen is a TCP address for agents and API clients; empty: none.
+	Listen string
+	// Socket is a unix socket path for local API clients; empty: none.
+	Socket  string
+	DataDir string
+	// Pools maps a network name to its subnet and address pool for VMs.
+	Pools map[string]Pool
+	// HeartbeatTimeout is how long after its last heartbeat a host counts as disconnected.
+	HeartbeatTimeout time.Duration
+	Log              *slog.Logger
+}
+
+// Center is a running management server.
+type Center struct {
+	cfg   Config
+	log   *slog.Logger
+	store *store.Store
+	now   func() time.Time
+
+	// allocMu serialises address allocation with the insert that claims it.
+	allocMu sync.Mutex
+}
+
+// New opens the center's database.
+func New(ctx context.Context, cfg Config) (*Center, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("the center needs a data directory (--data-dir)")
+	}
+	if cfg.Listen == "" && cfg.Socket == "" {
+		return nil, errors.New("the center needs somewhere to listen: --listen ADDR, --socket PATH or both")
+	}
+	if cfg.HeartbeatTimeout <= 0 {
+		cfg.HeartbeatTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	st, err := store.Open(ctx, filepath.Join(cfg.DataDir, "godwit.db"))
+	if err != nil {
+		return nil, err
+	}
+	return &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now}, nil
+}
+
+// Handler returns the center's HTTP API.
+func (c *Center) Handler() http.Handler { return c.routes() }
+
+// Run serves until ctx ends.
+func (c *Center) Run(ctx context.Context) error {
+	defer c.store.Close()
+	srv := &http.Server{Handler: c.routes(), ReadHeaderTimeout: 10 * time.Second}
+	var lns []net.Listener
+	if c.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", c.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", c.cfg.Listen, err)
+		}
+		lns = append(lns, ln)
+	}
+	if c.cfg.Socket != "" {
+		_ = os.Remove(c.cfg.Socket)
+		ln, err := net.Listen("unix", c.cfg.Socket)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("listen on %s: %w", c.cfg.Socket, err)
+		}
+		_ = os.Chmod(c.cfg.Socket, 0o600)
+		lns = append(lns, ln)
+	}
+	errc := make(chan error, len(lns))
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- err
+			}
+		}()
+	}
+	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir)
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	wg.Wait()
+	if c.cfg.Socket != "" {
+		_ = os.Remove(c.cfg.Socket)
+	}
+	return runErr
+}
+
+// agent returns a client for a host's agent.
+func (c *Center) agent(h store.HostRecord, timeout time.Duration) (*api.Client, error) {
+	return api.NewClient(h.Facts.AgentURL, timeout)
+}
+
+func (c *Center) connected(h store.HostRecord) bool {
+	return c.now().Sub(h.LastHeartbeat) < c.cfg.HeartbeatTimeout
+}

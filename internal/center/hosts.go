@@ -1,0 +1,195 @@
+package center
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/store"
+)
+
+var hostName = nameRule("host")
+
+// heartbeat records a host's facts and takes the VM states it reports as observed state.
+func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) error {
+	if err := hostName(f.Name); err != nil {
+		return err
+	}
+	if f.AgentURL == "" {
+		return api.BadRequest("heartbeat of host %s has no agent_url", f.Name)
+	}
+	now := c.now()
+	registered, err := c.store.SaveHeartbeat(ctx, f, now)
+	if err != nil {
+		return err
+	}
+	if registered {
+		c.log.Info("host registered", "host", f.Name, "agent", f.AgentURL)
+	}
+	vms, err := c.store.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	reported := map[string]api.VMStatus{}
+	for _, s := range f.VMs {
+		reported[s.Name] = s
+	}
+	for _, r := range vms {
+		if r.Host != f.Name {
+			continue
+		}
+		s, ok := reported[r.Spec.Name]
+		switch {
+		case ok && s.UUID == r.Spec.UUID:
+			if s.State != r.State || s.Error != r.Error || s.PID != r.PID || s.Accel != r.Accel {
+				if err := c.store.SetState(ctx, r.Spec.Name, s, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+		case now.Sub(r.Created) > c.cfg.HeartbeatTimeout && r.State != api.VMError:
+			// Being defined right now is the only innocent reason for a host not to know a VM.
+			msg := fmt.Sprintf("host %s does not report this VM", f.Name)
+			if err := c.store.SetState(ctx, r.Spec.Name, api.VMStatus{State: api.VMError, Error: msg}, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Center) hostView(h store.HostRecord, vms []store.VMRecord) api.Host {
+	out := api.Host{HostFacts: h.Facts, LastHeartbeat: h.LastHeartbeat, Registered: h.Registered, State: api.HostDisconnected}
+	if c.connected(h) {
+		out.State = api.HostConnected
+	}
+	for _, v := range vms {
+		if v.Host == h.Facts.Name {
+			out.VMCount++
+		}
+	}
+	return out
+}
+
+func (c *Center) listHosts(ctx context.Context) ([]api.Host, error) {
+	hosts, err := c.store.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := c.store.VMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Host, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, c.hostView(h, vms))
+	}
+	return out, nil
+}
+
+func (c *Center) getHost(ctx context.Context, name string) (api.Host, error) {
+	h, err := c.store.Host(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Host{}, api.NotFound("no host named %s; `godwit host list` shows the hosts", name)
+	}
+	if err != nil {
+		return api.Host{}, err
+	}
+	vms, err := c.store.VMs(ctx)
+	if err != nil {
+		return api.Host{}, err
+	}
+	return c.hostView(h, vms), nil
+}
+
+// datastores aggregates the datastores the hosts report, by name.
+func (c *Center) datastores(ctx context.Context) ([]api.Datastore, error) {
+	hosts, err := c.store.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*api.Datastore{}
+	for _, h := range hosts {
+		for _, d := range h.Facts.Datastores {
+			ds, ok := byName[d.Name]
+			if !ok {
+				cp := d
+				cp.Hosts = nil
+				ds = &cp
+				byName[d.Name] = ds
+			}
+			ds.Hosts = append(ds.Hosts, h.Facts.Name)
+		}
+	}
+	out := make([]api.Datastore, 0, len(byName))
+	for _, d := range byName {
+		out = append(out, *d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// networks aggregates the networks the hosts report, with the center's address pools.
+func (c *Center) networks(ctx context.Context) ([]api.Network, error) {
+	hosts, err := c.store.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*api.Network{}
+	for _, h := range hosts {
+		for _, n := range h.Facts.Networks {
+			nw, ok := byName[n.Name]
+			if !ok {
+				nw = &api.Network{Name: n.Name, MTU: n.MTU}
+				byName[n.Name] = nw
+			}
+			nw.Hosts = append(nw.Hosts, h.Facts.Name)
+		}
+	}
+	for name, p := range c.cfg.Pools {
+		nw, ok := byName[name]
+		if !ok {
+			nw = &api.Network{Name: name}
+			byName[name] = nw
+		}
+		nw.Subnet = p.Subnet.String()
+		nw.Pool = fmt.Sprintf("%s-%s", p.First, p.Last)
+	}
+	out := make([]api.Network, 0, len(byName))
+	for _, n := range byName {
+		out = append(out, *n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// nameRule returns a validator for names of the given kind: 1–63 characters, letters,
+// digits, '-', '_' and '.', starting with a letter or digit.
+func nameRule(kind string) func(string) error {
+	return func(s string) error {
+		if s == "" {
+			return api.BadRequest("the %s name is empty", kind)
+		}
+		if len(s) > 63 {
+			return api.BadRequest("%s name %q is longer than 63 characters", kind, s)
+		}
+		for i, r := range s {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && strings.ContainsRune("-_.", r))
+			if !ok {
+				return api.BadRequest("%s name %q may hold only letters, digits, '-', '_' and '.', and must start with a letter or digit", kind, s)
+			}
+		}
+		return nil
+	}
+}
+
+func writeResult(w http.ResponseWriter, status int, v any, err error) {
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
+	api.WriteJSON(w, status, v)
+}

@@ -1,0 +1,119 @@
+package center
+
+import (
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+func (c *Center) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/v1/hosts/heartbeat", func(w http.ResponseWriter, r *http.Request) {
+		var f api.HostFacts
+		if err := api.Decode(w, r, &f); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		if err := c.heartbeat(r.Context(), f); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
+		hosts, err := c.listHosts(r.Context())
+		writeResult(w, http.StatusOK, hosts, err)
+	})
+	mux.HandleFunc("GET /api/v1/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
+		h, err := c.getHost(r.Context(), r.PathValue("name"))
+		writeResult(w, http.StatusOK, h, err)
+	})
+	mux.HandleFunc("GET /api/v1/datastores", func(w http.ResponseWriter, r *http.Request) {
+		ds, err := c.datastores(r.Context())
+		writeResult(w, http.StatusOK, ds, err)
+	})
+	mux.HandleFunc("GET /api/v1/networks", func(w http.ResponseWriter, r *http.Request) {
+		ns, err := c.networks(r.Context())
+		writeResult(w, http.StatusOK, ns, err)
+	})
+	mux.HandleFunc("GET /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		vms, err := c.listVMs(r.Context())
+		writeResult(w, http.StatusOK, vms, err)
+	})
+	mux.HandleFunc("POST /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		var req api.CreateVMRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		vm, err := c.createVM(r.Context(), req)
+		writeResult(w, http.StatusCreated, vm, err)
+	})
+	mux.HandleFunc("GET /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		vm, err := c.getVM(r.Context(), r.PathValue("name"))
+		writeResult(w, http.StatusOK, vm, err)
+	})
+	mux.HandleFunc("POST /api/v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
+		vm, err := c.startVM(r.Context(), r.PathValue("name"))
+		writeResult(w, http.StatusOK, vm, err)
+	})
+	mux.HandleFunc("POST /api/v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		vm, err := c.stopVM(r.Context(), r.PathValue("name"), q.Get("force") == "true", q.Get("grace"))
+		writeResult(w, http.StatusOK, vm, err)
+	})
+	mux.HandleFunc("DELETE /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := c.deleteVM(r.Context(), r.PathValue("name")); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /api/v1/vms/{name}/console", func(w http.ResponseWriter, r *http.Request) {
+		b, err := c.console(r.Context(), r.PathValue("name"), r.URL.Query().Get("tail"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write(b)
+	})
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		api.WriteError(w, api.NotFound("no API endpoint %s %s; the API is under /api/v1", r.Method, r.URL.Path))
+	})
+	return c.logRequests(mux)
+}
+
+// logRequests logs each request and turns a panic into a 500 instead of a dropped
+// connection.
+func (c *Center) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		defer func() {
+			if p := recover(); p != nil {
+				c.log.Error("handler panic", "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+				api.WriteJSON(rw, http.StatusInternalServerError, api.Error{Error: "internal error; see the center's log", Code: "internal"})
+			}
+			lvl := slog.LevelDebug
+			if r.Method != http.MethodGet && r.URL.Path != "/api/v1/hosts/heartbeat" || rw.status >= 400 {
+				lvl = slog.LevelInfo
+			}
+			c.log.Log(r.Context(), lvl, "request", "method", r.Method, "path", r.URL.Path, "status", rw.status, "ms", time.Since(start).Milliseconds())
+		}()
+		next.ServeHTTP(rw, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}

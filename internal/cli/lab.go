@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/godwit/godwit/internal/lab"
+)
+
+func labRoot() string {
+	if r := os.Getenv("GODWIT_HOME"); r != "" {
+		return r
+	}
+	return "/var/lib/godwit"
+}
+
+func labContext(name string) string { return "lab-" + name }
+
+// defaultGuestDir finds the test guest image: $GODWIT_GUEST_DIR, or build/guest next to
+// the binary's bin/ folder or in the working directory.
+func defaultGuestDir() string {
+	if d := os.Getenv("GODWIT_GUEST_DIR"); d != "" {
+		return d
+	}
+	var cands []string
+	if exe, err := os.Executable(); err == nil {
+		cands = append(cands, filepath.Join(filepath.Dir(filepath.Dir(exe)), "build", "guest"))
+	}
+	if wd, err := os.Getwd(); err == nil {
+		cands = append(cands, filepath.Join(wd, "build", "guest"))
+	}
+	for _, c := range cands {
+		if _, err := os.Stat(filepath.Join(c, "vmlinuz")); err == nil {
+			return c
+		}
+	}
+	return ""
+}
+
+func newLabCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "lab", Short: "A whole cluster on this machine: hosts, a switch, a center and a client in network namespaces"}
+	var o lab.Options
+	up := &cobra.Command{
+		Use: "up", Short: "Start a lab and make it the CLI's current context", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Root = labRoot()
+			o.Log = e.logger()
+			if o.GuestDir == "" {
+				o.GuestDir = defaultGuestDir()
+			}
+			if o.GuestDir == "" {
+				fmt.Fprintln(e.errOut, "warning: no test guest image found (run `make guest`); the lab's datastore will have no images")
+			}
+			l, err := lab.Up(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if err := e.setContext(labContext(l.Name), "unix://"+l.CenterSocket); err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, l)
+			}
+			fmt.Fprintf(e.out, "lab %s is up: %d hosts on %s, datastore %s\n", l.Name, len(l.Hosts), l.Subnet, l.Datastore)
+			fmt.Fprintf(e.out, "the CLI now talks to it (context %s); try `godwit host list`\n", labContext(l.Name))
+			return nil
+		},
+	}
+	up.Flags().StringVar(&o.Name, "name", "lab", "lab name (up to 8 lowercase letters and digits)")
+	up.Flags().IntVar(&o.Hosts, "hosts", 2, "number of hosts (1-8)")
+	up.Flags().StringVar(&o.GuestDir, "guest-dir", "", "test guest image directory (default: build/guest)")
+
+	var downName string
+	down := &cobra.Command{
+		Use: "down", Short: "Remove a lab and everything it made", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := lab.Down(cmd.Context(), labRoot(), downName); err != nil {
+				return err
+			}
+			if err := e.dropContext(labContext(downName)); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "lab %s removed\n", downName)
+			return nil
+		},
+	}
+	down.Flags().StringVar(&downName, "name", "lab", "lab name")
+
+	var execName string
+	execCmd := &cobra.Command{
+		Use:   "exec TARGET -- CMD [ARGS...]",
+		Short: "Run a command in a lab namespace: client, switch, center or host-N",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(labRoot(), execName)
+			if err != nil {
+				return err
+			}
+			code, err := l.Exec(cmd.Context(), args[0], args[1:], os.Stdin, e.out, e.errOut)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code, err: fmt.Errorf("%s exited with status %d", strings.Join(args[1:], " "), code)}
+			}
+			return nil
+		},
+	}
+	execCmd.Flags().StringVar(&execName, "name", "lab", "lab name")
+
+	list := &cobra.Command{
+		Use: "list", Short: "List the labs on this machine", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			labs, err := lab.List(labRoot())
+			if err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, labs)
+			}
+			t := newTable("NAME", "HOSTS", "SUBNET", "CENTER", "DIR")
+			for _, l := range labs {
+				t.row(l.Name, fmt.Sprint(len(l.Hosts)), l.Subnet, l.CenterURL, l.Dir)
+			}
+			return t.print(e.out)
+		},
+	}
+
+	var restartName string
+	restart := &cobra.Command{
+		Use: "restart TARGET", Short: "Restart a lab daemon (center or host-N) without touching its VMs", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(labRoot(), restartName)
+			if err != nil {
+				return err
+			}
+			if err := l.RestartDaemon(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "%s restarted\n", args[0])
+			return nil
+		},
+	}
+	restart.Flags().StringVar(&restartName, "name", "lab", "lab name")
+	cmd.AddCommand(up, down, execCmd, list, restart)
+	return cmd
+}

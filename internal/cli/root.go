@@ -1,0 +1,107 @@
+// Package cli is the godwit command line: the daemons (center, agent), the lab, and the
+// client commands that talk to the center's REST API.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// Version is the build's version, set with -ldflags at build time.
+var Version = "dev"
+
+// env carries what every command needs: where to print, the config, the global flags.
+type env struct {
+	out, errOut io.Writer
+	server      string
+	output      string
+	configPath  string
+	timeout     time.Duration
+}
+
+// Main runs the CLI with args and returns the exit code.
+func Main(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	e := &env{out: os.Stdout, errOut: os.Stderr}
+	root := newRoot(e)
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(e.errOut, "error:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return 1
+	}
+	return 0
+}
+
+// exitError carries a specific exit code (lab exec passes its command's code through).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func newRoot(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "godwit",
+		Short:         "Godwit: live migration of running VMs between hosts, and the management around it",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       Version,
+	}
+	root.SetOut(e.out)
+	root.SetErr(e.errOut)
+	pf := root.PersistentFlags()
+	pf.StringVar(&e.server, "server", "", "center URL (http://HOST:PORT or unix:///path.sock); default: $GODWIT_SERVER or the current context")
+	pf.StringVarP(&e.output, "output", "o", "table", "output format: table or json")
+	pf.StringVar(&e.configPath, "config", "", "CLI config file (default: $GODWIT_CONFIG or ~/.config/godwit/config.json)")
+	pf.DurationVar(&e.timeout, "timeout", 5*time.Minute, "how long to wait for the center to answer")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if e.output != "table" && e.output != "json" {
+			return fmt.Errorf("--output must be table or json, not %q", e.output)
+		}
+		return nil
+	}
+	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e))
+	return root
+}
+
+// client returns an API client for the center chosen by --server, $GODWIT_SERVER or the
+// current context.
+func (e *env) client() (*api.Client, error) {
+	server := e.server
+	if server == "" {
+		server = os.Getenv("GODWIT_SERVER")
+	}
+	if server == "" {
+		cfg, err := loadConfig(e.configFile())
+		if err != nil {
+			return nil, err
+		}
+		ctx, ok := cfg.Contexts[cfg.Current]
+		if !ok {
+			return nil, errors.New("no center is configured: run `godwit lab up`, pass --server, or set GODWIT_SERVER")
+		}
+		server = ctx.Server
+	}
+	return api.NewClient(server, e.timeout)
+}
+
+func (e *env) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}

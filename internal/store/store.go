@@ -1,0 +1,367 @@
+// Package store is the center's persistent inventory: hosts and VMs in an embedded SQLite
+// database (modernc.org/sqlite, pure Go). Every write is a transaction, so a crash leaves
+// either the old or the new row, and uniqueness (VM name, UUID, MAC, IP) is enforced by the
+// database itself rather than by a check-then-insert race.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// ErrNotFound is returned when a row does not exist.
+var ErrNotFound = errors.New("not found")
+
+// DuplicateError reports a uniqueness violation on one field.
+type DuplicateError struct {
+	Field string // "name", "uuid", "mac" or "ip"
+	Value string
+	Owner string // the VM that already has it, when known
+}
+
+func (e *DuplicateError) Error() string {
+	if e.Owner != "" {
+		return fmt.Sprintf("%s %s is already used by VM %s", e.Field, e.Value, e.Owner)
+	}
+	return fmt.Sprintf("%s %s is already used", e.Field, e.Value)
+}
+
+// Store is the center's database.
+type Store struct {
+	db *sql.DB
+}
+
+const schema = `
+CREATE TABLE IF NOT EXISTS hosts (
+	name TEXT PRIMARY KEY,
+	facts TEXT NOT NULL,
+	registered TEXT NOT NULL,
+	last_heartbeat TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS vms (
+	name TEXT PRIMARY KEY,
+	uuid TEXT NOT NULL UNIQUE,
+	host TEXT NOT NULL,
+	spec TEXT NOT NULL,
+	desired TEXT NOT NULL,
+	state TEXT NOT NULL,
+	error TEXT NOT NULL DEFAULT '',
+	pid INTEGER NOT NULL DEFAULT 0,
+	accel TEXT NOT NULL DEFAULT '',
+	created TEXT NOT NULL,
+	updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nics (
+	vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+	idx INTEGER NOT NULL,
+	network TEXT NOT NULL,
+	mac TEXT NOT NULL UNIQUE,
+	ip TEXT UNIQUE,
+	PRIMARY KEY (vm, idx)
+);
+`
+
+// Open opens (creating if needed) the database at path.
+func Open(ctx context.Context, path string) (*Store, error) {
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
+	// One writer at a time is what SQLite does anyway; a single connection keeps
+	// transactions from tripping over SQLITE_BUSY.
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create schema in %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseTS(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, s)
+	return t
+}
+
+// HostRecord is a stored host.
+type HostRecord struct {
+	Facts         api.HostFacts
+	Registered    time.Time
+	LastHeartbeat time.Time
+}
+
+// SaveHeartbeat records a host's facts, registering it on its first heartbeat.
+func (s *Store) SaveHeartbeat(ctx context.Context, f api.HostFacts, now time.Time) (registered bool, err error) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
+	}
+	res, err := s.db.ExecContext(ctx,
+		`UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, string(b), ts(now), f.Name)
+	if err != nil {
+		return false, fmt.Errorf("save heartbeat of host %s: %w", f.Name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return false, nil
+	}
+	_, err = s.db.ExecContext(ctx,
+		`INSERT INTO hosts (name, facts, registered, last_heartbeat) VALUES (?, ?, ?, ?)`,
+		f.Name, string(b), ts(now), ts(now))
+	if err != nil {
+		return false, fmt.Errorf("register host %s: %w", f.Name, err)
+	}
+	return true, nil
+}
+
+// Hosts returns every host, by name.
+func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	defer rows.Close()
+	var out []HostRecord
+	for rows.Next() {
+		var facts, reg, hb string
+		if err := rows.Scan(&facts, &reg, &hb); err != nil {
+			return nil, fmt.Errorf("list hosts: %w", err)
+		}
+		var h HostRecord
+		if err := json.Unmarshal([]byte(facts), &h.Facts); err != nil {
+			return nil, fmt.Errorf("decode host record: %w", err)
+		}
+		h.Registered, h.LastHeartbeat = parseTS(reg), parseTS(hb)
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}
+
+// Host returns one host.
+func (s *Store) Host(ctx context.Context, name string) (HostRecord, error) {
+	var facts, reg, hb string
+	err := s.db.QueryRowContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts WHERE name = ?`, name).
+		Scan(&facts, &reg, &hb)
+	if errors.Is(err, sql.ErrNoRows) {
+		return HostRecord{}, ErrNotFound
+	}
+	if err != nil {
+		return HostRecord{}, fmt.Errorf("read host %s: %w", name, err)
+	}
+	var h HostRecord
+	if err := json.Unmarshal([]byte(facts), &h.Facts); err != nil {
+		return HostRecord{}, fmt.Errorf("decode host %s: %w", name, err)
+	}
+	h.Registered, h.LastHeartbeat = parseTS(reg), parseTS(hb)
+	return h, nil
+}
+
+// VMRecord is a stored VM: its definition, where it lives, what the user wants of it
+// (Desired: running or stopped) and what its host last reported (State).
+type VMRecord struct {
+	Spec    api.VMSpec
+	Host    string
+	Desired string
+	State   string
+	Error   string
+	PID     int
+	Accel   string
+	Created time.Time
+	Updated time.Time
+}
+
+// InsertVM stores a new VM. A name, UUID, MAC or IP already in use gives a *DuplicateError.
+func (s *Store) InsertVM(ctx context.Context, r VMRecord) error {
+	spec, err := json.Marshal(r.Spec)
+	if err != nil {
+		return fmt.Errorf("encode spec of %s: %w", r.Spec.Name, err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
+	}
+	defer tx.Rollback()
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (name, uuid, host, spec, desired, state, error, pid, accel, created, updated)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.Spec.Name, r.Spec.UUID, r.Host, string(spec), r.Desired, r.State, r.Error, r.PID, r.Accel, ts(r.Created), ts(r.Updated))
+	if err != nil {
+		return s.duplicate(ctx, tx, err, r)
+	}
+	for i, n := range r.Spec.NICs {
+		var ip any
+		if n.IP != "" {
+			ip = ipOnly(n.IP)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nics (vm, idx, network, mac, ip) VALUES (?, ?, ?, ?, ?)`,
+			r.Spec.Name, i, n.Network, strings.ToLower(n.MAC), ip); err != nil {
+			return s.duplicate(ctx, tx, err, r)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
+	}
+	return nil
+}
+
+func ipOnly(cidr string) string {
+	if i := strings.IndexByte(cidr, '/'); i >= 0 {
+		return cidr[:i]
+	}
+	return cidr
+}
+
+// duplicate turns a UNIQUE constraint failure into a *DuplicateError naming the owner.
+func (s *Store) duplicate(ctx context.Context, tx *sql.Tx, err error, r VMRecord) error {
+	msg := err.Error()
+	if !strings.Contains(msg, "UNIQUE constraint failed") {
+		return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
+	}
+	switch {
+	case strings.Contains(msg, "vms.name"):
+		return &DuplicateError{Field: "name", Value: r.Spec.Name}
+	case strings.Contains(msg, "vms.uuid"):
+		var owner string
+		_ = tx.QueryRowContext(ctx, `SELECT name FROM vms WHERE uuid = ?`, r.Spec.UUID).Scan(&owner)
+		return &DuplicateError{Field: "uuid", Value: r.Spec.UUID, Owner: owner}
+	case strings.Contains(msg, "nics.mac"):
+		for _, n := range r.Spec.NICs {
+			var owner string
+			if tx.QueryRowContext(ctx, `SELECT vm FROM nics WHERE mac = ?`, strings.ToLower(n.MAC)).Scan(&owner) == nil && owner != r.Spec.Name {
+				return &DuplicateError{Field: "MAC", Value: n.MAC, Owner: owner}
+			}
+		}
+		return &DuplicateError{Field: "MAC", Value: "(one of the NICs)"}
+	case strings.Contains(msg, "nics.ip"):
+		for _, n := range r.Spec.NICs {
+			var owner string
+			if n.IP != "" && tx.QueryRowContext(ctx, `SELECT vm FROM nics WHERE ip = ?`, ipOnly(n.IP)).Scan(&owner) == nil && owner != r.Spec.Name {
+				return &DuplicateError{Field: "IP", Value: ipOnly(n.IP), Owner: owner}
+			}
+		}
+		return &DuplicateError{Field: "IP", Value: "(one of the NICs)"}
+	case strings.Contains(msg, "nics.vm"):
+		return fmt.Errorf("insert VM %s: two NICs share an index: %w", r.Spec.Name, err)
+	}
+	return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
+}
+
+const vmCols = `spec, host, desired, state, error, pid, accel, created, updated`
+
+func scanVM(sc interface{ Scan(...any) error }) (VMRecord, error) {
+	var spec, created, updated string
+	var r VMRecord
+	if err := sc.Scan(&spec, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
+		return VMRecord{}, err
+	}
+	if err := json.Unmarshal([]byte(spec), &r.Spec); err != nil {
+		return VMRecord{}, fmt.Errorf("decode VM spec: %w", err)
+	}
+	r.Created, r.Updated = parseTS(created), parseTS(updated)
+	return r, nil
+}
+
+// VM returns one VM by name.
+func (s *Store) VM(ctx context.Context, name string) (VMRecord, error) {
+	r, err := scanVM(s.db.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return VMRecord{}, ErrNotFound
+	}
+	if err != nil {
+		return VMRecord{}, fmt.Errorf("read VM %s: %w", name, err)
+	}
+	return r, nil
+}
+
+// VMs returns every VM, by name.
+func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+vmCols+` FROM vms ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list VMs: %w", err)
+	}
+	defer rows.Close()
+	var out []VMRecord
+	for rows.Next() {
+		r, err := scanVM(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list VMs: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// SetDesired records what the user wants: api.VMRunning or api.VMStopped.
+func (s *Store) SetDesired(ctx context.Context, name, desired string, now time.Time) error {
+	return s.exec1(ctx, name, `UPDATE vms SET desired = ?, updated = ? WHERE name = ?`, desired, ts(now), name)
+}
+
+// SetState records what the VM's host reports (or what an operation observed).
+func (s *Store) SetState(ctx context.Context, name string, st api.VMStatus, now time.Time) error {
+	return s.exec1(ctx, name, `UPDATE vms SET state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`,
+		st.State, st.Error, st.PID, st.Accel, ts(now), name)
+}
+
+// DeleteVM removes a VM and its NICs' addresses.
+func (s *Store) DeleteVM(ctx context.Context, name string) error {
+	return s.exec1(ctx, name, `DELETE FROM vms WHERE name = ?`, name)
+}
+
+func (s *Store) exec1(ctx context.Context, name, q string, args ...any) error {
+	res, err := s.db.ExecContext(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("update VM %s: %w", name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// UsedIPs returns the addresses in use on a network.
+func (s *Store) UsedIPs(ctx context.Context, network string) (map[string]bool, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT ip FROM nics WHERE network = ? AND ip IS NOT NULL`, network)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses on %s: %w", network, err)
+	}
+	defer rows.Close()
+	used := map[string]bool{}
+	for rows.Next() {
+		var ip string
+		if err := rows.Scan(&ip); err != nil {
+			return nil, err
+		}
+		used[ip] = true
+	}
+	return used, rows.Err()
+}
+
+// UsedMACs returns every MAC in use.
+func (s *Store) UsedMACs(ctx context.Context) (map[string]bool, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT mac FROM nics`)
+	if err != nil {
+		return nil, fmt.Errorf("list MACs: %w", err)
+	}
+	defer rows.Close()
+	used := map[string]bool{}
+	for rows.Next() {
+		var m string
+		if err := rows.Scan(&m); err != nil {
+			return nil, err
+		}
+		used[m] = true
+	}
+	return used, rows.Err()
+}
