@@ -186,7 +186,13 @@ func (a *Agent) probeAccel(ctx context.Context) {
 		a.log.Warn("accelerator", "accel", a.accel.Accel, "reason", a.accel.Reason)
 		return
 	}
-	p, err := qemu.ProbeAccelCached(ctx, a.cfg.QEMU, kernel, a.cfg.AccelCache)
+	var p qemu.Probe
+	var err error
+	if a.cfg.AccelCache == "" {
+		p, err = qemu.ProbeAccel(ctx, a.cfg.QEMU, kernel, 0)
+	} else if err = os.MkdirAll(filepath.Dir(a.cfg.AccelCache), 0o755); err == nil {
+		p, _, err = qemu.CachedProbeAccel(ctx, a.cfg.QEMU, kernel, a.cfg.AccelCache, 0)
+	}
 	if err != nil {
 		a.accel = qemu.Probe{Accel: "tcg", Reason: "KVM probe failed: " + err.Error()}
 	} else {

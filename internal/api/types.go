@@ -72,8 +72,8 @@ type VMSpec struct {
 
 // CreateVMRequest is the body of POST /api/v1/vms.
 type CreateVMRequest struct {
-	Name      string `json:"name"`
-	Host      string `json:"host,omitempty"`
+	Name string `json:"name"`
+	Host string `json:"host,omitempty"`
 	// CPUs and MemoryMiB default to 1 and 512 when absent.
 	CPUs      *int   `json:"cpus,omitempty"`
 	MemoryMiB *int   `json:"memory_mib,omitempty"`
@@ -111,8 +111,8 @@ type VM struct {
 
 // Datastore is a storage location a host can see.
 type Datastore struct {
-	Name      string   `json:"name"`
-	Path      string   `json:"path"`
+	Name      string  `json:"name"`
+	Path      string  `json:"path"`
 	TotalByte uint64  `json:"total_bytes"`
 	FreeByte  uint64  `json:"free_bytes"`
 	Images    []Image `json:"images,omitempty"`

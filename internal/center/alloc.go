@@ -73,14 +73,14 @@ func (p Pool) checkIP(ip string) (string, error) {
 
 // newMAC returns a random locally administered unicast MAC with Godwit's prefix
 // 02:67:77 ("gw"), avoiding those in use.
-func newMAC(used map[string]bool) (string, error) {
+func newMAC(used map[string]string) (string, error) {
 	for range 1000 {
 		var b [3]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return "", fmt.Errorf("random MAC: %w", err)
 		}
 		m := fmt.Sprintf("02:67:77:%02x:%02x:%02x", b[0], b[1], b[2])
-		if !used[m] {
+		if _, taken := used[m]; !taken {
 			return m, nil
 		}
 	}

@@ -328,6 +328,9 @@ func (c *Center) place(ctx context.Context, req api.CreateVMRequest, spec api.VM
 		}
 		return nil
 	}
+	if err := knownAnywhere(hosts, req, spec); err != nil {
+		return store.HostRecord{}, err
+	}
 	if req.Host != "" {
 		for _, h := range hosts {
 			if h.Facts.Name == req.Host {
@@ -358,6 +361,35 @@ func (c *Center) place(ctx context.Context, req api.CreateVMRequest, spec api.VM
 	return ok[0], nil
 }
 
+// knownAnywhere refuses datastores, networks and images that no host has: those are
+// mistakes in the request, not a lack of capacity.
+func knownAnywhere(hosts []store.HostRecord, req api.CreateVMRequest, spec api.VMSpec) error {
+	someHost := func(ok func(store.HostRecord) bool) bool {
+		for _, h := range hosts {
+			if ok(h) {
+				return true
+			}
+		}
+		return len(hosts) == 0
+	}
+	for i, d := range spec.Disks {
+		if d.Datastore != "" && !someHost(func(h store.HostRecord) bool { return hasDatastore(h, d.Datastore) }) {
+			return invalid("disk %d: there is no datastore %q; `godwit host show HOST` lists a host's datastores", i, d.Datastore)
+		}
+	}
+	for i, n := range spec.NICs {
+		if n.Network != "" && !someHost(func(h store.HostRecord) bool { return hasNetwork(h, n.Network) }) {
+			return invalid("NIC %d: there is no network %q on any host", i, n.Network)
+		}
+	}
+	if spec.Boot.Kernel == "" && !spec.Boot.FromDisk {
+		if !someHost(func(h store.HostRecord) bool { img, _ := findImage(h, req.Image); return img != nil }) {
+			return invalid("there is no image %q on any datastore; images live in a datastore's images/NAME/ folder", req.Image)
+		}
+	}
+	return nil
+}
+
 // assignAddresses fills in and checks each NIC's MAC and IP. Callers hold allocMu.
 func (c *Center) assignAddresses(ctx context.Context, h store.HostRecord, spec *api.VMSpec) error {
 	macs, err := c.store.UsedMACs(ctx)
@@ -379,10 +411,10 @@ func (c *Center) assignAddresses(ctx context.Context, h store.HostRecord, spec *
 		} else if n.MAC, err = checkMAC(n.MAC); err != nil {
 			return invalid("NIC %d: %v", i, err)
 		}
-		if macs[n.MAC] {
-			return api.Conflict("NIC %d: MAC %s is already used by another VM; choose another or leave it out", i, n.MAC)
+		if owner, taken := macs[n.MAC]; taken {
+			return api.Conflict("NIC %d: MAC %s is already used by VM %s; choose another or leave it out", i, n.MAC, owner)
 		}
-		macs[n.MAC] = true
+		macs[n.MAC] = spec.Name
 		pool, hasPool := c.cfg.Pools[n.Network]
 		switch {
 		case n.IP != "" && hasPool:

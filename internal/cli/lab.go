@@ -20,6 +20,17 @@ func labRoot() string {
 
 func labContext(name string) string { return "lab-" + name }
 
+// labName is the --name flag when given, else the lab of the current context, else "lab".
+func (e *env) labName(cmd *cobra.Command, flag string) string {
+	if cmd.Flags().Changed("name") {
+		return flag
+	}
+	if cfg, err := loadConfig(e.configFile()); err == nil && strings.HasPrefix(cfg.Current, "lab-") {
+		return strings.TrimPrefix(cfg.Current, "lab-")
+	}
+	return flag
+}
+
 // defaultGuestDir finds the test guest image: $GODWIT_GUEST_DIR, or build/guest next to
 // the binary's bin/ folder or in the working directory.
 func defaultGuestDir() string {
@@ -78,6 +89,7 @@ func newLabCmd(e *env) *cobra.Command {
 	down := &cobra.Command{
 		Use: "down", Short: "Remove a lab and everything it made", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			downName = e.labName(cmd, downName)
 			if err := lab.Down(cmd.Context(), labRoot(), downName); err != nil {
 				return err
 			}
@@ -88,7 +100,7 @@ func newLabCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	down.Flags().StringVar(&downName, "name", "lab", "lab name")
+	down.Flags().StringVar(&downName, "name", "lab", "lab name (default: the current context's lab)")
 
 	var execName string
 	execCmd := &cobra.Command{
@@ -96,7 +108,7 @@ func newLabCmd(e *env) *cobra.Command {
 		Short: "Run a command in a lab namespace: client, switch, center or host-N",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Load(labRoot(), execName)
+			l, err := lab.Load(labRoot(), e.labName(cmd, execName))
 			if err != nil {
 				return err
 			}
@@ -110,7 +122,7 @@ func newLabCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	execCmd.Flags().StringVar(&execName, "name", "lab", "lab name")
+	execCmd.Flags().StringVar(&execName, "name", "lab", "lab name (default: the current context's lab)")
 
 	list := &cobra.Command{
 		Use: "list", Short: "List the labs on this machine", Args: cobra.NoArgs,
@@ -134,7 +146,7 @@ func newLabCmd(e *env) *cobra.Command {
 	restart := &cobra.Command{
 		Use: "restart TARGET", Short: "Restart a lab daemon (center or host-N) without touching its VMs", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Load(labRoot(), restartName)
+			l, err := lab.Load(labRoot(), e.labName(cmd, restartName))
 			if err != nil {
 				return err
 			}
@@ -145,7 +157,7 @@ func newLabCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	restart.Flags().StringVar(&restartName, "name", "lab", "lab name")
+	restart.Flags().StringVar(&restartName, "name", "lab", "lab name (default: the current context's lab)")
 	cmd.AddCommand(up, down, execCmd, list, restart)
 	return cmd
 }

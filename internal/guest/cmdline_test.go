@@ -56,9 +56,9 @@ func TestParseCmdlineQuotesAndUnknown(t *testing.T) {
 
 func TestParseCmdlineErrors(t *testing.T) {
 	for _, c := range []struct{ cmdline, wantErr string }{
-		{"godwit.ip=198.18.1.100", "godwit.ip"},        // no prefix length
-		{"godwit.ip=300.1.1.1/24", "godwit.ip"},        // bad address
-		{"godwit.gw=nope", "godwit.gw"},                // bad gateway
+		{"godwit.ip=198.18.1.100", "godwit.ip"},         // no prefix length
+		{"godwit.ip=300.1.1.1/24", "godwit.ip"},         // bad address
+		{"godwit.gw=nope", "godwit.gw"},                 // bad gateway
 		{"godwit.hostname=bad_name", "godwit.hostname"}, // underscore
 		{"godwit.hostname=-x", "godwit.hostname"},
 		{"godwit.static_mib=-1", "godwit.static_mib"},

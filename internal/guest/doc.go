@@ -48,7 +48,8 @@
 // writer (the dirtier, or the one-time fill of the static region) and the checker both
 // hold the chunk's mutex while touching a chunk, and the writer bumps the generation
 // together with the data, so the checker can never see a half-written page: any
-// mismatch is real memory corruption and counts in memory_errors (one per wrong word).
+// mismatch is real memory corruption and counts in memory_errors (one per wrong word;
+// the checker then restores the page, so a corruption is counted once, not every pass).
 //
 // # Pause meter
 //

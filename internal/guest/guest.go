@@ -51,7 +51,7 @@ func Run(ctx context.Context, opt Options) error {
 	if opt.DiskPath == "" {
 		opt.DiskPath = DefaultDiskPath
 	}
-	log.Info("godwit-guest starting", "version", Version, "pid", os.Getpid())
+	log.Info("godwit-guest starting", "version", Version, "pid", os.Getpid(), "kernel_uptime_s", kernelUptime())
 
 	raw, err := os.ReadFile(opt.CmdlinePath)
 	if err != nil {
@@ -150,6 +150,18 @@ func Run(ctx context.Context, opt Options) error {
 	hs.Close()
 	wg.Wait()
 	return runErr
+}
+
+// kernelUptime returns the first field of /proc/uptime (seconds since boot), or "?".
+func kernelUptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 // readBootID returns the kernel's random per-boot id, or a random one if unavailable.

@@ -164,7 +164,8 @@ func (r *region) writeChunk(c int) bool {
 }
 
 // checkChunk verifies every page of chunk c against its generation, calling report for
-// every bad page. It returns the number of wrong words and false if the region was freed.
+// every bad page and then rewriting that page with its expected content (so every
+// corruption is counted once). It returns the number of wrong words and false if the region was freed.
 func (r *region) checkChunk(c int, report func(mismatch)) (badWords int, ok bool) {
 	r.life.RLock()
 	defer r.life.RUnlock()
@@ -180,6 +181,12 @@ func (r *region) checkChunk(c int, report func(mismatch)) (badWords int, ok bool
 		if bad > 0 {
 			badWords += bad
 			report(mismatch{region: r.name, page: p, word: first, badWords: bad, gen: g, got: got, want: want})
+			// Repair the page so the same corruption is counted once, not on every pass.
+			if g == 0 {
+				clear(r.pageWords(p))
+			} else {
+				fillPage(r.pageWords(p), r.seed, p, g)
+			}
 		}
 	}
 	return badWords, true

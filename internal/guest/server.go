@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -39,6 +40,7 @@ type Stats struct {
 	MonoBackwards  uint64     `json:"mono_backwards"`   // wake-ups where the monotonic clock went back
 	Dirty          DirtyStats `json:"dirty"`            // the memory dirtier
 	DiskPresent    bool       `json:"disk_present"`     // whether the data disk exists
+	Clocksource    string     `json:"clocksource"`      // the kernel's current clocksource
 }
 
 // Server serves the guest's HTTP API; see the package documentation.
@@ -102,6 +104,7 @@ func (s *Server) Stats(p PauseStats) Stats {
 		MonoBackwards:  p.MonoBackwards,
 		Dirty:          m.Dirty,
 		DiskPresent:    s.Disk != nil && s.Disk.Present(),
+		Clocksource:    clocksource(),
 	}
 	if s.Config.IP.IsValid() {
 		st.IP = s.Config.IP.Addr().String()
@@ -191,6 +194,15 @@ func (s *Server) handleDiskGet(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.Write(body)
+}
+
+// clocksource returns the kernel's current clocksource (e.g. "tsc"), or "".
+func clocksource() string {
+	b, err := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -348,20 +348,20 @@ func (s *Store) UsedIPs(ctx context.Context, network string) (map[string]bool, e
 	return used, rows.Err()
 }
 
-// UsedMACs returns every MAC in use.
-func (s *Store) UsedMACs(ctx context.Context) (map[string]bool, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT mac FROM nics`)
+// UsedMACs returns every MAC in use, with the VM that has it.
+func (s *Store) UsedMACs(ctx context.Context) (map[string]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT mac, vm FROM nics`)
 	if err != nil {
 		return nil, fmt.Errorf("list MACs: %w", err)
 	}
 	defer rows.Close()
-	used := map[string]bool{}
+	used := map[string]string{}
 	for rows.Next() {
-		var m string
-		if err := rows.Scan(&m); err != nil {
+		var m, vm string
+		if err := rows.Scan(&m, &vm); err != nil {
 			return nil, err
 		}
-		used[m] = true
+		used[m] = vm
 	}
 	return used, rows.Err()
 }

@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"bytes"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestNewPart(t *testing.T) {
+	cases := []struct{ prev, cur, want string }{
+		{"", "abc", "abc"},
+		{"abc", "abc", ""},
+		{"abc", "abcdef", "def"},
+		{"abcdef", "cdefgh", "gh"},
+		{"xyz", "abc", "abc"},
+	}
+	for _, c := range cases {
+		if got := string(newPart([]byte(c.prev), []byte(c.cur))); got != c.want {
+			t.Errorf("newPart(%q, %q) = %q, want %q", c.prev, c.cur, got, c.want)
+		}
+	}
+}
+
+func TestDiskArg(t *testing.T) {
+	d, err := diskArg("[shared] images/a.qcow2", "")
+	if err != nil || d.Datastore != "shared" || d.Path != "images/a.qcow2" || d.Format != "qcow2" {
+		t.Fatalf("%+v %v", d, err)
+	}
+	d, err = diskArg("/srv/ds/a.img", "")
+	if err != nil || d.Datastore != "" || d.Format != "raw" {
+		t.Fatalf("%+v %v", d, err)
+	}
+	if _, err := diskArg("relative.img", ""); err == nil {
+		t.Fatal("relative path accepted")
+	}
+}
+
+func TestContexts(t *testing.T) {
+	var out, errOut bytes.Buffer
+	e := &env{out: &out, errOut: &errOut, configPath: filepath.Join(t.TempDir(), "c.json")}
+	if _, err := e.client(); err == nil || !strings.Contains(err.Error(), "lab up") {
+		t.Fatalf("client with no config: %v", err)
+	}
+	if err := e.setContext("lab-a", "unix:///tmp/a.sock"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client(); err != nil {
+		t.Fatalf("client with a context: %v", err)
+	}
+	if err := e.dropContext("lab-a"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := loadConfig(e.configPath)
+	if cfg.Current != "" || len(cfg.Contexts) != 0 {
+		t.Fatalf("after drop: %+v", cfg)
+	}
+}
+
+func TestUnknownCommandFails(t *testing.T) {
+	if code := Main([]string{"vm", "create"}); code == 0 {
+		t.Fatal("vm create without a name exited 0")
+	}
+	if code := Main([]string{"nosuch"}); code == 0 {
+		t.Fatal("an unknown command exited 0")
+	}
+}

@@ -1,0 +1,111 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+func openTemp(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "godwit.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func vmRec(name, uuid, mac, ip string) VMRecord {
+	now := time.Now()
+	return VMRecord{
+		Spec: api.VMSpec{Name: name, UUID: uuid, CPUs: 1, MemoryMiB: 512, NICs: []api.NIC{{Network: "lab", MAC: mac, IP: ip}}},
+		Host: "host-1", Desired: api.VMStopped, State: api.VMStopped, Created: now, Updated: now,
+	}
+}
+
+func TestVMUniqueness(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	if err := s.InsertVM(ctx, vmRec("a", "u1", "02:67:77:00:00:01", "198.18.1.100/24")); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		rec   VMRecord
+		field string
+	}{
+		{vmRec("a", "u2", "02:67:77:00:00:02", ""), "name"},
+		{vmRec("b", "u1", "02:67:77:00:00:02", ""), "uuid"},
+		{vmRec("b", "u2", "02:67:77:00:00:01", ""), "MAC"},
+		{vmRec("b", "u2", "02:67:77:00:00:02", "198.18.1.100/24"), "IP"},
+	}
+	for _, c := range cases {
+		err := s.InsertVM(ctx, c.rec)
+		var dup *DuplicateError
+		if !errors.As(err, &dup) || dup.Field != c.field {
+			t.Errorf("insert %+v: got %v, want a duplicate %s", c.rec.Spec, err, c.field)
+			continue
+		}
+		if c.field != "name" && dup.Owner != "a" {
+			t.Errorf("duplicate %s: owner %q, want a", c.field, dup.Owner)
+		}
+	}
+	// A failed insert leaves nothing behind: b can be inserted cleanly afterwards.
+	if err := s.InsertVM(ctx, vmRec("b", "u2", "02:67:77:00:00:02", "198.18.1.101/24")); err != nil {
+		t.Fatalf("clean insert after failures: %v", err)
+	}
+	vms, err := s.VMs(ctx)
+	if err != nil || len(vms) != 2 {
+		t.Fatalf("VMs: %d, %v; want 2", len(vms), err)
+	}
+}
+
+func TestPersistenceAcrossReopen(t *testing.T) {
+	s, path := openTemp(t)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := s.SaveHeartbeat(ctx, api.HostFacts{Name: "host-1", AgentURL: "http://198.18.1.11:7700"}, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InsertVM(ctx, vmRec("a", "u1", "02:67:77:00:00:01", "198.18.1.100/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetState(ctx, "a", api.VMStatus{State: api.VMRunning, PID: 42, Accel: "tcg"}, now); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	v, err := s2.VM(ctx, "a")
+	if err != nil || v.State != api.VMRunning || v.PID != 42 || v.Spec.NICs[0].MAC != "02:67:77:00:00:01" {
+		t.Fatalf("after reopen: %+v, %v", v, err)
+	}
+	h, err := s2.Host(ctx, "host-1")
+	if err != nil || h.Facts.AgentURL != "http://198.18.1.11:7700" {
+		t.Fatalf("host after reopen: %+v, %v", h, err)
+	}
+	ips, _ := s2.UsedIPs(ctx, "lab")
+	if !ips["198.18.1.100"] {
+		t.Fatalf("UsedIPs = %v, want 198.18.1.100", ips)
+	}
+	if err := s2.DeleteVM(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.VM(ctx, "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("VM after delete: %v, want ErrNotFound", err)
+	}
+	if ips, _ := s2.UsedIPs(ctx, "lab"); len(ips) != 0 {
+		t.Fatalf("addresses of a deleted VM are still in use: %v", ips)
+	}
+	if err := s2.SetDesired(ctx, "nosuch", api.VMRunning, now); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetDesired on a missing VM: %v", err)
+	}
+}

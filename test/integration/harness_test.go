@@ -1,0 +1,261 @@
+// Package integration brings up real labs — network namespaces, a center, agents and
+// QEMU guests — with the godwit binary and checks the cluster from the outside, the way a
+// user would: through the CLI, the REST API and the lab's client namespace.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// TestMain refuses to run without what the tests need, rather than skipping.
+func TestMain(m *testing.M) {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (the lab creates network namespaces)")
+	}
+	if os.Getenv("GODWIT_BIN") == "" {
+		missing = append(missing, "GODWIT_BIN (the godwit binary; `make test` sets it)")
+	}
+	if d := os.Getenv("GODWIT_GUEST_DIR"); d == "" {
+		missing = append(missing, "GODWIT_GUEST_DIR (the test guest image; `make guest` builds it)")
+	} else if _, err := os.Stat(filepath.Join(d, "vmlinuz")); err != nil {
+		missing = append(missing, fmt.Sprintf("a test guest image in %s (run `make guest`)", d))
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(os.Stderr, "integration tests need: %s; run them with `make test`\n", strings.Join(missing, "; "))
+		os.Exit(2)
+	}
+	// One home for every lab of this run, as on a real machine, so labs get distinct
+	// subnets; short, to keep QEMU's unix socket paths under the kernel's 108-byte limit.
+	home, err := os.MkdirTemp("/tmp", "gw-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	testHome = home
+	code := m.Run()
+	_ = os.RemoveAll(home)
+	os.Exit(code)
+}
+
+// testHome is GODWIT_HOME for every lab of this test run; set once by TestMain.
+var testHome string
+
+// labEnv is one lab brought up for a test, removed when the test ends.
+type labEnv struct {
+	t      *testing.T
+	name   string
+	home   string
+	config string
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newLab brings up a lab with the given number of hosts.
+func newLab(t *testing.T, hosts int) *labEnv {
+	t.Helper()
+	name := "t" + randHex(3)
+	home := testHome
+	l := &labEnv{t: t, name: name, home: home, config: filepath.Join(t.TempDir(), "cli.json")}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_, errDir := os.Stat(l.dir())
+		_, errNS := os.Stat("/run/netns/" + l.ns("switch"))
+		if os.IsNotExist(errDir) && os.IsNotExist(errNS) {
+			return // the test took the lab down itself
+		}
+		if out, err := l.cmd(ctx, "lab", "down", "--name", name).CombinedOutput(); err != nil {
+			t.Errorf("lab down %s: %v\n%s", name, err, out)
+		}
+	})
+	l.mustRun("lab", "up", "--name", name, "--hosts", fmt.Sprint(hosts))
+	return l
+}
+
+func (l *labEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
+	c := exec.CommandContext(ctx, os.Getenv("GODWIT_BIN"), args...)
+	c.Env = append(os.Environ(), "GODWIT_HOME="+l.home, "GODWIT_CONFIG="+l.config)
+	return c
+}
+
+// run runs the godwit CLI and returns stdout, stderr and its error.
+func (l *labEnv) run(args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := l.cmd(ctx, args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	return out.String(), errb.String(), err
+}
+
+func (l *labEnv) mustRun(args ...string) string {
+	l.t.Helper()
+	out, errOut, err := l.run(args...)
+	if err != nil {
+		l.t.Fatalf("godwit %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// runJSON runs a CLI command with -o json and decodes its output.
+func (l *labEnv) runJSON(v any, args ...string) {
+	l.t.Helper()
+	out := l.mustRun(append(args, "-o", "json")...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		l.t.Fatalf("godwit %s: output is not JSON: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+func (l *labEnv) dir() string { return filepath.Join(l.home, "labs", l.name) }
+
+// api returns a REST client for the lab's center.
+func (l *labEnv) api() *api.Client {
+	c, err := api.NewClient("unix://"+filepath.Join(l.dir(), "center.sock"), time.Minute)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return c
+}
+
+// rawAPI sends a raw request body to the center and returns the status and body.
+func (l *labEnv) rawAPI(method, path, body string) (int, string) {
+	l.t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(l.dir(), "center.sock"))
+	}}, Timeout: time.Minute}
+	req, _ := http.NewRequest(method, "http://godwit"+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		l.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (l *labEnv) ns(target string) string {
+	switch target {
+	case "client":
+		return "gw-" + l.name + "-cl"
+	case "center":
+		return "gw-" + l.name + "-c"
+	case "switch":
+		return "gw-" + l.name + "-sw"
+	}
+	return "gw-" + l.name + "-h" + strings.TrimPrefix(target, "host-")
+}
+
+// dial opens a connection from inside a lab namespace: the socket is created while the
+// goroutine's thread is in that namespace, and stays there.
+func (l *labEnv) dial(ctx context.Context, target, network, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, fmt.Errorf("current namespace: %w", err)
+	}
+	defer orig.Close()
+	h, err := netns.GetFromName(l.ns(target))
+	if err != nil {
+		return nil, fmt.Errorf("namespace of %s: %w", target, err)
+	}
+	defer h.Close()
+	if err := netns.Set(h); err != nil {
+		return nil, fmt.Errorf("enter namespace of %s: %w", target, err)
+	}
+	var d net.Dialer
+	conn, derr := d.DialContext(ctx, network, addr)
+	if err := netns.Set(orig); err != nil {
+		panic(fmt.Sprintf("cannot return to the original network namespace: %v", err))
+	}
+	return conn, derr
+}
+
+// http returns an HTTP client whose connections start in the target namespace.
+func (l *labEnv) http(target string) *http.Client {
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return l.dial(ctx, target, network, addr)
+			},
+		},
+	}
+}
+
+// waitHTTP polls url from the target namespace until it answers 200 or the timeout ends.
+func (l *labEnv) waitHTTP(target, url string, timeout time.Duration) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	hc := l.http(target)
+	hc.Timeout = time.Second
+	var lastErr error
+	for time.Since(start) < timeout {
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(start)
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		lastErr = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	l.t.Fatalf("%s did not answer from %s within %s: %v", url, target, timeout, lastErr)
+	return 0
+}
+
+// guestStats reads the guest program's /stats.
+type guestStats struct {
+	MemoryErrors   int64   `json:"memory_errors"`
+	MaxPauseMS     float64 `json:"max_pause_ms"`
+	UptimeMS       int64   `json:"uptime_ms"`
+	BootID         string  `json:"boot_id"`
+	CheckedBytes   int64   `json:"checked_bytes"`
+	ClockBackwards int64   `json:"clock_backwards"`
+	Hostname       string  `json:"hostname"`
+	IP             string  `json:"ip"`
+}
+
+func (l *labEnv) stats(ip string) guestStats {
+	l.t.Helper()
+	resp, err := l.http("client").Get("http://" + ip + "/stats")
+	if err != nil {
+		l.t.Fatalf("GET /stats of %s: %v", ip, err)
+	}
+	defer resp.Body.Close()
+	var s guestStats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		l.t.Fatalf("decode /stats of %s: %v", ip, err)
+	}
+	return s
+}
