@@ -40,11 +40,11 @@ done
 # kernel_pkg prints the versioned package linux-image-cloud-amd64 depends on.
 kernel_pkg() {
   apt-cache depends "$KERNEL_META" 2>/dev/null |
-    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
+    awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ && !found { print $2; found = 1 }'
 }
 # candidate PKG prints the version apt would install.
 candidate() {
-  apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2; exit }'
+  apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" && !found { print $2; found = 1 }'
 }
 
 KPKG=$(kernel_pkg || true)
@@ -149,13 +149,16 @@ log "building the guest program (guest $GHASH)"
 # module_file NAME prints the module's file (names may use '-' or '_'); empty if absent.
 module_file() {
   local n=$1
-  find "$MODDIR/kernel" -type f \( -name "$n.ko*" -o -name "${n//_/-}.ko*" -o -name "${n//-/_}.ko*" \) |
-    grep -E '\.ko(\.(xz|zst|gz))?$' | head -n1
+  local f
+  for f in $(find "$MODDIR/kernel" -type f \( -name "$n.ko*" -o -name "${n//_/-}.ko*" \) | LC_ALL=C sort); do
+    case "$f" in *.ko | *.ko.xz | *.ko.zst | *.ko.gz) echo "$f"; return 0 ;; esac
+  done
 }
 # builtin NAME succeeds if the module is built into the kernel.
+touch "$MODDIR/modules.builtin"
+sed 's/-/_/g' "$MODDIR/modules.builtin" >"$TMP/builtin"
 builtin() {
-  local n=${1//-/_}
-  sed 's/-/_/g' "$MODDIR/modules.builtin" 2>/dev/null | grep -qE "/$n\.ko$"
+  grep -qE "/${1//-/_}\.ko$" "$TMP/builtin"
 }
 
 ORDER=()

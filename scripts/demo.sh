@@ -8,7 +8,7 @@ export GODWIT_GUEST_DIR=$GUEST
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if "$BIN" lab list -o json | grep -q "\"Name\": \"$LAB\""; then
+if "$BIN" lab list -o json | grep -q "\"name\": \"$LAB\""; then
   say "removing the previous demo lab"
   "$BIN" lab down --name "$LAB"
 fi
@@ -24,22 +24,18 @@ t1=$(date +%s.%N)
 ip=$("$BIN" vm show web-1 -o json | sed -n 's/.*"ip": "\([0-9.]*\)".*/\1/p' | head -n1)
 "$BIN" vm list
 
-say "waiting for the guest at $ip to answer HTTP from the client namespace"
-for i in $(seq 1 120); do
-  if "$BIN" lab exec --name "$LAB" client -- busybox wget -q -T 1 -O - "http://$ip/healthz" >/dev/null 2>&1; then break; fi
-  sleep 0.25
-done
+say "the client namespace reaches the guest at $ip: HTTP, TCP echo and UDP echo on port 7"
+"$BIN" lab exec --name "$LAB" client -- "$BIN" probe http --wait 90s "http://$ip/stats"
 t2=$(date +%s.%N)
-"$BIN" lab exec --name "$LAB" client -- busybox wget -q -T 2 -O - "http://$ip/stats"
 echo
-say "TCP echo on port 7 from the client"
-echo "hello over TCP" | "$BIN" lab exec --name "$LAB" client -- busybox nc -w 2 "$ip" 7
+"$BIN" lab exec --name "$LAB" client -- "$BIN" probe tcp "$ip:7"
+"$BIN" lab exec --name "$LAB" client -- "$BIN" probe udp "$ip:7" --count 20
 
-awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "\nlab up: %.1f s; vm create to HTTP answer: %.1f s\n", b-a, c-b }'
+awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "\nlab up: %.1f s; vm create to the guest answering HTTP: %.1f s\n", b-a, c-b }'
 cat <<EOT
 
 The lab stays up so you can explore it:
-  $BIN vm list | $BIN host show host-1 | $BIN vm console web-1
-  $BIN lab exec --name $LAB client -- busybox wget -qO- http://$ip/stats
+  $BIN vm list; $BIN host show host-1; $BIN vm console web-1
+  $BIN lab exec client -- $BIN probe http http://$ip/stats
 Remove it with: $BIN lab down --name $LAB
 EOT

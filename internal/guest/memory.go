@@ -2,10 +2,14 @@ package guest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -341,6 +345,10 @@ func (m *Memory) StartDirty(mib int, rateMiBps float64) error {
 	if m.closed {
 		return fmt.Errorf("dirty: shutting down")
 	}
+	if avail, err := memAvailable(); err == nil && int64(mib)*ChunkSize > avail-dirtyReserve {
+		return fmt.Errorf("dirty: %d MiB requested but only %d MiB available (keeping %d MiB free): %w",
+			mib, avail>>20, dirtyReserve>>20, ErrNoMemory)
+	}
 	ws, err := newRegion("dirty", mib, rand.Uint64())
 	if err != nil {
 		return fmt.Errorf("dirty: %w", err)
@@ -353,6 +361,31 @@ func (m *Memory) StartDirty(mib int, rateMiBps float64) error {
 	go m.dirtyLoop(ctx, ws, run)
 	m.log.Info("dirty: started", "mib", mib, "rate_mibps", rateMiBps)
 	return nil
+}
+
+// ErrNoMemory is returned by [Memory.StartDirty] when the working set would not fit.
+var ErrNoMemory = errors.New("not enough memory")
+
+// dirtyReserve is the memory StartDirty leaves free: as PID 1 the guest must never run
+// the kernel out of memory (init cannot be OOM-killed; the kernel would panic).
+const dirtyReserve = 48 << 20
+
+// memAvailable returns MemAvailable from /proc/meminfo, in bytes.
+func memAvailable() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("read /proc/meminfo: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse MemAvailable %q: %w", f[1], err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("no MemAvailable in /proc/meminfo")
 }
 
 // StopDirty stops the dirtier, waits for it and unmaps its working set.

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -181,6 +182,13 @@ func TestMemoryDirtyRate(t *testing.T) {
 	}
 	if err := m.StartDirty(-1, 0); err == nil {
 		t.Error("StartDirty(-1) succeeded")
+	}
+	avail, err := memAvailable()
+	if err != nil || avail < 64<<20 {
+		t.Fatalf("memAvailable = %d, %v", avail, err)
+	}
+	if err := m.StartDirty(int(avail>>20), 0); !errors.Is(err, ErrNoMemory) {
+		t.Errorf("StartDirty of all available memory: err = %v, want ErrNoMemory", err)
 	}
 }
 

@@ -129,7 +129,11 @@ func (s *Server) handleDirty(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.Memory.StartDirty(mib, rate); err != nil {
 		s.Log.Error("dirty: start failed", "err", err)
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrNoMemory) {
+			code = http.StatusInsufficientStorage
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	writeJSON(w, s.Memory.Stats().Dirty)

@@ -70,6 +70,8 @@ func (l *Lab) start(i int) error {
 // daemonIndex returns the index in l.Daemons of target, or an error naming the valid
 // daemon targets.
 func (l *Lab) daemonIndex(target string) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for i, d := range l.Daemons {
 		if d.Target == target {
 			return i, nil
@@ -85,16 +87,11 @@ func (l *Lab) daemonIndex(target string) (int, error) {
 // DaemonRunning reports the pid of target's daemon (center or host-N) and whether it
 // is running.
 func (l *Lab) DaemonRunning(target string) (pid int, running bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	i, err := l.daemonIndex(target)
 	if err != nil {
 		return 0, false
 	}
-	if disk, err := readState(l.Dir); err == nil && len(disk.Daemons) == len(l.Daemons) {
-		l.Daemons = disk.Daemons
-	}
-	d := l.Daemons[i]
+	d := l.daemon(i)
 	return d.PID, d.running()
 }
 
@@ -106,10 +103,7 @@ func (l *Lab) StopDaemon(ctx context.Context, target string) error {
 	if err != nil {
 		return err
 	}
-	var d Daemon
-	if err := l.modify(func() error { d = l.Daemons[i]; return nil }); err != nil {
-		return err
-	}
+	d := l.daemon(i)
 	if d.running() {
 		l.log.Info("stopping daemon", "lab", l.Name, "target", target, "pid", d.PID)
 		if err := syscall.Kill(d.PID, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -257,7 +251,7 @@ func (l *Lab) waitReady(ctx context.Context, timeout time.Duration) error {
 		select {
 		case <-wctx.Done():
 			if ctx.Err() != nil {
-				return fmt.Errorf("waiting for lab %s: %w", l.Name, ctx.Err())
+				return fmt.Errorf("interrupted while waiting for lab %s to become ready: %w", l.Name, ctx.Err())
 			}
 			return l.notReady(timeout, missing, lastErr)
 		case <-time.After(200 * time.Millisecond):

@@ -18,6 +18,13 @@ import (
 // found under /run/netns. It fails only when there is nothing at all by that name, or
 // when something could not be removed.
 func Down(ctx context.Context, root, name string) error {
+	return teardown(ctx, root, name, true)
+}
+
+// teardown removes what lab name recorded in its lab.json and, with scan set, every
+// namespace named like one of the lab's. Up's own clean-up does not scan: a namespace
+// it found already there belongs to someone else.
+func teardown(ctx context.Context, root, name string, scan bool) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
@@ -29,9 +36,11 @@ func Down(ctx context.Context, root, name string) error {
 	_, statErr := os.Lstat(dir)
 	dirExists := statErr == nil
 
-	namespaces, err := labNamespaces(name)
-	if err != nil {
-		return err
+	var namespaces []string
+	if scan {
+		if namespaces, err = labNamespaces(name); err != nil {
+			return err
+		}
 	}
 	var daemonPIDs []int
 	if l, err := readState(dir); err == nil {
@@ -54,11 +63,11 @@ func Down(ctx context.Context, root, name string) error {
 			ids[id] = true
 		}
 	}
-	var errs []error
 	if err := killProcessesIn(ctx, ids, daemonPIDs); err != nil {
 		// Deleting the namespaces anyway would hide the survivors from the next Down.
 		return fmt.Errorf("take lab %s down: %w", name, err)
 	}
+	var errs []error
 	for _, n := range namespaces {
 		if err := deleteNamespace(n); err != nil {
 			errs = append(errs, err)

@@ -350,7 +350,7 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		o.Log.Warn("lab failed; removing what was made", "lab", l.Name, "err", err)
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		if derr := Down(cctx, o.Root, o.Name); derr != nil {
+		if derr := teardown(cctx, o.Root, o.Name, false); derr != nil {
 			return nil, fmt.Errorf("%w\n(removing the half-built lab failed too: %v; run `godwit lab down --name %s`)", err, derr, o.Name)
 		}
 		return nil, err

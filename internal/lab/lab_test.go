@@ -345,6 +345,23 @@ func TestLab(t *testing.T) {
 		if pid, running := a.DaemonRunning("center"); !running || pid == oldCenter {
 			t.Errorf("center after restart: pid %d (old %d), running %v", pid, oldCenter, running)
 		}
+		// Restarts of different daemons may run at once.
+		errs := make(chan error, 2)
+		for _, h := range []string{"host-1", "host-2"} {
+			go func() { errs <- a.RestartDaemon(ctx, h) }()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent restart: %v", err)
+			}
+		}
+		if loaded, _ := Load(root, a.Name); loaded != nil {
+			for _, d := range loaded.Daemons {
+				if !d.running() {
+					t.Errorf("after concurrent restarts lab.json records %s with pid %d, which is not running", d.Target, d.PID)
+				}
+			}
+		}
 		// The agents find the restarted center again.
 		if err := a.waitReady(ctx, 20*time.Second); err != nil {
 			t.Errorf("hosts did not reconnect to the restarted center: %v", err)
@@ -450,7 +467,8 @@ func TestDownAfterCrash(t *testing.T) {
 	assertGone(t, root, name, pids)
 }
 
-// TestDownPartial removes namespaces of a lab whose directory is gone.
+// TestDownPartial removes namespaces of a lab whose directory is gone, and checks that
+// Up does not reuse them.
 func TestDownPartial(t *testing.T) {
 	needLab(t)
 	root := t.TempDir()
@@ -470,6 +488,14 @@ func TestDownPartial(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer deleteNamespace(other)
+	// Up refuses a name whose namespaces exist, and leaves them alone.
+	_, err := Up(context.Background(), Options{Name: name, Root: root, Binary: "/bin/true"})
+	if err == nil || !strings.Contains(err.Error(), "godwit lab down --name "+name) {
+		t.Errorf("Up over leftover namespaces: err = %v", err)
+	}
+	if ns, _ := labNamespaces(name); len(ns) != 2 {
+		t.Errorf("a refused Up changed the leftover namespaces: %v", ns)
+	}
 	if err := Down(context.Background(), root, name); err != nil {
 		t.Fatalf("Down of a partial lab: %v", err)
 	}
@@ -485,11 +511,12 @@ func TestUpFailureCleansUp(t *testing.T) {
 	needLab(t)
 	root := t.TempDir()
 	for _, tc := range []struct {
-		name, script, want string
-		timeout            time.Duration
+		name, script, want  string
+		timeout, ctxTimeout time.Duration
 	}{
-		{"daemon exits", "#!/bin/sh\necho \"boom: cannot open the database\"\nexit 1\n", "boom: cannot open the database", 30 * time.Second},
-		{"never ready", "#!/bin/sh\necho \"waiting for godot\"\nsleep 600\n", "is not ready after 1s", time.Second},
+		{"daemon exits", "#!/bin/sh\necho \"boom: cannot open the database\"\nexit 1\n", "boom: cannot open the database", 30 * time.Second, time.Minute},
+		{"never ready", "#!/bin/sh\necho \"waiting for godot\"\nsleep 600\n", "is not ready after 1s", time.Second, time.Minute},
+		{"context ends", "#!/bin/sh\nsleep 600\n", "context deadline exceeded", time.Minute, 700 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bin := filepath.Join(t.TempDir(), "godwit")
@@ -498,7 +525,9 @@ func TestUpFailureCleansUp(t *testing.T) {
 			}
 			name := uniqueName()
 			t.Cleanup(func() { downQuietly(t, root, name) })
-			_, err := Up(context.Background(), Options{Name: name, Root: root, Binary: bin, Hosts: 1, ReadyTimeout: tc.timeout})
+			ctx, cancel := context.WithTimeout(context.Background(), tc.ctxTimeout)
+			defer cancel()
+			_, err := Up(ctx, Options{Name: name, Root: root, Binary: bin, Hosts: 1, ReadyTimeout: tc.timeout})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Up: err = %v, want it to contain %q", err, tc.want)
 			}

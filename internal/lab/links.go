@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 
@@ -28,6 +29,12 @@ func (l *Lab) createNetwork(ctx context.Context) error {
 			return err
 		}
 		if err := createNamespace(n); err != nil {
+			if errors.Is(err, errNamespaceExists) {
+				// Not ours: keep the clean-up away from it.
+				if uerr := l.forgetNamespace(n); uerr != nil {
+					return errors.Join(err, uerr)
+				}
+			}
 			return err
 		}
 	}
@@ -139,11 +146,13 @@ func (l *Lab) wireHost(sw *nsLinks, swBridge netlink.Link, hn *nsLinks, i int, i
 	return hn.up(br)
 }
 
-// mac returns the lab's fixed MAC address for a bridge: 02:67:77 ("gw"), the lab
-// number, the kind (0 switch, 1 host) and the host number. A bridge with an explicit
-// address keeps it as ports come and go, instead of taking the lowest port's.
+// mac returns the lab's fixed MAC address for a bridge: 06:67:77 (locally
+// administered, then "gw"), the lab number, the kind (0 switch, 1 host) and the host
+// number. A bridge with an explicit address keeps it as ports come and go, instead of
+// taking the lowest port's. The first byte differs from the 02:67:77 of VM NICs so that
+// no VM can get a bridge's address.
 func (l *Lab) mac(kind, i int) net.HardwareAddr {
-	return net.HardwareAddr{0x02, 0x67, 0x77, byte(l.Index), byte(kind), byte(i)}
+	return net.HardwareAddr{0x06, 0x67, 0x77, byte(l.Index), byte(kind), byte(i)}
 }
 
 // addBridge creates bridge name with address mac.

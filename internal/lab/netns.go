@@ -19,6 +19,9 @@ import (
 // netnsDir is where named network namespaces are bind-mounted, as iproute2 expects.
 const netnsDir = "/run/netns"
 
+// errNamespaceExists marks the failure to create a namespace that someone else made.
+var errNamespaceExists = errors.New("namespace exists")
+
 // roleRE matches the role suffixes of a lab's namespaces: switch, center, client, hosts.
 var roleRE = regexp.MustCompile(`^(sw|c|cl|h[1-9][0-9]*)$`)
 
@@ -54,7 +57,7 @@ func createNamespace(name string) error {
 		ns, err := netns.NewNamed(name)
 		if err != nil {
 			if errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("network namespace %s already exists: run `godwit lab down` for its lab first", name)
+				return fmt.Errorf("network namespace %s already exists: run `godwit lab down` for its lab first: %w", name, errNamespaceExists)
 			}
 			// NewNamed leaves the file behind when the bind mount fails.
 			_ = deleteNamespace(name)

@@ -161,6 +161,16 @@ func (l *Lab) recordNamespace(ns string) error {
 	return l.saveLocked()
 }
 
+// forgetNamespace removes ns, the last namespace recorded, from the record.
+func (l *Lab) forgetNamespace(ns string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.Namespaces); n > 0 && l.Namespaces[n-1] == ns {
+		l.Namespaces = l.Namespaces[:n-1]
+	}
+	return l.saveLocked()
+}
+
 // modify runs fn on the lab's daemon records while holding the lab's lock, after
 // refreshing them from lab.json (another godwit process may have restarted a daemon),
 // and saves the result.
@@ -172,13 +182,27 @@ func (l *Lab) modify(fn func() error) error {
 		return err
 	}
 	defer unlock()
-	if disk, err := readState(l.Dir); err == nil && len(disk.Daemons) == len(l.Daemons) {
-		l.Daemons = disk.Daemons
-	}
+	l.refreshLocked()
 	if err := fn(); err != nil {
 		return err
 	}
 	return l.saveLocked()
+}
+
+// daemon returns daemon i as lab.json records it now.
+func (l *Lab) daemon(i int) Daemon {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refreshLocked()
+	return l.Daemons[i]
+}
+
+// refreshLocked reloads the daemon records from lab.json, where another godwit process
+// may have recorded a restart; l.mu must be held.
+func (l *Lab) refreshLocked() {
+	if disk, err := readState(l.Dir); err == nil && len(disk.Daemons) == len(l.Daemons) {
+		l.Daemons = disk.Daemons
+	}
 }
 
 // lockFile takes an exclusive advisory lock on path, creating it, and returns the

@@ -38,7 +38,10 @@ type Process struct {
 	// fdMu guards pidfd: read-locked while it is used, write-locked by
 	// Close, so that Close never closes it under a poll.
 	fdMu  sync.RWMutex
-	pidfd int // -1 when pidfd_open is unavailable or after Close
+	pidfd int
+	// hasPidfd is false when pidfd_open is unavailable, after Close, and
+	// in a Process not made by Start or Adopt: then the PID is used.
+	hasPidfd bool
 
 	mu      sync.Mutex // guards monitor and closed
 	monitor *qmp.Monitor
@@ -79,6 +82,9 @@ func Start(ctx context.Context, binary string, s Spec) (*Process, error) {
 	// A new session: signals to the agent's process group or terminal
 	// never reach the VM. QEMU's daemon child calls setsid itself too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// If ctx ends mid-start, kill the whole new session's process group
+	// (QEMU forks twice to daemonize); cleanupFailedStart gets the rest.
+	cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
 	// The daemonized child closes its copies of stdout/stderr once
 	// initialised; do not wait forever if one lingers.
 	cmd.WaitDelay = 5 * time.Second
@@ -97,7 +103,8 @@ func Start(ctx context.Context, binary string, s Spec) (*Process, error) {
 		return nil, fmt.Errorf("start qemu for %s: %s", s.Name, msg)
 	}
 
-	p, err := Adopt(ctx, s.RunDir, s.UUID)
+	// QEMU is up: from here on ctx's end must not undo the start.
+	p, err := Adopt(context.WithoutCancel(ctx), s.RunDir, s.UUID)
 	if err != nil {
 		cleanupFailedStart(s)
 		return nil, fmt.Errorf("start qemu for %s: qemu reported success but: %w", s.Name, err)
@@ -123,22 +130,42 @@ func qemuMessage(stderr []byte, logPath string) string {
 }
 
 // cleanupFailedStart makes sure a failed start leaves nothing running and
-// no stale sockets: a daemon that outlived its failing parent (e.g. when
-// ctx was cancelled mid-start) is killed via its pidfile.
+// no stale files: any QEMU of this VM and run directory that outlived its
+// failing parent (e.g. when ctx was cancelled mid-start) is killed. Other
+// QEMUs of the same VM, such as the source of a migration to this host,
+// have another run directory and are left alone.
 func cleanupFailedStart(s Spec) {
-	if pid, err := readPID(s.PIDPath()); err == nil && cmdlineHas(pid, s.UUID) {
+	for _, pid := range pidsOfVM(s.UUID, s.RunDir) {
+		slog.Warn("killing qemu left by a failed start", "vm", s.Name, "pid", pid)
 		unix.Kill(pid, unix.SIGKILL)
 		waitGone(pid, 5*time.Second)
-		os.Remove(s.PIDPath())
 	}
+	os.Remove(s.PIDPath())
 	os.Remove(s.QMPPath())
 	os.Remove(s.ConsoleSocketPath())
+}
+
+// pidsOfVM lists the live QEMUs of the VM uuid with run directory runDir.
+func pidsOfVM(uuid, runDir string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err == nil && isVMProcess(pid, uuid, runDir) && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // Adopt re-attaches to the running QEMU of the VM whose run directory is
 // runDir, e.g. after an agent restart. It reads the pidfile and checks that
 // the process is alive and really is this VM's QEMU (its command line
-// contains uuid); otherwise the error wraps ErrNotRunning.
+// holds "-uuid uuid" and its pidfile is in runDir); otherwise the error
+// wraps ErrNotRunning.
 func Adopt(ctx context.Context, runDir, uuid string) (*Process, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("adopt qemu in %s: %w", runDir, err)
@@ -160,13 +187,13 @@ func Adopt(ctx context.Context, runDir, uuid string) (*Process, error) {
 		}
 		pidfd = -1 // old kernel: fall back to the PID
 	}
-	if !cmdlineHas(pid, uuid) || !alive(pid) {
+	if !isVMProcess(pid, uuid, runDir) || !alive(pid) {
 		if pidfd >= 0 {
 			unix.Close(pidfd)
 		}
 		return nil, fmt.Errorf("adopt qemu in %s: pid %d is not the qemu of VM %s: %w", runDir, pid, uuid, ErrNotRunning)
 	}
-	return &Process{PID: pid, RunDir: runDir, pidfd: pidfd}, nil
+	return &Process{PID: pid, RunDir: runDir, pidfd: pidfd, hasPidfd: pidfd >= 0}, nil
 }
 
 // readPID reads a pidfile.
@@ -182,17 +209,26 @@ func readPID(path string) (int, error) {
 	return pid, nil
 }
 
-// cmdlineHas reports whether process pid's command line contains s as one
-// of its arguments or inside one.
-func cmdlineHas(pid int, s string) bool {
-	if s == "" {
+// isVMProcess reports whether process pid is the QEMU of VM uuid in run
+// directory runDir: started with "-uuid uuid" and "-pidfile
+// runDir/qemu.pid" as Args writes them. Both are compared as given (runDir
+// made absolute), so use one spelling throughout. The run directory
+// matters when two QEMUs of one VM run on one machine, as the source and
+// destination of a migration do.
+func isVMProcess(pid int, uuid, runDir string) bool {
+	if uuid == "" || runDir == "" {
+		return false
+	}
+	abs, err := filepath.Abs(runDir)
+	if err != nil {
 		return false
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil {
 		return false
 	}
-	return bytes.Contains(b, []byte(s))
+	return bytes.Contains(b, []byte("\x00-uuid\x00"+uuid+"\x00")) &&
+		bytes.Contains(b, []byte("\x00-pidfile\x00"+filepath.Join(abs, "qemu.pid")+"\x00"))
 }
 
 // alive reports whether pid exists and is not a zombie.
@@ -227,7 +263,7 @@ func waitGone(pid int, timeout time.Duration) bool {
 func (p *Process) Alive() bool {
 	p.fdMu.RLock()
 	defer p.fdMu.RUnlock()
-	if p.pidfd >= 0 {
+	if p.hasPidfd {
 		fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
 		n, err := unix.Poll(fds, 0)
 		if err == nil && n > 0 {
@@ -266,7 +302,7 @@ func (p *Process) Wait(ctx context.Context) error {
 func (p *Process) pollExit(ms int) (bool, error) {
 	p.fdMu.RLock()
 	defer p.fdMu.RUnlock()
-	if p.pidfd < 0 {
+	if !p.hasPidfd {
 		if !alive(p.PID) {
 			return true, nil
 		}
@@ -286,7 +322,7 @@ func (p *Process) signal(sig unix.Signal) error {
 	p.fdMu.RLock()
 	defer p.fdMu.RUnlock()
 	var err error
-	if p.pidfd >= 0 {
+	if p.hasPidfd {
 		err = unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
 	} else {
 		err = unix.Kill(p.PID, sig)
@@ -417,9 +453,9 @@ func (p *Process) Close() error {
 		p.monitor = nil
 	}
 	p.fdMu.Lock()
-	if p.pidfd >= 0 {
+	if p.hasPidfd {
 		unix.Close(p.pidfd)
-		p.pidfd = -1
+		p.hasPidfd = false
 	}
 	p.fdMu.Unlock()
 	return nil

@@ -28,7 +28,8 @@ func newUUID(t *testing.T) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
-// pidsWithUUID lists the processes whose command line contains uuid.
+// pidsWithUUID lists the live processes whose command line holds uuid
+// anywhere.
 func pidsWithUUID(uuid string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
@@ -37,7 +38,8 @@ func pidsWithUUID(uuid string) []int {
 		if err != nil {
 			continue
 		}
-		if cmdlineHas(pid, uuid) && alive(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(string(b), uuid) && alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -177,6 +179,27 @@ func TestStartAdoptShutdown(t *testing.T) {
 		t.Errorf("Adopt with a wrong UUID = %v, want ErrNotRunning", err)
 	}
 
+	// Another run directory whose pidfile names this QEMU is not its home.
+	other := t.TempDir()
+	pidText, _ := os.ReadFile(s.PIDPath())
+	os.WriteFile(filepath.Join(other, "qemu.pid"), pidText, 0o644)
+	if _, err := Adopt(ctx, other, s.UUID); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Adopt from another run directory = %v, want ErrNotRunning", err)
+	}
+	// A failed start of the same VM elsewhere (as a migration destination
+	// on this machine would be) leaves this QEMU alone.
+	dst := s
+	dst.RunDir = t.TempDir()
+	bad := filepath.Join(dst.RunDir, "bad.img")
+	os.WriteFile(bad, make([]byte, 4096), 0o644)
+	dst.Disks = []Disk{{ID: "d0", Path: bad, Format: FormatQCOW2}}
+	if _, err := Start(ctx, bin, dst); err == nil {
+		t.Error("Start with a bad qcow2 succeeded")
+	}
+	if !p.Alive() {
+		t.Fatal("a failed start of the same VM in another run directory killed the running QEMU")
+	}
+
 	// Starting it again in the same run directory is refused.
 	if _, err := Start(ctx, bin, s); err == nil || !strings.Contains(err.Error(), "already running") {
 		t.Errorf("second Start = %v, want already running", err)
@@ -227,8 +250,25 @@ func TestKillAndWait(t *testing.T) {
 	}
 	shortCancel()
 
+	// A Process without a pidfd (as on kernels without pidfd_open)
+	// watches the PID instead.
+	byPID := &Process{PID: p.PID, RunDir: p.RunDir}
+	if !byPID.Alive() {
+		t.Error("PID-based Alive = false for a running QEMU")
+	}
+	waitedByPID := make(chan error, 1)
+	go func() { waitedByPID <- byPID.Wait(ctx) }()
+
 	if err := p.Kill(); err != nil {
 		t.Fatalf("Kill: %v", err)
+	}
+	select {
+	case err := <-waitedByPID:
+		if err != nil {
+			t.Errorf("PID-based Wait = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("PID-based Wait did not return after Kill")
 	}
 	select {
 	case err := <-waited:

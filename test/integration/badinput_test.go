@@ -18,7 +18,7 @@ func TestBadInput(t *testing.T) {
 	l := newLab(t, 1)
 
 	var ok api.VM
-	l.runJSON(&ok, "vm", "create", "dup", "--start=false")
+	l.RunJSON(&ok, "vm", "create", "dup", "--start=false")
 	if ok.State != api.VMStopped {
 		t.Fatalf("vm create --start=false gave state %s", ok.State)
 	}
@@ -46,15 +46,15 @@ func TestBadInput(t *testing.T) {
 		{"duplicate IP", `{"name": "x", "nics": [{"network": "lab", "ip": "` + ok.IP + `"}]}`, 409, "dup"},
 	}
 	for _, c := range cases {
-		status, body := l.rawAPI(http.MethodPost, "/api/v1/vms", c.body)
+		status, body := l.RawAPI(http.MethodPost, "/api/v1/vms", c.body)
 		if status != c.status || !strings.Contains(body, c.want) {
 			t.Errorf("%s: got %d %s; want %d mentioning %q", c.name, status, strings.TrimSpace(body), c.status, c.want)
 		}
 	}
-	if status, body := l.rawAPI(http.MethodPost, "/api/v1/hosts/heartbeat", `{"name": "h", "bogus": 1}`); status != 400 {
+	if status, body := l.RawAPI(http.MethodPost, "/api/v1/hosts/heartbeat", `{"name": "h", "bogus": 1}`); status != 400 {
 		t.Errorf("heartbeat with an unknown field: got %d %s, want 400", status, body)
 	}
-	if status, _ := l.rawAPI(http.MethodGet, "/api/v1/vms/nosuch", ""); status != 404 {
+	if status, _ := l.RawAPI(http.MethodGet, "/api/v1/vms/nosuch", ""); status != 404 {
 		t.Errorf("GET an unknown VM: got %d, want 404", status)
 	}
 
@@ -68,7 +68,7 @@ func TestBadInput(t *testing.T) {
 		{"host", "show", "nosuch"},
 		{"vm", "list", "-o", "yaml"},
 	} {
-		_, errOut, err := l.run(args...)
+		_, errOut, err := l.Run(args...)
 		if err == nil || !strings.HasPrefix(errOut, "error: ") {
 			t.Errorf("godwit %s: want a non-zero exit and an error line, got err=%v stderr=%q", strings.Join(args, " "), err, errOut)
 		}
@@ -76,37 +76,37 @@ func TestBadInput(t *testing.T) {
 
 	// Nothing was half-created: only "dup" exists, in the center and on the host.
 	var vms []api.VM
-	l.runJSON(&vms, "vm", "list")
+	l.RunJSON(&vms, "vm", "list")
 	if len(vms) != 1 || vms[0].Name != "dup" {
 		t.Fatalf("after the bad requests vm list is %+v; want only dup", vms)
 	}
-	dirs, _ := filepath.Glob(filepath.Join(l.dir(), "host-1", "vms", "*"))
+	dirs, _ := filepath.Glob(filepath.Join(l.Dir(), "host-1", "vms", "*"))
 	if len(dirs) != 1 {
 		t.Fatalf("host-1 keeps state for %d VMs, want 1: %v", len(dirs), dirs)
 	}
-	if _, err := os.Stat(filepath.Join(l.dir(), "datastore", "vms", "x")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(l.Dir(), "datastore", "vms", "x")); !os.IsNotExist(err) {
 		t.Fatal("a disk folder for the refused VM x was left on the datastore")
 	}
 
 	// A QEMU that fails to start leaves the VM in the error state with QEMU's message,
 	// and releases what it had.
-	_, errOut, err := l.run("vm", "create", "badcpu", "--cpu-model", "no-such-cpu")
+	_, errOut, err := l.Run("vm", "create", "badcpu", "--cpu-model", "no-such-cpu")
 	if err == nil || !strings.Contains(errOut, "no-such-cpu") {
 		t.Fatalf("vm create with an unknown CPU model: err=%v stderr=%q; want a failure quoting QEMU", err, errOut)
 	}
 	var bad api.VM
-	if err := l.api().Do(context.Background(), http.MethodGet, "/api/v1/vms/badcpu", nil, &bad); err != nil {
+	if err := l.API().Do(context.Background(), http.MethodGet, "/api/v1/vms/badcpu", nil, &bad); err != nil {
 		t.Fatal(err)
 	}
 	if bad.State != api.VMError || !strings.Contains(bad.Error, "no-such-cpu") || bad.PID != 0 {
 		t.Fatalf("badcpu is %s (%q, pid %d); want state error carrying QEMU's message and no process", bad.State, bad.Error, bad.PID)
 	}
-	out, _, _ := l.run("lab", "exec", "--name", l.name, "host-1", "--", "ip", "-o", "link", "show")
+	out, _, _ := l.Run("lab", "exec", "--name", l.Name, "host-1", "--", "ip", "-o", "link", "show")
 	if strings.Contains(out, netdev.TapName(bad.UUID, 0)) {
 		t.Fatalf("the failed VM's TAP is left on host-1:\n%s", out)
 	}
-	l.mustRun("vm", "delete", "badcpu")
-	l.mustRun("vm", "delete", "dup")
+	l.MustRun("vm", "delete", "badcpu")
+	l.MustRun("vm", "delete", "dup")
 }
 
 // TestTwoLabs runs two labs side by side and removes one without disturbing the other.
@@ -114,8 +114,8 @@ func TestTwoLabs(t *testing.T) {
 	a := newLab(t, 1)
 	b := newLab(t, 1)
 	var ha, hb []api.Host
-	a.runJSON(&ha, "host", "list")
-	b.runJSON(&hb, "host", "list")
+	a.RunJSON(&ha, "host", "list")
+	b.RunJSON(&hb, "host", "list")
 	if len(ha) != 1 || len(hb) != 1 || ha[0].Address == hb[0].Address {
 		t.Fatalf("two labs: hosts %+v and %+v; want one host each, on different addresses", ha, hb)
 	}
@@ -124,14 +124,14 @@ func TestTwoLabs(t *testing.T) {
 			t.Fatalf("host address %s is outside 198.18.0.0/15", h.Address)
 		}
 	}
-	a.mustRun("lab", "down", "--name", a.name)
-	if _, err := os.Stat(a.dir()); !os.IsNotExist(err) {
-		t.Fatalf("lab down left %s", a.dir())
+	a.MustRun("lab", "down", "--name", a.Name)
+	if _, err := os.Stat(a.Dir()); !os.IsNotExist(err) {
+		t.Fatalf("lab down left %s", a.Dir())
 	}
-	if _, err := os.Stat("/run/netns/" + a.ns("client")); !os.IsNotExist(err) {
+	if _, err := os.Stat("/run/netns/" + a.NS("client")); !os.IsNotExist(err) {
 		t.Fatal("lab down left the client namespace")
 	}
-	b.runJSON(&hb, "host", "list")
+	b.RunJSON(&hb, "host", "list")
 	if len(hb) != 1 || hb[0].State != api.HostConnected {
 		t.Fatalf("the second lab suffered from the first one's removal: %+v", hb)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/guest"
+	"github.com/godwit/godwit/internal/labtest"
 	"github.com/godwit/godwit/internal/netdev"
 )
 
@@ -26,7 +27,7 @@ func TestVMLifecycle(t *testing.T) {
 	l := newLab(t, 2)
 
 	var hosts []api.Host
-	l.runJSON(&hosts, "host", "list")
+	l.RunJSON(&hosts, "host", "list")
 	if len(hosts) != 2 {
 		t.Fatalf("host list shows %d hosts, want 2", len(hosts))
 	}
@@ -37,15 +38,15 @@ func TestVMLifecycle(t *testing.T) {
 	}
 
 	var vm api.VM
-	l.runJSON(&vm, "vm", "create", "web-1", "--host", "host-1")
+	l.RunJSON(&vm, "vm", "create", "web-1", "--host", "host-1")
 	if vm.State != api.VMRunning || vm.Host != "host-1" || vm.IP == "" || vm.MAC == "" || vm.PID == 0 {
 		t.Fatalf("vm create returned %+v; want a running VM on host-1 with an IP, a MAC and a PID", vm)
 	}
 	base := "http://" + vm.IP
-	boot := l.waitHTTP("client", base+"/healthz", 90*time.Second)
+	boot := l.WaitHTTP("client", base+"/healthz", 90*time.Second)
 	t.Logf("guest answered HTTP %s after create", boot.Round(time.Millisecond))
 
-	st := l.stats(vm.IP)
+	st := l.Stats(vm.IP)
 	if st.MemoryErrors != 0 || st.BootID == "" || st.Hostname != "web-1" {
 		t.Fatalf("guest stats %+v: want no memory errors, a boot id and hostname web-1", st)
 	}
@@ -53,7 +54,7 @@ func TestVMLifecycle(t *testing.T) {
 	// The TCP connection stays open across the agent and center restarts below.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	tcp, err := l.dial(ctx, "client", "tcp", vm.IP+":7")
+	tcp, err := l.Dial(ctx, "client", "tcp", vm.IP+":7")
 	if err != nil {
 		t.Fatalf("TCP echo: %v", err)
 	}
@@ -69,27 +70,27 @@ func TestVMLifecycle(t *testing.T) {
 	}
 
 	// Restart the agent under the running VM: the VM is unaffected and re-adopted.
-	l.mustRun("lab", "restart", "host-1")
+	l.MustRun("lab", "restart", "host-1")
 	waitVM(t, l, "web-1", func(v api.VM) bool { return v.State == api.VMRunning && v.PID == vm.PID })
-	if s := l.stats(vm.IP); s.BootID != st.BootID || s.MemoryErrors != 0 {
+	if s := l.Stats(vm.IP); s.BootID != st.BootID || s.MemoryErrors != 0 {
 		t.Fatalf("after the agent restart the guest reports %+v; want boot id %s and no memory errors", s, st.BootID)
 	}
 	echoTCP(t, tcp, 4<<10)
 	// The re-adopted VM is still managed: its console is readable through the new agent.
-	if out := l.mustRun("vm", "console", "web-1"); !strings.Contains(out, "godwit-guest ready") {
+	if out := l.MustRun("vm", "console", "web-1"); !strings.Contains(out, "godwit-guest ready") {
 		t.Fatalf("vm console after the agent restart does not show the boot log:\n%s", out)
 	}
 
 	// Restart the center: the inventory is intact.
-	l.mustRun("lab", "restart", "center")
+	l.MustRun("lab", "restart", "center")
 	var after api.VM
-	l.runJSON(&after, "vm", "show", "web-1")
+	l.RunJSON(&after, "vm", "show", "web-1")
 	if after.UUID != vm.UUID || after.IP != vm.IP || after.MAC != vm.MAC || after.Host != "host-1" {
 		t.Fatalf("after the center restart web-1 is %+v; want UUID %s, IP %s, MAC %s on host-1", after, vm.UUID, vm.IP, vm.MAC)
 	}
 	waitVM(t, l, "web-1", func(v api.VM) bool { return v.State == api.VMRunning })
 	var hostsAfter []api.Host
-	l.runJSON(&hostsAfter, "host", "list")
+	l.RunJSON(&hostsAfter, "host", "list")
 	if len(hostsAfter) != 2 {
 		t.Fatalf("after the center restart host list shows %d hosts, want 2", len(hostsAfter))
 	}
@@ -100,14 +101,14 @@ func TestVMLifecycle(t *testing.T) {
 
 	// Stop: the QEMU process ends and the record is on the image file itself.
 	var stopped api.VM
-	l.runJSON(&stopped, "vm", "stop", "web-1", "--grace", "20s")
+	l.RunJSON(&stopped, "vm", "stop", "web-1", "--grace", "20s")
 	if stopped.State != api.VMStopped {
 		t.Fatalf("vm stop left state %s", stopped.State)
 	}
 	if !processGone(vm.PID, 5*time.Second) {
 		t.Fatalf("QEMU process %d still runs after vm stop", vm.PID)
 	}
-	img := filepath.Join(l.dir(), "datastore", "vms", "web-1", "data.qcow2")
+	img := filepath.Join(l.Dir(), "datastore", "vms", "web-1", "data.qcow2")
 	raw := filepath.Join(t.TempDir(), "data.raw")
 	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", img, raw).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert: %v\n%s", err, out)
@@ -122,9 +123,9 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("the image file does not hold the record the guest wrote: %v", err)
 	}
 
-	l.mustRun("vm", "delete", "web-1")
+	l.MustRun("vm", "delete", "web-1")
 	var vms []api.VM
-	l.runJSON(&vms, "vm", "list")
+	l.RunJSON(&vms, "vm", "list")
 	if len(vms) != 0 {
 		t.Fatalf("vm list after delete: %+v", vms)
 	}
@@ -132,7 +133,7 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("the data disk %s is still there after delete", img)
 	}
 	tap := netdev.TapName(vm.UUID, 0)
-	out, _, _ := l.run("lab", "exec", "--name", l.name, "host-1", "--", "ip", "-o", "link", "show")
+	out, _, _ := l.Run("lab", "exec", "--name", l.Name, "host-1", "--", "ip", "-o", "link", "show")
 	if strings.Contains(out, tap) {
 		t.Fatalf("TAP %s is left on host-1 after delete:\n%s", tap, out)
 	}
@@ -156,12 +157,12 @@ func processGone(pid int, timeout time.Duration) bool {
 	}
 }
 
-func waitVM(t *testing.T, l *labEnv, name string, ok func(api.VM) bool) api.VM {
+func waitVM(t *testing.T, l *labtest.Lab, name string, ok func(api.VM) bool) api.VM {
 	t.Helper()
 	var v api.VM
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if err := l.api().Do(context.Background(), http.MethodGet, "/api/v1/vms/"+name, nil, &v); err == nil && ok(v) {
+		if err := l.API().Do(context.Background(), http.MethodGet, "/api/v1/vms/"+name, nil, &v); err == nil && ok(v) {
 			return v
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -188,11 +189,11 @@ func echoTCP(t *testing.T, c io.ReadWriter, n int) {
 	}
 }
 
-func echoUDP(t *testing.T, l *labEnv, ip string, n int) {
+func echoUDP(t *testing.T, l *labtest.Lab, ip string, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := l.dial(ctx, "client", "udp", ip+":7")
+	c, err := l.Dial(ctx, "client", "udp", ip+":7")
 	if err != nil {
 		t.Fatalf("UDP echo: %v", err)
 	}
@@ -200,7 +201,7 @@ func echoUDP(t *testing.T, l *labEnv, ip string, n int) {
 	got := 0
 	buf := make([]byte, 2048)
 	for i := 0; i < n; i++ {
-		msg := []byte(fmt.Sprintf("godwit-udp-%d-%s", i, randHex(8)))
+		msg := []byte(fmt.Sprintf("godwit-udp-%d-%s", i, labtest.RandHex(8)))
 		if _, err := c.Write(msg); err != nil {
 			t.Fatalf("UDP echo: write: %v", err)
 		}
@@ -215,10 +216,10 @@ func echoUDP(t *testing.T, l *labEnv, ip string, n int) {
 	}
 }
 
-func putDisk(t *testing.T, l *labEnv, ip string, slot int, data []byte) {
+func putDisk(t *testing.T, l *labtest.Lab, ip string, slot int, data []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPut, fmt.Sprintf("http://%s/disk/%d", ip, slot), bytes.NewReader(data))
-	resp, err := l.http("client").Do(req)
+	resp, err := l.HTTP("client").Do(req)
 	if err != nil {
 		t.Fatalf("PUT /disk/%d: %v", slot, err)
 	}
@@ -229,9 +230,9 @@ func putDisk(t *testing.T, l *labEnv, ip string, slot int, data []byte) {
 	}
 }
 
-func getDisk(t *testing.T, l *labEnv, ip string, slot int) []byte {
+func getDisk(t *testing.T, l *labtest.Lab, ip string, slot int) []byte {
 	t.Helper()
-	resp, err := l.http("client").Get(fmt.Sprintf("http://%s/disk/%d", ip, slot))
+	resp, err := l.HTTP("client").Get(fmt.Sprintf("http://%s/disk/%d", ip, slot))
 	if err != nil {
 		t.Fatalf("GET /disk/%d: %v", slot, err)
 	}

@@ -1,7 +1,7 @@
-// Package integration brings up real labs — network namespaces, a center, agents and
-// QEMU guests — with the godwit binary and checks the cluster from the outside, the way a
-// user would: through the CLI, the REST API and the lab's client namespace.
-package integration
+// Package labtest brings up real labs for tests and benchmarks — network namespaces, a
+// center, agents and QEMU guests, driven through the godwit binary — and talks to them
+// the way a user would: through the CLI, the REST API and the lab's client namespace.
+package labtest
 
 import (
 	"bytes"
@@ -26,8 +26,10 @@ import (
 	"github.com/godwit/godwit/internal/api"
 )
 
-// TestMain refuses to run without what the tests need, rather than skipping.
-func TestMain(m *testing.M) {
+// Require checks what labs need (root, the binary in GODWIT_BIN, the guest image in
+// GODWIT_GUEST_DIR) and returns a GODWIT_HOME for the run. On failure it prints what is
+// missing and exits: these tests never skip.
+func Require() (home string, cleanup func()) {
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root (the lab creates network namespaces)")
@@ -41,7 +43,7 @@ func TestMain(m *testing.M) {
 		missing = append(missing, fmt.Sprintf("a test guest image in %s (run `make guest`)", d))
 	}
 	if len(missing) > 0 {
-		fmt.Fprintf(os.Stderr, "integration tests need: %s; run them with `make test`\n", strings.Join(missing, "; "))
+		fmt.Fprintf(os.Stderr, "lab tests need: %s; run them with `make test`\n", strings.Join(missing, "; "))
 		os.Exit(2)
 	}
 	// One home for every lab of this run, as on a real machine, so labs get distinct
@@ -51,103 +53,101 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	testHome = home
-	code := m.Run()
-	_ = os.RemoveAll(home)
-	os.Exit(code)
+	return home, func() { _ = os.RemoveAll(home) }
 }
 
-// testHome is GODWIT_HOME for every lab of this test run; set once by TestMain.
-var testHome string
-
-// labEnv is one lab brought up for a test, removed when the test ends.
-type labEnv struct {
-	t      *testing.T
-	name   string
+// Lab is one lab brought up for a test, removed when the test ends.
+type Lab struct {
+	t      testing.TB
+	Name   string
 	home   string
 	config string
 }
 
-func randHex(n int) string {
+// RandHex returns n random bytes in hex.
+func RandHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
-// newLab brings up a lab with the given number of hosts.
-func newLab(t *testing.T, hosts int) *labEnv {
+// New brings up a lab with the given number of hosts under home (from Require) and takes
+// it down when the test ends.
+func New(t testing.TB, home string, hosts int) *Lab {
 	t.Helper()
-	name := "t" + randHex(3)
-	home := testHome
-	l := &labEnv{t: t, name: name, home: home, config: filepath.Join(t.TempDir(), "cli.json")}
+	name := "t" + RandHex(3)
+	l := &Lab{t: t, Name: name, home: home, config: filepath.Join(t.TempDir(), "cli.json")}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
-		_, errDir := os.Stat(l.dir())
-		_, errNS := os.Stat("/run/netns/" + l.ns("switch"))
+		_, errDir := os.Stat(l.Dir())
+		_, errNS := os.Stat("/run/netns/" + l.NS("switch"))
 		if os.IsNotExist(errDir) && os.IsNotExist(errNS) {
 			return // the test took the lab down itself
 		}
-		if out, err := l.cmd(ctx, "lab", "down", "--name", name).CombinedOutput(); err != nil {
+		if out, err := l.Cmd(ctx, "lab", "down", "--name", name).CombinedOutput(); err != nil {
 			t.Errorf("lab down %s: %v\n%s", name, err, out)
 		}
 	})
-	l.mustRun("lab", "up", "--name", name, "--hosts", fmt.Sprint(hosts))
+	l.MustRun("lab", "up", "--name", name, "--hosts", fmt.Sprint(hosts))
 	return l
 }
 
-func (l *labEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
+// Cmd returns the godwit CLI as a command bound to this lab's home and config.
+func (l *Lab) Cmd(ctx context.Context, args ...string) *exec.Cmd {
 	c := exec.CommandContext(ctx, os.Getenv("GODWIT_BIN"), args...)
 	c.Env = append(os.Environ(), "GODWIT_HOME="+l.home, "GODWIT_CONFIG="+l.config)
 	return c
 }
 
-// run runs the godwit CLI and returns stdout, stderr and its error.
-func (l *labEnv) run(args ...string) (string, string, error) {
+// Run runs the godwit CLI and returns stdout, stderr and its error.
+func (l *Lab) Run(args ...string) (string, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c := l.cmd(ctx, args...)
+	c := l.Cmd(ctx, args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
 	err := c.Run()
 	return out.String(), errb.String(), err
 }
 
-func (l *labEnv) mustRun(args ...string) string {
+// MustRun runs the CLI and fails the test if it fails.
+func (l *Lab) MustRun(args ...string) string {
 	l.t.Helper()
-	out, errOut, err := l.run(args...)
+	out, errOut, err := l.Run(args...)
 	if err != nil {
 		l.t.Fatalf("godwit %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errOut)
 	}
 	return out
 }
 
-// runJSON runs a CLI command with -o json and decodes its output.
-func (l *labEnv) runJSON(v any, args ...string) {
+// RunJSON runs a CLI command with -o json and decodes its output.
+func (l *Lab) RunJSON(v any, args ...string) {
 	l.t.Helper()
-	out := l.mustRun(append(args, "-o", "json")...)
+	out := l.MustRun(append(args, "-o", "json")...)
 	if err := json.Unmarshal([]byte(out), v); err != nil {
 		l.t.Fatalf("godwit %s: output is not JSON: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
 
-func (l *labEnv) dir() string { return filepath.Join(l.home, "labs", l.name) }
+// Dir is the lab's directory.
+func (l *Lab) Dir() string { return filepath.Join(l.home, "labs", l.Name) }
 
-// api returns a REST client for the lab's center.
-func (l *labEnv) api() *api.Client {
-	c, err := api.NewClient("unix://"+filepath.Join(l.dir(), "center.sock"), time.Minute)
+// API returns a REST client for the lab's center.
+func (l *Lab) API() *api.Client {
+	c, err := api.NewClient("unix://"+filepath.Join(l.Dir(), "center.sock"), time.Minute)
 	if err != nil {
 		l.t.Fatal(err)
 	}
 	return c
 }
 
-// rawAPI sends a raw request body to the center and returns the status and body.
-func (l *labEnv) rawAPI(method, path, body string) (int, string) {
+// RawAPI sends a raw request body to the center and returns the status and body.
+func (l *Lab) RawAPI(method, path, body string) (int, string) {
 	l.t.Helper()
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(l.dir(), "center.sock"))
+		return d.DialContext(ctx, "unix", filepath.Join(l.Dir(), "center.sock"))
 	}}, Timeout: time.Minute}
 	req, _ := http.NewRequest(method, "http://godwit"+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
@@ -160,21 +160,22 @@ func (l *labEnv) rawAPI(method, path, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func (l *labEnv) ns(target string) string {
+// NS is the network namespace of a lab target.
+func (l *Lab) NS(target string) string {
 	switch target {
 	case "client":
-		return "gw-" + l.name + "-cl"
+		return "gw-" + l.Name + "-cl"
 	case "center":
-		return "gw-" + l.name + "-c"
+		return "gw-" + l.Name + "-c"
 	case "switch":
-		return "gw-" + l.name + "-sw"
+		return "gw-" + l.Name + "-sw"
 	}
-	return "gw-" + l.name + "-h" + strings.TrimPrefix(target, "host-")
+	return "gw-" + l.Name + "-h" + strings.TrimPrefix(target, "host-")
 }
 
-// dial opens a connection from inside a lab namespace: the socket is created while the
+// Dial opens a connection from inside a lab namespace: the socket is created while the
 // goroutine's thread is in that namespace, and stays there.
-func (l *labEnv) dial(ctx context.Context, target, network, addr string) (net.Conn, error) {
+func (l *Lab) Dial(ctx context.Context, target, network, addr string) (net.Conn, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -182,7 +183,7 @@ func (l *labEnv) dial(ctx context.Context, target, network, addr string) (net.Co
 		return nil, fmt.Errorf("current namespace: %w", err)
 	}
 	defer orig.Close()
-	h, err := netns.GetFromName(l.ns(target))
+	h, err := netns.GetFromName(l.NS(target))
 	if err != nil {
 		return nil, fmt.Errorf("namespace of %s: %w", target, err)
 	}
@@ -198,24 +199,24 @@ func (l *labEnv) dial(ctx context.Context, target, network, addr string) (net.Co
 	return conn, derr
 }
 
-// http returns an HTTP client whose connections start in the target namespace.
-func (l *labEnv) http(target string) *http.Client {
+// HTTP returns an HTTP client whose connections start in the target namespace.
+func (l *Lab) HTTP(target string) *http.Client {
 	return &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return l.dial(ctx, target, network, addr)
+				return l.Dial(ctx, target, network, addr)
 			},
 		},
 	}
 }
 
-// waitHTTP polls url from the target namespace until it answers 200 or the timeout ends.
-func (l *labEnv) waitHTTP(target, url string, timeout time.Duration) time.Duration {
+// WaitHTTP polls url from the target namespace until it answers 200 or the timeout ends.
+func (l *Lab) WaitHTTP(target, url string, timeout time.Duration) time.Duration {
 	l.t.Helper()
 	start := time.Now()
-	hc := l.http(target)
+	hc := l.HTTP(target)
 	hc.Timeout = time.Second
 	var lastErr error
 	for time.Since(start) < timeout {
@@ -234,8 +235,8 @@ func (l *labEnv) waitHTTP(target, url string, timeout time.Duration) time.Durati
 	return 0
 }
 
-// guestStats reads the guest program's /stats.
-type guestStats struct {
+// GuestStats is part of what the guest program's /stats reports.
+type GuestStats struct {
 	MemoryErrors   int64   `json:"memory_errors"`
 	MaxPauseMS     float64 `json:"max_pause_ms"`
 	UptimeMS       int64   `json:"uptime_ms"`
@@ -246,14 +247,15 @@ type guestStats struct {
 	IP             string  `json:"ip"`
 }
 
-func (l *labEnv) stats(ip string) guestStats {
+// Stats reads the guest program's /stats from the client namespace.
+func (l *Lab) Stats(ip string) GuestStats {
 	l.t.Helper()
-	resp, err := l.http("client").Get("http://" + ip + "/stats")
+	resp, err := l.HTTP("client").Get("http://" + ip + "/stats")
 	if err != nil {
 		l.t.Fatalf("GET /stats of %s: %v", ip, err)
 	}
 	defer resp.Body.Close()
-	var s guestStats
+	var s GuestStats
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		l.t.Fatalf("decode /stats of %s: %v", ip, err)
 	}

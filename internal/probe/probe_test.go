@@ -1,0 +1,86 @@
+package probe
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWaitHTTPAndGet(t *testing.T) {
+	ready := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-ready:
+			io.WriteString(w, "ok")
+		default:
+			http.Error(w, "not yet", http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := Get(ctx, srv.URL); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("Get before ready: %v", err)
+	}
+	time.AfterFunc(200*time.Millisecond, func() { close(ready) })
+	d, err := WaitHTTP(ctx, srv.URL, 20*time.Millisecond)
+	if err != nil || d < 150*time.Millisecond {
+		t.Fatalf("WaitHTTP = %s, %v", d, err)
+	}
+	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if _, err := WaitHTTP(short, "http://127.0.0.1:1/", 10*time.Millisecond); err == nil {
+		t.Fatal("WaitHTTP on a closed port succeeded")
+	}
+}
+
+func TestEchoes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	drop := 0
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			drop++
+			if drop%5 == 0 { // lose every fifth datagram
+				continue
+			}
+			pc.WriteTo(buf[:n], a)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := EchoTCP(ctx, ln.Addr().String(), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got, err := EchoUDP(ctx, pc.LocalAddr().String(), 20, 100*time.Millisecond)
+	if err != nil || got != 16 {
+		t.Fatalf("EchoUDP = %d, %v; want 16 of 20", got, err)
+	}
+}
