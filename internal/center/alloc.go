@@ -46,13 +46,22 @@ func (p Pool) String() string {
 	return fmt.Sprintf("%s,%s-%s", p.Subnet, p.First, p.Last)
 }
 
-// next returns the lowest free address in the pool, in CIDR form.
-func (p Pool) next(used map[string]bool) (string, error) {
-	for a := p.First; ; a = a.Next() {
+// next returns the first free address after last (wrapping round the pool), in CIDR
+// form. Going round rather than taking the lowest free address keeps a just-released
+// address out of use while other machines may still have its old MAC cached.
+func (p Pool) next(used map[string]bool, last string) (string, error) {
+	start := p.First
+	if l, err := netip.ParseAddr(last); err == nil && !l.Less(p.First) && l.Less(p.Last) {
+		start = l.Next()
+	}
+	for a := start; ; {
 		if !used[a.String()] {
 			return fmt.Sprintf("%s/%d", a, p.Subnet.Bits()), nil
 		}
-		if a == p.Last {
+		if a = a.Next(); a == p.Last.Next() {
+			a = p.First
+		}
+		if a == start {
 			return "", fmt.Errorf("the address pool %s-%s is exhausted", p.First, p.Last)
 		}
 	}

@@ -14,12 +14,19 @@ func TestParsePool(t *testing.T) {
 		t.Fatalf("round trip: %s", p)
 	}
 	used := map[string]bool{"198.18.1.100": true}
-	ip, err := p.next(used)
-	if err != nil || ip != "198.18.1.101/24" {
-		t.Fatalf("next = %s, %v; want 198.18.1.101/24", ip, err)
+	for _, c := range []struct{ last, want string }{
+		{"", "198.18.1.101/24"},
+		{"198.18.1.100", "198.18.1.101/24"},
+		{"198.18.1.101", "198.18.1.102/24"},
+		{"198.18.1.102", "198.18.1.101/24"}, // wraps, skipping the used .100
+		{"198.19.0.1", "198.18.1.101/24"},   // a cursor outside the pool starts over
+	} {
+		if ip, err := p.next(used, c.last); err != nil || ip != c.want {
+			t.Errorf("next after %q = %s, %v; want %s", c.last, ip, err, c.want)
+		}
 	}
 	used["198.18.1.101"], used["198.18.1.102"] = true, true
-	if _, err := p.next(used); err == nil || !strings.Contains(err.Error(), "exhausted") {
+	if _, err := p.next(used, "198.18.1.101"); err == nil || !strings.Contains(err.Error(), "exhausted") {
 		t.Fatalf("full pool: %v", err)
 	}
 	for _, bad := range []string{"198.18.1.0/24", "x/24,1-2", "198.18.1.0/24,198.18.2.1-198.18.2.5", "198.18.1.0/24,198.18.1.9-198.18.1.1"} {

@@ -180,6 +180,15 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 		err = c.store.InsertVM(ctx, store.VMRecord{Spec: spec, Host: host.Facts.Name, Desired: api.VMStopped,
 			State: api.VMStopped, Created: now, Updated: now})
 	}
+	if err == nil {
+		for _, n := range spec.NICs {
+			if _, pooled := c.cfg.Pools[n.Network]; pooled && n.IP != "" {
+				if cerr := c.store.SetLastIP(ctx, n.Network, n.IP); cerr != nil {
+					c.log.Warn("address cursor not saved; the next VM may reuse a recent address", "err", cerr)
+				}
+			}
+		}
+	}
 	c.allocMu.Unlock()
 	if err != nil {
 		var dup *store.DuplicateError
@@ -429,7 +438,11 @@ func (c *Center) assignAddresses(ctx context.Context, h store.HostRecord, spec *
 			for _, o := range spec.NICs[:i] {
 				used[strings.SplitN(o.IP, "/", 2)[0]] = true
 			}
-			if n.IP, err = pool.next(used); err != nil {
+			last, err := c.store.LastIP(ctx, n.Network)
+			if err != nil {
+				return err
+			}
+			if n.IP, err = pool.next(used, last); err != nil {
 				return api.Errorf(http.StatusConflict, "pool_exhausted", "NIC %d: %v", i, err)
 			}
 		}

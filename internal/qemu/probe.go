@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -222,10 +225,10 @@ type ProbeKey struct {
 	HostKernel string `json:"host_kernel"`
 	// KVMModules lists the loaded KVM modules (e.g. "kvm,kvm_intel").
 	KVMModules string `json:"kvm_modules"`
-	// Kernel is the probe kernel's path, size and modification time.
-	Kernel        string    `json:"kernel"`
-	KernelSize    int64     `json:"kernel_size"`
-	KernelModTime time.Time `json:"kernel_mtime"`
+	// KernelSHA256 identifies the probe kernel by content, so copies of one kernel
+	// (every lab's datastore holds its own) share one probe.
+	KernelSHA256 string `json:"kernel_sha256"`
+	KernelSize   int64  `json:"kernel_size"`
 }
 
 // ProbeKeyFor computes the ProbeKey for probing with binary and kernel on
@@ -239,9 +242,15 @@ func ProbeKeyFor(ctx context.Context, binary, kernel string) (ProbeKey, error) {
 	if err := unix.Uname(&uts); err != nil {
 		return ProbeKey{}, fmt.Errorf("probe key: uname: %w", err)
 	}
-	fi, err := os.Stat(kernel)
+	f, err := os.Open(kernel)
 	if err != nil {
 		return ProbeKey{}, fmt.Errorf("probe key: kernel: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return ProbeKey{}, fmt.Errorf("probe key: read kernel: %w", err)
 	}
 	var mods []string
 	for _, m := range []string{"kvm", "kvm_intel", "kvm_amd", "kvm_pvm"} {
@@ -249,14 +258,12 @@ func ProbeKeyFor(ctx context.Context, binary, kernel string) (ProbeKey, error) {
 			mods = append(mods, m)
 		}
 	}
-	abs, _ := filepath.Abs(kernel)
 	return ProbeKey{
-		QEMUVersion:   v,
-		HostKernel:    unix.ByteSliceToString(uts.Release[:]),
-		KVMModules:    strings.Join(mods, ","),
-		Kernel:        abs,
-		KernelSize:    fi.Size(),
-		KernelModTime: fi.ModTime().UTC(),
+		QEMUVersion:  v,
+		HostKernel:   unix.ByteSliceToString(uts.Release[:]),
+		KVMModules:   strings.Join(mods, ","),
+		KernelSHA256: hex.EncodeToString(h.Sum(nil)),
+		KernelSize:   size,
 	}, nil
 }
 
@@ -314,8 +321,7 @@ func LoadProbe(path string, key ProbeKey) (p Probe, ok bool, err error) {
 // equal compares keys, times by instant.
 func (k ProbeKey) equal(o ProbeKey) bool {
 	return k.QEMUVersion == o.QEMUVersion && k.HostKernel == o.HostKernel &&
-		k.KVMModules == o.KVMModules && k.Kernel == o.Kernel &&
-		k.KernelSize == o.KernelSize && k.KernelModTime.Equal(o.KernelModTime)
+		k.KVMModules == o.KVMModules && k.KernelSHA256 == o.KernelSHA256 && k.KernelSize == o.KernelSize
 }
 
 // CachedProbeAccel returns the Probe cached at cachePath when it is still

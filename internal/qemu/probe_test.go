@@ -114,8 +114,7 @@ func TestProbeCache(t *testing.T) {
 		"qemu":   func(k *ProbeKey) { k.QEMUVersion += "x" },
 		"host":   func(k *ProbeKey) { k.HostKernel = "other" },
 		"size":   func(k *ProbeKey) { k.KernelSize++ },
-		"mtime":  func(k *ProbeKey) { k.KernelModTime = k.KernelModTime.Add(time.Second) },
-		"kernel": func(k *ProbeKey) { k.Kernel = "/other" },
+		"kernel": func(k *ProbeKey) { k.KernelSHA256 = "x" + k.KernelSHA256[1:] },
 	} {
 		k := key
 		change(&k)

@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS nics (
 	ip TEXT UNIQUE,
 	PRIMARY KEY (vm, idx)
 );
+CREATE TABLE IF NOT EXISTS ip_cursor (
+	network TEXT PRIMARY KEY,
+	last TEXT NOT NULL
+);
 `
 
 // Open opens (creating if needed) the database at path.
@@ -364,4 +368,29 @@ func (s *Store) UsedMACs(ctx context.Context) (map[string]string, error) {
 		used[m] = vm
 	}
 	return used, rows.Err()
+}
+
+// LastIP returns the address last handed out on a network ("" if none), so allocation
+// can go round the pool instead of reusing a just-released address that peers may
+// still have cached in their ARP tables.
+func (s *Store) LastIP(ctx context.Context, network string) (string, error) {
+	var ip string
+	err := s.db.QueryRowContext(ctx, `SELECT last FROM ip_cursor WHERE network = ?`, network).Scan(&ip)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read address cursor of %s: %w", network, err)
+	}
+	return ip, nil
+}
+
+// SetLastIP records the address last handed out on a network.
+func (s *Store) SetLastIP(ctx context.Context, network, ip string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO ip_cursor (network, last) VALUES (?, ?)
+		ON CONFLICT(network) DO UPDATE SET last = excluded.last`, network, ipOnly(ip))
+	if err != nil {
+		return fmt.Errorf("save address cursor of %s: %w", network, err)
+	}
+	return nil
 }
