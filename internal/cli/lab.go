@@ -11,13 +11,6 @@ import (
 	"github.com/godwit/godwit/internal/lab"
 )
 
-func labRoot() string {
-	if r := os.Getenv("GODWIT_HOME"); r != "" {
-		return r
-	}
-	return "/var/lib/godwit"
-}
-
 func labContext(name string) string { return "lab-" + name }
 
 // labName is the --name flag when given, else the lab of the current context, else "lab".
@@ -58,7 +51,7 @@ func newLabCmd(e *env) *cobra.Command {
 	up := &cobra.Command{
 		Use: "up", Short: "Start a lab and make it the CLI's current context", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Root = labRoot()
+			o.Root = lab.DefaultRoot()
 			o.Log = e.logger()
 			if o.GuestDir == "" {
 				o.GuestDir = defaultGuestDir()
@@ -90,7 +83,7 @@ func newLabCmd(e *env) *cobra.Command {
 		Use: "down", Short: "Remove a lab and everything it made", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			downName = e.labName(cmd, downName)
-			if err := lab.Down(cmd.Context(), labRoot(), downName); err != nil {
+			if err := lab.Down(cmd.Context(), lab.DefaultRoot(), downName); err != nil {
 				return err
 			}
 			if err := e.dropContext(labContext(downName)); err != nil {
@@ -108,7 +101,7 @@ func newLabCmd(e *env) *cobra.Command {
 		Short: "Run a command in a lab namespace: client, switch, center or host-N",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Load(labRoot(), e.labName(cmd, execName))
+			l, err := lab.Load(lab.DefaultRoot(), e.labName(cmd, execName))
 			if err != nil {
 				return err
 			}
@@ -127,16 +120,16 @@ func newLabCmd(e *env) *cobra.Command {
 	list := &cobra.Command{
 		Use: "list", Short: "List the labs on this machine", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			labs, err := lab.List(labRoot())
+			labs, err := lab.List(lab.DefaultRoot())
 			if err != nil {
 				return err
 			}
 			if e.output == "json" {
 				return printJSON(e.out, labs)
 			}
-			t := newTable("NAME", "HOSTS", "SUBNET", "CENTER", "DIR")
+			t := newTable("NAME", "STATE", "HOSTS", "SUBNET", "CENTER", "DIR")
 			for _, l := range labs {
-				t.row(l.Name, fmt.Sprint(len(l.Hosts)), l.Subnet, l.CenterURL, l.Dir)
+				t.row(l.Name, l.State, fmt.Sprint(len(l.Hosts)), l.Subnet, l.CenterURL, l.Dir)
 			}
 			return t.print(e.out)
 		},
@@ -146,7 +139,7 @@ func newLabCmd(e *env) *cobra.Command {
 	restart := &cobra.Command{
 		Use: "restart TARGET", Short: "Restart a lab daemon (center or host-N) without touching its VMs", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.Load(labRoot(), e.labName(cmd, restartName))
+			l, err := lab.Load(lab.DefaultRoot(), e.labName(cmd, restartName))
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -19,6 +20,11 @@ const linkWait = 15 * time.Second
 // interface (waiting for it to appear) that address, brings it up and adds the default
 // route via cfg.Gateway if set. It sets the hostname if cfg.Hostname is set. It returns
 // the name of the interface it configured ("" if none).
+//
+// Once an IPv4 address is configured it also announces it with gratuitous ARP
+// (garpCount rounds garpInterval apart, see announceAddress) from a goroutine that
+// ends when that is done or ctx is done, so peers with a stale ARP entry for the
+// address (from an earlier VM) learn this VM's MAC at once; it does not wait for that.
 func ConfigureNetwork(ctx context.Context, cfg Config, log *slog.Logger) (string, error) {
 	if cfg.Hostname != "" {
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
@@ -62,8 +68,23 @@ func ConfigureNetwork(ctx context.Context, cfg Config, log *slog.Logger) (string
 	if cfg.Gateway.IsValid() {
 		gw = cfg.Gateway.String()
 	}
-	log.Info("net: configured", "if", name, "mac", link.Attrs().HardwareAddr.String(), "ip", cfg.IP.String(), "gw", gw)
+	mac := link.Attrs().HardwareAddr
+	log.Info("net: configured", "if", name, "mac", mac.String(), "ip", cfg.IP.String(), "gw", gw)
+	if ip := cfg.IP.Addr(); ip.Is4() {
+		go announceInBackground(ctx, log, name, link.Attrs().Index, mac, ip)
+	}
 	return name, nil
+}
+
+// announceInBackground sends the gratuitous ARP announcements of ip by mac on the
+// interface (name, ifindex) and logs the outcome in one line.
+func announceInBackground(ctx context.Context, log *slog.Logger, name string, ifindex int, mac net.HardwareAddr, ip netip.Addr) {
+	n, err := announceAddress(ctx, ifindex, mac, ip, garpCount, garpInterval)
+	if err != nil {
+		log.Warn("net: gratuitous ARP failed", "if", name, "ip", ip.String(), "sent", n, "err", err)
+		return
+	}
+	log.Info("net: gratuitous ARP sent", "if", name, "mac", mac.String(), "ip", ip.String(), "count", n)
 }
 
 // waitForLink returns the non-loopback Ethernet-like interface with the lowest index,

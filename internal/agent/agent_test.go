@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+func testAgent(t *testing.T) (*Agent, string) {
+	t.Helper()
+	ds := t.TempDir()
+	a, err := New(Config{
+		Name: "host-1", Center: "http://198.18.1.2:7443", Listen: "198.18.1.11:7700",
+		StateDir: t.TempDir(), Datastores: map[string]string{"shared": ds}, Networks: map[string]string{"lab": "br0"},
+	}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, ds
+}
+
+func write(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	base := Config{Name: "h", Center: "http://x", Listen: "198.18.1.11:1", StateDir: t.TempDir()}
+	cases := map[string]func(*Config){
+		"no name":            func(c *Config) { c.Name = "" },
+		"no center":          func(c *Config) { c.Center = "" },
+		"bad accel":          func(c *Config) { c.Accel = "fast" },
+		"missing datastore":  func(c *Config) { c.Datastores = map[string]string{"d": "/nonexistent/ds"} },
+		"center not a URL":   func(c *Config) { c.Center = "ftp://x" },
+		"no state directory": func(c *Config) { c.StateDir = "" },
+	}
+	for name, change := range cases {
+		c := base
+		change(&c)
+		if _, err := New(c, "test"); err == nil {
+			t.Errorf("%s: New accepted it", name)
+		}
+	}
+}
+
+func TestResolvePath(t *testing.T) {
+	a, ds := testAgent(t)
+	cases := []struct {
+		in, want, err string
+	}{
+		{"[shared] images/x/vmlinuz", filepath.Join(ds, "images/x/vmlinuz"), ""},
+		{"[shared]images/x", filepath.Join(ds, "images/x"), ""},
+		{"/abs/path", "/abs/path", ""},
+		{"relative/path", "", "absolute"},
+		{"[nosuch] a", "", "no datastore"},
+		{"[shared] ../../etc/passwd", "", "inside the datastore"},
+	}
+	for _, c := range cases {
+		got, err := a.resolvePath(c.in)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("resolvePath(%q) = %q, %v; want an error about %q", c.in, got, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("resolvePath(%q) = %q, %v; want %q", c.in, got, err, c.want)
+		}
+	}
+}
+
+func TestValidateSpec(t *testing.T) {
+	a, ds := testAgent(t)
+	write(t, filepath.Join(ds, "images/g/vmlinuz"), "k")
+	write(t, filepath.Join(ds, "images/g/initrd.img"), "i")
+	good := api.VMSpec{
+		Name: "v", UUID: "u", CPUs: 1, MemoryMiB: 512,
+		Boot:  api.Boot{Kernel: "[shared] images/g/vmlinuz", Initrd: "[shared] images/g/initrd.img"},
+		Disks: []api.Disk{{Datastore: "shared", Path: "vms/v/data.qcow2", Format: "qcow2", SizeMiB: 64}},
+		NICs:  []api.NIC{{Network: "lab", MAC: "02:67:77:00:00:01"}},
+	}
+	if err := a.validateSpec(good); err != nil {
+		t.Fatalf("a good spec was refused: %v", err)
+	}
+	cases := map[string]struct {
+		change func(*api.VMSpec)
+		want   string
+	}{
+		"zero memory":     {func(s *api.VMSpec) { s.MemoryMiB = 0 }, "memory"},
+		"no cpus":         {func(s *api.VMSpec) { s.CPUs = 0 }, "vCPU"},
+		"nothing to boot": {func(s *api.VMSpec) { s.Boot = api.Boot{} }, "nothing to boot"},
+		"missing kernel":  {func(s *api.VMSpec) { s.Boot.Kernel = "[shared] images/g/nope" }, "does not exist"},
+		"missing initrd":  {func(s *api.VMSpec) { s.Boot.Initrd = "/nonexistent/initrd" }, "does not exist"},
+		"kernel is a dir": {func(s *api.VMSpec) { s.Boot.Kernel = "[shared] images/g" }, "directory"},
+		"bad format":      {func(s *api.VMSpec) { s.Disks[0].Format = "vmdk" }, "raw or qcow2"},
+		"unknown ds":      {func(s *api.VMSpec) { s.Disks[0].Datastore = "other" }, "no datastore"},
+		"no size":         {func(s *api.VMSpec) { s.Disks[0].SizeMiB = 0 }, "give a size"},
+		"unknown network": {func(s *api.VMSpec) { s.NICs[0].Network = "wan" }, "no network"},
+		"bad MAC":         {func(s *api.VMSpec) { s.NICs[0].MAC = "02:67:77" }, "MAC"},
+		"disk boot, none": {func(s *api.VMSpec) { s.Boot = api.Boot{FromDisk: true}; s.Disks = nil }, "no disk"},
+	}
+	for name, c := range cases {
+		s := good
+		s.Disks = append([]api.Disk(nil), good.Disks...)
+		s.NICs = append([]api.NIC(nil), good.NICs...)
+		c.change(&s)
+		err := a.validateSpec(s)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v; want an error about %q", name, err, c.want)
+		}
+	}
+}
+
+func TestFactsReaders(t *testing.T) {
+	dir := t.TempDir()
+	cpuinfo := filepath.Join(dir, "cpuinfo")
+	write(t, cpuinfo, "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU\nflags\t\t: sse2 avx fpu\nphysical id\t: 0\ncore id\t\t: 0\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU\nflags\t\t: sse2 avx fpu\nphysical id\t: 0\ncore id\t\t: 1\n")
+	info, err := readCPUInfo(cpuinfo)
+	if err != nil || info.Model != "Test CPU" || info.Vendor != "GenuineIntel" || info.Cores != 2 || strings.Join(info.Flags, ",") != "avx,fpu,sse2" {
+		t.Fatalf("readCPUInfo = %+v, %v", info, err)
+	}
+	meminfo := filepath.Join(dir, "meminfo")
+	write(t, meminfo, "MemTotal:       2048000 kB\nMemFree:   100 kB\nMemAvailable:   1024000 kB\n")
+	total, avail, err := readMemInfo(meminfo)
+	if err != nil || total != 2000 || avail != 1000 {
+		t.Fatalf("readMemInfo = %d, %d, %v", total, avail, err)
+	}
+	if _, _, err := readMemInfo(cpuinfo); err == nil {
+		t.Fatal("readMemInfo accepted a file without MemTotal")
+	}
+	write(t, filepath.Join(dir, "loadavg"), "0.52 0.40 0.30 1/100 42\n")
+	if l := readLoad(filepath.Join(dir, "loadavg")); l != 0.52 {
+		t.Fatalf("readLoad = %v", l)
+	}
+
+	ds := filepath.Join(dir, "ds")
+	write(t, filepath.Join(ds, "images/linux/vmlinuz"), "k")
+	write(t, filepath.Join(ds, "images/linux/initrd.img"), "i")
+	write(t, filepath.Join(ds, "images/linux/cmdline"), "console=ttyS0\n")
+	write(t, filepath.Join(ds, "images/win/disk.qcow2"), "d")
+	write(t, filepath.Join(ds, "images/empty/readme"), "nothing bootable")
+	facts, err := datastoreFacts("shared", ds)
+	if err != nil || facts.TotalByte == 0 || len(facts.Images) != 2 {
+		t.Fatalf("datastoreFacts = %+v, %v; want 2 images", facts, err)
+	}
+	linux, win := facts.Images[0], facts.Images[1]
+	if linux.Kernel != "[shared] images/linux/vmlinuz" || linux.Cmdline != "console=ttyS0" || win.Disk != "[shared] images/win/disk.qcow2" {
+		t.Fatalf("images = %+v", facts.Images)
+	}
+}
