@@ -174,7 +174,7 @@ func enterTestNetns(t *testing.T) {
 		orig.Close()
 		runtime.UnlockOSThread()
 		if errors.Is(err, unix.EPERM) {
-			t.Skipf("cannot create a network namespace: %v", err)
+			t.Fatalf("cannot create a network namespace: %v", err)
 		}
 		t.Fatalf("create network namespace: %v", err)
 	}

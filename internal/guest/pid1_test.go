@@ -21,7 +21,7 @@ func TestReapChildren(t *testing.T) {
 	}()
 	sh := "/bin/sh"
 	if _, err := os.Stat(sh); err != nil {
-		t.Skip("no /bin/sh")
+		t.Fatal("no /bin/sh")
 	}
 	// A child nobody waits for: without the reaper it stays a zombie, which kill(pid, 0)
 	// still finds.

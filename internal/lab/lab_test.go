@@ -24,10 +24,10 @@ var labNet = &net.IPNet{IP: net.IPv4(198, 18, 0, 0), Mask: net.CIDRMask(15, 32)}
 func needLab(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		t.Fatal("needs root to create network namespaces")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
+		t.Fatal("needs iproute2")
 	}
 }
 
@@ -262,7 +262,7 @@ func TestLab(t *testing.T) {
 
 	t.Run("ping across the switch", func(t *testing.T) {
 		if _, err := os.Stat("/bin/busybox"); err != nil {
-			t.Skip("busybox is not installed; run scripts/deps.sh")
+			t.Fatal("busybox is not installed; run scripts/deps.sh")
 		}
 		h2 := a.Hosts[1].Address
 		run(t, a, "client", "busybox", "ping", "-c", "2", "-W", "2", h2)

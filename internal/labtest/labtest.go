@@ -18,12 +18,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/lab"
 )
 
 // Require checks what labs need (root, the binary in GODWIT_BIN, the guest image in
@@ -260,4 +262,54 @@ func (l *Lab) Stats(ip string) GuestStats {
 		l.t.Fatalf("decode /stats of %s: %v", ip, err)
 	}
 	return s
+}
+
+// Lab loads the lab's own record (namespaces, daemons and their pids).
+func (l *Lab) Lab() *lab.Lab {
+	l.t.Helper()
+	rec, err := lab.Load(l.home, l.Name)
+	if err != nil {
+		l.t.Fatalf("load lab %s: %v", l.Name, err)
+	}
+	return rec
+}
+
+// Crash kills a lab daemon (center or host-N) with SIGKILL, as a crash would, and waits
+// for it to die. Its VMs are not touched.
+func (l *Lab) Crash(target string) {
+	l.t.Helper()
+	pid, running := l.Lab().DaemonRunning(target)
+	if !running {
+		l.t.Fatalf("%s of lab %s is not running", target, l.Name)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		l.t.Fatalf("kill %s (pid %d): %v", target, pid, err)
+	}
+	for i := 0; i < 100; i++ {
+		if _, running := l.Lab().DaemonRunning(target); !running {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.t.Fatalf("%s (pid %d) did not die after SIGKILL", target, pid)
+}
+
+// Stop stops a lab daemon gracefully; Start starts it again.
+func (l *Lab) Stop(target string) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.Lab().StopDaemon(ctx, target); err != nil {
+		l.t.Fatalf("stop %s: %v", target, err)
+	}
+}
+
+// Start starts a stopped lab daemon and waits until it serves.
+func (l *Lab) Start(target string) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.Lab().StartDaemon(ctx, target); err != nil {
+		l.t.Fatalf("start %s: %v", target, err)
+	}
 }

@@ -22,7 +22,7 @@ import (
 func inThrowawayNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		t.Fatal("needs root to create network namespaces")
 	}
 	runtime.LockOSThread()
 	orig, err := netns.Get()
@@ -240,7 +240,7 @@ func TestTapName(t *testing.T) {
 func TestQEMUAttachesToTap(t *testing.T) {
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		t.Skip("qemu-system-x86_64 is not installed; run scripts/deps.sh")
+		t.Fatal("qemu-system-x86_64 is not installed; run scripts/deps.sh")
 	}
 	ns := inThrowawayNetns(t)
 	if err := EnsureBridge("br0"); err != nil {

@@ -78,7 +78,7 @@ func testKernel(t *testing.T) string {
 	st := &testKernelState
 	st.once.Do(func() { st.path, st.cleanup, st.err = findTestKernel() })
 	if st.path == "" {
-		t.Skipf("no test kernel (set GODWIT_TEST_KERNEL): %v", st.err)
+		t.Fatalf("no test kernel (set GODWIT_TEST_KERNEL): %v", st.err)
 	}
 	return st.path
 }
@@ -93,7 +93,7 @@ func qemuBinary(t *testing.T) string {
 	}
 	p, err := exec.LookPath(bin)
 	if err != nil {
-		t.Skipf("no QEMU: %v", err)
+		t.Fatalf("no QEMU: %v", err)
 	}
 	return p
 }

@@ -21,7 +21,7 @@ func qemuBinary(t *testing.T) string {
 	}
 	path, err := exec.LookPath(bin)
 	if err != nil {
-		t.Skipf("QEMU not available: %v", err)
+		t.Fatalf("QEMU not available: %v", err)
 	}
 	return path
 }

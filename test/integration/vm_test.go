@@ -99,11 +99,33 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatal("disk slot 3 changed across the restarts")
 	}
 
-	// Stop: the QEMU process ends and the record is on the image file itself.
-	var stopped api.VM
-	l.RunJSON(&stopped, "vm", "stop", "web-1", "--grace", "20s")
-	if stopped.State != api.VMStopped {
-		t.Fatalf("vm stop left state %s", stopped.State)
+	// Crash the agent (SIGKILL): the VM runs on and the restarted agent re-adopts it.
+	l.Crash("host-1")
+	l.Start("host-1")
+	waitVM(t, l, "web-1", func(v api.VM) bool { return v.State == api.VMRunning && v.PID == vm.PID })
+	echoTCP(t, tcp, 4<<10)
+
+	// While the center is down, the VM is shut down on its host (by the guest's ACPI
+	// power button, through the agent): the restarted center takes the host's word.
+	l.Stop("center")
+	agentURL := "http://" + hosts[0].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
+	if hosts[0].Name != "host-1" {
+		agentURL = "http://" + hosts[1].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
+	}
+	hc := l.HTTP("center")
+	hc.Timeout = time.Minute
+	resp, err := hc.Post(agentURL, "application/json", nil)
+	if err != nil {
+		t.Fatalf("stop web-1 on its host while the center is down: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stop web-1 on its host: %s", resp.Status)
+	}
+	l.Start("center")
+	stopped := waitVM(t, l, "web-1", func(v api.VM) bool { return v.State == api.VMStopped })
+	if stopped.Host != "host-1" || stopped.PID != 0 {
+		t.Fatalf("after reconciliation web-1 is %+v", stopped)
 	}
 	if !processGone(vm.PID, 5*time.Second) {
 		t.Fatalf("QEMU process %d still runs after vm stop", vm.PID)
