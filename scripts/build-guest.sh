@@ -11,6 +11,9 @@
 #   cmdline     default kernel command line (the management server appends godwit.ip=...)
 #   VERSION     kernel package + busybox package + hash of the guest sources; OUT_DIR is
 #               rebuilt only when this would change (same inputs: exits at once)
+#   disk.raw    the same kernel and initramfs on a bootable disk (SYSLINUX), and
+#   disk.VERSION  its own cache stamp: written by scripts/build-guest-disk.sh, run last
+#               (also when the rest is up to date; it rebuilds only when its inputs changed)
 #
 # Downloaded .deb files are kept in /var/cache/godwit/guest (GODWIT_GUEST_CACHE) and
 # reused. Needs: apt-get/apt-cache, dpkg-deb, go, cpio, gzip, modinfo (kmod); xz or zstd
@@ -81,8 +84,13 @@ uptodate() {
   for f in vmlinuz initrd.img cmdline VERSION; do [ -s "$OUT/$f" ] || return 1; done
   [ "$(cat "$OUT/VERSION")" = "$STAMP" ]
 }
+# disk_image builds OUT_DIR/disk.raw from OUT_DIR's kernel, initramfs and cmdline (cached).
+disk_image() {
+  bash "$ROOT/scripts/build-guest-disk.sh" "$OUT" || die "building $OUT/disk.raw failed"
+}
 if uptodate; then
   log "$OUT is up to date ($KPKG $KVER, guest $GHASH)"
+  disk_image
   exit 0
 fi
 
@@ -252,3 +260,4 @@ cp "$TMP/initrd.img" "$OUT/.initrd.img.tmp" && mv -f "$OUT/.initrd.img.tmp" "$OU
 echo "$CMDLINE" >"$OUT/.cmdline.tmp" && mv -f "$OUT/.cmdline.tmp" "$OUT/cmdline"
 echo "$STAMP" >"$OUT/.VERSION.tmp" && mv -f "$OUT/.VERSION.tmp" "$OUT/VERSION"
 log "wrote $OUT: vmlinuz ($KREL), initrd.img ($(du -k "$OUT/initrd.img" | cut -f1) KiB), cmdline, VERSION"
+disk_image

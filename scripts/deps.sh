@@ -18,12 +18,10 @@ qemu_ok() {
 }
 
 missing=()
-for c in ip tc busybox cpio gzip qemu-img modinfo zstd syslinux mcopy mformat mkfs.vfat; do
+for c in ip tc busybox cpio gzip qemu-img modinfo zstd syslinux mcopy mdir mkfs.vfat; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 [ -x /bin/busybox ] || missing+=("busybox-static")
-# The test guest's boot disk (scripts/build-guest-disk.sh) takes its MBR from syslinux-common.
-[ -f /usr/lib/syslinux/mbr/mbr.bin ] || missing+=("syslinux-common")
 
 if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
   exit 0
@@ -49,7 +47,7 @@ echo "deps: installing packages (missing: ${missing[*]:-none}; qemu >= 10: $(qem
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   iproute2 busybox-static cpio gzip kmod zstd ca-certificates \
-  syslinux syslinux-common mtools dosfstools >/dev/null
+  syslinux mtools dosfstools >/dev/null
 apt-get install -y -qq --no-install-recommends -t bookworm-backports \
   qemu-system-x86 qemu-utils >/dev/null
 qemu_ok || { echo "deps: QEMU 10 did not install; check the bookworm-backports suite" >&2; exit 1; }

@@ -67,6 +67,9 @@ type Agent struct {
 	mu  sync.Mutex
 	vms map[string]*vm // by name
 
+	migMu      sync.Mutex
+	migrations map[string]*outgoing // by id, this host being the source
+
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
 	runCtx context.Context
@@ -119,6 +122,7 @@ func New(cfg Config, version string) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), center: c, version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
+		migrations: map[string]*outgoing{},
 	}, nil
 }
 

@@ -89,5 +89,73 @@ func (a *Agent) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write(b)
 	})
+	mux.HandleFunc("POST /agent/v1/vms/{name}/migrate", func(w http.ResponseWriter, r *http.Request) {
+		var req api.AgentMigrateRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		m, err := a.StartMigration(r.PathValue("name"), req)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusAccepted, m)
+	})
+	mux.HandleFunc("GET /agent/v1/migrations/{id}", func(w http.ResponseWriter, r *http.Request) {
+		m, err := a.Migration(r.PathValue("id"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, m)
+	})
+	mux.HandleFunc("POST /agent/v1/migrations/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		m, err := a.CancelMigration(r.PathValue("id"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, m)
+	})
+	mux.HandleFunc("POST /agent/v1/preflight", func(w http.ResponseWriter, r *http.Request) {
+		var req api.IncomingRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		if err := a.preflight(r.Context(), req); err != nil {
+			api.WriteError(w, api.Errorf(422, "preflight_failed", "host %s cannot take VM %s: %v", a.cfg.Name, req.Spec.Name, err))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /agent/v1/incoming", func(w http.ResponseWriter, r *http.Request) {
+		var req api.IncomingRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		rep, err := a.Incoming(r.Context(), req)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/finish", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.FinishIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.AbortIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	return mux
 }

@@ -34,13 +34,19 @@ type vm struct {
 	// stopping is set while a stop requested through the API is under way, so the
 	// watcher knows the exit was wanted.
 	stopping bool
+	// incoming is the migration bringing this VM in (its QEMU waits for the stream);
+	// outgoing is the migration taking it away.
+	incoming string
+	outgoing *outgoingRecord
 }
 
 // persisted is what vm.json keeps across agent restarts.
 type persisted struct {
-	Spec  api.VMSpec `json:"spec"`
-	Owned []string   `json:"owned_disks,omitempty"`
-	Error string     `json:"error,omitempty"`
+	Spec     api.VMSpec      `json:"spec"`
+	Owned    []string        `json:"owned_disks,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	Incoming string          `json:"incoming,omitempty"`
+	Outgoing *outgoingRecord `json:"outgoing,omitempty"`
 }
 
 const maxSocketPath = 107
@@ -58,7 +64,7 @@ func (a *Agent) vmDir(uuid string) (string, error) {
 }
 
 func (v *vm) save() error {
-	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg}, "", "  ")
+	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Outgoing: v.outgoing}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -295,6 +301,13 @@ func (a *Agent) watch(v *vm, p *qemu.Process) {
 			a.mu.Unlock()
 			return
 		}
+		if v.incoming != "" {
+			// The migration bringing the VM in failed: QEMU exits on a broken stream.
+			a.mu.Unlock()
+			a.dropIncoming(v)
+			a.log.Info("incoming VM's QEMU ended; the copy is dropped", "vm", v.spec.Name)
+			return
+		}
 		wanted := v.stopping
 		v.proc, v.state, v.stopping = nil, api.VMStopped, false
 		if !wanted {
@@ -422,9 +435,22 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 			a.log.Warn("skipping unreadable VM state", "file", f, "err", err)
 			continue
 		}
-		v := &vm{spec: p.Spec, dir: filepath.Dir(f), owned: p.Owned, state: api.VMStopped}
+		v := &vm{spec: p.Spec, dir: filepath.Dir(f), owned: p.Owned, state: api.VMStopped,
+			incoming: p.Incoming, outgoing: p.Outgoing}
 		proc, err := qemu.Adopt(ctx, v.dir, p.Spec.UUID)
 		switch {
+		case err == nil && v.incoming != "":
+			v.proc, v.state = proc, api.VMIncoming
+			a.watch(v, proc)
+			a.log.Info("re-adopted an incoming VM; waiting for its migration to be settled", "vm", v.spec.Name, "migration", v.incoming)
+			a.settleIncoming(ctx, v, proc)
+		case err == nil && v.outgoing != nil:
+			v.proc, v.state = proc, api.VMRunning
+			a.watch(v, proc)
+			a.settleOutgoing(v, proc)
+		case err != nil && errors.Is(err, qemu.ErrNotRunning) && v.incoming != "":
+			a.dropIncoming(v)
+			continue
 		case err == nil:
 			v.proc, v.state = proc, api.VMRunning
 			if err := a.createTaps(v); err != nil { // idempotent: they exist while QEMU holds them

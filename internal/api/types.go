@@ -200,3 +200,91 @@ type Error struct {
 	// Code is a short machine-readable code such as "invalid_spec" or "not_found".
 	Code string `json:"code,omitempty"`
 }
+
+// Migration phases as the API reports them.
+const (
+	MigrationQueued    = "queued"
+	MigrationPreparing = "preparing"
+	MigrationRunning   = "running"
+	MigrationSucceeded = "succeeded"
+	MigrationFailed    = "failed"
+	MigrationCancelled = "cancelled"
+)
+
+// VMIncoming is the state of a VM on the destination while a migration brings it in.
+const VMIncoming = "incoming"
+
+// MigrateRequest is the body of POST /api/v1/vms/{name}/migrate.
+type MigrateRequest struct {
+	// To names the destination host.
+	To string `json:"to"`
+	// Policy names the convergence policy; empty: the VM's or the cluster's default.
+	Policy string `json:"policy,omitempty"`
+}
+
+// MigrationProgress is a live view of a running migration.
+type MigrationProgress struct {
+	Phase            string  `json:"phase"`
+	Pass             int     `json:"pass"`
+	PercentSent      float64 `json:"percent_sent"`
+	TransferredBytes uint64  `json:"transferred_bytes"`
+	RemainingBytes   uint64  `json:"remaining_bytes"`
+	TotalBytes       uint64  `json:"total_bytes"`
+	// TransferRate and DirtyRate are in bytes per second.
+	TransferRate       float64 `json:"transfer_rate"`
+	DirtyRate          float64 `json:"dirty_rate"`
+	ExpectedDowntimeMS float64 `json:"expected_downtime_ms"`
+	ThrottlePercent    int     `json:"throttle_percent"`
+	ElapsedMS          float64 `json:"elapsed_ms"`
+	Note               string  `json:"note,omitempty"`
+}
+
+// Migration is one live migration, as the center and the source agent report it.
+type Migration struct {
+	ID          string `json:"id"`
+	VM          string `json:"vm"`
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	Policy      string `json:"policy"`
+	// State is one of the Migration* phases.
+	State    string            `json:"state"`
+	Progress MigrationProgress `json:"progress"`
+	// Error says why a migration failed or was cancelled.
+	Error    string     `json:"error,omitempty"`
+	Started  time.Time  `json:"started"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// The summary, once finished.
+	TotalMS    float64 `json:"total_ms"`
+	DowntimeMS float64 `json:"downtime_ms"`
+	Bytes      uint64  `json:"bytes"`
+	Passes     int     `json:"passes"`
+}
+
+// AgentMigrateRequest is what the center asks of the source agent.
+type AgentMigrateRequest struct {
+	ID              string `json:"id"`
+	Destination     string `json:"destination"`
+	DestinationURL  string `json:"destination_url"`
+	DestinationAddr string `json:"destination_addr"`
+	Policy          string `json:"policy,omitempty"`
+}
+
+// IncomingRequest is what the source agent asks of the destination agent: prepare a QEMU
+// that waits for the VM's state.
+type IncomingRequest struct {
+	ID     string `json:"id"`
+	Source string `json:"source"`
+	Spec   VMSpec `json:"spec"`
+	// OwnedDisks lists the indices of Spec.Disks that Godwit created for the VM (deleted
+	// with it), so ownership moves with the VM.
+	OwnedDisks  []int  `json:"owned_disks,omitempty"`
+	QEMUVersion string `json:"qemu_version"`
+	Policy      string `json:"policy,omitempty"`
+	// Address is where the destination QEMU listens for the migration stream.
+	Address string `json:"address"`
+}
+
+// IncomingReply tells the source where to send the migration stream.
+type IncomingReply struct {
+	URI string `json:"uri"`
+}

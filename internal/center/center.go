@@ -44,6 +44,12 @@ type Center struct {
 
 	// allocMu serialises address allocation with the insert that claims it.
 	allocMu sync.Mutex
+
+	// live holds the latest view of each migration being followed (id → api.Migration);
+	// runCtx and wg own the goroutines that follow them.
+	live   sync.Map
+	runCtx context.Context
+	wg     sync.WaitGroup
 }
 
 // New opens the center's database.
@@ -76,6 +82,11 @@ func (c *Center) Handler() http.Handler { return c.routes() }
 // Run serves until ctx ends.
 func (c *Center) Run(ctx context.Context) error {
 	defer c.store.Close()
+	c.runCtx = ctx
+	defer c.wg.Wait()
+	if err := c.resumeFollowing(ctx); err != nil {
+		return err
+	}
 	srv := &http.Server{Handler: c.routes(), ReadHeaderTimeout: 10 * time.Second}
 	var lns []net.Listener
 	if c.cfg.Listen != "" {

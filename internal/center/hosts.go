@@ -39,8 +39,8 @@ func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) error {
 		reported[s.Name] = s
 	}
 	for _, r := range vms {
-		if r.Host != f.Name {
-			continue
+		if r.Host != f.Name || c.migrating(r.Spec.Name) {
+			continue // a migration's outcome, not a heartbeat, moves the VM
 		}
 		s, ok := reported[r.Spec.Name]
 		switch {

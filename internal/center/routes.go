@@ -81,6 +81,27 @@ func (c *Center) routes() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write(b)
 	})
+	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", func(w http.ResponseWriter, r *http.Request) {
+		var req api.MigrateRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		m, err := c.migrateVM(r.Context(), r.PathValue("name"), req)
+		writeResult(w, http.StatusAccepted, m, err)
+	})
+	mux.HandleFunc("GET /api/v1/migrations", func(w http.ResponseWriter, r *http.Request) {
+		ms, err := c.listMigrations(r.Context(), r.URL.Query().Get("vm"))
+		writeResult(w, http.StatusOK, ms, err)
+	})
+	mux.HandleFunc("GET /api/v1/migrations/{id}", func(w http.ResponseWriter, r *http.Request) {
+		m, err := c.getMigration(r.Context(), r.PathValue("id"))
+		writeResult(w, http.StatusOK, m, err)
+	})
+	mux.HandleFunc("POST /api/v1/migrations/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		m, err := c.cancelMigration(r.Context(), r.PathValue("id"))
+		writeResult(w, http.StatusOK, m, err)
+	})
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.NotFound("no API endpoint %s %s; the API is under /api/v1", r.Method, r.URL.Path))
 	})

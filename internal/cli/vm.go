@@ -16,7 +16,7 @@ import (
 func newVMCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, list, start, stop and delete virtual machines"}
 	cmd.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e),
-		newVMPowerCmd(e, "start"), newVMStopCmd(e), newVMDeleteCmd(e), newVMConsoleCmd(e))
+		newVMPowerCmd(e, "start"), newVMStopCmd(e), newVMDeleteCmd(e), newVMConsoleCmd(e), newVMMigrateCmd(e))
 	return cmd
 }
 

@@ -68,6 +68,14 @@ CREATE TABLE IF NOT EXISTS nics (
 	ip TEXT UNIQUE,
 	PRIMARY KEY (vm, idx)
 );
+CREATE TABLE IF NOT EXISTS migrations (
+	id TEXT PRIMARY KEY,
+	vm TEXT NOT NULL,
+	state TEXT NOT NULL,
+	record TEXT NOT NULL,
+	started TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS migrations_vm ON migrations (vm, started);
 CREATE TABLE IF NOT EXISTS ip_cursor (
 	network TEXT PRIMARY KEY,
 	last TEXT NOT NULL
@@ -393,4 +401,69 @@ func (s *Store) SetLastIP(ctx context.Context, network, ip string) error {
 		return fmt.Errorf("save address cursor of %s: %w", network, err)
 	}
 	return nil
+}
+
+// SetHost records that a VM now lives on another host (after a migration).
+func (s *Store) SetHost(ctx context.Context, name, host string, now time.Time) error {
+	return s.exec1(ctx, name, `UPDATE vms SET host = ?, updated = ? WHERE name = ?`, host, ts(now), name)
+}
+
+// SaveMigration inserts or updates a migration record.
+func (s *Store) SaveMigration(ctx context.Context, m api.Migration) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode migration %s: %w", m.ID, err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO migrations (id, vm, state, record, started) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record`,
+		m.ID, m.VM, m.State, string(b), ts(m.Started))
+	if err != nil {
+		return fmt.Errorf("save migration %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+// Migration returns one migration record.
+func (s *Store) Migration(ctx context.Context, id string) (api.Migration, error) {
+	var rec string
+	err := s.db.QueryRowContext(ctx, `SELECT record FROM migrations WHERE id = ?`, id).Scan(&rec)
+	if errors.Is(err, sql.ErrNoRows) {
+		return api.Migration{}, ErrNotFound
+	}
+	if err != nil {
+		return api.Migration{}, fmt.Errorf("read migration %s: %w", id, err)
+	}
+	var m api.Migration
+	if err := json.Unmarshal([]byte(rec), &m); err != nil {
+		return api.Migration{}, fmt.Errorf("decode migration %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// Migrations returns migration records, newest first: those of one VM if vm is not
+// empty, only unfinished ones if active.
+func (s *Store) Migrations(ctx context.Context, vm string, active bool, limit int) ([]api.Migration, error) {
+	q := `SELECT record FROM migrations WHERE (? = '' OR vm = ?)`
+	if active {
+		q += ` AND state NOT IN ('succeeded', 'failed', 'cancelled')`
+	}
+	q += ` ORDER BY started DESC LIMIT ?`
+	rows, err := s.db.QueryContext(ctx, q, vm, vm, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w", err)
+	}
+	defer rows.Close()
+	var out []api.Migration
+	for rows.Next() {
+		var rec string
+		if err := rows.Scan(&rec); err != nil {
+			return nil, err
+		}
+		var m api.Migration
+		if err := json.Unmarshal([]byte(rec), &m); err != nil {
+			return nil, fmt.Errorf("decode migration: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
 }

@@ -1,0 +1,649 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/migration"
+	"github.com/godwit/godwit/internal/qemu"
+)
+
+// outgoing is a migration this host runs as the source. Its record stays in memory after
+// it ends so the center can read the outcome.
+type outgoing struct {
+	mu     sync.Mutex
+	m      api.Migration
+	cancel context.CancelFunc
+}
+
+func (o *outgoing) snapshot() api.Migration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.m
+}
+
+func (o *outgoing) update(f func(m *api.Migration)) {
+	o.mu.Lock()
+	f(&o.m)
+	o.mu.Unlock()
+}
+
+// outgoingRecord is kept in vm.json while a migration runs, so that a restarted source
+// agent can settle it.
+type outgoingRecord struct {
+	ID             string `json:"id"`
+	Destination    string `json:"destination"`
+	DestinationURL string `json:"destination_url"`
+}
+
+func progressOf(p migration.Progress) api.MigrationProgress {
+	return api.MigrationProgress{
+		Phase: string(p.Phase), Pass: p.Pass, PercentSent: p.PercentSent,
+		TransferredBytes: p.TransferredBytes, RemainingBytes: p.RemainingBytes, TotalBytes: p.TotalBytes,
+		TransferRate: p.TransferRate, DirtyRate: p.DirtyRate,
+		ExpectedDowntimeMS: ms(p.ExpectedDowntime), ThrottlePercent: p.ThrottlePercent,
+		ElapsedMS: ms(p.Elapsed), Note: p.Note,
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// Migration returns a migration this host ran or runs as the source.
+func (a *Agent) Migration(id string) (api.Migration, error) {
+	a.migMu.Lock()
+	o, ok := a.migrations[id]
+	a.migMu.Unlock()
+	if !ok {
+		return api.Migration{}, api.NotFound("host %s has no record of migration %s", a.cfg.Name, id)
+	}
+	return o.snapshot(), nil
+}
+
+// CancelMigration cancels a running migration; the VM stays on this host.
+func (a *Agent) CancelMigration(id string) (api.Migration, error) {
+	a.migMu.Lock()
+	o, ok := a.migrations[id]
+	a.migMu.Unlock()
+	if !ok {
+		return api.Migration{}, api.NotFound("host %s has no record of migration %s", a.cfg.Name, id)
+	}
+	o.cancel()
+	return o.snapshot(), nil
+}
+
+// StartMigration begins moving a running VM to another host. It returns at once; the
+// migration runs in the background, owned by the agent.
+func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Migration, error) {
+	v, err := a.get(name)
+	if err != nil {
+		return api.Migration{}, err
+	}
+	policy, err := migration.LookupPolicy(req.Policy)
+	if err != nil {
+		return api.Migration{}, api.Errorf(422, "invalid_policy", "%v", err)
+	}
+	if req.ID == "" || req.DestinationURL == "" || req.Destination == "" || req.DestinationAddr == "" {
+		return api.Migration{}, api.BadRequest("a migration needs an id, a destination, its agent URL and its address")
+	}
+	if req.Destination == a.cfg.Name {
+		return api.Migration{}, api.Errorf(422, "same_host", "VM %s already runs on %s; choose another destination", name, a.cfg.Name)
+	}
+	a.mu.Lock()
+	state, busy := v.state, v.outgoing != nil
+	a.mu.Unlock()
+	if state != api.VMRunning {
+		return api.Migration{}, api.Conflict("VM %s is %s; only a running VM can be live-migrated", name, state)
+	}
+	if busy {
+		return api.Migration{}, api.Conflict("VM %s is already being migrated", name)
+	}
+	a.migMu.Lock()
+	if _, dup := a.migrations[req.ID]; dup {
+		a.migMu.Unlock()
+		return api.Migration{}, api.Conflict("migration %s exists already", req.ID)
+	}
+	ctx, cancel := context.WithCancel(a.runCtx)
+	o := &outgoing{cancel: cancel, m: api.Migration{
+		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
+		State: api.MigrationPreparing, Started: time.Now().UTC(),
+	}}
+	a.migrations[req.ID] = o
+	a.migMu.Unlock()
+
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer cancel()
+		a.runOutgoing(ctx, v, o, req, policy)
+	}()
+	return o.snapshot(), nil
+}
+
+func (a *Agent) destination(url string) (*api.Client, error) {
+	return api.NewClient(url, 2*time.Minute)
+}
+
+// runOutgoing prepares the destination, runs the migration and settles the outcome:
+// either the destination runs the VM and this host lets it go, or the destination is
+// torn down and the VM keeps running here.
+func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.AgentMigrateRequest, policy migration.Policy) {
+	v.op.Lock()
+	defer v.op.Unlock()
+	log := a.log.With("vm", v.spec.Name, "migration", req.ID, "to", req.Destination)
+	start := time.Now()
+	fail := func(state, reason string) {
+		o.update(func(m *api.Migration) {
+			now := time.Now().UTC()
+			m.State, m.Error, m.Finished = state, reason, &now
+			m.TotalMS = ms(time.Since(start))
+		})
+		log.Warn("migration did not complete; the VM stays here", "state", state, "reason", reason)
+	}
+
+	a.mu.Lock()
+	p := v.proc
+	if p == nil || v.state != api.VMRunning {
+		a.mu.Unlock()
+		fail(api.MigrationFailed, fmt.Sprintf("VM %s stopped before the migration began", v.spec.Name))
+		return
+	}
+	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL}
+	a.mu.Unlock()
+	_ = v.save()
+	defer func() {
+		a.mu.Lock()
+		v.outgoing = nil
+		a.mu.Unlock()
+		if _, err := os.Stat(v.dir); err == nil {
+			_ = v.save()
+		}
+		go a.kick()
+	}()
+
+	dest, err := a.destination(req.DestinationURL)
+	if err != nil {
+		fail(api.MigrationFailed, err.Error())
+		return
+	}
+	var owned []int
+	for i, d := range v.spec.Disks {
+		if p, err := a.datastorePath(d.Datastore, d.Path); err == nil && slices.Contains(v.owned, p) {
+			owned = append(owned, i)
+		}
+	}
+	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, Spec: v.spec, OwnedDisks: owned,
+		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr}
+	var rep api.IncomingReply
+	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
+		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+		if ctx.Err() != nil {
+			fail(api.MigrationCancelled, "cancelled while the destination was being prepared")
+			return
+		}
+		fail(api.MigrationFailed, fmt.Sprintf("destination %s refused the VM: %v", req.Destination, err))
+		return
+	}
+	mon, err := p.Monitor(ctx)
+	if err != nil {
+		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+		fail(api.MigrationFailed, fmt.Sprintf("cannot reach the VM's QEMU on this host: %v", err))
+		return
+	}
+	o.update(func(m *api.Migration) { m.State = api.MigrationRunning })
+	log.Info("migration started", "uri", rep.URI, "policy", policy.Name)
+	res, runErr := migration.Run(ctx, mon, migration.Options{
+		Policy: policy, URI: rep.URI,
+		OnProgress: func(pr migration.Progress) {
+			o.update(func(m *api.Migration) { m.Progress = progressOf(pr) })
+		},
+	})
+	o.update(func(m *api.Migration) {
+		m.DowntimeMS, m.Bytes, m.Passes = ms(res.Downtime), res.Bytes, res.Passes
+	})
+	if runErr != nil || res.Status != migration.PhaseCompleted {
+		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+		a.resumeHere(context.WithoutCancel(ctx), p, log)
+		reason := res.Reason
+		if reason == "" && runErr != nil {
+			reason = runErr.Error()
+		}
+		state := api.MigrationFailed
+		if res.Status == migration.PhaseCancelled {
+			state = api.MigrationCancelled
+		}
+		fail(state, reason)
+		return
+	}
+
+	// The destination runs the VM now (QEMU resumes it there on completion); this QEMU is
+	// paused in postmigrate and must never run again.
+	a.finishDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+	a.release(v, p)
+	o.update(func(m *api.Migration) {
+		now := time.Now().UTC()
+		m.State, m.Finished, m.TotalMS = api.MigrationSucceeded, &now, ms(time.Since(start))
+		m.Progress.Phase = string(migration.PhaseCompleted)
+		m.Progress.PercentSent = 100
+	})
+	log.Info("migration completed", "total", time.Since(start).Round(time.Millisecond), "downtime", res.Downtime, "bytes", res.Bytes, "passes", res.Passes)
+}
+
+// release lets go of a VM that now runs elsewhere: its QEMU ends, its TAPs and state go;
+// its disks stay (they belong to the VM, which lives on).
+func (a *Agent) release(v *vm, p *qemu.Process) {
+	a.mu.Lock()
+	v.proc, v.state, v.stopping = nil, api.VMStopped, true
+	a.mu.Unlock()
+	if err := p.Kill(); err != nil {
+		a.log.Error("could not end the source QEMU after the migration", "vm", v.spec.Name, "pid", p.PID, "err", err)
+	}
+	_ = p.Close()
+	a.deleteTaps(v)
+	_ = os.RemoveAll(v.dir)
+	a.mu.Lock()
+	if a.vms[v.spec.Name] == v {
+		delete(a.vms, v.spec.Name)
+	}
+	a.mu.Unlock()
+}
+
+// resumeHere makes sure the VM runs on this host after a failed or cancelled migration.
+func (a *Agent) resumeHere(ctx context.Context, p *qemu.Process, log interface{ Warn(string, ...any) }) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	mon, err := p.Monitor(cctx)
+	if err != nil {
+		log.Warn("cannot check the VM after the migration stopped", "err", err)
+		return
+	}
+	st, err := mon.QueryStatus(cctx)
+	if err == nil && !st.Running && st.Status != "postmigrate" {
+		if err := mon.Cont(cctx); err != nil {
+			log.Warn("cannot resume the VM after the migration stopped", "status", st.Status, "err", err)
+		}
+	}
+}
+
+// abortDestination asks the destination to tear down its waiting QEMU, retrying for a
+// while: until it has, the destination holds a copy that must never run.
+func (a *Agent) abortDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+	a.retry(ctx, func(ctx context.Context) error {
+		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort", nil, nil)
+	}, func(err error) { log.Warn("destination did not confirm the abort; retrying", "err", err) })
+}
+
+func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+	a.retry(ctx, func(ctx context.Context) error {
+		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/finish", nil, nil)
+	}, func(err error) { log.Warn("destination did not confirm it runs the VM; retrying", "err", err) })
+}
+
+// retry calls f until it succeeds, f's error is a 4xx other than a conflict, or two
+// minutes have passed.
+func (a *Agent) retry(ctx context.Context, f func(context.Context) error, onErr func(error)) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	for i := 0; ; i++ {
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f(cctx)
+		ccancel()
+		if err == nil {
+			return
+		}
+		var se *api.StatusError
+		if errors.As(err, &se) && se.Status >= 400 && se.Status < 500 {
+			onErr(err)
+			return
+		}
+		if i == 0 {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// Incoming prepares this host to receive a VM: it checks that the VM can run here,
+// creates its TAPs and starts a QEMU that waits for the migration stream.
+func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.IncomingReply, error) {
+	s := req.Spec
+	if req.ID == "" {
+		return api.IncomingReply{}, api.BadRequest("an incoming migration needs an id")
+	}
+	if err := a.preflight(ctx, req); err != nil {
+		return api.IncomingReply{}, api.Errorf(422, "preflight_failed", "host %s cannot take VM %s: %v", a.cfg.Name, s.Name, err)
+	}
+	policy, err := migration.LookupPolicy(req.Policy)
+	if err != nil {
+		return api.IncomingReply{}, api.Errorf(422, "invalid_policy", "%v", err)
+	}
+	probe, err := a.waitAccel(ctx)
+	if err != nil {
+		return api.IncomingReply{}, err
+	}
+	dir, err := a.vmDir(s.UUID)
+	if err != nil {
+		return api.IncomingReply{}, err
+	}
+	a.mu.Lock()
+	if _, exists := a.vms[s.Name]; exists {
+		a.mu.Unlock()
+		return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
+	}
+	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID}
+	for _, i := range req.OwnedDisks {
+		if i >= 0 && i < len(s.Disks) {
+			if p, err := a.datastorePath(s.Disks[i].Datastore, s.Disks[i].Path); err == nil {
+				v.owned = append(v.owned, p)
+			}
+		}
+	}
+	a.vms[s.Name] = v
+	v.op.Lock()
+	a.mu.Unlock()
+	defer v.op.Unlock()
+
+	undo := func(p *qemu.Process) {
+		if p != nil {
+			_ = p.Kill()
+			_ = p.Close()
+		}
+		a.deleteTaps(v)
+		_ = os.RemoveAll(dir)
+		a.mu.Lock()
+		delete(a.vms, s.Name)
+		a.mu.Unlock()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		undo(nil)
+		return api.IncomingReply{}, fmt.Errorf("create VM directory: %w", err)
+	}
+	q, err := a.qemuSpec(v, probe.Accel)
+	if err != nil {
+		undo(nil)
+		return api.IncomingReply{}, err
+	}
+	q.Incoming = qemu.IncomingDefer
+	if err := a.createTaps(v); err != nil {
+		undo(nil)
+		return api.IncomingReply{}, err
+	}
+	p, err := qemu.Start(ctx, a.cfg.QEMU, q)
+	if err != nil {
+		undo(nil)
+		return api.IncomingReply{}, api.Errorf(422, "start_failed", "the destination QEMU did not start: %v", err)
+	}
+	mon, err := p.Monitor(ctx)
+	if err == nil {
+		err = migration.PrepareDestination(ctx, mon, policy)
+	}
+	var uri string
+	if err == nil {
+		uri, err = listenURI(req.Address)
+	}
+	if err == nil {
+		err = mon.MigrateIncoming(ctx, uri, true)
+	}
+	if err != nil {
+		undo(p)
+		return api.IncomingReply{}, fmt.Errorf("prepare the destination QEMU: %w", err)
+	}
+	a.mu.Lock()
+	v.proc, v.accel = p, probe.Accel
+	a.mu.Unlock()
+	if err := v.save(); err != nil {
+		undo(p)
+		return api.IncomingReply{}, err
+	}
+	a.watch(v, p)
+	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri)
+	return api.IncomingReply{URI: uri}, nil
+}
+
+// listenURI picks a free TCP port on addr for the incoming migration stream.
+func listenURI(addr string) (string, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return "", fmt.Errorf("find a free port on %s for the migration stream: %w", addr, err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return "tcp:" + net.JoinHostPort(addr, strconv.Itoa(port)), nil
+}
+
+// preflight checks that this host can run the VM: everything the spec names exists here
+// at the same place, memory is free, and QEMU matches the source's.
+func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
+	s := req.Spec
+	if err := a.validateSpec(s); err != nil {
+		return err
+	}
+	for i, d := range s.Disks {
+		p, _ := a.datastorePath(d.Datastore, d.Path)
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("disk %d: %s is not visible here; the datastore %s must be shared at the same path", i, p, d.Datastore)
+		}
+	}
+	_, free, err := readMemInfo("/proc/meminfo")
+	if err != nil {
+		return err
+	}
+	if free < s.MemoryMiB+256 {
+		return fmt.Errorf("only %d MiB of memory are free; the VM needs %d MiB plus headroom", free, s.MemoryMiB)
+	}
+	if req.QEMUVersion != "" && req.QEMUVersion != a.qemuVer {
+		return fmt.Errorf("QEMU here is %s, the source runs %s; migrate between equal QEMU versions", a.qemuVer, req.QEMUVersion)
+	}
+	if s.CPUModel != "" {
+		models, err := qemu.CPUModels(ctx, a.cfg.QEMU)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(models, s.CPUModel) {
+			return fmt.Errorf("QEMU here does not provide the VM's CPU model %s", s.CPUModel)
+		}
+	}
+	return nil
+}
+
+// FinishIncoming confirms that the VM, migrated in, runs here.
+func (a *Agent) FinishIncoming(ctx context.Context, name, id string) error {
+	v, err := a.get(name)
+	if err != nil {
+		return err
+	}
+	v.op.Lock()
+	defer v.op.Unlock()
+	a.mu.Lock()
+	p, inc, state := v.proc, v.incoming, v.state
+	a.mu.Unlock()
+	if inc == "" && state == api.VMRunning {
+		return nil // already finished
+	}
+	if inc != id || p == nil {
+		return api.Conflict("VM %s is not waiting for migration %s here", name, id)
+	}
+	mon, err := p.Monitor(ctx)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := mon.QueryStatus(ctx)
+		if err != nil {
+			return fmt.Errorf("check VM %s after the migration: %w", name, err)
+		}
+		if st.Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("VM %s is %s here, not running, after the migration", name, st.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.mu.Lock()
+	v.incoming, v.state, v.errMsg = "", api.VMRunning, ""
+	a.mu.Unlock()
+	_ = v.save()
+	a.log.Info("VM migrated in and running", "vm", name, "migration", id)
+	go a.kick()
+	return nil
+}
+
+// AbortIncoming tears down a VM that was waiting for a migration that will not complete.
+// It refuses once the VM runs here: then this host holds the only running copy.
+func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
+	v, err := a.get(name)
+	var se *api.StatusError
+	if errors.As(err, &se) && se.Status == http.StatusNotFound {
+		return nil // never created, or already torn down
+	}
+	if err != nil {
+		return err
+	}
+	v.op.Lock()
+	defer v.op.Unlock()
+	a.mu.Lock()
+	p, inc := v.proc, v.incoming
+	a.mu.Unlock()
+	if inc != id {
+		return api.Conflict("VM %s here is not the copy of migration %s", name, id)
+	}
+	if p != nil {
+		if mon, err := p.Monitor(ctx); err == nil {
+			if st, err := mon.QueryStatus(ctx); err == nil && st.Running {
+				return api.Conflict("VM %s already runs here after migration %s; it cannot be aborted", name, id)
+			}
+		}
+		a.mu.Lock()
+		v.stopping = true
+		a.mu.Unlock()
+		_ = p.Kill()
+		_ = p.Close()
+	}
+	a.dropIncoming(v)
+	a.log.Info("incoming VM torn down", "vm", name, "migration", id)
+	return nil
+}
+
+// dropIncoming forgets a VM copy that never ran here.
+func (a *Agent) dropIncoming(v *vm) {
+	a.deleteTaps(v)
+	_ = os.RemoveAll(v.dir)
+	a.mu.Lock()
+	if a.vms[v.spec.Name] == v {
+		delete(a.vms, v.spec.Name)
+	}
+	a.mu.Unlock()
+}
+
+// settleIncoming handles an incoming VM found after an agent restart: if its migration
+// completed meanwhile, QEMU runs the VM and this host owns it.
+func (a *Agent) settleIncoming(ctx context.Context, v *vm, p *qemu.Process) {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	mon, err := p.Monitor(cctx)
+	if err != nil {
+		return
+	}
+	if st, err := mon.QueryStatus(cctx); err == nil && st.Running {
+		v.incoming, v.state = "", api.VMRunning
+		_ = v.save()
+		a.log.Info("the migration bringing the VM in completed while the agent was away; it runs here", "vm", v.spec.Name)
+	}
+}
+
+// settleOutgoing resolves a migration that was under way when this (source) agent
+// stopped. A migration still copying is cancelled: the VM stays here. One that completed
+// is finished: the destination runs the VM and this copy goes. Either way the outcome is
+// recorded for the center.
+func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
+	rec := *v.outgoing
+	o := &outgoing{cancel: func() {}, m: api.Migration{
+		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
+		State: api.MigrationRunning, Started: time.Now().UTC(),
+	}}
+	a.migMu.Lock()
+	a.migrations[rec.ID] = o
+	a.migMu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx := a.runCtx
+		log := a.log.With("vm", v.spec.Name, "migration", rec.ID)
+		v.op.Lock()
+		defer v.op.Unlock()
+		dest, err := a.destination(rec.DestinationURL)
+		if err != nil {
+			log.Error("cannot settle the migration", "err", err)
+			return
+		}
+		done := func(state, reason string) {
+			o.update(func(m *api.Migration) {
+				now := time.Now().UTC()
+				m.State, m.Error, m.Finished = state, reason, &now
+			})
+			a.mu.Lock()
+			v.outgoing = nil
+			a.mu.Unlock()
+			if _, err := os.Stat(v.dir); err == nil {
+				_ = v.save()
+			}
+			go a.kick()
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		mon, err := p.Monitor(cctx)
+		if err != nil {
+			log.Error("cannot reach the VM's QEMU to settle the migration", "err", err)
+			return
+		}
+		info, err := mon.QueryMigrate(cctx)
+		if err != nil {
+			log.Error("cannot read the migration's state", "err", err)
+			return
+		}
+		if info.Status == "completed" {
+			a.finishDestination(ctx, dest, v.spec.Name, rec.ID, log)
+			a.release(v, p)
+			done(api.MigrationSucceeded, "")
+			log.Info("migration had completed while the agent was away; the VM runs on the destination")
+			return
+		}
+		if info.Status != "failed" && info.Status != "cancelled" && info.Status != "none" && info.Status != "" {
+			if err := mon.MigrateCancel(cctx); err != nil {
+				log.Warn("migrate_cancel", "err", err)
+			}
+			for cctx.Err() == nil {
+				i, err := mon.QueryMigrate(cctx)
+				if err != nil || i.Status == "cancelled" || i.Status == "failed" || i.Status == "completed" {
+					info = i
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if info.Status == "completed" {
+				a.finishDestination(ctx, dest, v.spec.Name, rec.ID, log)
+				a.release(v, p)
+				done(api.MigrationSucceeded, "")
+				return
+			}
+		}
+		a.abortDestination(ctx, dest, v.spec.Name, rec.ID, log)
+		a.resumeHere(ctx, p, log)
+		done(api.MigrationCancelled, fmt.Sprintf("the agent on %s restarted during the migration; it was cancelled and the VM stays on %s", a.cfg.Name, a.cfg.Name))
+		log.Warn("migration cancelled after an agent restart; the VM stays here")
+	}()
+}

@@ -1,0 +1,239 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// migrationSummary is what `vm migrate -o json` prints when a migration ends.
+type migrationSummary struct {
+	ID          string  `json:"id"`
+	VM          string  `json:"vm"`
+	State       string  `json:"state"`
+	Source      string  `json:"source"`
+	Destination string  `json:"destination"`
+	Policy      string  `json:"policy"`
+	TotalMS     float64 `json:"total_ms"`
+	DowntimeMS  float64 `json:"downtime_ms"`
+	Bytes       uint64  `json:"bytes"`
+	Passes      int     `json:"passes"`
+	Error       string  `json:"error,omitempty"`
+}
+
+func summaryOf(m api.Migration) migrationSummary {
+	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, Bytes: m.Bytes, Passes: m.Passes, Error: m.Error}
+}
+
+func newVMMigrateCmd(e *env) *cobra.Command {
+	var req api.MigrateRequest
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "migrate NAME --to HOST",
+		Short: "Live-migrate a running VM to another host",
+		Long: `Move a running VM to another host while it keeps running: its memory is copied while
+it runs, then it pauses for a moment on this host and resumes on the other, with the same
+MAC and IP, its TCP connections open, and its disks handed over on the shared datastore.
+
+Progress shows the phase, the share of memory sent, the transfer and dirty rates, the
+pass and the expected downtime. --detach returns at once with the migration's id
+(` + "`godwit migration watch ID`" + ` follows it later).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var m api.Migration
+			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/vms/"+args[0]+"/migrate", req, &m); err != nil {
+				return fmt.Errorf("migrate VM %s: %w", args[0], err)
+			}
+			if detach {
+				if e.output == "json" {
+					return printJSON(e.out, m)
+				}
+				fmt.Fprintf(e.out, "migration %s of %s to %s started; follow it with `godwit migration watch %s`\n", m.ID, m.VM, m.Destination, m.ID)
+				return nil
+			}
+			return e.watchMigration(cmd.Context(), c, m.ID)
+		},
+	}
+	cmd.Flags().StringVar(&req.To, "to", "", "destination host")
+	cmd.Flags().StringVar(&req.Policy, "policy", "", "convergence policy (see `godwit migration policies`)")
+	cmd.Flags().BoolVar(&detach, "detach", false, "return at once with the migration's id")
+	return cmd
+}
+
+// watchMigration shows a migration's progress until it ends and prints its summary. A
+// failed or cancelled migration is an error (non-zero exit).
+func (e *env) watchMigration(ctx context.Context, c *api.Client, id string) error {
+	tty := false
+	if f, ok := e.errOut.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	var m api.Migration
+	lastLine := time.Time{}
+	for {
+		if err := c.Do(ctx, http.MethodGet, "/api/v1/migrations/"+id, nil, &m); err != nil {
+			if ctx.Err() != nil {
+				fmt.Fprintf(e.errOut, "\nstopped watching; migration %s goes on (`godwit migration cancel %s` cancels it)\n", id, id)
+			}
+			return err
+		}
+		if terminal(m.State) {
+			break
+		}
+		if line := progressLine(m); tty {
+			fmt.Fprintf(e.errOut, "\r\033[K%s", line)
+		} else if time.Since(lastLine) >= time.Second {
+			fmt.Fprintln(e.errOut, line)
+			lastLine = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(e.errOut, "\nstopped watching; migration %s goes on (`godwit migration cancel %s` cancels it)\n", id, id)
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if tty {
+		fmt.Fprint(e.errOut, "\r\033[K")
+	}
+	if e.output == "json" {
+		if err := printJSON(e.out, summaryOf(m)); err != nil {
+			return err
+		}
+	} else {
+		printMigration(e, m)
+	}
+	if m.State != api.MigrationSucceeded {
+		return fmt.Errorf("migration %s of %s %s: %s", m.ID, m.VM, m.State, m.Error)
+	}
+	return nil
+}
+
+func terminal(state string) bool {
+	return state == api.MigrationSucceeded || state == api.MigrationFailed || state == api.MigrationCancelled
+}
+
+func progressLine(m api.Migration) string {
+	p := m.Progress
+	s := fmt.Sprintf("%s → %s  %-10s %5.1f%%  pass %d  sent %s  %s/s  dirty %s/s  expected downtime %.0f ms",
+		m.Source, m.Destination, orDash(p.Phase), p.PercentSent, p.Pass, bytesStr(float64(p.TransferredBytes)),
+		bytesStr(p.TransferRate), bytesStr(p.DirtyRate), p.ExpectedDowntimeMS)
+	if p.ThrottlePercent > 0 {
+		s += fmt.Sprintf("  throttle %d%%", p.ThrottlePercent)
+	}
+	if p.Note != "" {
+		s += "  (" + p.Note + ")"
+	}
+	return s
+}
+
+func bytesStr(b float64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", b/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", b/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.0f KiB", b/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", b)
+}
+
+func printMigration(e *env, m api.Migration) {
+	state := m.State
+	if m.Error != "" {
+		state += ": " + m.Error
+	}
+	_ = kv(e.out, "Migration", m.ID, "VM", m.VM, "From", m.Source, "To", m.Destination, "Policy", m.Policy,
+		"State", state,
+		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS), "Downtime", fmt.Sprintf("%.1f ms (QEMU)", m.DowntimeMS),
+		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes),
+		"Started", m.Started.UTC().Format(time.RFC3339))
+}
+
+func newMigrationCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{Use: "migration", Short: "List, watch and cancel live migrations"}
+	var vm string
+	list := &cobra.Command{
+		Use: "list", Short: "List migrations, newest first", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var ms []api.Migration
+			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migrations?vm="+vm, nil, &ms); err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, ms)
+			}
+			t := newTable("ID", "VM", "FROM", "TO", "STATE", "TOTAL", "DOWNTIME", "SENT", "STARTED")
+			for _, m := range ms {
+				t.row(m.ID, m.VM, m.Source, m.Destination, m.State, fmt.Sprintf("%.0f ms", m.TotalMS),
+					fmt.Sprintf("%.1f ms", m.DowntimeMS), bytesStr(float64(m.Bytes)), m.Started.UTC().Format(time.RFC3339))
+			}
+			return t.print(e.out)
+		},
+	}
+	list.Flags().StringVar(&vm, "vm", "", "only this VM's migrations")
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show one migration", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var m api.Migration
+			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migrations/"+args[0], nil, &m); err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, m)
+			}
+			printMigration(e, m)
+			if !terminal(m.State) {
+				fmt.Fprintln(e.out, progressLine(m))
+			}
+			return nil
+		},
+	}
+	watch := &cobra.Command{
+		Use: "watch ID", Short: "Follow a migration's progress until it ends", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			return e.watchMigration(cmd.Context(), c, args[0])
+		},
+	}
+	cancel := &cobra.Command{
+		Use: "cancel ID", Short: "Cancel a running migration; the VM stays on its source host", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var m api.Migration
+			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/migrations/"+args[0]+"/cancel", nil, &m); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "cancelling migration %s of %s; the VM stays on %s\n", m.ID, m.VM, m.Source)
+			return nil
+		},
+	}
+	cmd.AddCommand(list, show, watch, cancel)
+	return cmd
+}

@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/netdev"
+)
+
+// migrationSummary is the JSON `vm migrate -o json` prints.
+type migrationSummary struct {
+	ID          string  `json:"id"`
+	State       string  `json:"state"`
+	Source      string  `json:"source"`
+	Destination string  `json:"destination"`
+	TotalMS     float64 `json:"total_ms"`
+	DowntimeMS  float64 `json:"downtime_ms"`
+	Bytes       uint64  `json:"bytes"`
+	Passes      int     `json:"passes"`
+	Error       string  `json:"error"`
+}
+
+// qemuProcesses returns the pids of QEMU processes whose command line carries uuid.
+func qemuProcesses(uuid string) []int {
+	var pids []int
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil || !bytes.Contains(b, []byte(uuid)) || !bytes.Contains(b, []byte("qemu-system")) {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(f, "/proc/%d/cmdline", &pid)
+		if !processGone(pid, 0) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestLiveMigration moves a running VM from host-1 to host-2 and back while a TCP
+// connection from the client stays open, and checks memory, disk and identity after each.
+func TestLiveMigration(t *testing.T) {
+	l := newLab(t, 2)
+	var vm api.VM
+	l.RunJSON(&vm, "vm", "create", "mig-1", "--host", "host-1")
+	l.WaitHTTP("client", "http://"+vm.IP+"/healthz", 90*time.Second)
+	before := l.Stats(vm.IP)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tcp, err := l.Dial(ctx, "client", "tcp", vm.IP+":7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcp.Close()
+	echoTCP(t, tcp, 16<<10)
+
+	for i, to := range []string{"host-2", "host-1"} {
+		from := map[string]string{"host-2": "host-1", "host-1": "host-2"}[to]
+		record := make([]byte, 64<<10)
+		_, _ = rand.Read(record)
+		putDisk(t, l, vm.IP, 10+i, record)
+
+		var sum migrationSummary
+		l.RunJSON(&sum, "vm", "migrate", "mig-1", "--to", to)
+		t.Logf("migration %s → %s: total %.0f ms, downtime %.1f ms, %d bytes, %d passes", from, to, sum.TotalMS, sum.DowntimeMS, sum.Bytes, sum.Passes)
+		if sum.State != api.MigrationSucceeded || sum.Source != from || sum.Destination != to || sum.TotalMS <= 0 || sum.Bytes == 0 || sum.Passes < 1 {
+			t.Fatalf("migration summary %+v; want a success %s → %s with times, bytes and passes", sum, from, to)
+		}
+		moved := waitVM(t, l, "mig-1", func(v api.VM) bool { return v.Host == to && v.State == api.VMRunning })
+		if moved.IP != vm.IP || moved.MAC != vm.MAC || moved.UUID != vm.UUID {
+			t.Fatalf("the VM's identity changed: %+v, was %+v", moved, vm)
+		}
+		if pids := qemuProcesses(vm.UUID); len(pids) != 1 || pids[0] != moved.PID {
+			t.Fatalf("QEMU processes of the VM after the migration: %v; want exactly the destination's %d", pids, moved.PID)
+		}
+		out, _, _ := l.Run("lab", "exec", from, "--", "ip", "-o", "link", "show")
+		if strings.Contains(out, netdev.TapName(vm.UUID, 0)) {
+			t.Fatalf("the VM's TAP is left on %s", from)
+		}
+		echoTCP(t, tcp, 16<<10) // the connection survived
+		if got := getDisk(t, l, vm.IP, 10+i); !bytes.Equal(got, record) {
+			t.Fatal("the disk record written before the migration changed")
+		}
+		st := l.Stats(vm.IP)
+		if st.BootID != before.BootID || st.MemoryErrors != 0 || st.ClockBackwards != 0 {
+			t.Fatalf("guest after migration %d: %+v; want boot id %s, no memory errors, no clock steps back", i+1, st, before.BootID)
+		}
+	}
+
+	var ms []api.Migration
+	l.RunJSON(&ms, "migration", "list", "--vm", "mig-1")
+	if len(ms) != 2 || ms[0].State != api.MigrationSucceeded || ms[1].State != api.MigrationSucceeded {
+		t.Fatalf("migration list: %+v", ms)
+	}
+
+	// Refused before anything starts, with a reason.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "migrate", "mig-1", "--to", "host-1"}, "already runs on host-1"},
+		{[]string{"vm", "migrate", "mig-1", "--to", "host-9"}, "no host named"},
+		{[]string{"vm", "migrate", "mig-1"}, "--to"},
+		{[]string{"vm", "migrate", "mig-1", "--to", "host-2", "--policy", "nosuch"}, "nosuch"},
+	} {
+		_, errOut, err := l.Run(c.args...)
+		if err == nil || !strings.Contains(errOut, c.want) {
+			t.Errorf("godwit %s: err=%v stderr=%q; want a refusal mentioning %q", strings.Join(c.args, " "), err, errOut, c.want)
+		}
+	}
+	l.MustRun("vm", "stop", "mig-1", "--force")
+	if _, errOut, err := l.Run("vm", "migrate", "mig-1", "--to", "host-2"); err == nil || !strings.Contains(errOut, "only a running VM") {
+		t.Errorf("migrating a stopped VM: err=%v stderr=%q", err, errOut)
+	}
+	var after []api.Migration
+	if err := l.API().Do(context.Background(), http.MethodGet, "/api/v1/migrations?vm=mig-1", nil, &after); err != nil || len(after) != 2 {
+		t.Fatalf("refused migrations left records: %d, %v", len(after), err)
+	}
+	l.MustRun("vm", "delete", "mig-1")
+}
