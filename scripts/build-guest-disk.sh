@@ -30,7 +30,7 @@ OUT=$1
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 SIZE_MIB=${GODWIT_GUEST_DISK_MIB:-64}
 LABEL=GODWIT
-# A fixed volume serial number keeps the image the same from one build to the next.
+# A fixed volume serial number (mkfs.vfat would pick a random one).
 VOLUME_ID=60D71A0B
 
 for c in syslinux mcopy mdir mkfs.vfat sha256sum truncate; do

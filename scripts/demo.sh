@@ -31,6 +31,27 @@ echo
 "$BIN" lab exec --name "$LAB" client -- "$BIN" probe tcp "$ip:7"
 "$BIN" lab exec --name "$LAB" client -- "$BIN" probe udp "$ip:7" --count 20
 
+say "a client in the client namespace streams HTTP requests to the VM while it moves"
+stream_out=$(mktemp)
+"$BIN" lab exec --name "$LAB" client -- "$BIN" probe http-stream "http://$ip/healthz" --interval 20ms >"$stream_out" 2>&1 &
+stream=$!
+sleep 1
+
+for to in host-2 host-1; do
+  say "live-migrating web-1 to $to"
+  "$BIN" vm migrate web-1 --to "$to" -o json | tee /tmp/godwit-demo-migration.json | \
+    awk -F'[:,]' '/"total_ms"/{t=$2} /"downtime_ms"/{d=$2} /"bytes"/{b=$2} /"passes"/{p=$2} /"source"/{s=$2} /"destination"/{x=$2}
+      END { gsub(/[ "]/, "", s); gsub(/[ "]/, "", x); printf "%s -> %s: total %.0f ms, downtime %.1f ms (QEMU), %.1f MiB sent, %d passes\n", s, x, t, d, b/1048576, p }'
+  "$BIN" vm list
+done
+
+sleep 1
+kill -INT "$stream"
+wait "$stream" || true
+say "the client's view"
+cat "$stream_out"
+rm -f "$stream_out"
+
 awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "\nlab up: %.1f s; vm create to the guest answering HTTP: %.1f s\n", b-a, c-b }'
 cat <<EOT
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -72,6 +73,61 @@ func newProbeCmd(e *env) *cobra.Command {
 		},
 	}
 	udpCmd.Flags().IntVar(&count, "count", 10, "how many datagrams to send")
-	cmd.AddCommand(httpCmd, tcpCmd, udpCmd)
+	var interval, duration, timeout time.Duration
+	streamCtx := func(ctx context.Context) (context.Context, context.CancelFunc) {
+		if duration > 0 {
+			return context.WithTimeout(ctx, duration)
+		}
+		return context.WithCancel(ctx)
+	}
+	udpStream := &cobra.Command{
+		Use:   "udp-stream HOST:PORT",
+		Short: "Send a UDP echo request every --interval until interrupted (or --duration) and report the longest gap without replies",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := streamCtx(cmd.Context())
+			defer cancel()
+			conn, err := net.Dial("udp", args[0])
+			if err != nil {
+				return fmt.Errorf("UDP stream to %s: %w", args[0], err)
+			}
+			defer conn.Close()
+			res, err := probe.UDPStream(ctx, conn, interval)
+			if err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, res)
+			}
+			fmt.Fprintf(e.out, "UDP stream %s: %d sent, %d answered, longest gap without replies %.1f ms\n",
+				args[0], res.Sent, res.Received, float64(res.MaxGap)/float64(time.Millisecond))
+			return nil
+		},
+	}
+	udpStream.Flags().DurationVar(&interval, "interval", time.Millisecond, "time between requests")
+	udpStream.Flags().DurationVar(&duration, "duration", 0, "stop after this long (default: when interrupted)")
+	httpStream := &cobra.Command{
+		Use:   "http-stream URL",
+		Short: "GET a URL every --interval until interrupted (or --duration) and count failed requests",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := streamCtx(cmd.Context())
+			defer cancel()
+			res := probe.HTTPStream(ctx, args[0], interval, timeout)
+			if e.output == "json" {
+				return printJSON(e.out, res)
+			}
+			fmt.Fprintf(e.out, "HTTP stream %s: %d requests, %d failed, slowest %.0f ms\n",
+				args[0], res.Requests, res.Failed, float64(res.Slowest)/float64(time.Millisecond))
+			if res.Failed > 0 {
+				return fmt.Errorf("%d of %d requests failed; the first: %s", res.Failed, res.Requests, res.FirstError)
+			}
+			return nil
+		},
+	}
+	httpStream.Flags().DurationVar(&interval, "interval", 20*time.Millisecond, "time between requests")
+	httpStream.Flags().DurationVar(&duration, "duration", 0, "stop after this long (default: when interrupted)")
+	httpStream.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "a request without an answer this long has failed")
+	cmd.AddCommand(httpCmd, tcpCmd, udpCmd, udpStream, httpStream)
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // Command returns a command that runs argv inside target's network namespace (target
@@ -42,6 +43,10 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdin io.R
 		return -1, err
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	// An interrupted `lab exec` passes the interrupt on, so the command can finish and
+	// report (a client stream prints its counts); it is killed if it does not end soon.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second
 	err = cmd.Run()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {

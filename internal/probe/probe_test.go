@@ -84,3 +84,57 @@ func TestEchoes(t *testing.T) {
 		t.Fatalf("EchoUDP = %d, %v; want 16 of 20", got, err)
 	}
 }
+
+func TestUDPStreamSeesAPause(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pauseFrom := time.Now().Add(150 * time.Millisecond)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			// Drop everything for 120 ms, as a paused VM would.
+			if now := time.Now(); now.After(pauseFrom) && now.Before(pauseFrom.Add(120*time.Millisecond)) {
+				continue
+			}
+			pc.WriteTo(buf[:n], a)
+		}
+	}()
+	conn, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	res, err := UDPStream(ctx, conn, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.MaxGap < 110*time.Millisecond || res.MaxGap > 250*time.Millisecond || res.Received < res.Sent/3 || res.Sent < 100 {
+		t.Fatalf("UDPStream = %+v; want a gap of about 120 ms", res)
+	}
+}
+
+func TestHTTPStreamCountsFailures(t *testing.T) {
+	n := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n++
+		if n%3 == 0 {
+			http.Error(w, "no", http.StatusInternalServerError)
+		}
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	res := HTTPStream(ctx, srv.URL, 10*time.Millisecond, time.Second)
+	if res.Requests < 6 || res.Failed != res.Requests/3 || !strings.Contains(res.FirstError, "500") {
+		t.Fatalf("HTTPStream = %+v", res)
+	}
+}
