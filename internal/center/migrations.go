@@ -152,7 +152,7 @@ func (c *Center) record1(ctx context.Context, m api.Migration) {
 		if err := c.store.SetHost(ctx, m.VM, m.Destination, c.now()); err != nil {
 			c.log.Error("could not record the VM's new host", "vm", m.VM, "host", m.Destination, "err", err)
 		}
-		_ = c.store.SetState(ctx, m.VM, api.VMStatus{State: api.VMRunning}, c.now())
+		_ = c.store.SetState(ctx, m.VM, c.observe(ctx, m.Destination, m.VM), c.now())
 	}
 	if err := c.store.SaveMigration(ctx, m); err != nil {
 		c.log.Error("could not record the migration's outcome", "migration", m.ID, "err", err)
@@ -254,4 +254,28 @@ func (c *Center) migrating(vm string) bool {
 		return !found
 	})
 	return found
+}
+
+// observe asks a host for its view of one VM now, rather than waiting for its next
+// heartbeat; if the host cannot say, the VM is taken to be running.
+func (c *Center) observe(ctx context.Context, host, vm string) api.VMStatus {
+	fallback := api.VMStatus{Name: vm, State: api.VMRunning}
+	h, err := c.store.Host(ctx, host)
+	if err != nil {
+		return fallback
+	}
+	cl, err := c.agent(h, 5*time.Second)
+	if err != nil {
+		return fallback
+	}
+	var sts []api.VMStatus
+	if err := cl.Do(ctx, http.MethodGet, "/agent/v1/vms", nil, &sts); err != nil {
+		return fallback
+	}
+	for _, s := range sts {
+		if s.Name == vm {
+			return s
+		}
+	}
+	return fallback
 }

@@ -1,0 +1,619 @@
+package migration
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/godwit/godwit/internal/qmp"
+)
+
+// Phase is where a migration stands.
+type Phase string
+
+// Phases of a migration. Completed, Failed and Cancelled are final.
+const (
+	// PhaseSetup: QEMU is connecting to the destination and setting up.
+	PhaseSetup Phase = "setup"
+	// PhasePrecopy: RAM is being copied while the guest runs, pass after pass.
+	PhasePrecopy Phase = "precopy"
+	// PhaseSwitchover: the guest is paused on the source and its last dirty
+	// pages and device state are being sent.
+	PhaseSwitchover Phase = "switchover"
+	// PhaseCancelling: a cancel was sent and QEMU is winding the migration down.
+	PhaseCancelling Phase = "cancelling"
+	// PhaseCompleted: the guest runs on the destination; the source QEMU is
+	// paused in "postmigrate".
+	PhaseCompleted Phase = "completed"
+	// PhaseFailed: the migration failed; the guest runs on the source.
+	PhaseFailed Phase = "failed"
+	// PhaseCancelled: the migration was cancelled; the guest runs on the source.
+	PhaseCancelled Phase = "cancelled"
+)
+
+// Final reports whether the phase is one a migration ends in.
+func (p Phase) Final() bool {
+	return p == PhaseCompleted || p == PhaseFailed || p == PhaseCancelled
+}
+
+// phaseOf maps QEMU's migration status to a Phase; unknown statuses keep the
+// previous phase.
+func phaseOf(status string, prev Phase) Phase {
+	switch status {
+	case "", qmp.MigrationNone, qmp.MigrationSetup:
+		return PhaseSetup
+	case qmp.MigrationActive, qmp.MigrationPreSwitchover, qmp.MigrationWaitUnplug:
+		return PhasePrecopy
+	case qmp.MigrationDevice:
+		return PhaseSwitchover
+	case qmp.MigrationCancelling:
+		return PhaseCancelling
+	case qmp.MigrationCancelled:
+		return PhaseCancelled
+	case qmp.MigrationCompleted:
+		return PhaseCompleted
+	case qmp.MigrationFailed:
+		return PhaseFailed
+	}
+	return prev
+}
+
+// Observation is one poll of query-migrate on the source.
+type Observation struct {
+	// Elapsed is the time since the migration was started.
+	Elapsed time.Duration
+	// Info is QEMU's answer.
+	Info qmp.MigrationInfo
+}
+
+// Progress is what a migration is doing now, for people and progress bars.
+type Progress struct {
+	// Phase is where the migration stands.
+	Phase Phase `json:"phase"`
+	// Pass is the number of the pre-copy pass (QEMU's dirty-sync count): 1 is
+	// the first copy of all RAM, each later pass re-sends what the guest
+	// dirtied meanwhile.
+	Pass int `json:"pass"`
+	// PercentSent is the share of the guest's RAM that is not waiting to be
+	// sent in this pass, 0 to 100.
+	PercentSent float64 `json:"percent_sent"`
+	// TransferredBytes is how much has been sent so far.
+	TransferredBytes uint64 `json:"transferred_bytes"`
+	// RemainingBytes is how much is still to be sent in this pass.
+	RemainingBytes uint64 `json:"remaining_bytes"`
+	// TotalBytes is the guest's RAM size.
+	TotalBytes uint64 `json:"total_bytes"`
+	// TransferRate is the link rate the controller measured from successive
+	// polls (smoothed), in bytes/s.
+	TransferRate float64 `json:"transfer_rate"`
+	// DirtyRate is how fast the guest dirties memory, in bytes/s, measured
+	// from the dirty sets at pass boundaries (QEMU's figure before the first).
+	DirtyRate float64 `json:"dirty_rate"`
+	// ExpectedDowntime is QEMU's estimate of the switch-over pause.
+	ExpectedDowntime time.Duration `json:"expected_downtime"`
+	// ThrottlePercent is the vCPU throttle QEMU applies now.
+	ThrottlePercent int `json:"throttle_percent"`
+	// Elapsed is the time since the migration started.
+	Elapsed time.Duration `json:"elapsed"`
+	// Note is the controller's latest decision or assessment in words.
+	Note string `json:"note"`
+}
+
+// Result is the outcome of a migration.
+type Result struct {
+	// Status is PhaseCompleted, PhaseFailed or PhaseCancelled.
+	Status Phase `json:"status"`
+	// Reason says, in a sentence, why the migration failed or was cancelled
+	// ("" when it completed).
+	Reason string `json:"reason,omitempty"`
+	// Total is the whole migration's duration (QEMU's figure when it has one).
+	Total time.Duration `json:"total"`
+	// Downtime is the pause QEMU measured at switch-over. With the return path
+	// Godwit enables, it lasts until the destination has loaded the state.
+	Downtime time.Duration `json:"downtime"`
+	// SetupTime is the time QEMU spent setting up.
+	SetupTime time.Duration `json:"setup_time"`
+	// Bytes is how much was sent.
+	Bytes uint64 `json:"bytes"`
+	// Passes is the number of pre-copy passes (dirty syncs).
+	Passes int `json:"passes"`
+	// MaxThrottle is the highest vCPU throttle QEMU applied, in percent.
+	MaxThrottle int `json:"max_throttle"`
+	// Policy is the name of the policy the migration ran under.
+	Policy string `json:"policy"`
+}
+
+// Decision is what the controller wants changed in the running migration.
+// Nil fields stay as they are.
+type Decision struct {
+	// DowntimeLimit is the new downtime-limit.
+	DowntimeLimit *time.Duration
+	// MaxBandwidth is the new max-bandwidth, in bytes/s.
+	MaxBandwidth *int64
+	// Throttle is the vCPU throttle to apply, in percent.
+	Throttle *int
+	// StartPostcopy asks to switch to post-copy (never set: not implemented).
+	StartPostcopy bool
+	// Cancel asks to cancel the migration; the guest keeps running on the source.
+	Cancel bool
+	// Reason explains the decision in words (also set, alone, for an
+	// assessment worth logging that changes nothing).
+	Reason string
+}
+
+// Changes reports whether the decision asks for anything to be done.
+func (d Decision) Changes() bool {
+	return d.DowntimeLimit != nil || d.MaxBandwidth != nil || d.Throttle != nil || d.StartPostcopy || d.Cancel
+}
+
+// Tuning of the controller.
+const (
+	// rateTau is the time constant of the link-rate smoothing.
+	rateTau = 500 * time.Millisecond
+	// dirtyAlpha is the weight of the newest pass in the dirty-rate average.
+	dirtyAlpha = 0.5
+	// stallWindow is how many pass-start dirty sets are compared to decide
+	// whether a migration converges.
+	stallWindow = 3
+	// shrinkRatio: the dirty set shrinks if the newest of the window is below
+	// this fraction of the oldest.
+	shrinkRatio = 0.8
+	// convergeRatio: a guest dirtying at least this fraction of the link rate
+	// counts as dirtying as fast as the link carries.
+	convergeRatio = 0.8
+	// downtimeMargin is the headroom on a computed downtime limit.
+	downtimeMargin = 1.25
+	// throttleSettle is the longest the controller waits for QEMU to apply a
+	// throttle step before judging it anyway.
+	throttleSettle = 5 * time.Second
+	// defaultPageSize is used when QEMU does not report its page size.
+	defaultPageSize = 4096
+)
+
+// passSample is the dirty set found at the start of one pass.
+type passSample struct {
+	pass     int
+	at       time.Duration
+	dirtySet float64 // bytes
+}
+
+// Controller decides, from observations only, what to change in a running
+// migration. It is pure — no I/O, no clock, no goroutines — so that every
+// decision can be tested with synthetic observations. It is not safe for
+// concurrent use; one migration has one controller.
+//
+// What it does, per observation (one poll of query-migrate, every 50 ms):
+//
+//   - It measures the link rate from successive polls (bytes sent over time,
+//     smoothed with a 0.5 s time constant) and the guest's dirty rate from the
+//     dirty set found at each pass boundary (pages re-dirtied since the previous
+//     pass over the time between the passes; QEMU's own dirty-pages-rate before
+//     the second pass).
+//   - It judges convergence on the passes after the first: a migration is not
+//     converging when the dirty set at the start of a pass has not shrunk by
+//     20% over three passes while the guest dirties at least 80% of what the
+//     link carries.
+//   - When it is not converging the controller acts, one step at a time, and
+//     judges each step on fresh passes: if a downtime limit within the policy's
+//     DowntimeMax would let QEMU switch over (dirty set / link rate, +25%), it
+//     raises the limit to that; otherwise it throttles the vCPUs, ThrottleInitial
+//     first, then ThrottleStep more each time up to ThrottleMax (waiting until
+//     QEMU has applied each step); at ThrottleMax it finally allows DowntimeMax.
+//   - When the policy's TimeBudget is used up it cancels, saying why.
+type Controller struct {
+	policy Policy
+
+	phase Phase
+	last  Observation
+	seen  bool // at least one observation
+
+	// Previous sample with RAM statistics.
+	havePrev                       bool
+	prevElapsed                    time.Duration
+	prevTransferred, prevRemaining int64
+	prevPages                      int64
+
+	rate       float64 // smoothed link rate, bytes/s
+	rateKnown  bool
+	dirty      float64 // smoothed dirty rate from pass boundaries, bytes/s
+	dirtyKnown bool
+	qemuDirty  float64 // QEMU's dirty-pages-rate in bytes/s
+
+	pass      int
+	passStart time.Duration
+	samples   []passSample // passes since the last action
+
+	limit        time.Duration // downtime limit in force
+	throttleWant int           // throttle last asked for
+	throttleSeen int           // throttle QEMU applies now
+	maxThrottle  int
+	waitThrottle bool
+	waitSince    time.Duration
+	atLimits     bool
+
+	cancelRequested bool
+	cancelReason    string
+	note            string
+}
+
+// NewController returns the controller for one migration under policy p,
+// which should be valid (see Policy.Validate). It assumes the migration starts
+// with the parameters of SourceParameters(p).
+func NewController(p Policy) *Controller {
+	return &Controller{
+		policy: p,
+		phase:  PhaseSetup,
+		limit:  p.DowntimeTarget,
+		note: fmt.Sprintf("starting under policy %q: downtime limit %v, %s", p.Name,
+			p.DowntimeTarget, bandwidthWords(p.MaxBandwidth)),
+	}
+}
+
+// Policy returns the controller's policy.
+func (c *Controller) Policy() Policy { return c.policy }
+
+// DowntimeLimit returns the downtime limit the controller has in force.
+func (c *Controller) DowntimeLimit() time.Duration { return c.limit }
+
+// Phase returns the phase of the latest observation.
+func (c *Controller) Phase() Phase { return c.phase }
+
+// NoteCancel records that the migration is being cancelled for reason (e.g. by
+// the caller), so that the Result says why. It does not cancel anything.
+func (c *Controller) NoteCancel(reason string) {
+	if !c.cancelRequested {
+		c.cancelRequested = true
+		c.cancelReason = reason
+		c.note = reason
+	}
+}
+
+// Observe takes one observation and returns what to change now (often
+// nothing) and the progress report.
+func (c *Controller) Observe(o Observation) (Decision, Progress) {
+	c.seen = true
+	c.last = o
+	c.phase = phaseOf(o.Info.Status, c.phase)
+	if t := o.Info.CPUThrottlePercentage; t != nil {
+		c.throttleSeen = int(*t)
+		c.maxThrottle = max(c.maxThrottle, c.throttleSeen)
+	}
+	newPass := false
+	if o.Info.RAM != nil && o.Info.Status != qmp.MigrationSetup {
+		newPass = c.measure(o)
+	}
+
+	var d Decision
+	switch c.phase {
+	case PhasePrecopy:
+		d = c.decide(o, newPass)
+	case PhaseSwitchover:
+		if !c.cancelRequested {
+			c.note = fmt.Sprintf("switching over after %d passes: the guest is paused on the source while the rest is sent", c.pass)
+		}
+	case PhaseCompleted:
+		c.note = c.completedNote(o)
+	case PhaseFailed:
+		c.note = c.failedReason(o)
+	case PhaseCancelled:
+		c.note = c.cancelledReason()
+	}
+	if d.Reason != "" {
+		c.note = d.Reason
+	}
+	return d, c.progress(o)
+}
+
+// measure updates the rate estimates and the pass bookkeeping from an
+// observation with RAM statistics. It reports whether a new pass began.
+func (c *Controller) measure(o Observation) bool {
+	ram := o.Info.RAM
+	pageSize := ram.PageSize
+	if pageSize <= 0 {
+		pageSize = defaultPageSize
+	}
+	c.qemuDirty = float64(ram.DirtyPagesRate * pageSize)
+	pages := ram.Normal + ram.Duplicate
+
+	if c.havePrev {
+		dt := (o.Elapsed - c.prevElapsed).Seconds()
+		if dt > 0 && ram.Transferred >= c.prevTransferred {
+			inst := float64(ram.Transferred-c.prevTransferred) / dt
+			if !c.rateKnown {
+				c.rate, c.rateKnown = inst, true
+			} else {
+				a := 1 - math.Exp(-dt/rateTau.Seconds())
+				c.rate += a * (inst - c.rate)
+			}
+		}
+	}
+
+	newPass := false
+	sync := int(ram.DirtySyncCount)
+	if sync > c.pass {
+		newPass = true
+		if c.havePrev && c.pass >= 1 {
+			// The dirty set found at the sync: what is left now, plus what was
+			// processed since the previous poll, minus what was left then.
+			processed := float64(ram.Transferred - c.prevTransferred)
+			if pages > 0 && pages >= c.prevPages {
+				processed = float64((pages - c.prevPages) * pageSize)
+			}
+			dirtySet := float64(ram.Remaining-c.prevRemaining) + processed
+			dirtySet = max(dirtySet, float64(ram.Remaining))
+			if span := (o.Elapsed - c.passStart).Seconds(); span > 0 {
+				inst := dirtySet / span
+				if !c.dirtyKnown {
+					c.dirty, c.dirtyKnown = inst, true
+				} else {
+					c.dirty += dirtyAlpha * (inst - c.dirty)
+				}
+			}
+			if !c.waitThrottle {
+				c.samples = append(c.samples, passSample{pass: sync, at: o.Elapsed, dirtySet: dirtySet})
+				if len(c.samples) > 2*stallWindow {
+					c.samples = c.samples[len(c.samples)-stallWindow:]
+				}
+			}
+		}
+		c.pass = sync
+		c.passStart = o.Elapsed
+	}
+
+	c.havePrev = true
+	c.prevElapsed = o.Elapsed
+	c.prevTransferred = ram.Transferred
+	c.prevRemaining = ram.Remaining
+	c.prevPages = pages
+	return newPass
+}
+
+// dirtyRate is the best dirty-rate estimate: the controller's own from pass
+// boundaries, or QEMU's before there is one.
+func (c *Controller) dirtyRate() float64 {
+	if c.dirtyKnown {
+		return c.dirty
+	}
+	return c.qemuDirty
+}
+
+// decide runs the convergence policy on a pre-copy observation.
+func (c *Controller) decide(o Observation, newPass bool) Decision {
+	if c.cancelRequested {
+		return Decision{}
+	}
+	if o.Elapsed >= c.policy.TimeBudget {
+		reason := c.budgetReason(o)
+		c.NoteCancel(reason)
+		return Decision{Cancel: true, Reason: reason}
+	}
+	if c.waitThrottle {
+		if c.throttleSeen >= c.throttleWant || o.Elapsed-c.waitSince >= throttleSettle {
+			// Judge the new throttle on passes that ran under it.
+			c.waitThrottle = false
+			c.samples = nil
+		}
+		return Decision{}
+	}
+	if !newPass {
+		return Decision{}
+	}
+	if !c.stalled() {
+		if n := len(c.samples); n > 0 {
+			c.note = fmt.Sprintf("pass %d: %s to re-send; the guest dirties %s/s, the link carries %s/s: converging",
+				c.pass, fmtBytes(c.samples[n-1].dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+		}
+		return Decision{}
+	}
+	return c.act(o)
+}
+
+// stalled reports whether the recent passes show a migration that does not
+// converge.
+func (c *Controller) stalled() bool {
+	n := len(c.samples)
+	if n < stallWindow || !c.rateKnown || c.rate <= 0 {
+		return false
+	}
+	first, last := c.samples[n-stallWindow], c.samples[n-1]
+	shrinking := last.dirtySet < shrinkRatio*first.dirtySet
+	return !shrinking && c.dirtyRate() >= convergeRatio*c.rate
+}
+
+// act takes the next step for a migration that does not converge.
+func (c *Controller) act(o Observation) Decision {
+	last := c.samples[len(c.samples)-1]
+	situation := fmt.Sprintf("pass %d: %s to re-send at every pass, the guest dirties %s/s and the link carries %s/s",
+		c.pass, fmtBytes(last.dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+	needed := roundUpMs(time.Duration(last.dirtySet / c.rate * downtimeMargin * float64(time.Second)))
+	most := c.policy.downtimeMax()
+	c.samples = nil
+
+	if needed <= most {
+		limit := min(max(needed, roundUpMs(c.limit*3/2)), most)
+		if limit > c.limit {
+			c.limit = limit
+			return Decision{DowntimeLimit: ptr(limit), Reason: fmt.Sprintf(
+				"%s: allowing a downtime of %v to switch over (target %v, policy maximum %v)",
+				situation, limit, c.policy.DowntimeTarget, most)}
+		}
+	}
+	if c.policy.throttles() && c.throttleWant < c.policy.ThrottleMax {
+		next := c.policy.ThrottleInitial
+		if c.throttleWant > 0 {
+			next = min(c.throttleWant+max(c.policy.ThrottleStep, 1), c.policy.ThrottleMax)
+		}
+		c.throttleWant = next
+		c.waitThrottle = true
+		c.waitSince = o.Elapsed
+		return Decision{Throttle: ptr(next), Reason: fmt.Sprintf(
+			"%s; a downtime of %v would be needed (policy maximum %v): throttling vCPUs to %d%%",
+			situation, needed, most, next)}
+	}
+	if c.limit < most {
+		c.limit = most
+		return Decision{DowntimeLimit: ptr(most), Reason: fmt.Sprintf(
+			"%s; %s: allowing the policy's maximum downtime of %v (a downtime of %v would be needed)",
+			situation, c.throttleWords(), most, needed)}
+	}
+	if c.atLimits {
+		return Decision{}
+	}
+	c.atLimits = true
+	return Decision{Reason: fmt.Sprintf(
+		"%s; at the policy's limits (%s, downtime %v, %v needed): waiting, and cancelling when the time budget runs out in %v",
+		situation, c.throttleWords(), most, needed, (c.policy.TimeBudget - o.Elapsed).Round(time.Second))}
+}
+
+// throttleWords describes the throttle state for reasons.
+func (c *Controller) throttleWords() string {
+	if !c.policy.throttles() {
+		return "the policy does not throttle vCPUs"
+	}
+	return fmt.Sprintf("vCPUs throttled to the policy's maximum of %d%%", c.policy.ThrottleMax)
+}
+
+// budgetReason explains a cancel at the end of the time budget.
+func (c *Controller) budgetReason(o Observation) string {
+	s := fmt.Sprintf("the time budget of %v ran out", c.policy.TimeBudget)
+	ram := o.Info.RAM
+	switch {
+	case ram == nil:
+		s += " before QEMU reported any progress"
+	case c.pass <= 1:
+		s += fmt.Sprintf(" during the first copy of RAM, with %.0f%% of %s sent at %s/s",
+			percentSent(ram), fmtBytes(float64(ram.Total)), fmtBytes(c.rate))
+	default:
+		s += fmt.Sprintf(" in pass %d: %s still to send while the guest dirties %s/s and the link carries %s/s",
+			c.pass, fmtBytes(float64(ram.Remaining)), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+		if c.throttleSeen > 0 {
+			s += fmt.Sprintf(", with vCPUs throttled to %d%%", c.throttleSeen)
+		}
+		s += fmt.Sprintf(" and a downtime limit of %v", c.limit)
+	}
+	return s + "; cancelling, the VM keeps running on the source"
+}
+
+// completedNote describes a completed migration.
+func (c *Controller) completedNote(o Observation) string {
+	s := fmt.Sprintf("completed in %d passes", c.pass)
+	if d := o.Info.Downtime; d != nil {
+		s += fmt.Sprintf(" with a downtime of %d ms", *d)
+	}
+	return s
+}
+
+// failedReason explains a failed migration.
+func (c *Controller) failedReason(o Observation) string {
+	if o.Info.ErrorDesc != "" {
+		return "QEMU reported that the migration failed: " + o.Info.ErrorDesc
+	}
+	return "QEMU reported that the migration failed without saying why"
+}
+
+// cancelledReason explains a cancelled migration.
+func (c *Controller) cancelledReason() string {
+	if c.cancelReason != "" {
+		return c.cancelReason
+	}
+	return "the migration was cancelled from outside Godwit's controller (migrate_cancel by another QMP client)"
+}
+
+// progress builds the progress report for an observation.
+func (c *Controller) progress(o Observation) Progress {
+	p := Progress{
+		Phase:           c.phase,
+		Pass:            c.pass,
+		TransferRate:    c.rate,
+		DirtyRate:       c.dirtyRate(),
+		ThrottlePercent: c.throttleSeen,
+		Elapsed:         o.Elapsed,
+		Note:            c.note,
+	}
+	if ram := o.Info.RAM; ram != nil {
+		p.TransferredBytes = uint64(max(ram.Transferred, 0))
+		p.RemainingBytes = uint64(max(ram.Remaining, 0))
+		p.TotalBytes = uint64(max(ram.Total, 0))
+		p.PercentSent = percentSent(ram)
+	}
+	if c.phase == PhaseCompleted {
+		p.PercentSent = 100
+		p.RemainingBytes = 0
+	}
+	if d := o.Info.ExpectedDowntime; d != nil && *d > 0 {
+		p.ExpectedDowntime = time.Duration(*d) * time.Millisecond
+	}
+	return p
+}
+
+// Result summarises the migration as of the latest observation; once the
+// phase is final it is the migration's outcome.
+func (c *Controller) Result() Result {
+	o := c.last
+	r := Result{
+		Status:      c.phase,
+		Total:       o.Elapsed,
+		Passes:      c.pass,
+		MaxThrottle: c.maxThrottle,
+		Policy:      c.policy.Name,
+	}
+	if t := o.Info.TotalTime; t != nil && *t > 0 {
+		r.Total = time.Duration(*t) * time.Millisecond
+	}
+	if d := o.Info.Downtime; d != nil {
+		r.Downtime = time.Duration(*d) * time.Millisecond
+	}
+	if s := o.Info.SetupTime; s != nil {
+		r.SetupTime = time.Duration(*s) * time.Millisecond
+	}
+	if ram := o.Info.RAM; ram != nil {
+		r.Bytes = uint64(max(ram.Transferred, 0))
+		r.Passes = max(r.Passes, int(ram.DirtySyncCount))
+	}
+	switch c.phase {
+	case PhaseFailed:
+		r.Reason = c.failedReason(o)
+	case PhaseCancelled, PhaseCancelling:
+		r.Reason = c.cancelledReason()
+	}
+	return r
+}
+
+// percentSent is the share of RAM not waiting to be sent, 0 to 100.
+func percentSent(ram *qmp.MigrationRAMStats) float64 {
+	if ram.Total <= 0 {
+		return 0
+	}
+	p := 100 * float64(ram.Total-ram.Remaining) / float64(ram.Total)
+	return min(max(p, 0), 100)
+}
+
+// roundUpMs rounds d up to whole milliseconds (QEMU's unit), at least 1 ms.
+func roundUpMs(d time.Duration) time.Duration {
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	return max(ms, 1) * time.Millisecond
+}
+
+// bandwidthWords describes a policy bandwidth.
+func bandwidthWords(b int64) string {
+	if b <= 0 {
+		return "no bandwidth limit"
+	}
+	return fmt.Sprintf("bandwidth limit %s/s", fmtBytes(float64(b)))
+}
+
+// fmtBytes formats a byte count with decimal units ("1.2 GB", "800 MB").
+func fmtBytes(b float64) string {
+	switch a := math.Abs(b); {
+	case a >= 1e9:
+		return fmt.Sprintf("%.1f GB", b/1e9)
+	case a >= 1e6:
+		return fmt.Sprintf("%.1f MB", b/1e6)
+	case a >= 1e3:
+		return fmt.Sprintf("%.0f kB", b/1e3)
+	}
+	return fmt.Sprintf("%.0f B", b)
+}
+
+// ptr returns a pointer to v.
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,230 @@
+// Package migration is Godwit's live-migration engine on the source host.
+//
+// It has three parts:
+//
+//   - Policies (policy.go): convergence policies as data — downtime target and
+//     bounds, bandwidth, time budget, multifd channels, vCPU throttling limits.
+//   - The Controller (controller.go): a pure state machine in the style of etcd's
+//     raft package. It is fed one Observation per poll of query-migrate and
+//     returns a Decision (what to change in QEMU, and why) and a Progress report.
+//     It does no I/O, so every decision is testable without QEMU.
+//   - The driver (run.go): Run and PrepareDestination, which talk QMP to the
+//     QEMU processes, apply the controller's decisions and turn the outcome into
+//     a Result.
+//
+// Post-copy is not implemented: a policy with AllowPostcopy is refused by
+// Validate, and the controller never decides to start post-copy.
+package migration
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Names of the built-in policies.
+const (
+	PolicyBalanced       = "balanced"
+	PolicyFastSwitchover = "fast-switchover"
+	PolicySafe           = "safe"
+)
+
+// DefaultPolicyName is the policy used when none is named.
+const DefaultPolicyName = PolicyBalanced
+
+// Limits QEMU (10.0) puts on the parameters a policy maps to.
+const (
+	// MaxDowntime is the largest downtime-limit QEMU accepts (2000 s).
+	MaxDowntime = 2000 * time.Second
+	// MaxChannels is the largest multifd-channels QEMU accepts.
+	MaxChannels = 255
+	// MaxThrottle is the largest vCPU throttle QEMU accepts, in percent.
+	MaxThrottle = 99
+)
+
+// UnlimitedBandwidth is the max-bandwidth Godwit gives QEMU for a policy whose
+// MaxBandwidth is 0 ("as fast as the link allows"): 100 GiB/s. QEMU's own
+// default is 128 MiB/s, which would cap a 10 GbE link at a tenth of its speed.
+const UnlimitedBandwidth int64 = 100 << 30
+
+// Policy is a named convergence policy: what the controller aims for and how
+// far it may go to get a migration to converge. Policies are data; see
+// DefaultPolicies for the built-in ones.
+type Policy struct {
+	// Name identifies the policy, e.g. "balanced".
+	Name string `json:"name"`
+	// DowntimeTarget is the pause we aim for at switch-over. It is QEMU's
+	// downtime-limit when the migration starts.
+	DowntimeTarget time.Duration `json:"downtime_target"`
+	// DowntimeMax is how far the controller may raise the downtime limit when
+	// the migration does not converge at DowntimeTarget. 0 means
+	// DowntimeTarget: never raise it.
+	DowntimeMax time.Duration `json:"downtime_max"`
+	// MaxBandwidth is the migration traffic limit in bytes/s; 0 means as fast as
+	// the link allows (QEMU gets UnlimitedBandwidth).
+	MaxBandwidth int64 `json:"max_bandwidth"`
+	// TimeBudget is how long the migration may take; when it is used up the
+	// migration is cancelled cleanly and the VM keeps running on the source.
+	TimeBudget time.Duration `json:"time_budget"`
+	// Channels is the number of multifd channels; 0 or 1 means a single
+	// migration stream (multifd off).
+	Channels int `json:"channels"`
+	// ThrottleInitial is the vCPU throttle, in percent, applied first when the
+	// guest dirties memory faster than the link carries it.
+	ThrottleInitial int `json:"throttle_initial"`
+	// ThrottleStep is how many percent each further throttle step adds.
+	ThrottleStep int `json:"throttle_step"`
+	// ThrottleMax is the highest vCPU throttle, in percent (at most 99); 0
+	// means never throttle.
+	ThrottleMax int `json:"throttle_max"`
+	// AllowPostcopy would allow switching to post-copy as a last resort. Post-copy
+	// is not implemented yet, so Validate refuses a policy that sets it.
+	AllowPostcopy bool `json:"allow_postcopy"`
+}
+
+// DefaultPolicies returns the built-in policies, a fresh copy on every call
+// ("balanced" first, the default):
+//
+//	balanced         downtime 20 ms (raised up to 100 ms if that alone converges),
+//	                 no bandwidth limit, budget 10 min, single stream,
+//	                 throttle 20% +10% per step up to 80%, no post-copy.
+//	fast-switchover  downtime 5 ms (up to 20 ms), no bandwidth limit, budget 10 min,
+//	                 single stream, throttle 30% +15% up to 95%: the shortest pause,
+//	                 at the cost of slowing a busy guest hard for a while.
+//	safe             downtime 50 ms (up to 300 ms, QEMU's own default limit), no
+//	                 bandwidth limit, budget 30 min, single stream, throttle 10% +10%
+//	                 up to 40% and never more: a busy guest keeps most of its CPU,
+//	                 and a migration that cannot converge within those bounds is
+//	                 cancelled at the budget rather than forced.
+//
+// None allows post-copy. Single stream because on the measured TCG test
+// machine multifd was no faster (see the package's benchmark).
+func DefaultPolicies() []Policy {
+	return []Policy{
+		{
+			Name:            PolicyBalanced,
+			DowntimeTarget:  20 * time.Millisecond,
+			DowntimeMax:     100 * time.Millisecond,
+			TimeBudget:      10 * time.Minute,
+			ThrottleInitial: 20,
+			ThrottleStep:    10,
+			ThrottleMax:     80,
+		},
+		{
+			Name:            PolicyFastSwitchover,
+			DowntimeTarget:  5 * time.Millisecond,
+			DowntimeMax:     20 * time.Millisecond,
+			TimeBudget:      10 * time.Minute,
+			ThrottleInitial: 30,
+			ThrottleStep:    15,
+			ThrottleMax:     95,
+		},
+		{
+			Name:            PolicySafe,
+			DowntimeTarget:  50 * time.Millisecond,
+			DowntimeMax:     300 * time.Millisecond,
+			TimeBudget:      30 * time.Minute,
+			ThrottleInitial: 10,
+			ThrottleStep:    10,
+			ThrottleMax:     40,
+		},
+	}
+}
+
+// PolicyNames returns the names of the built-in policies, the default first.
+func PolicyNames() []string {
+	var names []string
+	for _, p := range DefaultPolicies() {
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+// LookupPolicy returns the built-in policy called name; "" selects the default
+// ("balanced"). An unknown name is an error that lists the known ones.
+func LookupPolicy(name string) (Policy, error) {
+	if name == "" {
+		name = DefaultPolicyName
+	}
+	for _, p := range DefaultPolicies() {
+		if p.Name == name {
+			return p, nil
+		}
+	}
+	return Policy{}, fmt.Errorf("there is no migration policy called %q; the policies are %s",
+		name, strings.Join(PolicyNames(), ", "))
+}
+
+// Validate checks that the policy can be applied to QEMU and reports every
+// problem found, one sentence each.
+func (p Policy) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if p.Name == "" {
+		bad("the policy has no name")
+	}
+	switch {
+	case p.DowntimeTarget < time.Millisecond:
+		bad("the downtime target is %v; it must be at least 1ms", p.DowntimeTarget)
+	case p.DowntimeTarget > MaxDowntime:
+		bad("the downtime target is %v; QEMU accepts at most %v", p.DowntimeTarget, MaxDowntime)
+	}
+	if p.DowntimeMax != 0 && (p.DowntimeMax < p.DowntimeTarget || p.DowntimeMax > MaxDowntime) {
+		bad("the maximum downtime is %v; it must be 0 (the target) or between the target %v and %v",
+			p.DowntimeMax, p.DowntimeTarget, MaxDowntime)
+	}
+	if p.MaxBandwidth < 0 {
+		bad("the bandwidth limit is %d bytes/s; it must be 0 (unlimited) or positive", p.MaxBandwidth)
+	}
+	if p.TimeBudget <= 0 {
+		bad("the time budget is %v; it must be positive", p.TimeBudget)
+	}
+	if p.Channels < 0 || p.Channels > MaxChannels {
+		bad("the policy asks for %d multifd channels; QEMU accepts 0 or 1 (single stream) up to %d", p.Channels, MaxChannels)
+	}
+	if p.ThrottleMax < 0 || p.ThrottleMax > MaxThrottle {
+		bad("the maximum vCPU throttle is %d%%; it must be between 0 (never throttle) and %d%%", p.ThrottleMax, MaxThrottle)
+	} else if p.ThrottleMax > 0 {
+		if p.ThrottleInitial < 1 || p.ThrottleInitial > p.ThrottleMax {
+			bad("the initial vCPU throttle is %d%%; it must be between 1%% and the maximum %d%%", p.ThrottleInitial, p.ThrottleMax)
+		}
+		if p.ThrottleStep < 1 && p.ThrottleInitial < p.ThrottleMax {
+			bad("the vCPU throttle step is %d%%; it must be at least 1%% to get from %d%% to %d%%",
+				p.ThrottleStep, p.ThrottleInitial, p.ThrottleMax)
+		}
+	}
+	if p.AllowPostcopy {
+		bad("post-copy is not implemented yet; set allow_postcopy to false")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	name := p.Name
+	if name == "" {
+		name = "(unnamed)"
+	}
+	return fmt.Errorf("migration policy %s is invalid: %w", name, errors.Join(errs...))
+}
+
+// downtimeMax returns the effective upper bound of the downtime limit.
+func (p Policy) downtimeMax() time.Duration {
+	if p.DowntimeMax < p.DowntimeTarget {
+		return p.DowntimeTarget
+	}
+	return p.DowntimeMax
+}
+
+// bandwidth returns the max-bandwidth to give QEMU, in bytes/s.
+func (p Policy) bandwidth() int64 {
+	if p.MaxBandwidth <= 0 {
+		return UnlimitedBandwidth
+	}
+	return p.MaxBandwidth
+}
+
+// multifd reports whether the policy uses multifd channels.
+func (p Policy) multifd() bool { return p.Channels > 1 }
+
+// throttles reports whether the policy may throttle vCPUs.
+func (p Policy) throttles() bool { return p.ThrottleMax > 0 }

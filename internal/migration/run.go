@@ -1,0 +1,418 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/godwit/godwit/internal/qmp"
+)
+
+// DefaultPollInterval is how often Run polls query-migrate.
+const DefaultPollInterval = 50 * time.Millisecond
+
+// cancelTimeout bounds how long Run waits for QEMU to wind a migration down
+// after migrate_cancel.
+const cancelTimeout = 30 * time.Second
+
+// pollTimeout bounds one query-migrate (the source's monitor can be busy for
+// the length of the switch-over, never for this long).
+const pollTimeout = 30 * time.Second
+
+// Announce timing set on the destination (QEMU's announce-* parameters, which
+// act on the destination: it sends the RARP frames after it resumes the
+// guest). The first round goes out at once (0 ms is the lowest QEMU allows;
+// its default waits 50 ms), then the gaps grow by 50 ms up to 500 ms, for 8
+// rounds over about 1.4 s, so a switch that misses the first frames still
+// learns the VM's new port quickly. QEMU's default is 5 rounds from 50 ms.
+const (
+	AnnounceInitial = 0 * time.Millisecond
+	AnnounceStep    = 50 * time.Millisecond
+	AnnounceMax     = 500 * time.Millisecond
+	AnnounceRounds  = 8
+)
+
+// minQEMU is the oldest QEMU Run accepts (major, minor). Debian 12's QEMU 7.2
+// was measured to corrupt TCG guests once a migration needs a fourth pass,
+// which the controller relies on; 10.0 passed the same test.
+var minQEMU = [2]int{10, 0}
+
+// ErrCancelled is wrapped by Run's error when the migration was cancelled (by
+// the caller's context or because the policy's time budget ran out).
+var ErrCancelled = errors.New("migration cancelled")
+
+// ErrFailed is wrapped by Run's error when QEMU reported that the migration
+// failed.
+var ErrFailed = errors.New("migration failed")
+
+// Options configure Run.
+type Options struct {
+	// Policy is the convergence policy (see LookupPolicy).
+	Policy Policy
+	// URI is where the destination QEMU listens, e.g. "tcp:198.18.1.12:49152".
+	URI string
+	// PollInterval is how often query-migrate is polled; DefaultPollInterval
+	// (50 ms) when 0.
+	PollInterval time.Duration
+	// OnProgress, when set, is called after every poll from Run's goroutine;
+	// it must not block for long.
+	OnProgress func(Progress)
+	// Logger receives the controller's decisions; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+// SourceCapabilities returns the migration capabilities Run sets on the
+// source for policy p. Run owns these; others are left as they are.
+//
+//   - events: QEMU emits MIGRATION events (Run itself polls and does not read
+//     the monitor's events, so the caller's event reader keeps working).
+//   - return-path: the destination reports back whether it loaded the state;
+//     without it a destination that fails at the very end would leave the VM
+//     on neither host (the source would think it had succeeded and stay
+//     paused). With it QEMU restarts the guest on the source instead.
+//   - multifd: when p.Channels > 1.
+//   - auto-converge: when the policy may throttle; the controller then drives
+//     the throttle itself (see SourceParameters).
+//   - postcopy-ram, xbzrle and pause-before-switchover: off (not used; the
+//     last would stop the migration before switch-over forever).
+func SourceCapabilities(p Policy) map[string]bool {
+	return map[string]bool{
+		qmp.CapEvents:                true,
+		qmp.CapReturnPath:            true,
+		qmp.CapMultifd:               p.multifd(),
+		qmp.CapAutoConverge:          p.throttles(),
+		qmp.CapPostcopyRAM:           false,
+		qmp.CapXBZRLE:                false,
+		qmp.CapPauseBeforeSwitchover: false,
+	}
+}
+
+// DestinationCapabilities returns the migration capabilities
+// PrepareDestination sets for policy p: those that must match the source
+// (multifd, return-path, postcopy-ram off) and events.
+func DestinationCapabilities(p Policy) map[string]bool {
+	return map[string]bool{
+		qmp.CapEvents:      true,
+		qmp.CapReturnPath:  true,
+		qmp.CapMultifd:     p.multifd(),
+		qmp.CapPostcopyRAM: false,
+	}
+}
+
+// SourceParameters returns the migration parameters Run sets on the source
+// before it starts a migration under policy p: downtime-limit (the target),
+// max-bandwidth (UnlimitedBandwidth for 0), avail-switchover-bandwidth 0 (QEMU
+// uses the rate it measures), multifd-channels with multifd, and, when the
+// policy may throttle, a throttle that the controller drives:
+//
+// QEMU applies a vCPU throttle only inside a migration with auto-converge on,
+// at a dirty sync (at most once a second) when its own trigger fires twice
+// (the guest dirtied more than throttle-trigger-threshold% of what was sent).
+// The first time it applies cpu-throttle-initial, later min(current +
+// cpu-throttle-increment, max-cpu-throttle). So Run starts with initial = max
+// = 1% (a guard that costs nothing) and trigger threshold 100%, and each step
+// the controller decides sets initial = max = the step's percentage with
+// increment 99 and threshold 1%: QEMU then applies exactly that percentage at
+// its next trigger. cpu-throttle-tailslow is off.
+func SourceParameters(p Policy) qmp.MigrationParameters {
+	mp := qmp.MigrationParameters{
+		DowntimeLimit:            qmp.Ptr(p.DowntimeTarget.Milliseconds()),
+		MaxBandwidth:             qmp.Ptr(p.bandwidth()),
+		AvailSwitchoverBandwidth: qmp.Ptr(int64(0)),
+	}
+	if p.multifd() {
+		mp.MultifdChannels = qmp.Ptr(int64(p.Channels))
+	}
+	if p.throttles() {
+		mp.CPUThrottleInitial = qmp.Ptr(int64(1))
+		mp.MaxCPUThrottle = qmp.Ptr(int64(1))
+		mp.CPUThrottleIncrement = qmp.Ptr(int64(MaxThrottle))
+		mp.CPUThrottleTailslow = qmp.Ptr(false)
+		mp.ThrottleTriggerThreshold = qmp.Ptr(int64(100))
+	}
+	return mp
+}
+
+// ThrottleParameters returns the parameters that make QEMU apply a vCPU
+// throttle of percent (see SourceParameters).
+func ThrottleParameters(percent int) qmp.MigrationParameters {
+	pc := int64(min(max(percent, 1), MaxThrottle))
+	return qmp.MigrationParameters{
+		CPUThrottleInitial:       qmp.Ptr(pc),
+		MaxCPUThrottle:           qmp.Ptr(pc),
+		CPUThrottleIncrement:     qmp.Ptr(int64(MaxThrottle)),
+		ThrottleTriggerThreshold: qmp.Ptr(int64(1)),
+	}
+}
+
+// DestinationParameters returns the migration parameters PrepareDestination
+// sets for policy p: multifd-channels with multifd, and the announce timing
+// (AnnounceInitial and the rest).
+func DestinationParameters(p Policy) qmp.MigrationParameters {
+	mp := qmp.MigrationParameters{
+		AnnounceInitial: qmp.Ptr(AnnounceInitial.Milliseconds()),
+		AnnounceStep:    qmp.Ptr(AnnounceStep.Milliseconds()),
+		AnnounceMax:     qmp.Ptr(AnnounceMax.Milliseconds()),
+		AnnounceRounds:  qmp.Ptr(int64(AnnounceRounds)),
+	}
+	if p.multifd() {
+		mp.MultifdChannels = qmp.Ptr(int64(p.Channels))
+	}
+	return mp
+}
+
+// PrepareDestination sets, on the destination QEMU (started with -incoming
+// defer), the capabilities that must match the source's for policy p and the
+// announce parameters (see DestinationCapabilities, DestinationParameters).
+// Call it before migrate-incoming.
+func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if err := checkVersion(mon); err != nil {
+		return err
+	}
+	if err := mon.MigrateSetCapabilities(ctx, DestinationCapabilities(p)); err != nil {
+		return fmt.Errorf("setting the migration capabilities on the destination QEMU failed: %w", err)
+	}
+	if err := mon.MigrateSetParameters(ctx, DestinationParameters(p)); err != nil {
+		return fmt.Errorf("setting the migration parameters on the destination QEMU failed: %w", err)
+	}
+	return nil
+}
+
+// checkVersion refuses QEMU versions older than minQEMU.
+func checkVersion(mon *qmp.Monitor) error {
+	v := mon.Version()
+	if !v.AtLeast(minQEMU[0], minQEMU[1]) {
+		return fmt.Errorf("QEMU %s is too old for live migration with Godwit: %d.%d or newer is needed (Debian 12's 7.2 corrupts guests in migrations of more than three passes; install QEMU from bookworm-backports)",
+			v, minQEMU[0], minQEMU[1])
+	}
+	return nil
+}
+
+// Run migrates the VM behind mon (the source QEMU) to the destination already
+// listening at o.URI, and returns when the migration completed, failed or was
+// cancelled. It sets the source's capabilities and parameters for the policy
+// (SourceCapabilities, SourceParameters), starts the migration, polls
+// query-migrate every o.PollInterval, feeds each answer to a Controller,
+// applies its decisions and reports progress.
+//
+// The error is nil exactly when the migration completed; the source QEMU is
+// then paused in "postmigrate" and the caller quits it. Otherwise the guest
+// keeps running on the source, the Result says why (Status, Reason), and the
+// error wraps ErrFailed (QEMU reported a failure) or ErrCancelled: cancelling
+// ctx cancels the migration cleanly (migrate_cancel, then waiting up to 30 s
+// for QEMU to report "cancelled"), and so does the policy's time budget, with
+// the reason. For a cancel by ctx the error also wraps ctx's error. A
+// migration that completes before a cancel takes effect is reported completed
+// (the guest then runs on the destination). Errors
+// before the migration started (a bad policy, an old QEMU, a migration
+// already running, QMP failures) leave the source as it was, apart from its
+// migration settings.
+//
+// Run reads nothing from mon.Events(): the monitor's single event consumer
+// stays the caller's.
+func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
+	p := o.Policy
+	failed := func(err error) (Result, error) {
+		return Result{Status: PhaseFailed, Reason: err.Error(), Policy: p.Name}, err
+	}
+	if err := p.Validate(); err != nil {
+		return failed(err)
+	}
+	if o.URI == "" {
+		return failed(errors.New("no destination URI was given for the migration"))
+	}
+	if err := checkVersion(mon); err != nil {
+		return failed(err)
+	}
+	poll := o.PollInterval
+	if poll <= 0 {
+		poll = DefaultPollInterval
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("uri", o.URI, "policy", p.Name)
+
+	info, err := mon.QueryMigrate(ctx)
+	if err != nil {
+		return failed(fmt.Errorf("asking the source QEMU for its migration state failed: %w", err))
+	}
+	switch info.Status {
+	case "", qmp.MigrationNone, qmp.MigrationCompleted, qmp.MigrationFailed, qmp.MigrationCancelled:
+	default:
+		return failed(fmt.Errorf("a migration of this VM is already in progress (QEMU status %q)", info.Status))
+	}
+	if err := mon.MigrateSetCapabilities(ctx, SourceCapabilities(p)); err != nil {
+		return failed(fmt.Errorf("setting the migration capabilities on the source QEMU failed: %w", err))
+	}
+	if err := mon.MigrateSetParameters(ctx, SourceParameters(p)); err != nil {
+		return failed(fmt.Errorf("setting the migration parameters on the source QEMU failed: %w", err))
+	}
+
+	c := NewController(p)
+	start := time.Now()
+	log.Info("migration starting", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
+		"max_bandwidth", p.MaxBandwidth, "channels", p.Channels, "throttle_max", p.ThrottleMax, "time_budget", p.TimeBudget)
+	if err := mon.Migrate(ctx, o.URI); err != nil {
+		if ctx.Err() != nil {
+			// QEMU may have started the migration after all: cancel it.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
+			defer cancel()
+			_ = mon.MigrateCancel(cctx)
+			r := Result{Status: PhaseCancelled, Policy: p.Name,
+				Reason: fmt.Sprintf("the caller cancelled the migration (%v) while it was being started; the VM keeps running on the source", ctx.Err())}
+			return r, fmt.Errorf("%w: %s: %w", ErrCancelled, r.Reason, ctx.Err())
+		}
+		return failed(fmt.Errorf("starting the migration to %s failed: %w", o.URI, err))
+	}
+
+	d := &driver{mon: mon, c: c, log: log, start: start}
+	return d.loop(ctx, poll, o.OnProgress)
+}
+
+// driver runs the poll loop of one migration.
+type driver struct {
+	mon   *qmp.Monitor
+	c     *Controller
+	log   *slog.Logger
+	start time.Time
+
+	// After a cancel: the context the remaining QMP calls use (detached from
+	// the caller's, which may be done) and its cancel function.
+	cancelCtx  context.Context
+	stopCancel context.CancelFunc
+	byCaller   error // the caller's ctx error when it caused the cancel
+}
+
+func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(Progress)) (Result, error) {
+	defer func() {
+		if d.stopCancel != nil {
+			d.stopCancel()
+		}
+	}()
+	ticker := time.NewTicker(poll)
+	defer ticker.Stop()
+	for {
+		qctx := ctx
+		if d.cancelCtx != nil {
+			qctx = d.cancelCtx
+		}
+		info, err := d.query(qctx)
+		if err != nil {
+			if d.cancelCtx == nil && ctx.Err() != nil {
+				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+				continue
+			}
+			if d.cancelCtx != nil && d.cancelCtx.Err() != nil {
+				return d.c.Result(), fmt.Errorf("QEMU did not finish cancelling the migration within %v (last status %q): %w",
+					cancelTimeout, d.c.last.Info.Status, err)
+			}
+			return d.c.Result(), fmt.Errorf("polling the migration's state failed: %w", err)
+		}
+		dec, prog := d.c.Observe(Observation{Elapsed: time.Since(d.start), Info: info})
+		if d.c.Phase().Final() {
+			if onProgress != nil {
+				onProgress(prog)
+			}
+			return d.finish()
+		}
+		if dec.Reason != "" {
+			d.log.Info("migration decision", "decision", dec.Reason, "pass", prog.Pass, "elapsed", prog.Elapsed.Round(time.Millisecond))
+		}
+		if d.cancelCtx == nil {
+			d.apply(ctx, dec)
+		}
+		if onProgress != nil {
+			onProgress(prog)
+		}
+		select {
+		case <-ticker.C:
+		case <-ctx.Done():
+			if d.cancelCtx == nil {
+				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+			} else {
+				<-ticker.C
+			}
+		}
+	}
+}
+
+// query polls query-migrate with a bounded wait.
+func (d *driver) query(ctx context.Context) (qmp.MigrationInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
+	defer cancel()
+	return d.mon.QueryMigrate(ctx)
+}
+
+// apply carries out a decision. Failing to change a parameter is logged, not
+// fatal: the migration goes on with the old value.
+func (d *driver) apply(ctx context.Context, dec Decision) {
+	if dec.Cancel {
+		d.cancel(ctx, dec.Reason, nil)
+		return
+	}
+	var mp qmp.MigrationParameters
+	changed := false
+	if dec.DowntimeLimit != nil {
+		mp.DowntimeLimit = qmp.Ptr(dec.DowntimeLimit.Milliseconds())
+		changed = true
+	}
+	if dec.MaxBandwidth != nil {
+		mp.MaxBandwidth = qmp.Ptr(*dec.MaxBandwidth)
+		changed = true
+	}
+	if dec.Throttle != nil {
+		t := ThrottleParameters(*dec.Throttle)
+		mp.CPUThrottleInitial, mp.MaxCPUThrottle = t.CPUThrottleInitial, t.MaxCPUThrottle
+		mp.CPUThrottleIncrement, mp.ThrottleTriggerThreshold = t.CPUThrottleIncrement, t.ThrottleTriggerThreshold
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	if err := d.mon.MigrateSetParameters(ctx, mp); err != nil {
+		d.log.Warn("changing the migration parameters failed; the migration goes on with the old ones", "err", err)
+	}
+}
+
+// cancel sends migrate_cancel once, on a context detached from the caller's
+// (which may be done) and bounded by cancelTimeout.
+func (d *driver) cancel(ctx context.Context, reason string, cause error) {
+	if d.cancelCtx != nil {
+		return
+	}
+	d.c.NoteCancel(reason)
+	d.byCaller = cause
+	d.cancelCtx, d.stopCancel = context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
+	d.log.Info("cancelling the migration", "reason", reason)
+	if err := d.mon.MigrateCancel(d.cancelCtx); err != nil {
+		// The migration may have ended meanwhile; the next poll tells.
+		d.log.Warn("migrate_cancel failed", "err", err)
+	}
+}
+
+// finish turns the final state into Run's result.
+func (d *driver) finish() (Result, error) {
+	r := d.c.Result()
+	switch r.Status {
+	case PhaseCompleted:
+		d.log.Info("migration completed", "total", r.Total, "downtime", r.Downtime, "bytes", r.Bytes,
+			"passes", r.Passes, "max_throttle", r.MaxThrottle)
+		return r, nil
+	case PhaseCancelled:
+		d.log.Info("migration cancelled", "reason", r.Reason, "total", r.Total)
+		if d.byCaller != nil {
+			return r, fmt.Errorf("%w: %s: %w", ErrCancelled, r.Reason, d.byCaller)
+		}
+		return r, fmt.Errorf("%w: %s", ErrCancelled, r.Reason)
+	default:
+		d.log.Warn("migration failed", "reason", r.Reason, "total", r.Total)
+		return r, fmt.Errorf("%w: %s", ErrFailed, r.Reason)
+	}
+}
