@@ -68,6 +68,9 @@ type VMSpec struct {
 	Boot      Boot   `json:"boot"`
 	Disks     []Disk `json:"disks,omitempty"`
 	NICs      []NIC  `json:"nics,omitempty"`
+	// MigrationPolicy names the convergence policy for this VM's migrations when a
+	// migration does not name one.
+	MigrationPolicy string `json:"migration_policy,omitempty"`
 }
 
 // CreateVMRequest is the body of POST /api/v1/vms.
@@ -89,6 +92,8 @@ type CreateVMRequest struct {
 	NICs  []NIC  `json:"nics,omitempty"`
 	// Start powers the VM on once it is created.
 	Start bool `json:"start,omitempty"`
+	// MigrationPolicy is the VM's default migration policy.
+	MigrationPolicy string `json:"migration_policy,omitempty"`
 }
 
 // VM is a VM as the center reports it.

@@ -28,6 +28,9 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	if req.To == "" {
 		return api.Migration{}, api.BadRequest("give the destination host (`--to HOST`)")
 	}
+	if req.Policy == "" {
+		req.Policy = r.Spec.MigrationPolicy
+	}
 	policy, err := migration.LookupPolicy(req.Policy)
 	if err != nil {
 		return api.Migration{}, invalid("%v", err)

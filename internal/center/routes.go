@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/migration"
 )
 
 func (c *Center) routes() http.Handler {
@@ -89,6 +90,9 @@ func (c *Center) routes() http.Handler {
 		}
 		m, err := c.migrateVM(r.Context(), r.PathValue("name"), req)
 		writeResult(w, http.StatusAccepted, m, err)
+	})
+	mux.HandleFunc("GET /api/v1/migration-policies", func(w http.ResponseWriter, r *http.Request) {
+		api.WriteJSON(w, http.StatusOK, migration.DefaultPolicies())
 	})
 	mux.HandleFunc("GET /api/v1/migrations", func(w http.ResponseWriter, r *http.Request) {
 		ms, err := c.listMigrations(r.Context(), r.URL.Query().Get("vm"))

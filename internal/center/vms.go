@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/store"
 )
 
@@ -118,6 +119,13 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 	}
 	if spec.CPUModel == "" {
 		spec.CPUModel = defaultCPUModel
+	}
+	if req.MigrationPolicy != "" {
+		p, err := migration.LookupPolicy(req.MigrationPolicy)
+		if err != nil {
+			return api.VM{}, invalid("%v", err)
+		}
+		spec.MigrationPolicy = p.Name
 	}
 	if _, err := c.record(ctx, req.Name); err == nil {
 		return api.VM{}, api.Conflict("a VM named %s already exists; choose another name or delete it first", req.Name)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/migration"
 )
 
 // migrationSummary is what `vm migrate -o json` prints when a migration ends.
@@ -234,6 +235,35 @@ func newMigrationCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(list, show, watch, cancel)
+	policies := &cobra.Command{
+		Use: "policies", Short: "List the convergence policies a migration can use", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var ps []migration.Policy
+			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migration-policies", nil, &ps); err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, ps)
+			}
+			t := newTable("NAME", "DOWNTIME TARGET", "BANDWIDTH", "TIME BUDGET", "CHANNELS", "THROTTLE", "POST-COPY")
+			for _, p := range ps {
+				bw := "link speed"
+				if p.MaxBandwidth > 0 {
+					bw = bytesStr(float64(p.MaxBandwidth)) + "/s"
+				}
+				thr := "off"
+				if p.ThrottleMax > 0 {
+					thr = fmt.Sprintf("%d%%+%d%% up to %d%%", p.ThrottleInitial, p.ThrottleStep, p.ThrottleMax)
+				}
+				t.row(p.Name, p.DowntimeTarget.String(), bw, p.TimeBudget.String(), fmt.Sprint(max(p.Channels, 1)), thr, fmt.Sprint(p.AllowPostcopy))
+			}
+			return t.print(e.out)
+		},
+	}
+	cmd.AddCommand(list, show, watch, cancel, policies)
 	return cmd
 }

@@ -116,6 +116,7 @@ or "[datastore] path/in/datastore".`,
 	f.StringVar(&ip, "ip", "", "the NIC's IP address (default: the next free one in the network's pool)")
 	f.StringVar(&mac, "mac", "", "the NIC's MAC address (default: a new one)")
 	f.BoolVar(&req.Start, "start", true, "start the VM once it is created")
+	f.StringVar(&req.MigrationPolicy, "migration-policy", "", "the VM's default migration policy (see `godwit migration policies`)")
 	return cmd
 }
 
