@@ -3,6 +3,7 @@ package migration
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/godwit/godwit/internal/qmp"
@@ -117,7 +118,10 @@ type Result struct {
 	Bytes uint64 `json:"bytes"`
 	// Passes is the number of pre-copy passes (dirty syncs).
 	Passes int `json:"passes"`
-	// MaxThrottle is the highest vCPU throttle QEMU applied, in percent.
+	// MaxThrottle is the highest vCPU throttle QEMU applied, in percent. (1 is
+	// the guard SourceParameters sets before the controller decides to
+	// throttle, which QEMU may apply when the guest dirties faster than the
+	// link carries.)
 	MaxThrottle int `json:"max_throttle"`
 	// Policy is the name of the policy the migration ran under.
 	Policy string `json:"policy"`
@@ -128,7 +132,8 @@ type Result struct {
 type Decision struct {
 	// DowntimeLimit is the new downtime-limit.
 	DowntimeLimit *time.Duration
-	// MaxBandwidth is the new max-bandwidth, in bytes/s.
+	// MaxBandwidth is the new max-bandwidth, in bytes/s (the controller does
+	// not change the policy's bandwidth today; Run applies it if set).
 	MaxBandwidth *int64
 	// Throttle is the vCPU throttle to apply, in percent.
 	Throttle *int
@@ -172,9 +177,14 @@ const (
 
 // passSample is the dirty set found at the start of one pass.
 type passSample struct {
-	pass     int
-	at       time.Duration
-	dirtySet float64 // bytes
+	pass int
+	at   time.Duration
+	// dirtySet is what the sync found newly dirty (per sync, when several
+	// happened between two polls), in bytes.
+	dirtySet float64
+	// pending bounds from above what was pending right after the sync, which
+	// is what QEMU compares with link rate × downtime limit to switch over.
+	pending float64
 }
 
 // Controller decides, from observations only, what to change in a running
@@ -195,17 +205,18 @@ type passSample struct {
 //     link carries.
 //   - When it is not converging the controller acts, one step at a time, and
 //     judges each step on fresh passes: if a downtime limit within the policy's
-//     DowntimeMax would let QEMU switch over (dirty set / link rate, +25%), it
-//     raises the limit to that; otherwise it throttles the vCPUs, ThrottleInitial
+//     DowntimeMax would let QEMU switch over (what was pending after the last
+//     dirty sync / link rate, +25%; at least half as much again as the limit in
+//     force), it raises the limit to that; otherwise it throttles the vCPUs, ThrottleInitial
 //     first, then ThrottleStep more each time up to ThrottleMax (waiting until
 //     QEMU has applied each step); at ThrottleMax it finally allows DowntimeMax.
 //   - When the policy's TimeBudget is used up it cancels, saying why.
 type Controller struct {
 	policy Policy
 
-	phase Phase
-	last  Observation
-	seen  bool // at least one observation
+	phase   Phase
+	last    Observation
+	lastRAM *qmp.MigrationRAMStats // latest RAM statistics (QEMU drops them once cancelled)
 
 	// Previous sample with RAM statistics.
 	havePrev                       bool
@@ -219,9 +230,10 @@ type Controller struct {
 	dirtyKnown bool
 	qemuDirty  float64 // QEMU's dirty-pages-rate in bytes/s
 
-	pass      int
-	passStart time.Duration
-	samples   []passSample // passes since the last action
+	pass        int
+	passStart   time.Duration
+	samples     []passSample // passes since the last action
+	lastPending float64      // pending after the latest observed sync
 
 	limit        time.Duration // downtime limit in force
 	throttleWant int           // throttle last asked for
@@ -230,6 +242,7 @@ type Controller struct {
 	waitThrottle bool
 	waitSince    time.Duration
 	atLimits     bool
+	decided      bool // the controller has changed something
 
 	cancelRequested bool
 	cancelReason    string
@@ -271,8 +284,11 @@ func (c *Controller) NoteCancel(reason string) {
 // Observe takes one observation and returns what to change now (often
 // nothing) and the progress report.
 func (c *Controller) Observe(o Observation) (Decision, Progress) {
-	c.seen = true
 	c.last = o
+	if o.Info.RAM != nil {
+		ram := *o.Info.RAM
+		c.lastRAM = &ram
+	}
 	c.phase = phaseOf(o.Info.Status, c.phase)
 	if t := o.Info.CPUThrottlePercentage; t != nil {
 		c.throttleSeen = int(*t)
@@ -339,18 +355,25 @@ func (c *Controller) measure(o Observation) bool {
 			if pages > 0 && pages >= c.prevPages {
 				processed = float64((pages - c.prevPages) * pageSize)
 			}
-			dirtySet := float64(ram.Remaining-c.prevRemaining) + processed
-			dirtySet = max(dirtySet, float64(ram.Remaining))
+			found := max(float64(ram.Remaining-c.prevRemaining)+processed, 0)
+			// What was pending after the sync: at most what is left now plus
+			// what went since the previous poll, and at most what was found
+			// plus what was left before the sync (below the switch-over
+			// threshold, link rate × downtime limit).
+			pending := min(float64(ram.Remaining)+processed, found+c.rate*c.limit.Seconds())
+			pending = max(pending, float64(ram.Remaining))
 			if span := (o.Elapsed - c.passStart).Seconds(); span > 0 {
-				inst := dirtySet / span
+				inst := found / span
 				if !c.dirtyKnown {
 					c.dirty, c.dirtyKnown = inst, true
 				} else {
 					c.dirty += dirtyAlpha * (inst - c.dirty)
 				}
 			}
+			dirtySet := found / float64(sync-c.pass)
+			c.lastPending = pending
 			if !c.waitThrottle {
-				c.samples = append(c.samples, passSample{pass: sync, at: o.Elapsed, dirtySet: dirtySet})
+				c.samples = append(c.samples, passSample{pass: sync, at: o.Elapsed, dirtySet: dirtySet, pending: pending})
 				if len(c.samples) > 2*stallWindow {
 					c.samples = c.samples[len(c.samples)-stallWindow:]
 				}
@@ -398,14 +421,24 @@ func (c *Controller) decide(o Observation, newPass bool) Decision {
 	if !newPass {
 		return Decision{}
 	}
-	if !c.stalled() {
-		if n := len(c.samples); n > 0 {
-			c.note = fmt.Sprintf("pass %d: %s to re-send; the guest dirties %s/s, the link carries %s/s: converging",
-				c.pass, fmtBytes(c.samples[n-1].dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+	if c.stalled() {
+		d := c.act(o)
+		if d.Changes() {
+			c.decided = true
 		}
-		return Decision{}
+		return d
 	}
-	return c.act(o)
+	n := len(c.samples)
+	switch {
+	case n >= stallWindow:
+		c.note = fmt.Sprintf("pass %d: %s to re-send, down from %s two passes before; the guest dirties %s/s, the link carries %s/s: converging",
+			c.pass, fmtBytes(c.samples[n-1].dirtySet), fmtBytes(c.samples[n-stallWindow].dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+	case n > 0 && !c.decided:
+		c.note = fmt.Sprintf("pass %d: %s to re-send; the guest dirties %s/s, the link carries %s/s: watching whether it converges",
+			c.pass, fmtBytes(c.samples[n-1].dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+	}
+	// Otherwise the latest decision stays the note while its effect is judged.
+	return Decision{}
 }
 
 // stalled reports whether the recent passes show a migration that does not
@@ -424,8 +457,8 @@ func (c *Controller) stalled() bool {
 func (c *Controller) act(o Observation) Decision {
 	last := c.samples[len(c.samples)-1]
 	situation := fmt.Sprintf("pass %d: %s to re-send at every pass, the guest dirties %s/s and the link carries %s/s",
-		c.pass, fmtBytes(last.dirtySet), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
-	needed := roundUpMs(time.Duration(last.dirtySet / c.rate * downtimeMargin * float64(time.Second)))
+		c.pass, fmtBytes(last.pending), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+	needed := roundUpMs(time.Duration(last.pending / c.rate * downtimeMargin * float64(time.Second)))
 	most := c.policy.downtimeMax()
 	c.samples = nil
 
@@ -456,13 +489,15 @@ func (c *Controller) act(o Observation) Decision {
 			"%s; %s: allowing the policy's maximum downtime of %v (a downtime of %v would be needed)",
 			situation, c.throttleWords(), most, needed)}
 	}
+	reason := fmt.Sprintf(
+		"%s; at the policy's limits (%s, downtime %v, %v needed): waiting, and cancelling when the time budget runs out in %v",
+		situation, c.throttleWords(), most, needed, (c.policy.TimeBudget - o.Elapsed).Round(time.Second))
 	if c.atLimits {
+		c.note = reason // refresh the countdown without logging it again
 		return Decision{}
 	}
 	c.atLimits = true
-	return Decision{Reason: fmt.Sprintf(
-		"%s; at the policy's limits (%s, downtime %v, %v needed): waiting, and cancelling when the time budget runs out in %v",
-		situation, c.throttleWords(), most, needed, (c.policy.TimeBudget - o.Elapsed).Round(time.Second))}
+	return Decision{Reason: reason}
 }
 
 // throttleWords describes the throttle state for reasons.
@@ -484,12 +519,13 @@ func (c *Controller) budgetReason(o Observation) string {
 		s += fmt.Sprintf(" during the first copy of RAM, with %.0f%% of %s sent at %s/s",
 			percentSent(ram), fmtBytes(float64(ram.Total)), fmtBytes(c.rate))
 	default:
-		s += fmt.Sprintf(" in pass %d: %s still to send while the guest dirties %s/s and the link carries %s/s",
-			c.pass, fmtBytes(float64(ram.Remaining)), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
+		s += fmt.Sprintf(" in pass %d: %s to re-send at the last pass while the guest dirties %s/s and the link carries %s/s",
+			c.pass, fmtBytes(max(c.lastPending, float64(ram.Remaining))), fmtBytes(c.dirtyRate()), fmtBytes(c.rate))
 		if c.throttleSeen > 0 {
-			s += fmt.Sprintf(", with vCPUs throttled to %d%%", c.throttleSeen)
+			s += fmt.Sprintf(", with vCPUs throttled to %d%% and a downtime limit of %v", c.throttleSeen, c.limit)
+		} else {
+			s += fmt.Sprintf(", with a downtime limit of %v", c.limit)
 		}
-		s += fmt.Sprintf(" and a downtime limit of %v", c.limit)
 	}
 	return s + "; cancelling, the VM keeps running on the source"
 }
@@ -505,10 +541,16 @@ func (c *Controller) completedNote(o Observation) string {
 
 // failedReason explains a failed migration.
 func (c *Controller) failedReason(o Observation) string {
-	if o.Info.ErrorDesc != "" {
-		return "QEMU reported that the migration failed: " + o.Info.ErrorDesc
+	desc := o.Info.ErrorDesc
+	switch {
+	case desc == "":
+		return "QEMU reported that the migration failed without saying why"
+	case strings.Contains(desc, "Sibling indicated error"):
+		// The destination's failure as relayed over the return path.
+		return "QEMU reported that the migration failed: the destination QEMU could not load the migration stream " +
+			"(its log and query-migrate say why; the source said: " + desc + ")"
 	}
-	return "QEMU reported that the migration failed without saying why"
+	return "QEMU reported that the migration failed: " + desc
 }
 
 // cancelledReason explains a cancelled migration.
@@ -530,7 +572,7 @@ func (c *Controller) progress(o Observation) Progress {
 		Elapsed:         o.Elapsed,
 		Note:            c.note,
 	}
-	if ram := o.Info.RAM; ram != nil {
+	if ram := c.lastRAM; ram != nil {
 		p.TransferredBytes = uint64(max(ram.Transferred, 0))
 		p.RemainingBytes = uint64(max(ram.Remaining, 0))
 		p.TotalBytes = uint64(max(ram.Total, 0))
@@ -566,7 +608,7 @@ func (c *Controller) Result() Result {
 	if s := o.Info.SetupTime; s != nil {
 		r.SetupTime = time.Duration(*s) * time.Millisecond
 	}
-	if ram := o.Info.RAM; ram != nil {
+	if ram := c.lastRAM; ram != nil {
 		r.Bytes = uint64(max(ram.Transferred, 0))
 		r.Passes = max(r.Passes, int(ram.DirtySyncCount))
 	}

@@ -98,8 +98,12 @@ type Policy struct {
 //	                 and a migration that cannot converge within those bounds is
 //	                 cancelled at the budget rather than forced.
 //
-// None allows post-copy. Single stream because on the measured TCG test
-// machine multifd was no faster (see the package's benchmark).
+// None allows post-copy. All use a single stream: on the 2-core TCG
+// development machine, 2 multifd channels over loopback were not reliably
+// faster on an idle 512 MiB guest (medians of 7 runs: 92 ms against 135 ms in
+// one series, 122 ms against 83 ms in another) and their switch-over was long
+// more often (see BenchmarkIdleGuest); set Channels for fast links on hosts
+// with cores to spare.
 func DefaultPolicies() []Policy {
 	return []Policy{
 		{

@@ -115,7 +115,10 @@ func DestinationCapabilities(p Policy) map[string]bool {
 // = 1% (a guard that costs nothing) and trigger threshold 100%, and each step
 // the controller decides sets initial = max = the step's percentage with
 // increment 99 and threshold 1%: QEMU then applies exactly that percentage at
-// its next trigger. cpu-throttle-tailslow is off.
+// its next trigger. cpu-throttle-tailslow is off. Measured with QEMU 10 under
+// TCG: each step took effect about 2 s after it was set (two trigger periods
+// of at least a second), which is why the controller waits for QEMU to report
+// a step before judging it.
 func SourceParameters(p Policy) qmp.MigrationParameters {
 	mp := qmp.MigrationParameters{
 		DowntimeLimit:            qmp.Ptr(p.DowntimeTarget.Milliseconds()),
@@ -145,6 +148,22 @@ func ThrottleParameters(percent int) qmp.MigrationParameters {
 		CPUThrottleIncrement:     qmp.Ptr(int64(MaxThrottle)),
 		ThrottleTriggerThreshold: qmp.Ptr(int64(1)),
 	}
+}
+
+// DecisionParameters returns the migrate-set-parameters arguments that carry
+// out dec's parameter changes, and whether there are any.
+func DecisionParameters(dec Decision) (qmp.MigrationParameters, bool) {
+	var mp qmp.MigrationParameters
+	if dec.Throttle != nil {
+		mp = ThrottleParameters(*dec.Throttle)
+	}
+	if dec.DowntimeLimit != nil {
+		mp.DowntimeLimit = qmp.Ptr(roundUpMs(*dec.DowntimeLimit).Milliseconds())
+	}
+	if dec.MaxBandwidth != nil {
+		mp.MaxBandwidth = qmp.Ptr(*dec.MaxBandwidth)
+	}
+	return mp, dec.Throttle != nil || dec.DowntimeLimit != nil || dec.MaxBandwidth != nil
 }
 
 // DestinationParameters returns the migration parameters PrepareDestination
@@ -202,22 +221,31 @@ func checkVersion(mon *qmp.Monitor) error {
 //
 // The error is nil exactly when the migration completed; the source QEMU is
 // then paused in "postmigrate" and the caller quits it. Otherwise the guest
-// keeps running on the source, the Result says why (Status, Reason), and the
-// error wraps ErrFailed (QEMU reported a failure) or ErrCancelled: cancelling
-// ctx cancels the migration cleanly (migrate_cancel, then waiting up to 30 s
-// for QEMU to report "cancelled"), and so does the policy's time budget, with
-// the reason. For a cancel by ctx the error also wraps ctx's error. A
-// migration that completes before a cancel takes effect is reported completed
-// (the guest then runs on the destination). Errors
-// before the migration started (a bad policy, an old QEMU, a migration
-// already running, QMP failures) leave the source as it was, apart from its
-// migration settings.
+// keeps running on the source (unless the source QEMU itself died), the
+// Result says why (Status, Reason), and the error wraps ErrFailed (QEMU
+// reported a failure) or ErrCancelled. Cancelling ctx cancels the migration
+// cleanly (migrate_cancel, then waiting up to 30 s for QEMU to report
+// "cancelled"), and so does the end of the policy's time budget, with the
+// reason; for a cancel by ctx the error also wraps ctx's error. A migration
+// that completes before a cancel takes effect is reported completed (the guest
+// then runs on the destination).
+//
+// If the source's monitor fails (e.g. QEMU died) the Result is PhaseFailed
+// with the error as reason; if QEMU does not finish a cancel within 30 s the
+// Result keeps the last phase seen (PhaseCancelling). Errors before the
+// migration started (a bad policy, an old QEMU, a migration already running,
+// QMP failures) leave the source as it was, apart from its migration settings.
 //
 // Run reads nothing from mon.Events(): the monitor's single event consumer
 // stays the caller's.
 func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	p := o.Policy
 	failed := func(err error) (Result, error) {
+		if ctx.Err() != nil {
+			r := Result{Status: PhaseCancelled, Policy: p.Name,
+				Reason: fmt.Sprintf("the caller cancelled the migration (%v) before it started; the VM keeps running on the source", ctx.Err())}
+			return r, fmt.Errorf("%w: %s: %w", ErrCancelled, r.Reason, err)
+		}
 		return Result{Status: PhaseFailed, Reason: err.Error(), Policy: p.Name}, err
 	}
 	if err := p.Validate(); err != nil {
@@ -262,9 +290,7 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	if err := mon.Migrate(ctx, o.URI); err != nil {
 		if ctx.Err() != nil {
 			// QEMU may have started the migration after all: cancel it.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
-			defer cancel()
-			_ = mon.MigrateCancel(cctx)
+			cancelStarting(ctx, mon, log)
 			r := Result{Status: PhaseCancelled, Policy: p.Name,
 				Reason: fmt.Sprintf("the caller cancelled the migration (%v) while it was being started; the VM keeps running on the source", ctx.Err())}
 			return r, fmt.Errorf("%w: %s: %w", ErrCancelled, r.Reason, ctx.Err())
@@ -274,6 +300,35 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 
 	d := &driver{mon: mon, c: c, log: log, start: start}
 	return d.loop(ctx, poll, o.OnProgress)
+}
+
+// cancelStarting cancels a migration that may or may not have started (its
+// migrate command's reply was not awaited) and waits, up to cancelTimeout,
+// until QEMU no longer reports one in progress. QEMU runs QMP commands in
+// order, so query-migrate after migrate_cancel shows the outcome of both.
+func cancelStarting(ctx context.Context, mon *qmp.Monitor, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
+	defer cancel()
+	if err := mon.MigrateCancel(ctx); err != nil {
+		log.Warn("migrate_cancel failed", "err", err)
+	}
+	for {
+		info, err := mon.QueryMigrate(ctx)
+		if err != nil {
+			log.Warn("waiting for the cancelled migration to end failed", "err", err)
+			return
+		}
+		switch info.Status {
+		case "", qmp.MigrationNone, qmp.MigrationCompleted, qmp.MigrationFailed, qmp.MigrationCancelled:
+			return
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("the cancelled migration did not end in time", "status", info.Status)
+			return
+		case <-time.After(DefaultPollInterval):
+		}
+	}
 }
 
 // driver runs the poll loop of one migration.
@@ -310,10 +365,18 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 				continue
 			}
 			if d.cancelCtx != nil && d.cancelCtx.Err() != nil {
+				// The result keeps the last phase seen (e.g. cancelling).
 				return d.c.Result(), fmt.Errorf("QEMU did not finish cancelling the migration within %v (last status %q): %w",
 					cancelTimeout, d.c.last.Info.Status, err)
 			}
-			return d.c.Result(), fmt.Errorf("polling the migration's state failed: %w", err)
+			if errors.Is(err, qmp.ErrClosed) {
+				err = fmt.Errorf("the source QEMU's monitor closed during the migration (QEMU probably exited), so its outcome is unknown: check on both hosts whether the guest runs: %w", err)
+			} else {
+				err = fmt.Errorf("polling the migration's state on the source QEMU failed, so its outcome is unknown: %w", err)
+			}
+			r := d.c.Result()
+			r.Status, r.Reason = PhaseFailed, err.Error()
+			return r, err
 		}
 		dec, prog := d.c.Observe(Observation{Elapsed: time.Since(d.start), Info: info})
 		if d.c.Phase().Final() {
@@ -357,22 +420,7 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 		d.cancel(ctx, dec.Reason, nil)
 		return
 	}
-	var mp qmp.MigrationParameters
-	changed := false
-	if dec.DowntimeLimit != nil {
-		mp.DowntimeLimit = qmp.Ptr(dec.DowntimeLimit.Milliseconds())
-		changed = true
-	}
-	if dec.MaxBandwidth != nil {
-		mp.MaxBandwidth = qmp.Ptr(*dec.MaxBandwidth)
-		changed = true
-	}
-	if dec.Throttle != nil {
-		t := ThrottleParameters(*dec.Throttle)
-		mp.CPUThrottleInitial, mp.MaxCPUThrottle = t.CPUThrottleInitial, t.MaxCPUThrottle
-		mp.CPUThrottleIncrement, mp.ThrottleTriggerThreshold = t.CPUThrottleIncrement, t.ThrottleTriggerThreshold
-		changed = true
-	}
+	mp, changed := DecisionParameters(dec)
 	if !changed {
 		return
 	}

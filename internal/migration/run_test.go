@@ -37,6 +37,19 @@ func TestRunMigratesIdleGuest(t *testing.T) {
 	var progress []Progress
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// PrepareDestination set the return path and the announce timing.
+	caps, err := dst.mon.QueryMigrateCapabilities(ctx)
+	if err != nil || !caps[qmp.CapReturnPath] || caps[qmp.CapMultifd] {
+		t.Errorf("destination capabilities %v, %v: want return-path on, multifd off", caps, err)
+	}
+	dp, err := dst.mon.QueryMigrateParameters(ctx)
+	if err != nil || dp.AnnounceInitial == nil || dp.AnnounceRounds == nil || dp.AnnounceStep == nil {
+		t.Fatalf("destination parameters %+v, %v", dp, err)
+	}
+	if *dp.AnnounceInitial != 0 || *dp.AnnounceRounds != AnnounceRounds || *dp.AnnounceStep != AnnounceStep.Milliseconds() {
+		t.Errorf("destination announce parameters: initial %d, rounds %d, step %d", *dp.AnnounceInitial, *dp.AnnounceRounds, *dp.AnnounceStep)
+	}
+
 	res, err := Run(ctx, src.mon, Options{Policy: p, URI: uri, OnProgress: logProgress(t, &progress)})
 	t.Logf("result: %+v", res)
 	if err != nil {
@@ -161,5 +174,142 @@ func TestRunCancelledAtTimeBudget(t *testing.T) {
 	}
 	if got := status(t, src); got != qmp.StatusRunning {
 		t.Errorf("source run state %q after the cancel, want running", got)
+	}
+}
+
+func TestRunThrottlesWriteHeavyGuestStepwise(t *testing.T) {
+	// The guest rewrites 64 MiB as fast as its vCPU can (over 1 GB/s under
+	// TCG here), the link is capped at 300 MB/s: it cannot converge without
+	// a throttle of about 90%, so the controller throttles step by step.
+	spec := guestSpec(t, 512, "godwit.dirty_mib=64 godwit.dirty_rate=0")
+	src := bootGuest(t, spec)
+	waitConsole(t, src, "dirty: started", 10*time.Second)
+	p := mustPolicy(t, PolicyBalanced)
+	p.Name, p.MaxBandwidth, p.TimeBudget = "throttle-test", 300e6, 9*time.Second
+	p.DowntimeMax, p.ThrottleInitial, p.ThrottleStep, p.ThrottleMax = 50*time.Millisecond, 20, 20, 60
+	_, uri := startDestination(t, spec, &p, true)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var progress []Progress
+	res, err := Run(ctx, src.mon, Options{Policy: p, URI: uri, OnProgress: logProgress(t, &progress)})
+	t.Logf("result: %+v, err: %v", res, err)
+
+	// QEMU applied the controller's steps, in order, and nothing else.
+	var applied []int
+	for _, pr := range progress {
+		if n := len(applied); pr.ThrottlePercent > 1 && (n == 0 || applied[n-1] != pr.ThrottlePercent) {
+			applied = append(applied, pr.ThrottlePercent)
+		}
+	}
+	t.Logf("throttles applied by QEMU: %v", applied)
+	if len(applied) < 2 || applied[0] != 20 || applied[1] != 40 {
+		t.Errorf("QEMU applied the throttles %v; want the steps 20%%, 40%%, ...", applied)
+	}
+	for i := range applied {
+		if applied[i] != 20*(i+1) {
+			t.Errorf("QEMU applied the throttles %v; want 20%% steps up to 60%%", applied)
+			break
+		}
+	}
+	if res.MaxThrottle != applied[len(applied)-1] {
+		t.Errorf("MaxThrottle %d, want %d", res.MaxThrottle, applied[len(applied)-1])
+	}
+	switch res.Status {
+	case PhaseCancelled:
+		if !errors.Is(err, ErrCancelled) || !strings.Contains(res.Reason, "time budget of 9s ran out") || !strings.Contains(res.Reason, "throttled to") {
+			t.Errorf("cancelled with %v, reason %q", err, res.Reason)
+		}
+		if got := status(t, src); got != qmp.StatusRunning {
+			t.Errorf("source run state %q after the cancel, want running", got)
+		}
+		// The guest is no longer throttled.
+		info, err := src.mon.QueryMigrate(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tp := info.CPUThrottlePercentage; tp != nil && *tp != 0 {
+			t.Errorf("the source still throttles its vCPUs by %d%% after the cancel", *tp)
+		}
+	case PhaseCompleted:
+		if err != nil {
+			t.Errorf("completed with an error: %v", err)
+		}
+	default:
+		t.Errorf("status %s (%v), want cancelled at the budget or completed", res.Status, err)
+	}
+}
+
+func TestRunDestinationFailingAtSwitchoverKeepsSourceRunning(t *testing.T) {
+	// The destination lacks a device the source has: it accepts all RAM and
+	// fails only on the device state sent at switch-over. The return path
+	// tells the source, which resumes the guest instead of staying paused
+	// with the VM on neither host.
+	spec := guestSpec(t, 256, "")
+	spec.RNG = true
+	src := bootGuest(t, spec)
+	p := mustPolicy(t, PolicyBalanced)
+	bad := spec
+	bad.RNG = false
+	dst, uri := startDestination(t, bad, &p, false)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	drain(src.mon)
+	var progress []Progress
+	res, err := Run(ctx, src.mon, Options{Policy: p, URI: uri, OnProgress: logProgress(t, &progress)})
+	t.Logf("result: %+v, err: %v", res, err)
+	if res.Status != PhaseFailed || !errors.Is(err, ErrFailed) || !strings.Contains(res.Reason, "destination QEMU could not load") {
+		t.Fatalf("Run = %+v, %v; want failed, saying the destination could not load the stream", res, err)
+	}
+	waitStatus(t, src, qmp.StatusRunning, 5*time.Second)
+	// The source did pause for the switch-over, and resumed.
+	var events []string
+	for len(events) < 2 {
+		select {
+		case e := <-src.mon.Events():
+			if e.Name == qmp.EventStop || e.Name == qmp.EventResume {
+				events = append(events, e.Name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the source's run-state events were %v; want STOP then RESUME", events)
+		}
+	}
+	if events[0] != qmp.EventStop || events[1] != qmp.EventResume {
+		t.Errorf("the source's run-state events were %v; want STOP then RESUME", events)
+	}
+	if log := readFile(dst.spec.LogPath()); !strings.Contains(log, "Unknown savevm section") {
+		t.Errorf("the destination did not fail on the device state; its log:\n%s", log)
+	}
+	info, err := dst.mon.QueryMigrate(ctx)
+	if err != nil || info.Status != qmp.MigrationFailed {
+		t.Errorf("destination query-migrate: %+v, %v; want failed", info, err)
+	}
+}
+
+func TestRunSourceQEMUDying(t *testing.T) {
+	spec := guestSpec(t, 256, "")
+	src := bootGuest(t, spec)
+	p := slowPolicy(t)
+	_, uri := startDestination(t, spec, &p, true)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var progress []Progress
+	logp := logProgress(t, &progress)
+	res, err := Run(ctx, src.mon, Options{Policy: p, URI: uri, OnProgress: func(pr Progress) {
+		logp(pr)
+		if pr.TransferredBytes > 5e6 && src.proc.Alive() {
+			if err := src.proc.Kill(); err != nil {
+				t.Errorf("killing the source QEMU: %v", err)
+			}
+		}
+	}})
+	t.Logf("result: %+v, err: %v", res, err)
+	if res.Status != PhaseFailed || !errors.Is(err, qmp.ErrClosed) || !strings.Contains(res.Reason, "outcome is unknown") {
+		t.Errorf("Run = %+v, %v; want failed, wrapping qmp.ErrClosed", res, err)
+	}
+	if res.Bytes < 5e6 {
+		t.Errorf("the result lost the statistics: %+v", res)
 	}
 }
