@@ -482,7 +482,7 @@ func (p *pacer) pace(ctx context.Context, n int) {
 	switch d := due.Sub(now); {
 	case d > 0:
 		sleepCtx(ctx, d)
-	case d < -time.Second: // far behind (e.g. the VM was paused): do not burst to catch up
+	case d < -10*time.Millisecond: // behind (the VM was paused or starved): never burst to catch up
 		p.start, p.done = now, 0
 		runtime.Gosched()
 	default:
