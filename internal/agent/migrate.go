@@ -15,6 +15,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/qemu"
+	"github.com/godwit/godwit/internal/qmp"
 )
 
 // outgoing is a migration this host runs as the source. Its record stays in memory after
@@ -200,6 +201,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	}
 	o.update(func(m *api.Migration) { m.State = api.MigrationRunning })
 	log.Info("migration started", "uri", rep.URI, "policy", policy.Name)
+	stoppedAt := a.lastEvent(ctx, mon, "STOP")
 	res, runErr := migration.Run(ctx, mon, migration.Options{
 		Policy: policy, URI: rep.URI,
 		OnProgress: func(pr migration.Progress) {
@@ -211,6 +213,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	})
 	if runErr != nil || res.Status != migration.PhaseCompleted {
 		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+		stoppedAt()
 		a.resumeHere(context.WithoutCancel(ctx), p, log)
 		reason := res.Reason
 		if reason == "" && runErr != nil {
@@ -226,11 +229,15 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 
 	// The destination runs the VM now (QEMU resumes it there on completion); this QEMU is
 	// paused in postmigrate and must never run again.
-	a.finishDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+	resumedAt := a.finishDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
 	a.release(v, p)
+	stop := stoppedAt()
 	o.update(func(m *api.Migration) {
 		now := time.Now().UTC()
 		m.State, m.Finished, m.TotalMS = api.MigrationSucceeded, &now, ms(time.Since(start))
+		if !stop.IsZero() && resumedAt.After(stop) {
+			m.PauseMS = ms(resumedAt.Sub(stop))
+		}
 		m.Progress.Phase = string(migration.PhaseCompleted)
 		m.Progress.PercentSent = 100
 	})
@@ -281,10 +288,44 @@ func (a *Agent) abortDestination(ctx context.Context, dest *api.Client, name, id
 	}, func(err error) { log.Warn("destination did not confirm the abort; retrying", "err", err) })
 }
 
-func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+// finishDestination has the destination take the VM as its own, and returns when the
+// destination resumed it (zero if it could not say).
+func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) time.Time {
+	var rep api.FinishReply
 	a.retry(ctx, func(ctx context.Context) error {
-		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/finish", nil, nil)
+		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/finish", nil, &rep)
 	}, func(err error) { log.Warn("destination did not confirm it runs the VM; retrying", "err", err) })
+	return rep.ResumedAt
+}
+
+// lastEvent reads a monitor's events in the background and returns a function that
+// stops reading and gives the time of the last event of that name seen (zero if none).
+// It is the single reader of the monitor's events while it runs.
+func (a *Agent) lastEvent(ctx context.Context, mon *qmp.Monitor, name string) func() time.Time {
+	ctx, cancel := context.WithCancel(ctx)
+	var last time.Time
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-mon.Events():
+				if !ok {
+					return
+				}
+				if ev.Name == name {
+					last = ev.Timestamp
+				}
+			}
+		}
+	}()
+	return func() time.Time {
+		cancel()
+		<-done
+		return last
+	}
 }
 
 // retry calls f until it succeeds, f's error is a 4xx other than a conflict, or two
@@ -407,6 +448,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 		undo(p)
 		return api.IncomingReply{}, err
 	}
+	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
 	a.watch(v, p)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri)
 	return api.IncomingReply{URI: uri}, nil
@@ -459,10 +501,10 @@ func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 }
 
 // FinishIncoming confirms that the VM, migrated in, runs here.
-func (a *Agent) FinishIncoming(ctx context.Context, name, id string) error {
+func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.FinishReply, error) {
 	v, err := a.get(name)
 	if err != nil {
-		return err
+		return api.FinishReply{}, err
 	}
 	v.op.Lock()
 	defer v.op.Unlock()
@@ -470,28 +512,33 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) error {
 	p, inc, state := v.proc, v.incoming, v.state
 	a.mu.Unlock()
 	if inc == "" && state == api.VMRunning {
-		return nil // already finished
+		return api.FinishReply{}, nil // already finished
 	}
 	if inc != id || p == nil {
-		return api.Conflict("VM %s is not waiting for migration %s here", name, id)
+		return api.FinishReply{}, api.Conflict("VM %s is not waiting for migration %s here", name, id)
 	}
 	mon, err := p.Monitor(ctx)
 	if err != nil {
-		return err
+		return api.FinishReply{}, err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st, err := mon.QueryStatus(ctx)
 		if err != nil {
-			return fmt.Errorf("check VM %s after the migration: %w", name, err)
+			return api.FinishReply{}, fmt.Errorf("check VM %s after the migration: %w", name, err)
 		}
 		if st.Running {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("VM %s is %s here, not running, after the migration", name, st.Status)
+			return api.FinishReply{}, fmt.Errorf("VM %s is %s here, not running, after the migration", name, st.Status)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	var rep api.FinishReply
+	if v.resumedAt != nil {
+		rep.ResumedAt = v.resumedAt()
+		v.resumedAt = nil
 	}
 	a.mu.Lock()
 	v.incoming, v.state, v.errMsg = "", api.VMRunning, ""
@@ -499,7 +546,7 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) error {
 	_ = v.save()
 	a.log.Info("VM migrated in and running", "vm", name, "migration", id)
 	go a.kick()
-	return nil
+	return rep, nil
 }
 
 // AbortIncoming tears down a VM that was waiting for a migration that will not complete.

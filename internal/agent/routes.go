@@ -144,11 +144,12 @@ func (a *Agent) routes() http.Handler {
 		api.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/finish", func(w http.ResponseWriter, r *http.Request) {
-		if err := a.FinishIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+		rep, err := a.FinishIncoming(r.Context(), r.PathValue("name"), r.PathValue("id"))
+		if err != nil {
 			api.WriteError(w, err)
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		api.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.AbortIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {

@@ -38,6 +38,9 @@ type vm struct {
 	// outgoing is the migration taking it away.
 	incoming string
 	outgoing *outgoingRecord
+	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
+	// when QEMU resumed it.
+	resumedAt func() time.Time
 }
 
 // persisted is what vm.json keeps across agent restarts.

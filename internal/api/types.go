@@ -261,8 +261,17 @@ type Migration struct {
 	// The summary, once finished.
 	TotalMS    float64 `json:"total_ms"`
 	DowntimeMS float64 `json:"downtime_ms"`
-	Bytes      uint64  `json:"bytes"`
-	Passes     int     `json:"passes"`
+	// PauseMS is the switch-over as the hosts saw it: from QEMU's STOP event on the
+	// source to its RESUME event on the destination (host clocks).
+	PauseMS float64 `json:"pause_ms,omitempty"`
+	Bytes   uint64  `json:"bytes"`
+	Passes  int     `json:"passes"`
+}
+
+// FinishReply is the destination's answer when it takes over a migrated VM.
+type FinishReply struct {
+	// ResumedAt is when the destination QEMU resumed the VM (its RESUME event).
+	ResumedAt time.Time `json:"resumed_at"`
 }
 
 // AgentMigrateRequest is what the center asks of the source agent.

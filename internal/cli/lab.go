@@ -151,6 +151,58 @@ func newLabCmd(e *env) *cobra.Command {
 		},
 	}
 	restart.Flags().StringVar(&restartName, "name", "lab", "lab name (default: the current context's lab)")
-	cmd.AddCommand(up, down, execCmd, list, restart)
+
+	var linkName, linkRate string
+	var linkDown, linkUp bool
+	link := &cobra.Command{
+		Use:   "link TARGET --down | --up | --rate RATE",
+		Short: "Cut, restore or shape the link between a lab target (host-N, center, client) and the switch",
+		Long: `Pull the cable of a lab target (--down) or plug it back in (--up): the switch's port
+toward it goes down, so its traffic is dropped both ways and open connections stall.
+
+--rate shapes the link in both directions like an Ethernet link of that speed (tc tbf on
+the switch's port toward the target and on the target's own interface), e.g. --rate
+1gbit or --rate 100mbit; --rate off removes the shaping.`,
+		Example: "  godwit lab link host-2 --down\n  godwit lab link host-2 --up\n  godwit lab link host-1 --rate 1gbit\n  godwit lab link host-1 --rate off",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.Load(lab.DefaultRoot(), e.labName(cmd, linkName))
+			if err != nil {
+				return err
+			}
+			target := args[0]
+			switch {
+			case linkDown, linkUp:
+				if err := l.SetLink(cmd.Context(), target, linkUp); err != nil {
+					return err
+				}
+				if linkUp {
+					fmt.Fprintf(e.out, "link of %s restored\n", target)
+				} else {
+					fmt.Fprintf(e.out, "link of %s cut\n", target)
+				}
+			default:
+				if linkRate == "" {
+					return fmt.Errorf("--rate needs a rate such as 1gbit or 100mbit, or off")
+				}
+				if err := l.ShapeLink(cmd.Context(), target, linkRate); err != nil {
+					return err
+				}
+				if strings.EqualFold(linkRate, "off") {
+					fmt.Fprintf(e.out, "link of %s is no longer shaped\n", target)
+				} else {
+					fmt.Fprintf(e.out, "link of %s shaped to %s both ways\n", target, linkRate)
+				}
+			}
+			return nil
+		},
+	}
+	link.Flags().StringVar(&linkName, "name", "lab", "lab name (default: the current context's lab)")
+	link.Flags().BoolVar(&linkDown, "down", false, "cut the link")
+	link.Flags().BoolVar(&linkUp, "up", false, "restore the link")
+	link.Flags().StringVar(&linkRate, "rate", "", "shape the link to this rate (e.g. 1gbit, 100mbit), or off")
+	link.MarkFlagsMutuallyExclusive("down", "up", "rate")
+	link.MarkFlagsOneRequired("down", "up", "rate")
+	cmd.AddCommand(up, down, execCmd, list, restart, link)
 	return cmd
 }

@@ -24,6 +24,7 @@ type migrationSummary struct {
 	Policy      string  `json:"policy"`
 	TotalMS     float64 `json:"total_ms"`
 	DowntimeMS  float64 `json:"downtime_ms"`
+	PauseMS     float64 `json:"pause_ms,omitempty"`
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
 	Error       string  `json:"error,omitempty"`
@@ -31,7 +32,7 @@ type migrationSummary struct {
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, Bytes: m.Bytes, Passes: m.Passes, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Error: m.Error}
 }
 
 func newVMMigrateCmd(e *env) *cobra.Command {
@@ -158,7 +159,8 @@ func printMigration(e *env, m api.Migration) {
 	}
 	_ = kv(e.out, "Migration", m.ID, "VM", m.VM, "From", m.Source, "To", m.Destination, "Policy", m.Policy,
 		"State", state,
-		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS), "Downtime", fmt.Sprintf("%.1f ms (QEMU)", m.DowntimeMS),
+		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS),
+		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
 		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes),
 		"Started", m.Started.UTC().Format(time.RFC3339))
 }

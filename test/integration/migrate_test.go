@@ -24,6 +24,7 @@ type migrationSummary struct {
 	Destination string  `json:"destination"`
 	TotalMS     float64 `json:"total_ms"`
 	DowntimeMS  float64 `json:"downtime_ms"`
+	PauseMS     float64 `json:"pause_ms"`
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
 	Error       string  `json:"error"`
