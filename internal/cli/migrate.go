@@ -93,7 +93,9 @@ func (e *env) watchMigration(ctx context.Context, c *api.Client, id string) erro
 		if terminal(m.State) {
 			break
 		}
-		if line := progressLine(m); tty {
+		if line := progressLine(m); m.Progress.Phase == "" {
+			// Nothing measured yet.
+		} else if tty {
 			fmt.Fprintf(e.errOut, "\r\033[K%s", line)
 		} else if time.Since(lastLine) >= time.Second {
 			fmt.Fprintln(e.errOut, line)

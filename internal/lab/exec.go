@@ -48,6 +48,13 @@ func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdin io.R
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 10 * time.Second
 	err = cmd.Run()
+	if err != nil && ctx.Err() != nil && cmd.ProcessState != nil {
+		// Interrupted, and the command ended on the interrupt: report how it ended.
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return cmd.ProcessState.ExitCode(), nil
+	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
 		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
