@@ -93,11 +93,11 @@ func (e *env) watchMigration(ctx context.Context, c *api.Client, id string) erro
 		if terminal(m.State) {
 			break
 		}
-		if line := progressLine(m); m.Progress.Phase == "" {
-			// Nothing measured yet.
-		} else if tty {
+		switch line := progressLine(m); {
+		case m.Progress.Phase == "": // nothing measured yet
+		case tty:
 			fmt.Fprintf(e.errOut, "\r\033[K%s", line)
-		} else if time.Since(lastLine) >= time.Second {
+		case time.Since(lastLine) >= time.Second:
 			fmt.Fprintln(e.errOut, line)
 			lastLine = time.Now()
 		}
