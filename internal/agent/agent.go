@@ -146,28 +146,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
 	}
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
-
+	// bgCtx also ends when serving fails, so the background loops stop with it.
+	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); a.probeAccel(ctx) }()
-	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
-	errc := make(chan error, 1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-		}
-	}()
+	wg.Add(2)
+	go func() { defer wg.Done(); a.probeAccel(bgCtx) }()
+	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver)
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutCtx)
+	runErr := api.Serve(ctx, a.routes(), ln)
+	stopBG()
 	wg.Wait()
 	a.wg.Wait()
 	a.log.Info("agent stopped; its VMs keep running")

@@ -87,7 +87,6 @@ func (c *Center) Run(ctx context.Context) error {
 	if err := c.resumeFollowing(ctx); err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: c.routes(), ReadHeaderTimeout: 10 * time.Second}
 	var lns []net.Listener
 	if c.cfg.Listen != "" {
 		ln, err := net.Listen("tcp", c.cfg.Listen)
@@ -108,27 +107,8 @@ func (c *Center) Run(ctx context.Context) error {
 		_ = os.Chmod(c.cfg.Socket, 0o600)
 		lns = append(lns, ln)
 	}
-	errc := make(chan error, len(lns))
-	var wg sync.WaitGroup
-	for _, ln := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- err
-			}
-		}()
-	}
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir)
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
-	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(shutCtx)
-	wg.Wait()
+	runErr := api.Serve(ctx, c.routes(), lns...)
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
 	}
