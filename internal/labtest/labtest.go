@@ -313,3 +313,36 @@ func (l *Lab) Start(target string) {
 		l.t.Fatalf("start %s: %v", target, err)
 	}
 }
+
+// LinkDown cuts the link between a lab target (host-N, center or client) and the
+// switch; LinkUp restores it. See lab.Lab.SetLink.
+func (l *Lab) LinkDown(target string) {
+	l.t.Helper()
+	l.setLink(target, false)
+}
+
+// LinkUp restores a link LinkDown cut.
+func (l *Lab) LinkUp(target string) {
+	l.t.Helper()
+	l.setLink(target, true)
+}
+
+func (l *Lab) setLink(target string, up bool) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.Lab().SetLink(ctx, target, up); err != nil {
+		l.t.Fatalf("set the link of %s up=%v: %v", target, up, err)
+	}
+}
+
+// Shape makes a lab target's link behave like an Ethernet link of rate (e.g. "1gbit",
+// "50mbit") in both directions; "off" removes the shaping. See lab.Lab.ShapeLink.
+func (l *Lab) Shape(target, rate string) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.Lab().ShapeLink(ctx, target, rate); err != nil {
+		l.t.Fatalf("shape the link of %s to %s: %v", target, rate, err)
+	}
+}
