@@ -139,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("network %s: %w", name, err)
 		}
 	}
+	a.loadRecords()
 	if err := a.adoptAll(ctx); err != nil {
 		return err
 	}

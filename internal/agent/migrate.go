@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -24,6 +27,8 @@ type outgoing struct {
 	mu     sync.Mutex
 	m      api.Migration
 	cancel context.CancelFunc
+	// why says who cancelled, when a person did.
+	why string
 }
 
 func (o *outgoing) snapshot() api.Migration {
@@ -41,9 +46,11 @@ func (o *outgoing) update(f func(m *api.Migration)) {
 // outgoingRecord is kept in vm.json while a migration runs, so that a restarted source
 // agent can settle it.
 type outgoingRecord struct {
-	ID             string `json:"id"`
-	Destination    string `json:"destination"`
-	DestinationURL string `json:"destination_url"`
+	ID             string    `json:"id"`
+	Destination    string    `json:"destination"`
+	DestinationURL string    `json:"destination_url"`
+	Policy         string    `json:"policy"`
+	Started        time.Time `json:"started"`
 }
 
 func progressOf(p migration.Progress) api.MigrationProgress {
@@ -77,6 +84,11 @@ func (a *Agent) CancelMigration(id string) (api.Migration, error) {
 	if !ok {
 		return api.Migration{}, api.NotFound("host %s has no record of migration %s", a.cfg.Name, id)
 	}
+	o.mu.Lock()
+	if o.why == "" {
+		o.why = "cancelled on request"
+	}
+	o.mu.Unlock()
 	o.cancel()
 	return o.snapshot(), nil
 }
@@ -147,6 +159,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			m.State, m.Error, m.Finished = state, reason, &now
 			m.TotalMS = ms(time.Since(start))
 		})
+		a.keepRecord(o)
 		log.Warn("migration did not complete; the VM stays here", "state", state, "reason", reason)
 	}
 
@@ -157,7 +170,8 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		fail(api.MigrationFailed, fmt.Sprintf("VM %s stopped before the migration began", v.spec.Name))
 		return
 	}
-	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL}
+	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
+		Policy: policy.Name, Started: o.snapshot().Started}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -181,22 +195,22 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			owned = append(owned, i)
 		}
 	}
-	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, Spec: v.spec, OwnedDisks: owned,
+	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, SourceURL: a.cfg.Advertise, Spec: v.spec, OwnedDisks: owned,
 		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr}
 	var rep api.IncomingReply
 	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
-		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
 		if ctx.Err() != nil {
-			fail(api.MigrationCancelled, "cancelled while the destination was being prepared")
-			return
+			fail(api.MigrationCancelled, a.cancelReason(o, "while the destination was being prepared"))
+		} else {
+			fail(api.MigrationFailed, fmt.Sprintf("destination %s refused the VM: %v", req.Destination, err))
 		}
-		fail(api.MigrationFailed, fmt.Sprintf("destination %s refused the VM: %v", req.Destination, err))
+		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
 	mon, err := p.Monitor(ctx)
 	if err != nil {
-		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
 		fail(api.MigrationFailed, fmt.Sprintf("cannot reach the VM's QEMU on this host: %v", err))
+		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
 	o.update(func(m *api.Migration) { m.State = api.MigrationRunning })
@@ -212,7 +226,6 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		m.DowntimeMS, m.Bytes, m.Passes = ms(res.Downtime), res.Bytes, res.Passes
 	})
 	if runErr != nil || res.Status != migration.PhaseCompleted {
-		a.abortDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
 		stoppedAt()
 		a.resumeHere(context.WithoutCancel(ctx), p, log)
 		reason := res.Reason
@@ -222,8 +235,12 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		state := api.MigrationFailed
 		if res.Status == migration.PhaseCancelled {
 			state = api.MigrationCancelled
+			if ctx.Err() != nil {
+				reason = a.cancelReason(o, "during the copy")
+			}
 		}
 		fail(state, reason)
+		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
 
@@ -241,6 +258,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		m.Progress.Phase = string(migration.PhaseCompleted)
 		m.Progress.PercentSent = 100
 	})
+	a.keepRecord(o)
 	log.Info("migration completed", "total", time.Since(start).Round(time.Millisecond), "downtime", res.Downtime, "bytes", res.Bytes, "passes", res.Passes)
 }
 
@@ -280,12 +298,29 @@ func (a *Agent) resumeHere(ctx context.Context, p *qemu.Process, log interface{ 
 	}
 }
 
-// abortDestination asks the destination to tear down its waiting QEMU, retrying for a
-// while: until it has, the destination holds a copy that must never run.
-func (a *Agent) abortDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
-	a.retry(ctx, func(ctx context.Context) error {
-		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort", nil, nil)
-	}, func(err error) { log.Warn("destination did not confirm the abort; retrying", "err", err) })
+// cancelReason says why a migration was cancelled: on request, or because this agent
+// is stopping.
+func (a *Agent) cancelReason(o *outgoing, when string) string {
+	o.mu.Lock()
+	why := o.why
+	o.mu.Unlock()
+	if why == "" {
+		why = fmt.Sprintf("the agent on %s stopped", a.cfg.Name)
+	}
+	return fmt.Sprintf("%s %s; the VM stays on %s", why, when, a.cfg.Name)
+}
+
+// abortDestination has the destination tear down its waiting copy, in the background
+// and retrying for a while, so the outcome is known at once. Should the destination stay
+// out of reach, it drops the copy by itself (see guardIncoming).
+func (a *Agent) abortDestination(dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.retry(context.WithoutCancel(a.runCtx), func(ctx context.Context) error {
+			return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort", nil, nil)
+		}, func(err error) { log.Warn("destination did not confirm the abort; retrying", "err", err) })
+	}()
 }
 
 // finishDestination has the destination take the VM as its own, and returns when the
@@ -379,9 +414,22 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 		return api.IncomingReply{}, err
 	}
 	a.mu.Lock()
-	if _, exists := a.vms[s.Name]; exists {
+	if old, exists := a.vms[s.Name]; exists {
+		stale := old.incoming != "" && old.incoming != req.ID && old.state == api.VMIncoming
 		a.mu.Unlock()
-		return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
+		if !stale {
+			return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
+		}
+		// A copy left waiting by an earlier migration of this VM that ended badly: the
+		// source now sends a new one, so the old one can never complete.
+		if err := a.AbortIncoming(ctx, s.Name, old.incoming); err != nil {
+			return api.IncomingReply{}, fmt.Errorf("drop the copy left by an earlier migration of %s: %w", s.Name, err)
+		}
+		a.mu.Lock()
+		if _, exists := a.vms[s.Name]; exists {
+			a.mu.Unlock()
+			return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
+		}
 	}
 	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID}
 	for _, i := range req.OwnedDisks {
@@ -450,6 +498,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 	}
 	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
 	a.watch(v, p)
+	a.guardIncoming(v, p, req.ID, req.SourceURL)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri)
 	return api.IncomingReply{URI: uri}, nil
 }
@@ -575,7 +624,7 @@ func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
 			}
 		}
 		a.mu.Lock()
-		v.stopping = true
+		v.proc, v.stopping = nil, true // the watcher leaves the teardown to us
 		a.mu.Unlock()
 		_ = p.Kill()
 		_ = p.Close()
@@ -620,7 +669,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	rec := *v.outgoing
 	o := &outgoing{cancel: func() {}, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
-		State: api.MigrationRunning, Started: time.Now().UTC(),
+		Policy: rec.Policy, State: api.MigrationRunning, Started: rec.Started,
 	}}
 	a.migMu.Lock()
 	a.migrations[rec.ID] = o
@@ -641,7 +690,11 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 			o.update(func(m *api.Migration) {
 				now := time.Now().UTC()
 				m.State, m.Error, m.Finished = state, reason, &now
+				if !m.Started.IsZero() {
+					m.TotalMS = ms(now.Sub(m.Started))
+				}
 			})
+			a.keepRecord(o)
 			a.mu.Lock()
 			v.outgoing = nil
 			a.mu.Unlock()
@@ -688,9 +741,114 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 				return
 			}
 		}
-		a.abortDestination(ctx, dest, v.spec.Name, rec.ID, log)
 		a.resumeHere(ctx, p, log)
+		a.abortDestination(dest, v.spec.Name, rec.ID, log)
 		done(api.MigrationCancelled, fmt.Sprintf("the agent on %s restarted during the migration; it was cancelled and the VM stays on %s", a.cfg.Name, a.cfg.Name))
 		log.Warn("migration cancelled after an agent restart; the VM stays here")
 	}()
+}
+
+// incomingPatience is how long a waiting copy survives without its source agent
+// confirming that the migration is still under way.
+const incomingPatience = 60 * time.Second
+
+// guardIncoming watches a copy waiting for its migration. It asks the source agent about
+// the migration every two seconds and drops the copy when the source says the migration
+// ended without it, or cannot be reached for incomingPatience while the copy still does
+// not run. So no copy is left waiting forever, whatever happened to the source or the
+// network between the hosts.
+func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, sourceURL string) {
+	if sourceURL == "" {
+		return
+	}
+	src, err := api.NewClient(sourceURL, 5*time.Second)
+	if err != nil {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx := a.runCtx
+		lastHeard := time.Now()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			a.mu.Lock()
+			waiting := v.incoming == id && v.proc == p
+			a.mu.Unlock()
+			if !waiting {
+				return
+			}
+			var m api.Migration
+			err := src.Do(ctx, http.MethodGet, "/agent/v1/migrations/"+id, nil, &m)
+			switch {
+			case err == nil && (m.State == api.MigrationFailed || m.State == api.MigrationCancelled):
+				a.log.Info("the source ended the migration without this copy; dropping it", "vm", v.spec.Name, "migration", id, "state", m.State)
+			case err == nil:
+				lastHeard = time.Now()
+				continue
+			case time.Since(lastHeard) < incomingPatience:
+				continue
+			default:
+				a.log.Warn("the source has not answered about the migration; dropping the waiting copy", "vm", v.spec.Name, "migration", id, "for", incomingPatience, "err", err)
+			}
+			if err := a.AbortIncoming(ctx, v.spec.Name, id); err != nil {
+				a.log.Warn("could not drop the waiting copy", "vm", v.spec.Name, "err", err)
+			}
+			return
+		}
+	}()
+}
+
+// keepRecord writes a finished migration to the state directory, so that a restarted
+// agent can still tell the center how it ended.
+func (a *Agent) keepRecord(o *outgoing) {
+	m := o.snapshot()
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err == nil {
+		dir := filepath.Join(a.cfg.StateDir, "migrations")
+		if err = os.MkdirAll(dir, 0o755); err == nil {
+			err = os.WriteFile(filepath.Join(dir, m.ID+".json"), b, 0o644)
+		}
+	}
+	if err != nil {
+		a.log.Warn("could not keep the migration's record", "migration", m.ID, "err", err)
+	}
+}
+
+// maxKeptRecords bounds how many finished migrations an agent remembers.
+const maxKeptRecords = 200
+
+// loadRecords reads the finished migrations kept in the state directory, dropping the
+// oldest beyond maxKeptRecords.
+func (a *Agent) loadRecords() {
+	files, _ := filepath.Glob(filepath.Join(a.cfg.StateDir, "migrations", "*.json"))
+	var ms []api.Migration
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var m api.Migration
+		if json.Unmarshal(b, &m) == nil && m.ID != "" {
+			ms = append(ms, m)
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Started.After(ms[j].Started) })
+	a.migMu.Lock()
+	defer a.migMu.Unlock()
+	for i, m := range ms {
+		if i >= maxKeptRecords {
+			_ = os.Remove(filepath.Join(a.cfg.StateDir, "migrations", m.ID+".json"))
+			continue
+		}
+		if _, ok := a.migrations[m.ID]; !ok {
+			a.migrations[m.ID] = &outgoing{m: m, cancel: func() {}}
+		}
+	}
 }

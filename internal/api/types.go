@@ -288,7 +288,10 @@ type AgentMigrateRequest struct {
 type IncomingRequest struct {
 	ID     string `json:"id"`
 	Source string `json:"source"`
-	Spec   VMSpec `json:"spec"`
+	// SourceURL is the source agent's URL, which the destination asks about the
+	// migration while its copy waits.
+	SourceURL string `json:"source_url,omitempty"`
+	Spec      VMSpec `json:"spec"`
 	// OwnedDisks lists the indices of Spec.Disks that Godwit created for the VM (deleted
 	// with it), so ownership moves with the VM.
 	OwnedDisks  []int  `json:"owned_disks,omitempty"`

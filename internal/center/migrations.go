@@ -122,6 +122,14 @@ func (c *Center) follow(m api.Migration) {
 				continue
 			}
 			misses = 0
+			// The center's own record knows when and how the migration began, should
+			// the source have had to rebuild its record after a restart.
+			if cur.Started.IsZero() || m.Started.Before(cur.Started) {
+				cur.Started = m.Started
+			}
+			if cur.Policy == "" {
+				cur.Policy = m.Policy
+			}
 			c.live.Store(m.ID, cur)
 			if terminal(cur.State) {
 				c.record1(ctx, cur)

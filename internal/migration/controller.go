@@ -247,7 +247,21 @@ type Controller struct {
 	cancelRequested bool
 	cancelReason    string
 	note            string
+
+	// movedBytes is the most sent so far and movedAt when that last grew: the
+	// watchdog that cancels a migration whose stream stopped moving.
+	movedBytes int64
+	movedAt    time.Duration
 }
+
+// A migration whose stream moves no data for this long is cancelled: the link
+// between the hosts is down or the destination stopped reading. TCP alone would
+// wait many minutes. While the guest is paused for the switch-over the wait is
+// shorter, since every moment counts against the VM.
+const (
+	NoProgressTimeout           = 15 * time.Second
+	SwitchoverNoProgressTimeout = 5 * time.Second
+)
 
 // NewController returns the controller for one migration under policy p,
 // which should be valid (see Policy.Validate). It assumes the migration starts
@@ -298,6 +312,13 @@ func (c *Controller) Observe(o Observation) (Decision, Progress) {
 	if o.Info.RAM != nil && o.Info.Status != qmp.MigrationSetup {
 		newPass = c.measure(o)
 	}
+	if o.Info.RAM != nil && o.Info.RAM.Transferred > c.movedBytes {
+		c.movedBytes, c.movedAt = o.Info.RAM.Transferred, o.Elapsed
+	}
+	if d, stuck := c.watchdog(o); stuck {
+		c.note = d.Reason
+		return d, c.progress(o)
+	}
 
 	var d Decision
 	switch c.phase {
@@ -318,6 +339,28 @@ func (c *Controller) Observe(o Observation) (Decision, Progress) {
 		c.note = d.Reason
 	}
 	return d, c.progress(o)
+}
+
+// watchdog cancels a migration whose stream has not moved for too long.
+func (c *Controller) watchdog(o Observation) (Decision, bool) {
+	if c.cancelRequested {
+		return Decision{}, false
+	}
+	limit := NoProgressTimeout
+	switch c.phase {
+	case PhaseSetup, PhasePrecopy:
+	case PhaseSwitchover:
+		limit = SwitchoverNoProgressTimeout
+	default:
+		return Decision{}, false
+	}
+	if o.Elapsed-c.movedAt < limit {
+		return Decision{}, false
+	}
+	reason := fmt.Sprintf("no data reached the destination for %v (%s sent so far): the link between the hosts may be down or the destination stopped reading; the VM stays on the source",
+		limit, fmtBytes(float64(c.movedBytes)))
+	c.NoteCancel(reason)
+	return Decision{Cancel: true, Reason: reason}, true
 }
 
 // measure updates the rate estimates and the pass bookkeeping from an

@@ -315,3 +315,27 @@ func TestFmtBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestWatchdogCancelsAStalledStream(t *testing.T) {
+	c := NewController(mustPolicy(t, PolicyBalanced))
+	obs := func(at time.Duration, sent int64) Decision {
+		d, _ := c.Observe(Observation{Elapsed: at, Info: qmp.MigrationInfo{
+			Status: qmp.MigrationActive,
+			RAM:    &qmp.MigrationRAMStats{Transferred: sent, Total: 1 << 30, Remaining: 1<<30 - sent, PageSize: 4096},
+		}})
+		return d
+	}
+	// Data moves for a second, then nothing moves.
+	for i := 0; i <= 20; i++ {
+		if d := obs(time.Duration(i)*50*time.Millisecond, int64(i)<<20); d.Cancel {
+			t.Fatalf("cancelled while data moved, at %d", i)
+		}
+	}
+	if d := obs(time.Second+NoProgressTimeout-time.Millisecond, 20<<20); d.Cancel {
+		t.Fatal("cancelled before the no-progress timeout")
+	}
+	d := obs(time.Second+NoProgressTimeout, 20<<20)
+	if !d.Cancel || !strings.Contains(d.Reason, "no data reached the destination") {
+		t.Fatalf("a stream stalled for %v: %+v; want a cancel saying why", NoProgressTimeout, d)
+	}
+}
