@@ -181,14 +181,19 @@ func processGone(pid int, timeout time.Duration) bool {
 
 func waitVM(t *testing.T, l *labtest.Lab, name string, ok func(api.VM) bool) api.VM {
 	t.Helper()
-	var v api.VM
+	var last api.VM
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if err := l.API().Do(context.Background(), http.MethodGet, "/api/v1/vms/"+name, nil, &v); err == nil && ok(v) {
-			return v
+		var v api.VM // fresh each time: fields left out of the JSON must read as zero
+		if err := l.API().Do(context.Background(), http.MethodGet, "/api/v1/vms/"+name, nil, &v); err == nil {
+			if ok(v) {
+				return v
+			}
+			last = v
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	v := last
 	t.Fatalf("VM %s did not reach the expected state; last seen %+v", name, v)
 	return v
 }
