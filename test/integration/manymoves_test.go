@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -132,6 +134,12 @@ func TestManyMoves(t *testing.T) {
 	}
 	t.Logf("longest pauses over %d moves: QEMU %.1f ms, guest %.1f ms, client %.1f ms", moves, ms(qemuMax), ms(guestMax), ms(clientMax))
 	l.MustRun("vm", "stop", "mover", "--force")
+	// Twenty hand-overs of the data disk left a consistent image: had two QEMUs written
+	// it at once, its qcow2 metadata would show it.
+	img := filepath.Join(l.Dir(), "datastore", "vms", "mover", "data.qcow2")
+	if out, err := exec.Command("qemu-img", "check", img).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img check of the data disk after %d moves: %v\n%s", moves, err, out)
+	}
 	l.MustRun("vm", "delete", "mover")
 }
 
