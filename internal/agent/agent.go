@@ -17,7 +17,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/netdev"
 	"github.com/godwit/godwit/internal/qemu"
 )
@@ -48,7 +51,10 @@ type Config struct {
 	ProbeKernel string
 	// Heartbeat is the interval between heartbeats.
 	Heartbeat time.Duration
-	Log       *slog.Logger
+	// Registry receives the agent's metrics, served at GET /metrics; nil: a new one
+	// with the process's Go and process metrics.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
 }
 
 // Agent is a running host daemon.
@@ -58,6 +64,7 @@ type Agent struct {
 	center  *api.Client
 	version string
 	boot    time.Time
+	metrics *metrics.Agent
 
 	accelOnce  sync.Once
 	accelReady chan struct{}
@@ -119,11 +126,32 @@ func New(cfg Config, version string) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("center: %w", err)
 	}
-	return &Agent{
+	if cfg.Registry == nil {
+		cfg.Registry = metrics.NewProcessRegistry()
+	}
+	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), center: c, version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
 		migrations: map[string]*outgoing{},
-	}, nil
+	}
+	a.metrics, err = metrics.NewAgent(metrics.AgentConfig{Registry: cfg.Registry, VMs: a.statuses, Accel: a.accelInUse, Log: a.log})
+	if err != nil {
+		return nil, fmt.Errorf("agent metrics: %w", err)
+	}
+	return a, nil
+}
+
+// Handler returns the agent's HTTP API.
+func (a *Agent) Handler() http.Handler { return a.routes() }
+
+// accelInUse is the accelerator the probe chose, or "" while it runs.
+func (a *Agent) accelInUse() string {
+	select {
+	case <-a.accelReady:
+		return a.accel.Accel
+	default:
+		return ""
+	}
 }
 
 // Run serves until ctx ends. VMs keep running after it returns.
@@ -279,6 +307,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := a.center.Do(hctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
 		cancel()
+		if err != nil && ctx.Err() == nil {
+			a.metrics.HeartbeatFailed()
+		}
 		switch {
 		case err != nil && ctx.Err() == nil && !failing:
 			a.log.Warn("heartbeat to center failed; retrying", "err", err)
@@ -299,5 +330,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 func (a *Agent) kick() {
 	ctx, cancel := context.WithTimeout(a.runCtx, 3*time.Second)
 	defer cancel()
-	_ = a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
+	if err := a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil); err != nil && a.runCtx.Err() == nil {
+		a.metrics.HeartbeatFailed()
+	}
 }

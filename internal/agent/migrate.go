@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/qemu"
 	"github.com/godwit/godwit/internal/qmp"
@@ -233,11 +234,13 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			reason = runErr.Error()
 		}
 		state := api.MigrationFailed
-		if res.Status == migration.PhaseCancelled {
+		switch {
+		case ctx.Err() != nil:
+			// Cancelled on request or because this agent stops, even if QEMU saw the
+			// cancel first as a broken stream and called it a failure.
+			state, reason = api.MigrationCancelled, a.cancelReason(o, "during the copy")
+		case res.Status == migration.PhaseCancelled:
 			state = api.MigrationCancelled
-			if ctx.Err() != nil {
-				reason = a.cancelReason(o, "during the copy")
-			}
 		}
 		fail(state, reason)
 		a.abortDestination(dest, v.spec.Name, req.ID, log)
@@ -593,6 +596,7 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 	v.incoming, v.state, v.errMsg = "", api.VMRunning, ""
 	a.mu.Unlock()
 	_ = v.save()
+	a.metrics.IncomingEnded(metrics.IncomingSucceeded)
 	a.log.Info("VM migrated in and running", "vm", name, "migration", id)
 	go a.kick()
 	return rep, nil
@@ -629,13 +633,21 @@ func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
 		_ = p.Kill()
 		_ = p.Close()
 	}
-	a.dropIncoming(v)
+	a.forgetIncoming(v)
+	a.metrics.IncomingEnded(metrics.IncomingAborted)
 	a.log.Info("incoming VM torn down", "vm", name, "migration", id)
 	return nil
 }
 
-// dropIncoming forgets a VM copy that never ran here.
+// dropIncoming forgets a VM copy that never ran here because its migration failed (its
+// QEMU ended, or was gone after an agent restart).
 func (a *Agent) dropIncoming(v *vm) {
+	a.metrics.IncomingEnded(metrics.IncomingFailed)
+	a.forgetIncoming(v)
+}
+
+// forgetIncoming removes a VM copy that never ran here: its TAPs, state and record.
+func (a *Agent) forgetIncoming(v *vm) {
 	a.deleteTaps(v)
 	_ = os.RemoveAll(v.dir)
 	a.mu.Lock()
@@ -657,6 +669,7 @@ func (a *Agent) settleIncoming(ctx context.Context, v *vm, p *qemu.Process) {
 	if st, err := mon.QueryStatus(cctx); err == nil && st.Running {
 		v.incoming, v.state = "", api.VMRunning
 		_ = v.save()
+		a.metrics.IncomingEnded(metrics.IncomingSucceeded)
 		a.log.Info("the migration bringing the VM in completed while the agent was away; it runs here", "vm", v.spec.Name)
 	}
 }
@@ -806,9 +819,11 @@ func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, sourceURL string) {
 }
 
 // keepRecord writes a finished migration to the state directory, so that a restarted
-// agent can still tell the center how it ended.
+// agent can still tell the center how it ended. Every outgoing migration passes here
+// exactly once, when it ends, so its outcome is counted here too.
 func (a *Agent) keepRecord(o *outgoing) {
 	m := o.snapshot()
+	a.metrics.OutgoingEnded(m.State)
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err == nil {
 		dir := filepath.Join(a.cfg.StateDir, "migrations")

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/metrics"
 )
 
 // routes is the API the center calls. Paths are under /agent/v1.
@@ -138,6 +139,7 @@ func (a *Agent) routes() http.Handler {
 		}
 		rep, err := a.Incoming(r.Context(), req)
 		if err != nil {
+			a.metrics.IncomingEnded(metrics.IncomingFailed)
 			api.WriteError(w, err)
 			return
 		}
@@ -158,5 +160,6 @@ func (a *Agent) routes() http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.Handle("GET /metrics", a.metrics.Handler())
 	return mux
 }

@@ -17,7 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/store"
 )
 
@@ -32,7 +36,13 @@ type Config struct {
 	Pools map[string]Pool
 	// HeartbeatTimeout is how long after its last heartbeat a host counts as disconnected.
 	HeartbeatTimeout time.Duration
-	Log              *slog.Logger
+	// AuditRetention is how long audit records are kept; 0: audit.DefaultRetention;
+	// negative: forever.
+	AuditRetention time.Duration
+	// Registry receives the center's metrics, served at GET /metrics; nil: a new one
+	// with the process's Go and process metrics.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
 }
 
 // Center is a running management server.
@@ -41,6 +51,10 @@ type Center struct {
 	log   *slog.Logger
 	store *store.Store
 	now   func() time.Time
+	// trail is the audit trail, in the store's database.
+	trail *audit.Log
+
+	metrics *metrics.Center
 
 	// allocMu serialises address allocation with the insert that claims it.
 	allocMu sync.Mutex
@@ -66,6 +80,9 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.AuditRetention == 0 {
+		cfg.AuditRetention = audit.DefaultRetention
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -73,7 +90,21 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now}, nil
+	if cfg.Registry == nil {
+		cfg.Registry = metrics.NewProcessRegistry()
+	}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now}
+	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
+		st.Close()
+		return nil, err
+	}
+	c.metrics, err = metrics.NewCenter(metrics.CenterConfig{Registry: cfg.Registry, Inventory: st,
+		Connected: c.connected, Now: func() time.Time { return c.now() }, Log: cfg.Log})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("center metrics: %w", err)
+	}
+	return c, nil
 }
 
 // Handler returns the center's HTTP API.
@@ -105,8 +136,16 @@ func (c *Center) Run(ctx context.Context) error {
 			return fmt.Errorf("listen on %s: %w", c.cfg.Socket, err)
 		}
 		_ = os.Chmod(c.cfg.Socket, 0o600)
-		lns = append(lns, ln)
+		lns = append(lns, audit.PeerListener(ln)) // the audit trail names the Unix user of each client
 	}
+	// The audit trail is trimmed now and daily, until Run returns.
+	trimCtx, stopTrim := context.WithCancel(ctx)
+	defer stopTrim()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.trail.Retain(trimCtx, c.cfg.AuditRetention)
+	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir)
 	runErr := api.Serve(ctx, c.routes(), lns...)
 	if c.cfg.Socket != "" {

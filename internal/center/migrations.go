@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/store"
 )
@@ -35,6 +36,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	if err != nil {
 		return api.Migration{}, invalid("%v", err)
 	}
+	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name})
 	if r.Host == req.To {
 		return api.Migration{}, invalid("VM %s already runs on %s; choose another destination", name, req.To)
 	}
@@ -46,6 +48,8 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 		return api.Migration{}, err
 	}
 	if len(active) > 0 {
+		// The future task queue goes here: store the new migration as
+		// api.MigrationQueued instead of refusing it, and godwit_tasks_queued counts it.
 		return api.Migration{}, api.Conflict("VM %s is already being migrated (migration %s); wait for it or cancel it", name, active[0].ID)
 	}
 	src, srcClient, err := c.hostOf(ctx, r, "be migrated")
@@ -78,6 +82,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	if err := c.store.SaveMigration(ctx, m); err != nil {
 		return api.Migration{}, err
 	}
+	audit.Params(ctx, map[string]any{"migration": m.ID})
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: dst.Facts.Name, DestinationURL: dst.Facts.AgentURL,
 		DestinationAddr: dst.Facts.Address, Policy: policy.Name}
 	var started api.Migration
@@ -85,6 +90,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 		now := c.now().UTC()
 		m.State, m.Error, m.Finished = api.MigrationFailed, err.Error(), &now
 		_ = c.store.SaveMigration(context.WithoutCancel(ctx), m)
+		c.metrics.RecordMigration(m)
 		return api.Migration{}, hostError(src.Facts.Name, "start the migration of "+name, err)
 	}
 	c.log.Info("migration started", "migration", m.ID, "vm", name, "from", m.Source, "to", m.Destination, "policy", m.Policy)
@@ -160,14 +166,17 @@ func (c *Center) pollSource(ctx context.Context, m api.Migration) (api.Migration
 // record1 stores a finished migration and moves the VM on success.
 func (c *Center) record1(ctx context.Context, m api.Migration) {
 	if m.State == api.MigrationSucceeded {
-		if err := c.store.SetHost(ctx, m.VM, m.Destination, c.now()); err != nil {
+		// Host and state change together, so no reader sees the new host with the
+		// source's process.
+		if err := c.store.Move(ctx, m.VM, m.Destination, c.observe(ctx, m.Destination, m.VM), c.now()); err != nil {
 			c.log.Error("could not record the VM's new host", "vm", m.VM, "host", m.Destination, "err", err)
 		}
-		_ = c.store.SetState(ctx, m.VM, c.observe(ctx, m.Destination, m.VM), c.now())
 	}
 	if err := c.store.SaveMigration(ctx, m); err != nil {
 		c.log.Error("could not record the migration's outcome", "migration", m.ID, "err", err)
 	}
+	c.trail.MigrationEnded(ctx, m)
+	c.metrics.RecordMigration(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,
 		"downtime_ms", m.DowntimeMS, "bytes", m.Bytes, "passes", m.Passes, "error", m.Error)
 }
@@ -203,6 +212,7 @@ func (c *Center) resumeFollowing(ctx context.Context) error {
 	}
 	for _, m := range active {
 		c.log.Info("following an unfinished migration again", "migration", m.ID, "vm", m.VM)
+		c.trail.MigrationResumed(ctx, m)
 		c.follow(m)
 	}
 	return nil
@@ -237,6 +247,7 @@ func (c *Center) cancelMigration(ctx context.Context, id string) (api.Migration,
 	if err != nil {
 		return m, err
 	}
+	audit.Params(ctx, map[string]any{"vm": m.VM})
 	if terminal(m.State) {
 		return m, api.Conflict("migration %s has already %s", id, m.State)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
 )
 
@@ -45,11 +46,13 @@ func (c *Center) routes() http.Handler {
 		writeResult(w, http.StatusOK, vms, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "vm.create", "")
 		var req api.CreateVMRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
 			return
 		}
+		audit.SetTarget(r.Context(), req.Name)
 		vm, err := c.createVM(r.Context(), req)
 		writeResult(w, http.StatusCreated, vm, err)
 	})
@@ -58,15 +61,18 @@ func (c *Center) routes() http.Handler {
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "vm.start", r.PathValue("name"))
 		vm, err := c.startVM(r.Context(), r.PathValue("name"))
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "vm.stop", r.PathValue("name"))
 		q := r.URL.Query()
 		vm, err := c.stopVM(r.Context(), r.PathValue("name"), q.Get("force") == "true", q.Get("grace"))
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "vm.delete", r.PathValue("name"))
 		if err := c.deleteVM(r.Context(), r.PathValue("name")); err != nil {
 			api.WriteError(w, err)
 			return
@@ -83,6 +89,7 @@ func (c *Center) routes() http.Handler {
 		_, _ = w.Write(b)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "vm.migrate", r.PathValue("name"))
 		var req api.MigrateRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -103,13 +110,17 @@ func (c *Center) routes() http.Handler {
 		writeResult(w, http.StatusOK, m, err)
 	})
 	mux.HandleFunc("POST /api/v1/migrations/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "migration.cancel", r.PathValue("id"))
 		m, err := c.cancelMigration(r.Context(), r.PathValue("id"))
 		writeResult(w, http.StatusOK, m, err)
 	})
+	mux.Handle("GET /metrics", c.metrics.Handler())
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.NotFound("no API endpoint %s %s; the API is under /api/v1", r.Method, r.URL.Path))
 	})
-	return c.logRequests(mux)
+	c.trail.Register(mux)
+	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
+	return c.metrics.InstrumentAPI(mux, c.trail.Middleware(c.logRequests(mux), heartbeat))
 }
 
 // logRequests logs each request and turns a panic into a 500 instead of a dropped

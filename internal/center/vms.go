@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/store"
 )
@@ -148,6 +149,7 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 	if err != nil {
 		return api.VM{}, err
 	}
+	audit.Params(ctx, map[string]any{"host": host.Facts.Name, "uuid": spec.UUID})
 	if useImage {
 		img, ds := findImage(host, req.Image)
 		if img == nil {
@@ -459,6 +461,7 @@ func (c *Center) assignAddresses(ctx context.Context, h store.HostRecord, spec *
 }
 
 func (c *Center) hostOf(ctx context.Context, r store.VMRecord, what string) (store.HostRecord, *api.Client, error) {
+	audit.Params(ctx, map[string]any{"host": r.Host})
 	h, err := c.store.Host(ctx, r.Host)
 	if err != nil {
 		return h, nil, fmt.Errorf("host %s of VM %s: %w", r.Host, r.Spec.Name, err)

@@ -45,6 +45,7 @@ func newCenterCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/godwit/center", "directory for the database")
 	f.StringArrayVar(&pools, "ip-pool", nil, "address pool for a network: NETWORK=SUBNET,FIRST-LAST (repeatable)")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 10*time.Second, "a host without a heartbeat for this long counts as disconnected")
+	f.Var(newRetentionFlag(&cfg.AuditRetention), "audit-retention", "how long audit records are kept: 90d, 12w, 720h or forever")
 	return cmd
 }
 

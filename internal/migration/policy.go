@@ -28,6 +28,9 @@ const (
 	PolicyBalanced       = "balanced"
 	PolicyFastSwitchover = "fast-switchover"
 	PolicySafe           = "safe"
+	// PolicyQEMUDefaults is the untuned baseline (see QEMUDefaultsPolicy); it is
+	// not one of DefaultPolicies.
+	PolicyQEMUDefaults = "qemu-defaults"
 )
 
 // DefaultPolicyName is the policy used when none is named.
@@ -41,6 +44,15 @@ const (
 	MaxChannels = 255
 	// MaxThrottle is the largest vCPU throttle QEMU accepts, in percent.
 	MaxThrottle = 99
+)
+
+// QEMU's own defaults (10.0) for the parameters a policy maps to: what a tool
+// that does not tune the migration gets.
+const (
+	// QEMUDefaultDowntimeLimit is QEMU's default downtime-limit.
+	QEMUDefaultDowntimeLimit = 300 * time.Millisecond
+	// QEMUDefaultMaxBandwidth is QEMU's default max-bandwidth, in bytes/s.
+	QEMUDefaultMaxBandwidth int64 = 128 << 20
 )
 
 // UnlimitedBandwidth is the max-bandwidth Godwit gives QEMU for a policy whose
@@ -136,6 +148,44 @@ func DefaultPolicies() []Policy {
 	}
 }
 
+// QEMUDefaultsPolicy returns "qemu-defaults", the untuned baseline Godwit's
+// benchmarks compare its own policies against: QEMU driven with its default
+// migration parameters, as a script or tool that does not tune the migration
+// gets it. It is not a policy to run VMs with, so it is not among
+// DefaultPolicies (nor listed by `godwit migration policies`); LookupPolicy
+// finds it by name.
+//
+// Policies are data that Run always maps onto QEMU, so this one gives QEMU
+// exactly the values QEMU has by default, which leaves the defaults in place:
+// downtime-limit 300 ms, never raised (DowntimeMax 0); max-bandwidth 128 MiB/s;
+// a single stream (multifd off); auto-converge off and no vCPU throttling
+// (ThrottleMax 0); no post-copy. The controller then never changes anything: it
+// only observes, and cancels at a time budget of 24 hours, which in practice
+// means never (QEMU itself never gives up on a migration).
+//
+// What Godwit's plumbing sets regardless of the policy, and this baseline
+// therefore shares with every other policy (see SourceCapabilities,
+// SourceParameters, DestinationCapabilities, DestinationParameters):
+//
+//   - the events and return-path capabilities on both sides (return-path must
+//     match on both; without it a destination failing at the very end would
+//     leave the VM on neither host). With the return path QEMU's downtime
+//     figure includes the wait for the destination to confirm it loaded the
+//     state;
+//   - avail-switchover-bandwidth 0, which is QEMU's default anyway;
+//   - the destination's announce timing (AnnounceInitial and the rest: the
+//     first RARP at once, 8 rounds), where QEMU's default waits 50 ms and sends
+//     5 rounds. So on the network this baseline is announced faster than a
+//     truly untuned QEMU would be, which flatters it, not Godwit.
+func QEMUDefaultsPolicy() Policy {
+	return Policy{
+		Name:           PolicyQEMUDefaults,
+		DowntimeTarget: QEMUDefaultDowntimeLimit,
+		MaxBandwidth:   QEMUDefaultMaxBandwidth,
+		TimeBudget:     24 * time.Hour,
+	}
+}
+
 // PolicyNames returns the names of the built-in policies, the default first.
 func PolicyNames() []string {
 	var names []string
@@ -146,18 +196,19 @@ func PolicyNames() []string {
 }
 
 // LookupPolicy returns the built-in policy called name; "" selects the default
-// ("balanced"). An unknown name is an error that lists the known ones.
+// ("balanced"). It also finds the benchmark baseline "qemu-defaults" (see
+// QEMUDefaultsPolicy). An unknown name is an error that lists the known ones.
 func LookupPolicy(name string) (Policy, error) {
 	if name == "" {
 		name = DefaultPolicyName
 	}
-	for _, p := range DefaultPolicies() {
+	for _, p := range append(DefaultPolicies(), QEMUDefaultsPolicy()) {
 		if p.Name == name {
 			return p, nil
 		}
 	}
-	return Policy{}, fmt.Errorf("there is no migration policy called %q; the policies are %s",
-		name, strings.Join(PolicyNames(), ", "))
+	return Policy{}, fmt.Errorf("there is no migration policy called %q; the policies are %s (and %s, QEMU's untuned defaults, for comparison)",
+		name, strings.Join(PolicyNames(), ", "), PolicyQEMUDefaults)
 }
 
 // Validate checks that the policy can be applied to QEMU and reports every

@@ -107,3 +107,54 @@ func TestPolicyJSON(t *testing.T) {
 		t.Errorf("round trip: %+v, %v", back, err)
 	}
 }
+
+func TestQEMUDefaultsPolicyLeavesQEMUsDefaults(t *testing.T) {
+	p := mustPolicy(t, PolicyQEMUDefaults)
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if p != QEMUDefaultsPolicy() {
+		t.Errorf("LookupPolicy(%s) = %+v, want %+v", PolicyQEMUDefaults, p, QEMUDefaultsPolicy())
+	}
+	for _, name := range PolicyNames() {
+		if name == PolicyQEMUDefaults {
+			t.Errorf("the benchmark baseline %s is listed among the policies to run VMs with", name)
+		}
+	}
+	// The parameters Run sets are QEMU 10's defaults: downtime-limit 300 ms,
+	// max-bandwidth 128 MiB/s, avail-switchover-bandwidth 0; nothing else.
+	mp := SourceParameters(p)
+	if mp.DowntimeLimit == nil || *mp.DowntimeLimit != 300 || mp.MaxBandwidth == nil || *mp.MaxBandwidth != 128<<20 ||
+		mp.AvailSwitchoverBandwidth == nil || *mp.AvailSwitchoverBandwidth != 0 {
+		t.Errorf("source parameters %+v: want QEMU's defaults (300 ms, 128 MiB/s, 0)", mp)
+	}
+	mp.DowntimeLimit, mp.MaxBandwidth, mp.AvailSwitchoverBandwidth = nil, nil, nil
+	if b, err := json.Marshal(mp); err != nil || string(b) != "{}" {
+		t.Errorf("source parameters set more than QEMU's defaults: %s %v", b, err)
+	}
+	caps := SourceCapabilities(p)
+	for _, c := range []string{"multifd", "auto-converge", "postcopy-ram", "xbzrle"} {
+		if caps[c] {
+			t.Errorf("capability %s is on", c)
+		}
+	}
+	if DestinationCapabilities(p)["return-path"] != caps["return-path"] {
+		t.Error("return-path differs between source and destination")
+	}
+
+	// The controller never changes anything, even for a migration that does not
+	// converge (a guest rewriting 64 MiB at 500 MB/s over 100 MB/s), until the
+	// budget of a day runs out.
+	r := simulate(p, newSim(1024, 100*mb, 500*mb, 64*mib), 2*time.Minute)
+	for _, d := range r.decisions {
+		if d.Changes() {
+			t.Errorf("the controller acted under %s: %+v", p.Name, d.Decision)
+		}
+	}
+	if r.result.MaxThrottle != 0 {
+		t.Errorf("throttled to %d%%", r.result.MaxThrottle)
+	}
+	if p.TimeBudget < 24*time.Hour {
+		t.Errorf("time budget %v; the baseline should practically never cancel", p.TimeBudget)
+	}
+}

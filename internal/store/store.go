@@ -102,6 +102,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
+// DB returns the database handle, for parts of the center that keep their own tables in
+// the same file (the audit trail).
+func (s *Store) DB() *sql.DB { return s.db }
+
 func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 func parseTS(s string) time.Time {
@@ -403,9 +407,11 @@ func (s *Store) SetLastIP(ctx context.Context, network, ip string) error {
 	return nil
 }
 
-// SetHost records that a VM now lives on another host (after a migration).
-func (s *Store) SetHost(ctx context.Context, name, host string, now time.Time) error {
-	return s.exec1(ctx, name, `UPDATE vms SET host = ?, updated = ? WHERE name = ?`, host, ts(now), name)
+// Move records that a VM now lives on another host (after a migration), with the state
+// that host reports, in one update.
+func (s *Store) Move(ctx context.Context, name, host string, st api.VMStatus, now time.Time) error {
+	return s.exec1(ctx, name, `UPDATE vms SET host = ?, state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`,
+		host, st.State, st.Error, st.PID, st.Accel, ts(now), name)
 }
 
 // SaveMigration inserts or updates a migration record.

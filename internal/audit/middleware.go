@@ -1,0 +1,270 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// Actor is who makes a request: Name and Kind (KindUser, KindToken, …), and for
+// automation, on whose behalf.
+type Actor struct {
+	Name       string
+	Kind       string
+	OnBehalfOf string
+}
+
+// maxParamBody is how much of a request body becomes the record's params; larger bodies
+// are recorded by size only.
+const maxParamBody = 64 << 10
+
+// maxErrorBody is how much of a refused request's answer is read for its error.
+const maxErrorBody = 8 << 10
+
+type noteKey struct{}
+
+// note is what the handler of a request tells the middleware about it.
+type note struct {
+	mu     sync.Mutex
+	action string
+	target string
+	params map[string]any
+	actor  *Actor
+}
+
+func noteOf(ctx context.Context) *note {
+	n, _ := ctx.Value(noteKey{}).(*note)
+	return n
+}
+
+// Describe names the action (vm.create, vm.migrate, …) and the target (a VM's name, a
+// migration's id) of the API request whose context ctx is. Handlers call it first, so
+// that even a request refused at once is recorded as what it asked for. It does nothing
+// outside a recorded request.
+func Describe(ctx context.Context, action, target string) {
+	if n := noteOf(ctx); n != nil {
+		n.mu.Lock()
+		n.action, n.target = action, target
+		n.mu.Unlock()
+	}
+}
+
+// SetTarget sets the target of the request being recorded, once the handler knows it
+// (the name in a create request's body).
+func SetTarget(ctx context.Context, target string) {
+	if n := noteOf(ctx); n != nil {
+		n.mu.Lock()
+		n.target = target
+		n.mu.Unlock()
+	}
+}
+
+// Params adds parameters the center resolved (the host it placed a VM on, a migration's
+// source, destination and policy) to the record of the request being handled. They join
+// the request's own body and query parameters, and win over them. Empty strings are left
+// out. It does nothing outside a recorded request.
+func Params(ctx context.Context, p map[string]any) {
+	if n := noteOf(ctx); n != nil {
+		n.mu.Lock()
+		if n.params == nil {
+			n.params = map[string]any{}
+		}
+		for k, v := range p {
+			n.params[k] = v
+		}
+		n.mu.Unlock()
+	}
+}
+
+// SetActor names who makes the request being recorded. The authentication layer calls
+// it, inside the audit middleware, once it knows the user or token; without it the actor
+// is the Unix user of a unix-socket client (see PeerListener) or "anonymous".
+func SetActor(ctx context.Context, a Actor) {
+	if n := noteOf(ctx); n != nil {
+		n.mu.Lock()
+		n.actor = &a
+		n.mu.Unlock()
+	}
+}
+
+// changesState reports whether a request with this method is recorded.
+func changesState(method string) bool {
+	switch method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// Middleware records every state-changing request (POST, PUT, PATCH, DELETE) that skip
+// does not exempt, once next has answered it: who made it and from where, the action and
+// target its handler described (Describe), its parameters, and its outcome — succeeded
+// (2xx, 3xx), refused (4xx) or failed (5xx) — with the error the client was given. The
+// record is written before the server sends the end of the answer, so a client that has
+// its answer finds the request in the trail. A record that cannot be written is logged.
+func (l *Log) Middleware(next http.Handler, skip func(*http.Request) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !changesState(r.Method) || skip != nil && skip(r) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		n := &note{}
+		tap := &bodyTap{rc: r.Body}
+		r2 := r.WithContext(context.WithValue(r.Context(), noteKey{}, n))
+		r2.Body = tap
+		cw := &captureWriter{ResponseWriter: w}
+		next.ServeHTTP(cw, r2)
+
+		rec := requestRecord(r2, n, tap, cw)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
+		defer cancel()
+		if _, err := l.Append(ctx, rec); err != nil {
+			l.log.Error("a request could not be recorded in the audit trail", "method", r.Method, "path", r.URL.Path,
+				"action", rec.Action, "target", rec.Target, "outcome", rec.Outcome, "err", err)
+		}
+	})
+}
+
+// requestRecord builds the record of a request its handler has answered.
+func requestRecord(r *http.Request, n *note, tap *bodyTap, cw *captureWriter) Record {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	rec := Record{Actor: Anonymous, ActorKind: KindUser, From: r.RemoteAddr, Action: n.action, Target: n.target}
+	if isLocal(r) {
+		rec.From = Local
+		if p := peerOf(r); p != nil && p.User != "" {
+			rec.Actor = p.User
+		}
+	}
+	if n.actor != nil {
+		rec.Actor, rec.ActorKind, rec.OnBehalfOf = n.actor.Name, n.actor.Kind, n.actor.OnBehalfOf
+	}
+	if rec.Action == "" {
+		// A request no handler described: an unknown endpoint or method, or one
+		// refused before its handler ran.
+		rec.Action, rec.Target = "http."+strings.ToLower(r.Method), r.URL.Path
+	}
+
+	params := map[string]any{}
+	if tap.n > maxParamBody {
+		params["body_bytes"] = tap.n
+	} else if tap.n > 0 {
+		dec := json.NewDecoder(bytes.NewReader(tap.buf.Bytes()))
+		dec.UseNumber()
+		var body map[string]any
+		if dec.Decode(&body) == nil {
+			for k, v := range body {
+				params[k] = v
+			}
+		}
+	}
+	for k, vs := range r.URL.Query() {
+		if len(vs) == 1 {
+			params[k] = vs[0]
+		} else {
+			params[k] = vs
+		}
+	}
+	for k, v := range n.params {
+		params[k] = v
+	}
+	p, err := encodeParams(params)
+	if err != nil {
+		p, _ = encodeParams(map[string]any{"params_error": err.Error()})
+	}
+	rec.Params = p
+
+	status := cw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	switch {
+	case status >= 500:
+		rec.Outcome = Failed
+	case status >= 400:
+		rec.Outcome = Refused
+	default:
+		rec.Outcome = Succeeded
+	}
+	if status >= 400 {
+		rec.Error = errorText(status, cw.body.Bytes())
+	}
+	return rec
+}
+
+// errorText is the error a client was given: the API's error message, or the start of
+// whatever else the answer held.
+func errorText(status int, body []byte) string {
+	var e api.Error
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return e.Error
+	}
+	s := strings.TrimSpace(string(body))
+	if s == "" {
+		return http.StatusText(status)
+	}
+	if len(s) > 500 {
+		s = s[:500] + "…"
+	}
+	return s
+}
+
+func isLocal(r *http.Request) bool {
+	a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	return ok && a.Network() == "unix" || r.RemoteAddr == "@"
+}
+
+// bodyTap keeps the start of a request body as the handler reads it.
+type bodyTap struct {
+	rc  io.ReadCloser
+	buf bytes.Buffer
+	n   int
+}
+
+func (t *bodyTap) Read(p []byte) (int, error) {
+	k, err := t.rc.Read(p)
+	if k > 0 {
+		if room := maxParamBody + 1 - t.buf.Len(); room > 0 {
+			t.buf.Write(p[:min(k, room)])
+		}
+		t.n += k
+	}
+	return k, err
+}
+
+func (t *bodyTap) Close() error { return t.rc.Close() }
+
+// captureWriter notes the status of an answer and keeps the start of an error answer.
+type captureWriter struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (c *captureWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *captureWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	if c.status >= 400 && c.body.Len() < maxErrorBody {
+		c.body.Write(p[:min(len(p), maxErrorBody-c.body.Len())])
+	}
+	return c.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

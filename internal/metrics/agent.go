@@ -1,0 +1,145 @@
+package metrics
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// Outcomes of an incoming migration on the destination, the values of the outcome label
+// of godwit_agent_incoming_migrations_total.
+const (
+	// IncomingSucceeded: the VM migrated in and runs here.
+	IncomingSucceeded = "succeeded"
+	// IncomingFailed: this host refused or could not prepare the copy, or the copy's QEMU
+	// ended before the migration completed.
+	IncomingFailed = "failed"
+	// IncomingAborted: the source (or this host, having lost the source) tore the waiting
+	// copy down because the migration failed or was cancelled there.
+	IncomingAborted = "aborted"
+)
+
+// AgentConfig is what an agent's metrics need.
+type AgentConfig struct {
+	// Registry receives the metrics and is what GET /metrics serves.
+	Registry *prometheus.Registry
+	// VMs returns the VMs on the host now; read at every scrape.
+	VMs func() []api.VMStatus
+	// Accel returns the accelerator VMs use on this host ("kvm" or "tcg"), or "" while
+	// the probe has not answered yet; read at every scrape.
+	Accel func() string
+	Log   *slog.Logger
+}
+
+// Agent is an agent's metrics. The zero value is not usable; use NewAgent.
+type Agent struct {
+	outgoing          *prometheus.CounterVec
+	incoming          *prometheus.CounterVec
+	heartbeatFailures prometheus.Counter
+	handler           http.Handler
+}
+
+// NewAgent registers an agent's metrics in cfg.Registry.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if cfg.Registry == nil || cfg.VMs == nil || cfg.Accel == nil {
+		return nil, errors.New("agent metrics need a registry, the VMs and the accelerator")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	a := &Agent{
+		outgoing: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_agent_outgoing_migrations_total",
+			Help: "Live migrations this host ran as the source that ended, by outcome (succeeded, failed, cancelled).",
+		}, []string{"outcome"}),
+		incoming: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_agent_incoming_migrations_total",
+			Help: "Live migrations that brought a VM to this host and ended, by outcome (succeeded, failed, aborted).",
+		}, []string{"outcome"}),
+		heartbeatFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "godwit_agent_heartbeat_failures_total",
+			Help: "Heartbeats to the center that failed.",
+		}),
+	}
+	for _, o := range []string{api.MigrationSucceeded, api.MigrationFailed, api.MigrationCancelled} {
+		a.outgoing.WithLabelValues(o)
+	}
+	for _, o := range []string{IncomingSucceeded, IncomingFailed, IncomingAborted} {
+		a.incoming.WithLabelValues(o)
+	}
+	host := &hostCollector{
+		vmsOf: cfg.VMs, accelOf: cfg.Accel,
+		vms: prometheus.NewDesc("godwit_agent_vms",
+			"VMs on this host, by state (running, stopped, incoming, …).", []string{"state"}, nil),
+		qemu: prometheus.NewDesc("godwit_agent_qemu_processes",
+			"QEMU processes this host's agent holds (one per running or incoming VM).", nil, nil),
+		accel: prometheus.NewDesc("godwit_agent_accel_info",
+			"The accelerator VMs use on this host, as the label accel (kvm or tcg); absent while the KVM probe runs.", []string{"accel"}, nil),
+	}
+	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, host); err != nil {
+		return nil, err
+	}
+	a.handler = handler(cfg.Registry, cfg.Log)
+	return a, nil
+}
+
+// Handler serves the agent's registry at GET /metrics.
+func (a *Agent) Handler() http.Handler { return a.handler }
+
+// OutgoingEnded counts a migration this host ran as the source, by its final state
+// (api.MigrationSucceeded, api.MigrationFailed or api.MigrationCancelled); any other
+// state is ignored.
+func (a *Agent) OutgoingEnded(state string) {
+	switch state {
+	case api.MigrationSucceeded, api.MigrationFailed, api.MigrationCancelled:
+		a.outgoing.WithLabelValues(state).Inc()
+	}
+}
+
+// IncomingEnded counts a migration that brought (or tried to bring) a VM here, by
+// outcome: IncomingSucceeded, IncomingFailed or IncomingAborted; any other is ignored.
+func (a *Agent) IncomingEnded(outcome string) {
+	switch outcome {
+	case IncomingSucceeded, IncomingFailed, IncomingAborted:
+		a.incoming.WithLabelValues(outcome).Inc()
+	}
+}
+
+// HeartbeatFailed counts a heartbeat to the center that failed.
+func (a *Agent) HeartbeatFailed() { a.heartbeatFailures.Inc() }
+
+// hostCollector reads, at each scrape, the host's VMs and its accelerator.
+type hostCollector struct {
+	vmsOf            func() []api.VMStatus
+	accelOf          func() string
+	vms, qemu, accel *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (hc *hostCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- hc.vms
+	ch <- hc.qemu
+	ch <- hc.accel
+}
+
+// Collect implements prometheus.Collector.
+func (hc *hostCollector) Collect(ch chan<- prometheus.Metric) {
+	byState := map[string]int{api.VMStopped: 0, api.VMStarting: 0, api.VMRunning: 0,
+		api.VMStopping: 0, api.VMError: 0, api.VMIncoming: 0}
+	procs := 0
+	for _, v := range hc.vmsOf() {
+		byState[v.State]++
+		if v.PID != 0 {
+			procs++
+		}
+	}
+	emitCounts(ch, hc.vms, byState)
+	ch <- prometheus.MustNewConstMetric(hc.qemu, prometheus.GaugeValue, float64(procs))
+	if accel := hc.accelOf(); accel != "" {
+		ch <- prometheus.MustNewConstMetric(hc.accel, prometheus.GaugeValue, 1, accel)
+	}
+}
