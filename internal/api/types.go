@@ -3,7 +3,10 @@
 // decode requests strictly and report errors the same way.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // VM power and lifecycle states, as the center reports them.
 const (
@@ -304,4 +307,52 @@ type IncomingRequest struct {
 // IncomingReply tells the source where to send the migration stream.
 type IncomingReply struct {
 	URI string `json:"uri"`
+}
+
+// Task states. Queued and running tasks are active; the others are final.
+const (
+	TaskQueued    = "queued"
+	TaskRunning   = "running"
+	TaskSucceeded = "succeeded"
+	TaskFailed    = "failed"
+	TaskCancelled = "cancelled"
+)
+
+// TaskHeader is the response header in which the center names the task an operation
+// became (vm create, start, stop, delete, migrate).
+const TaskHeader = "X-Godwit-Task"
+
+// TaskEnded reports whether a task in this state has finished.
+func TaskEnded(state string) bool {
+	return state == TaskSucceeded || state == TaskFailed || state == TaskCancelled
+}
+
+// TaskProgress is how far a task has come: a share of the work done and the phase it is
+// in (for a migration: "preparing", "precopy", …).
+type TaskProgress struct {
+	Percent float64 `json:"percent"`
+	Phase   string  `json:"phase,omitempty"`
+}
+
+// Task is one operation that takes time: a VM's create, start, stop, delete or live
+// migration. A migration's task has the migration's id.
+type Task struct {
+	ID string `json:"id"`
+	// Kind names the operation: vm.create, vm.start, vm.stop, vm.delete, vm.migrate.
+	Kind string `json:"kind"`
+	// Target is what the operation acts on (a VM's name).
+	Target string `json:"target"`
+	// Initiator is who asked for it, as the audit trail names them.
+	Initiator string `json:"initiator"`
+	// State is one of the Task* states.
+	State    string       `json:"state"`
+	Progress TaskProgress `json:"progress"`
+	// Queued, Started and Finished are UTC.
+	Queued   time.Time  `json:"queued"`
+	Started  *time.Time `json:"started,omitempty"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// Result is what a succeeded task produced (JSON; its shape depends on Kind).
+	Result json.RawMessage `json:"result,omitempty"`
+	// Error says why a task failed or was cancelled.
+	Error string `json:"error,omitempty"`
 }

@@ -95,6 +95,33 @@ func SetActor(ctx context.Context, a Actor) {
 	}
 }
 
+// ActorOf returns who makes a request, as the audit trail records it: the actor the
+// authentication layer set (SetActor), else the Unix user of a unix-socket client, else
+// Anonymous. Other parts of the center (tasks) use it so that they and the trail agree.
+func ActorOf(r *http.Request) Actor {
+	n := noteOf(r.Context())
+	if n == nil {
+		return actorOf(r, nil)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return actorOf(r, n)
+}
+
+// actorOf is ActorOf with n (which may be nil) locked by the caller.
+func actorOf(r *http.Request, n *note) Actor {
+	if n != nil && n.actor != nil {
+		return *n.actor
+	}
+	a := Actor{Name: Anonymous, Kind: KindUser}
+	if isLocal(r) {
+		if p := peerOf(r); p != nil && p.User != "" {
+			a.Name = p.User
+		}
+	}
+	return a
+}
+
 // changesState reports whether a request with this method is recorded.
 func changesState(method string) bool {
 	switch method {
@@ -137,15 +164,10 @@ func (l *Log) Middleware(next http.Handler, skip func(*http.Request) bool) http.
 func requestRecord(r *http.Request, n *note, tap *bodyTap, cw *captureWriter) Record {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	rec := Record{Actor: Anonymous, ActorKind: KindUser, From: r.RemoteAddr, Action: n.action, Target: n.target}
+	a := actorOf(r, n)
+	rec := Record{Actor: a.Name, ActorKind: a.Kind, OnBehalfOf: a.OnBehalfOf, From: r.RemoteAddr, Action: n.action, Target: n.target}
 	if isLocal(r) {
 		rec.From = Local
-		if p := peerOf(r); p != nil && p.User != "" {
-			rec.Actor = p.User
-		}
-	}
-	if n.actor != nil {
-		rec.Actor, rec.ActorKind, rec.OnBehalfOf = n.actor.Name, n.actor.Kind, n.actor.OnBehalfOf
 	}
 	if rec.Action == "" {
 		// A request no handler described: an unknown endpoint or method, or one

@@ -64,6 +64,11 @@ type Center struct {
 	live   sync.Map
 	runCtx context.Context
 	wg     sync.WaitGroup
+
+	// tasks publishes every change of a task to the subscribers of the task stream;
+	// activeTasks holds the live view of each queued or running task (id → api.Task).
+	tasks       *broadcaster
+	activeTasks sync.Map
 }
 
 // New opens the center's database.
@@ -93,7 +98,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster()}
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err
@@ -115,6 +120,9 @@ func (c *Center) Run(ctx context.Context) error {
 	defer c.store.Close()
 	c.runCtx = ctx
 	defer c.wg.Wait()
+	if err := c.recoverTasks(ctx); err != nil {
+		return err
+	}
 	if err := c.resumeFollowing(ctx); err != nil {
 		return err
 	}

@@ -20,8 +20,9 @@ func terminal(state string) bool {
 }
 
 // migrateVM checks a live migration with the destination, asks the source to start it,
-// and follows it in the background until it ends.
-func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequest) (api.Migration, error) {
+// and follows it in the background until it ends. The migration is a task of
+// initiator's, under the migration's id.
+func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequest, initiator string) (api.Migration, error) {
 	r, err := c.record(ctx, name)
 	if err != nil {
 		return api.Migration{}, err
@@ -83,6 +84,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 		return api.Migration{}, err
 	}
 	audit.Params(ctx, map[string]any{"migration": m.ID})
+	c.startMigrationTask(ctx, m, initiator)
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: dst.Facts.Name, DestinationURL: dst.Facts.AgentURL,
 		DestinationAddr: dst.Facts.Address, Policy: policy.Name}
 	var started api.Migration
@@ -90,6 +92,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 		now := c.now().UTC()
 		m.State, m.Error, m.Finished = api.MigrationFailed, err.Error(), &now
 		_ = c.store.SaveMigration(context.WithoutCancel(ctx), m)
+		c.migrationChanged(context.WithoutCancel(ctx), m)
 		c.metrics.RecordMigration(m)
 		return api.Migration{}, hostError(src.Facts.Name, "start the migration of "+name, err)
 	}
@@ -137,6 +140,9 @@ func (c *Center) follow(m api.Migration) {
 				cur.Policy = m.Policy
 			}
 			c.live.Store(m.ID, cur)
+			if !terminal(cur.State) {
+				c.migrationChanged(ctx, cur)
+			}
 			if terminal(cur.State) {
 				c.record1(ctx, cur)
 				return
@@ -175,6 +181,7 @@ func (c *Center) record1(ctx context.Context, m api.Migration) {
 	if err := c.store.SaveMigration(ctx, m); err != nil {
 		c.log.Error("could not record the migration's outcome", "migration", m.ID, "err", err)
 	}
+	c.migrationChanged(ctx, m)
 	c.trail.MigrationEnded(ctx, m)
 	c.metrics.RecordMigration(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,

@@ -53,7 +53,9 @@ func (c *Center) routes() http.Handler {
 			return
 		}
 		audit.SetTarget(r.Context(), req.Name)
+		t := c.beginTask(w, r, "vm.create", req.Name)
 		vm, err := c.createVM(r.Context(), req)
+		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusCreated, vm, err)
 	})
 	mux.HandleFunc("GET /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -62,18 +64,25 @@ func (c *Center) routes() http.Handler {
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
 		audit.Describe(r.Context(), "vm.start", r.PathValue("name"))
+		t := c.beginTask(w, r, "vm.start", r.PathValue("name"))
 		vm, err := c.startVM(r.Context(), r.PathValue("name"))
+		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
 		audit.Describe(r.Context(), "vm.stop", r.PathValue("name"))
 		q := r.URL.Query()
+		t := c.beginTask(w, r, "vm.stop", r.PathValue("name"))
 		vm, err := c.stopVM(r.Context(), r.PathValue("name"), q.Get("force") == "true", q.Get("grace"))
+		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
 		audit.Describe(r.Context(), "vm.delete", r.PathValue("name"))
-		if err := c.deleteVM(r.Context(), r.PathValue("name")); err != nil {
+		t := c.beginTask(w, r, "vm.delete", r.PathValue("name"))
+		err := c.deleteVM(r.Context(), r.PathValue("name"))
+		c.endTask(r.Context(), t, map[string]any{"vm": r.PathValue("name")}, err)
+		if err != nil {
 			api.WriteError(w, err)
 			return
 		}
@@ -95,8 +104,30 @@ func (c *Center) routes() http.Handler {
 			api.WriteError(w, err)
 			return
 		}
-		m, err := c.migrateVM(r.Context(), r.PathValue("name"), req)
+		m, err := c.migrateVM(r.Context(), r.PathValue("name"), req, audit.ActorOf(r).Name)
+		if err == nil {
+			w.Header().Set(api.TaskHeader, m.ID)
+		}
 		writeResult(w, http.StatusAccepted, m, err)
+	})
+	mux.HandleFunc("GET /api/v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		f, err := taskFilter(r)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		ts, err := c.listTasks(r.Context(), f)
+		writeResult(w, http.StatusOK, ts, err)
+	})
+	mux.HandleFunc("GET /api/v1/tasks/stream", c.streamTasks)
+	mux.HandleFunc("GET /api/v1/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		t, err := c.getTask(r.Context(), r.PathValue("id"))
+		writeResult(w, http.StatusOK, t, err)
+	})
+	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "task.cancel", r.PathValue("id"))
+		t, err := c.cancelTask(r.Context(), r.PathValue("id"))
+		writeResult(w, http.StatusOK, t, err)
 	})
 	mux.HandleFunc("GET /api/v1/migration-policies", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, migration.DefaultPolicies())
@@ -153,3 +184,6 @@ func (s *statusWriter) WriteHeader(code int) {
 	s.status = code
 	s.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the underlying writer (to flush a stream).
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

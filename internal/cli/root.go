@@ -77,7 +77,7 @@ func newRoot(e *env) *cobra.Command {
 		}
 		return nil
 	}
-	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e), newProbeCmd(e), newMigrationCmd(e), newAuditCmd(e))
+	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e), newProbeCmd(e), newMigrationCmd(e), newAuditCmd(e), newTaskCmd(e))
 	return root
 }
 

@@ -76,6 +76,21 @@ CREATE TABLE IF NOT EXISTS migrations (
 	started TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS migrations_vm ON migrations (vm, started);
+CREATE TABLE IF NOT EXISTS tasks (
+	id TEXT PRIMARY KEY,
+	kind TEXT NOT NULL,
+	target TEXT NOT NULL,
+	initiator TEXT NOT NULL,
+	state TEXT NOT NULL,
+	percent REAL NOT NULL DEFAULT 0,
+	phase TEXT NOT NULL DEFAULT '',
+	queued TEXT NOT NULL,
+	started TEXT NOT NULL DEFAULT '',
+	finished TEXT NOT NULL DEFAULT '',
+	result TEXT NOT NULL DEFAULT '',
+	error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tasks_queued ON tasks (queued);
 CREATE TABLE IF NOT EXISTS ip_cursor (
 	network TEXT PRIMARY KEY,
 	last TEXT NOT NULL

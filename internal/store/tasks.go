@@ -1,0 +1,121 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/godwit/godwit/internal/api"
+)
+
+// TaskFilter selects tasks. Empty fields select everything.
+type TaskFilter struct {
+	State  string
+	Kind   string
+	Target string
+	// Active keeps only queued and running tasks.
+	Active bool
+	// Limit bounds the number of tasks; 0 means 200.
+	Limit int
+}
+
+// SaveTask inserts a task or updates every field of a stored one.
+func (s *Store) SaveTask(ctx context.Context, t api.Task) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tasks
+		(id, kind, target, initiator, state, percent, phase, queued, started, finished, result, error)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, target = excluded.target,
+			initiator = excluded.initiator, state = excluded.state, percent = excluded.percent,
+			phase = excluded.phase, queued = excluded.queued, started = excluded.started,
+			finished = excluded.finished, result = excluded.result, error = excluded.error`,
+		t.ID, t.Kind, t.Target, t.Initiator, t.State, t.Progress.Percent, t.Progress.Phase,
+		ts(t.Queued), optTS(t.Started), optTS(t.Finished), string(t.Result), t.Error)
+	if err != nil {
+		return fmt.Errorf("save task %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// Task returns one task, or ErrNotFound.
+func (s *Store) Task(ctx context.Context, id string) (api.Task, error) {
+	t, err := scanTask(s.db.QueryRowContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return api.Task{}, ErrNotFound
+	}
+	if err != nil {
+		return api.Task{}, fmt.Errorf("read task %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// Tasks returns the tasks f selects, newest first.
+func (s *Store) Tasks(ctx context.Context, f TaskFilter) ([]api.Task, error) {
+	var where []string
+	var args []any
+	for _, c := range []struct{ col, v string }{{"state", f.State}, {"kind", f.Kind}, {"target", f.Target}} {
+		if c.v != "" {
+			where = append(where, c.col+" = ?")
+			args = append(args, c.v)
+		}
+	}
+	if f.Active {
+		where = append(where, `state IN ('`+api.TaskQueued+`', '`+api.TaskRunning+`')`)
+	}
+	q := `SELECT ` + taskCols + ` FROM tasks`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	if f.Limit <= 0 {
+		f.Limit = 200
+	}
+	q += ` ORDER BY queued DESC, rowid DESC LIMIT ?`
+	args = append(args, f.Limit)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
+	}
+	defer rows.Close()
+	out := []api.Task{}
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list tasks: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+const taskCols = `id, kind, target, initiator, state, percent, phase, queued, started, finished, result, error`
+
+func scanTask(sc interface{ Scan(...any) error }) (api.Task, error) {
+	var t api.Task
+	var queued, started, finished, result string
+	if err := sc.Scan(&t.ID, &t.Kind, &t.Target, &t.Initiator, &t.State, &t.Progress.Percent, &t.Progress.Phase,
+		&queued, &started, &finished, &result, &t.Error); err != nil {
+		return api.Task{}, err
+	}
+	t.Queued, t.Started, t.Finished = parseTS(queued), optParseTS(started), optParseTS(finished)
+	if result != "" {
+		t.Result = []byte(result)
+	}
+	return t, nil
+}
+
+func optTS(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return ""
+	}
+	return ts(*t)
+}
+
+func optParseTS(s string) *time.Time {
+	if s == "" {
+		return nil
+	}
+	t := parseTS(s)
+	return &t
+}
