@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,10 @@ type Config struct {
 	Advertise string
 	// Center is the center's URL.
 	Center string
+	// TokenFile holds the API token the agent sends with its heartbeats (the center
+	// writes one to its data directory, agent-token, on first start); empty: none. It is
+	// read for each heartbeat, so it may appear after the agent starts.
+	TokenFile string
 	// StateDir keeps one directory per VM (spec, QMP socket, console log, pid file).
 	StateDir string
 	// Datastores maps a datastore name to its mount path.
@@ -305,7 +310,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	failing := false
 	for {
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := a.center.Do(hctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
+		err := a.sendHeartbeat(hctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
 			a.metrics.HeartbeatFailed()
@@ -330,7 +335,24 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 func (a *Agent) kick() {
 	ctx, cancel := context.WithTimeout(a.runCtx, 3*time.Second)
 	defer cancel()
-	if err := a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil); err != nil && a.runCtx.Err() == nil {
+	if err := a.sendHeartbeat(ctx); err != nil && a.runCtx.Err() == nil {
 		a.metrics.HeartbeatFailed()
 	}
+}
+
+// sendHeartbeat sends one heartbeat, with the token of TokenFile if one is configured.
+func (a *Agent) sendHeartbeat(ctx context.Context) error {
+	c := a.center
+	if a.cfg.TokenFile != "" {
+		b, err := os.ReadFile(a.cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("read the center's token (--token-file): %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return fmt.Errorf("the token file %s is empty; copy the center's agent-token into it", a.cfg.TokenFile)
+		}
+		c = c.WithHeader("Authorization", "Bearer "+tok)
+	}
+	return c.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
 }

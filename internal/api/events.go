@@ -20,6 +20,7 @@ func (c *Client) Stream(ctx context.Context, path string) (*http.Response, error
 		return nil, fmt.Errorf("build request: %w", err)
 	}
 	req.Header.Set("Accept", "text/event-stream")
+	c.addHeaders(req)
 	hc := *c.hc
 	hc.Timeout = 0
 	resp, err := hc.Do(req)

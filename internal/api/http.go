@@ -116,6 +116,27 @@ func WriteError(w http.ResponseWriter, err error) {
 type Client struct {
 	base string
 	hc   *http.Client
+	// header is sent with every request (Authorization); never modified once set.
+	header http.Header
+}
+
+// WithHeader returns a copy of c that sends the header key: value with every request
+// (Authorization: Bearer TOKEN). The copy shares c's connections; c is unchanged.
+func (c *Client) WithHeader(key, value string) *Client {
+	cp := *c
+	cp.header = c.header.Clone()
+	if cp.header == nil {
+		cp.header = http.Header{}
+	}
+	cp.header.Set(key, value)
+	return &cp
+}
+
+// addHeaders puts the client's own headers on req.
+func (c *Client) addHeaders(req *http.Request) {
+	for k, vs := range c.header {
+		req.Header[k] = vs
+	}
 }
 
 // NewClient returns a client for the server at base.
@@ -158,6 +179,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	c.addHeaders(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)

@@ -356,3 +356,51 @@ type Task struct {
 	// Error says why a task failed or was cancelled.
 	Error string `json:"error,omitempty"`
 }
+
+// Roles of users. A role allows what the roles after it allow, and more: admin
+// everything; operator powers VMs on and off, migrates them and cancels tasks; viewer
+// reads. The agent role is for hosts' agents and may only send heartbeats.
+const (
+	RoleAdmin    = "admin"
+	RoleOperator = "operator"
+	RoleViewer   = "viewer"
+	RoleAgent    = "agent"
+)
+
+// User is a user of the center, as the API shows it (never with a password).
+type User struct {
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	Created time.Time `json:"created"`
+}
+
+// CreateUserRequest is the body of POST /api/v1/users.
+type CreateUserRequest struct {
+	Name     string `json:"name"`
+	Role     string `json:"role"`
+	Password string `json:"password"`
+}
+
+// LoginRequest is the body of POST /api/v1/login.
+type LoginRequest struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+// CreateTokenRequest is the body of POST /api/v1/tokens. User empty: the caller.
+// Expires is a Go duration ("12h"); empty: 12h; "0" or "never": the token does not expire.
+type CreateTokenRequest struct {
+	User    string `json:"user,omitempty"`
+	Expires string `json:"expires,omitempty"`
+}
+
+// Token is an API token as POST /api/v1/login and POST /api/v1/tokens return it. Secret
+// is the whole bearer token; it is shown once, and the center keeps only its hash.
+type Token struct {
+	ID      string     `json:"id"`
+	User    string     `json:"user"`
+	Role    string     `json:"role"`
+	Created time.Time  `json:"created"`
+	Expires *time.Time `json:"expires,omitempty"`
+	Secret  string     `json:"secret,omitempty"`
+}

@@ -198,6 +198,11 @@ func requestRecord(r *http.Request, n *note, tap *bodyTap, cw *captureWriter) Re
 	for k, v := range n.params {
 		params[k] = v
 	}
+	for k := range params {
+		if secretParam(k) {
+			params[k] = Redacted
+		}
+	}
 	p, err := encodeParams(params)
 	if err != nil {
 		p, _ = encodeParams(map[string]any{"params_error": err.Error()})
@@ -290,3 +295,13 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (c *captureWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// Redacted stands in the trail for a parameter that holds a secret.
+const Redacted = "[redacted]"
+
+// secretParam reports whether a request parameter named k holds a secret (a password or
+// a token) that must not be written to the trail.
+func secretParam(k string) bool {
+	k = strings.ToLower(k)
+	return strings.Contains(k, "password") || strings.Contains(k, "secret") || strings.Contains(k, "token")
+}

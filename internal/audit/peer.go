@@ -89,3 +89,7 @@ func peerOf(r *http.Request) *PeerAddr {
 	}
 	return p
 }
+
+// Peer returns the credentials of the unix-socket client that made r, as a PeerListener
+// learned them from the kernel, or nil for a TCP client or an unknown peer.
+func Peer(r *http.Request) *PeerAddr { return peerOf(r) }

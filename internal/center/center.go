@@ -109,11 +109,17 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		st.Close()
 		return nil, fmt.Errorf("center metrics: %w", err)
 	}
+	if err := c.bootstrap(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return c, nil
 }
 
-// Handler returns the center's HTTP API.
-func (c *Center) Handler() http.Handler { return c.routes() }
+// Handler returns the center's HTTP API for in-process callers (tests): every request
+// counts as the administrator's, and no credentials are asked for. Run serves the API
+// with authentication.
+func (c *Center) Handler() http.Handler { return c.routes(true) }
 
 // Run serves until ctx ends.
 func (c *Center) Run(ctx context.Context) error {
@@ -155,7 +161,7 @@ func (c *Center) Run(ctx context.Context) error {
 		c.trail.Retain(trimCtx, c.cfg.AuditRetention)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir)
-	runErr := api.Serve(ctx, c.routes(), lns...)
+	runErr := api.Serve(ctx, c.routes(false), lns...)
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
 	}

@@ -11,7 +11,11 @@ import (
 	"github.com/godwit/godwit/internal/migration"
 )
 
-func (c *Center) routes() http.Handler {
+// routes returns the API behind its middleware: metrics outermost, then authentication
+// (who made the request), the audit trail, the request log, and authorization, which
+// refuses what the requester may not do inside the trail so that refusals are recorded.
+// With trusted, every request counts as the administrator's (Handler, for in-process use).
+func (c *Center) routes(trusted bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/v1/hosts/heartbeat", func(w http.ResponseWriter, r *http.Request) {
 		var f api.HostFacts
@@ -150,8 +154,14 @@ func (c *Center) routes() http.Handler {
 		api.WriteError(w, api.NotFound("no API endpoint %s %s; the API is under /api/v1", r.Method, r.URL.Path))
 	})
 	c.trail.Register(mux)
-	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
-	return c.metrics.InstrumentAPI(mux, c.trail.Middleware(c.logRequests(mux), heartbeat))
+	c.registerUsers(mux)
+	// Heartbeats are not recorded, unless refused.
+	heartbeat := func(r *http.Request) bool {
+		p := principalOf(r.Context())
+		return r.URL.Path == "/api/v1/hosts/heartbeat" && p.err == nil && allows(p.role, api.RoleAgent)
+	}
+	audited := c.trail.Middleware(c.logRequests(c.authorize(mux)), heartbeat)
+	return c.metrics.InstrumentAPI(mux, c.withAuthentication(audited, trusted))
 }
 
 // logRequests logs each request and turns a panic into a 500 instead of a dropped

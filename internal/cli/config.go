@@ -17,8 +17,11 @@ type config struct {
 	Contexts map[string]contextEntry `json:"contexts"`
 }
 
+// contextEntry is one center: its URL and, after `godwit login`, the API token the CLI
+// sends it (the file is mode 0600).
 type contextEntry struct {
 	Server string `json:"server"`
+	Token  string `json:"token,omitempty"`
 }
 
 func (e *env) configFile() string {
@@ -104,7 +107,14 @@ func newContextCmd(e *env) *cobra.Command {
 				return err
 			}
 			if e.output == "json" {
-				return printJSON(e.out, cfg)
+				shown := config{Current: cfg.Current, Contexts: map[string]contextEntry{}}
+				for n, c := range cfg.Contexts {
+					if c.Token != "" {
+						c.Token = "[hidden]"
+					}
+					shown.Contexts[n] = c
+				}
+				return printJSON(e.out, shown)
 			}
 			var names []string
 			for n := range cfg.Contexts {

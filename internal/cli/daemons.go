@@ -77,6 +77,7 @@ func newAgentCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "", "address of the agent's API, e.g. 198.18.1.11:7700")
 	f.StringVar(&cfg.Advertise, "advertise", "", "URL the center uses to reach this agent (default http://LISTEN)")
 	f.StringVar(&cfg.Center, "center", "", "the center's URL, e.g. http://198.18.1.2:7443")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the API token sent with heartbeats (the center's DATA_DIR/agent-token)")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/godwit/agent", "directory for VM state")
 	f.StringArrayVar(&datastores, "datastore", nil, "a datastore: NAME=PATH (repeatable)")
 	f.StringArrayVar(&networks, "network", nil, "a VM network: NAME=BRIDGE (repeatable)")

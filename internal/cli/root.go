@@ -77,29 +77,55 @@ func newRoot(e *env) *cobra.Command {
 		}
 		return nil
 	}
-	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e), newProbeCmd(e), newMigrationCmd(e), newAuditCmd(e), newTaskCmd(e))
+	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e), newProbeCmd(e), newMigrationCmd(e), newAuditCmd(e), newTaskCmd(e),
+		newLoginCmd(e), newUserCmd(e), newTokenCmd(e))
 	return root
 }
 
 // client returns an API client for the center chosen by --server, $GODWIT_SERVER or the
-// current context.
+// current context. It sends the token of $GODWIT_TOKEN, else the one `godwit login`
+// stored in the current context when that context is the center chosen.
 func (e *env) client() (*api.Client, error) {
-	server := e.server
+	server, token, err := e.target()
+	if err != nil {
+		return nil, err
+	}
+	c, err := api.NewClient(server, e.timeout)
+	if err != nil {
+		return nil, err
+	}
+	if token != "" {
+		c = c.WithHeader("Authorization", "Bearer "+token)
+	}
+	return c, nil
+}
+
+// target returns the center's URL and the token to send it (empty: none).
+func (e *env) target() (server, token string, err error) {
+	server = e.server
 	if server == "" {
 		server = os.Getenv("GODWIT_SERVER")
 	}
-	if server == "" {
-		cfg, err := loadConfig(e.configFile())
-		if err != nil {
-			return nil, err
-		}
-		ctx, ok := cfg.Contexts[cfg.Current]
-		if !ok {
-			return nil, errors.New("no center is configured: run `godwit lab up`, pass --server, or set GODWIT_SERVER")
-		}
-		server = ctx.Server
+	var cur contextEntry
+	var ok bool
+	if cfg, err := loadConfig(e.configFile()); err == nil {
+		cur, ok = cfg.Contexts[cfg.Current]
+	} else if server == "" {
+		return "", "", err
 	}
-	return api.NewClient(server, e.timeout)
+	if server == "" {
+		if !ok {
+			return "", "", errors.New("no center is configured: run `godwit lab up`, pass --server, or set GODWIT_SERVER")
+		}
+		server = cur.Server
+	}
+	if t := os.Getenv("GODWIT_TOKEN"); t != "" {
+		return server, t, nil
+	}
+	if ok && cur.Server == server {
+		token = cur.Token
+	}
+	return server, token, nil
 }
 
 func (e *env) logger() *slog.Logger {

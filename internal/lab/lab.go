@@ -315,6 +315,7 @@ func plan(o Options, k int) *Lab {
 				"--name", h.Name,
 				"--listen", addr(k, 10+i, agentPort),
 				"--center", l.CenterURL,
+				"--token-file", filepath.Join(dir, "center", "agent-token"),
 				"--state-dir", h.StateDir,
 				"--datastore", datastoreName + "=" + l.Datastore,
 				"--network", networkName + "=" + hostBridge,
@@ -382,6 +383,18 @@ func (l *Lab) build(ctx context.Context, o Options) error {
 	for i := range l.Daemons {
 		if err := l.start(i); err != nil {
 			return err
+		}
+		// The center serves before the agents start: by then it has written the
+		// agent token (DATA_DIR/agent-token) that they send with their heartbeats.
+		// A center that does not serve within the ready timeout is left to waitReady
+		// to report, with the logs.
+		if d := l.daemon(i); d.Target == "center" {
+			wctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
+			err := l.waitServing(wctx, d)
+			cancel()
+			if err != nil && ctx.Err() != nil {
+				return err
+			}
 		}
 	}
 	if err := l.waitReady(ctx, o.ReadyTimeout); err != nil {

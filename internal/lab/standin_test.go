@@ -161,6 +161,7 @@ func standInAgent(ctx context.Context, args []string) error {
 	stateDir := fs.String("state-dir", "", "")
 	datastore := fs.String("datastore", "", "")
 	network := fs.String("network", "", "")
+	fs.String("token-file", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -95,6 +95,21 @@ CREATE TABLE IF NOT EXISTS ip_cursor (
 	network TEXT PRIMARY KEY,
 	last TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS users (
+	name TEXT PRIMARY KEY,
+	role TEXT NOT NULL,
+	password_hash TEXT NOT NULL DEFAULT '',
+	created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+	id TEXT PRIMARY KEY,
+	user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+	secret_sha256 TEXT NOT NULL,
+	created TEXT NOT NULL,
+	expires TEXT NOT NULL DEFAULT '',
+	revoked TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user);
 `
 
 // Open opens (creating if needed) the database at path.

@@ -339,20 +339,24 @@ func (r *faultRun) verify(m api.Migration, mayComplete bool) {
 	}
 
 	// Nothing of the VM is left on the other host: no TAP, no state, not in its agent's list.
+	// The copy is torn down in steps (TAP, then state), so wait for all of them.
 	tap := netdev.TapName(r.vm.UUID, 0)
+	id16 := strings.ReplaceAll(r.vm.UUID, "-", "")[:16]
+	stateDir := filepath.Join(r.l.Dir(), off, "vms", id16)
 	var links string
+	var statErr error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		links, _, _ = r.l.Run("lab", "exec", "--name", r.l.Name, off, "--", "ip", "-o", "link", "show")
-		if !strings.Contains(links, tap) || time.Now().After(deadline) {
+		_, statErr = os.Stat(stateDir)
+		if (!strings.Contains(links, tap) && os.IsNotExist(statErr)) || time.Now().After(deadline) {
 			break
 		}
 	}
 	if strings.Contains(links, tap) {
 		t.Errorf("TAP %s of the VM is left on %s:\n%s", tap, off, links)
 	}
-	id16 := strings.ReplaceAll(r.vm.UUID, "-", "")[:16]
-	if _, err := os.Stat(filepath.Join(r.l.Dir(), off, "vms", id16)); !os.IsNotExist(err) {
-		t.Errorf("the VM's state directory is left on %s (stat: %v)", off, err)
+	if !os.IsNotExist(statErr) {
+		t.Errorf("the VM's state directory is left on %s (stat: %v)", off, statErr)
 	}
 	var sts []api.VMStatus
 	hc := r.l.HTTP("center")

@@ -1,0 +1,421 @@
+package center
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/store"
+)
+
+// Authentication and authorization.
+//
+// Passwords are stored as bcrypt hashes (golang.org/x/crypto/bcrypt, cost 10): the hash
+// carries its own salt and cost, comparison is constant-time, and the algorithm has no
+// parameters to get wrong — argon2id is stronger against GPUs but needs its own encoding
+// of salt and parameters, and logins here are rare enough that bcrypt's cost is no
+// burden. bcrypt reads at most 72 bytes, so longer passwords are refused, not truncated.
+//
+// API tokens are "gw_" + ID + "_" + SECRET: ID names the token's row, SECRET is 32
+// random bytes (base64url) of which only the SHA-256 is stored. A token is checked by
+// hashing the secret presented and comparing in constant time; a revoked or expired
+// token, or one whose user is gone, is refused.
+//
+// Over the unix socket (mode 0600) the kernel names the client's Unix user; root is
+// trusted as an administrator, as Docker's socket or Proxmox's root@pam are. Everyone
+// else presents a token (Authorization: Bearer) or a user and password (HTTP Basic).
+//
+// Gap: the center's calls to agents are not authenticated yet; mutual TLS with join
+// tokens will cover both directions.
+
+const (
+	// tokenPrefix starts every API token, so that a leaked one is recognisable.
+	tokenPrefix = "gw_"
+	// loginTokenLifetime is how long a token from POST /api/v1/login lasts.
+	loginTokenLifetime = 12 * time.Hour
+	// defaultTokenLifetime is how long a token from POST /api/v1/tokens lasts unless
+	// the request says otherwise.
+	defaultTokenLifetime = 12 * time.Hour
+	// minPassword and maxPassword bound a password's length in bytes (bcrypt reads 72).
+	minPassword, maxPassword = 8, 72
+	// passwordCost is bcrypt's work factor.
+	passwordCost = bcrypt.DefaultCost
+	// adminUser and agentUser are the users the center creates on first start.
+	adminUser, agentUser = "admin", "agent"
+	// AdminCredentialsFile and AgentTokenFile are the files, in the data directory,
+	// that the first start writes (mode 0600).
+	AdminCredentialsFile = "admin-credentials"
+	AgentTokenFile       = "agent-token"
+)
+
+// userName is what a user's name may look like.
+var userName = regexp.MustCompile(`^[a-z][a-z0-9._-]{0,63}$`)
+
+// roleRank orders the human roles; the agent role is apart from them.
+var roleRank = map[string]int{api.RoleViewer: 1, api.RoleOperator: 2, api.RoleAdmin: 3}
+
+// principal is who a request was authenticated as. A zero principal made no attempt;
+// err says why an attempt failed (tried then names who it claimed to be).
+type principal struct {
+	name  string // the user; empty for the in-process caller of Handler
+	role  string
+	kind  string // audit.KindUser or audit.KindToken
+	token string // the id of the token used, if any
+	err   error
+	tried string
+}
+
+type principalKey struct{}
+
+func principalOf(ctx context.Context) principal {
+	p, _ := ctx.Value(principalKey{}).(principal)
+	return p
+}
+
+// hashPassword returns the bcrypt hash of a password, refusing one too short or too long.
+func hashPassword(pw string) (string, error) {
+	if len(pw) < minPassword || len(pw) > maxPassword {
+		return "", api.BadRequest("a password must be %d to %d bytes long", minPassword, maxPassword)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), passwordCost)
+	if err != nil {
+		return "", fmt.Errorf("hash the password: %w", err)
+	}
+	return string(h), nil
+}
+
+// checkPassword reports whether pw matches the bcrypt hash; an empty hash (a user who
+// does not exist, or has no password) matches nothing but takes as long to refuse.
+func checkPassword(hash, pw string) bool {
+	if hash == "" {
+		// A hash of the same cost, so that a wrong user name is not told apart by time.
+		_ = bcrypt.CompareHashAndPassword([]byte("$2a$10$abcdefghijklmnopqrstuu5Xd9sKpHZUn4bV6vGb9N.3OKQq3yR5a"), []byte(pw))
+		return false
+	}
+	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(pw)) == nil
+}
+
+// newSecret returns n random bytes, base64url-encoded.
+func newSecret(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("read random bytes: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// hashSecret is the stored form of a token's secret.
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// splitToken parses a bearer token into its id and secret.
+func splitToken(tok string) (id, secret string, ok bool) {
+	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+	if !ok {
+		return "", "", false
+	}
+	id, secret, ok = strings.Cut(rest, "_")
+	if !ok || len(id) != 16 || secret == "" {
+		return "", "", false
+	}
+	if _, err := hex.DecodeString(id); err != nil {
+		return "", "", false
+	}
+	return id, secret, true
+}
+
+// issueToken creates a token for user, valid for life (0: forever), and returns it with
+// its secret, which is not stored.
+func (c *Center) issueToken(ctx context.Context, u store.UserRecord, life time.Duration) (api.Token, error) {
+	idb := make([]byte, 8)
+	if _, err := rand.Read(idb); err != nil {
+		return api.Token{}, fmt.Errorf("read random bytes: %w", err)
+	}
+	id := hex.EncodeToString(idb)
+	secret, err := newSecret(32)
+	if err != nil {
+		return api.Token{}, err
+	}
+	now := c.now().UTC()
+	rec := store.TokenRecord{ID: id, User: u.Name, SecretSHA256: hashSecret(secret), Created: now}
+	t := api.Token{ID: id, User: u.Name, Role: u.Role, Created: now, Secret: tokenPrefix + id + "_" + secret}
+	if life > 0 {
+		rec.Expires = now.Add(life)
+		t.Expires = &rec.Expires
+	}
+	if err := c.store.InsertToken(ctx, rec); err != nil {
+		return api.Token{}, err
+	}
+	return t, nil
+}
+
+// verifyToken returns the user a bearer token belongs to, or an error saying why it is
+// refused.
+func (c *Center) verifyToken(ctx context.Context, tok string) (store.UserRecord, store.TokenRecord, error) {
+	id, secret, ok := splitToken(tok)
+	if !ok {
+		return store.UserRecord{}, store.TokenRecord{}, errors.New("the bearer token is not a Godwit API token")
+	}
+	t, err := c.store.Token(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.UserRecord{}, t, errors.New("the API token is not known")
+	}
+	if err != nil {
+		return store.UserRecord{}, t, err
+	}
+	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(t.SecretSHA256)) != 1 {
+		return store.UserRecord{}, t, errors.New("the API token is not known")
+	}
+	u, err := c.store.User(ctx, t.User)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return u, t, fmt.Errorf("the user %s of the API token no longer exists", t.User)
+	case err != nil:
+		return u, t, err
+	case !t.Revoked.IsZero():
+		return u, t, errors.New("the API token has been revoked")
+	case !t.Expires.IsZero() && !c.now().Before(t.Expires):
+		return u, t, errors.New("the API token has expired")
+	}
+	return u, t, nil
+}
+
+// authenticate finds out who made r. It refuses nothing itself: authorize does, inside
+// the audit middleware, so that refusals are recorded.
+func (c *Center) authenticate(r *http.Request) principal {
+	h := r.Header.Get("Authorization")
+	if scheme, cred, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
+		u, t, err := c.verifyToken(r.Context(), strings.TrimSpace(cred))
+		if err != nil {
+			tried := audit.Anonymous
+			if t.User != "" {
+				tried = t.User
+			}
+			return principal{err: err, tried: tried, kind: audit.KindToken}
+		}
+		return principal{name: u.Name, role: u.Role, kind: audit.KindToken, token: t.ID}
+	}
+	if name, pw, ok := r.BasicAuth(); ok {
+		u, err := c.store.User(r.Context(), name)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return principal{err: err, tried: name, kind: audit.KindUser}
+		}
+		if !checkPassword(u.PasswordHash, pw) {
+			return principal{err: errors.New("the user or the password is wrong"), tried: name, kind: audit.KindUser}
+		}
+		return principal{name: u.Name, role: u.Role, kind: audit.KindUser}
+	}
+	if h != "" {
+		return principal{err: errors.New("the Authorization header is neither Bearer nor Basic"), tried: audit.Anonymous, kind: audit.KindUser}
+	}
+	if p := audit.Peer(r); p != nil && p.UID == 0 {
+		return principal{name: p.User, role: api.RoleAdmin, kind: audit.KindUser}
+	}
+	return principal{}
+}
+
+// withAuthentication puts who made each request in its context (see principalOf); with
+// trusted, every request is the in-process administrator (Handler, for tests).
+func (c *Center) withAuthentication(next http.Handler, trusted bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := principal{role: api.RoleAdmin}
+		if !trusted {
+			p = c.authenticate(r)
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+// authorize refuses a request its principal may not make: 401 without valid
+// credentials, 403 without the role. It runs inside the audit middleware and names the
+// actor — authenticated or merely claimed — for the trail.
+func (c *Center) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := principalOf(r.Context())
+		switch {
+		case p.name != "":
+			audit.SetActor(r.Context(), audit.Actor{Name: p.name, Kind: p.kind})
+		case p.tried != "":
+			audit.SetActor(r.Context(), audit.Actor{Name: p.tried, Kind: p.kind})
+		}
+		need := requiredRole(r.Method, r.URL.Path)
+		if need == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if p.err != nil || p.role == "" {
+			why := "this request needs credentials"
+			if p.err != nil {
+				why = "authentication failed: " + p.err.Error()
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer realm="godwit", Basic realm="godwit"`)
+			api.WriteError(w, api.Errorf(http.StatusUnauthorized, "unauthorized",
+				"%s; log in with `godwit login` (or send an API token as Authorization: Bearer)", why))
+			return
+		}
+		if !allows(p.role, need) {
+			who := "the in-process caller"
+			if p.name != "" {
+				who = "user " + p.name
+			}
+			api.WriteError(w, api.Errorf(http.StatusForbidden, "forbidden",
+				"%s %s needs the %s role, and %s has the %s role; ask an administrator", r.Method, r.URL.Path, need, who, p.role))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requiredRole is the role a request needs; "" means none (logging in).
+func requiredRole(method, path string) string {
+	seg := strings.Split(strings.TrimPrefix(path, "/api/v1/"), "/")
+	read := method == http.MethodGet || method == http.MethodHead
+	switch {
+	case method == http.MethodPost && path == "/api/v1/login":
+		return ""
+	case method == http.MethodPost && path == "/api/v1/hosts/heartbeat":
+		return api.RoleAgent
+	case method == http.MethodPost && path == "/api/v1/tokens",
+		method == http.MethodDelete && len(seg) == 2 && seg[0] == "tokens":
+		// Anyone signed in manages their own tokens; the handlers check whose.
+		return api.RoleViewer
+	case read && strings.HasPrefix(path, "/api/v1/") && (seg[0] == "users" || seg[0] == "tokens"):
+		return api.RoleAdmin
+	case read:
+		return api.RoleViewer
+	case method == http.MethodPost && len(seg) == 3 && seg[0] == "vms" && (seg[2] == "start" || seg[2] == "stop" || seg[2] == "migrate"),
+		method == http.MethodPost && len(seg) == 3 && (seg[0] == "migrations" || seg[0] == "tasks") && seg[2] == "cancel":
+		return api.RoleOperator
+	}
+	return api.RoleAdmin
+}
+
+// allows reports whether role may make a request that needs the role need.
+func allows(role, need string) bool {
+	if need == api.RoleAgent {
+		return role == api.RoleAgent || role == api.RoleAdmin
+	}
+	if role == api.RoleAgent {
+		return false
+	}
+	return roleRank[role] > 0 && roleRank[role] >= roleRank[need]
+}
+
+// bootstrap creates the first users when there are none: admin, with a random password
+// and an API token, and agent, with an API token for hosts' heartbeats. It writes them
+// to DATA_DIR/admin-credentials, and the agent token alone to DATA_DIR/agent-token, both
+// mode 0600; if the files cannot be written it removes the users again, so that the
+// next start tries anew rather than leave an administrator whose password nobody knows.
+// It does nothing once any user exists, so the files are never rewritten.
+func (c *Center) bootstrap(ctx context.Context) error {
+	users, err := c.store.Users(ctx)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return nil
+	}
+	pw, err := newSecret(18)
+	if err != nil {
+		return err
+	}
+	hash, err := hashPassword(pw)
+	if err != nil {
+		return err
+	}
+	now := c.now().UTC()
+	admin := store.UserRecord{Name: adminUser, Role: api.RoleAdmin, PasswordHash: hash, Created: now}
+	agent := store.UserRecord{Name: agentUser, Role: api.RoleAgent, Created: now}
+	for _, u := range []store.UserRecord{admin, agent} {
+		if err := c.store.InsertUser(ctx, u); err != nil {
+			return fmt.Errorf("create the first users: %w", err)
+		}
+	}
+	adminTok, err := c.issueToken(ctx, admin, 0)
+	if err == nil {
+		var agentTok api.Token
+		if agentTok, err = c.issueToken(ctx, agent, 0); err == nil {
+			creds := fmt.Sprintf("# Godwit center: the first administrator, written once on first start.\n"+
+				"# Keep this file secret; log in with `godwit login --user admin`.\n"+
+				"user: %s\npassword: %s\ntoken: %s\nagent-token: %s\n", admin.Name, pw, adminTok.Secret, agentTok.Secret)
+			err = writeSecretFile(filepath.Join(c.cfg.DataDir, AgentTokenFile), agentTok.Secret+"\n")
+			if err == nil {
+				err = writeSecretFile(filepath.Join(c.cfg.DataDir, AdminCredentialsFile), creds)
+			}
+		}
+	}
+	if err != nil {
+		// Without the file nobody knows the password: start again from no users.
+		_ = c.store.DeleteUser(context.WithoutCancel(ctx), admin.Name)
+		_ = c.store.DeleteUser(context.WithoutCancel(ctx), agent.Name)
+		return fmt.Errorf("create the first administrator: %w", err)
+	}
+	c.log.Info("created the first administrator and the agent token; the credentials are in a file only root can read",
+		"file", filepath.Join(c.cfg.DataDir, AdminCredentialsFile), "agent_token_file", filepath.Join(c.cfg.DataDir, AgentTokenFile))
+	return nil
+}
+
+// writeSecretFile writes data to path with mode 0600, replacing it atomically.
+func writeSecretFile(path, data string) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.WriteString(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// parseLifetime parses a token's lifetime: a Go duration, or a number of days ("30d");
+// "" is def, "0" and "never" mean no expiry.
+func parseLifetime(s string, def time.Duration) (time.Duration, error) {
+	switch s {
+	case "":
+		return def, nil
+	case "0", "never":
+		return 0, nil
+	}
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err == nil && n > 0 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, api.BadRequest("expires %q is not a duration: use 12h, 30d or never", s)
+	}
+	return d, nil
+}
