@@ -82,7 +82,7 @@ func TestValidateSpec(t *testing.T) {
 	write(t, filepath.Join(ds, "images/g/vmlinuz"), "k")
 	write(t, filepath.Join(ds, "images/g/initrd.img"), "i")
 	good := api.VMSpec{
-		Name: "v", UUID: "u", CPUs: 1, MemoryMiB: 512,
+		Name: "v", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", CPUs: 1, MemoryMiB: 512,
 		Boot:  api.Boot{Kernel: "[shared] images/g/vmlinuz", Initrd: "[shared] images/g/initrd.img"},
 		Disks: []api.Disk{{Datastore: "shared", Path: "vms/v/data.qcow2", Format: "qcow2", SizeMiB: 64}},
 		NICs:  []api.NIC{{Network: "lab", MAC: "02:67:77:00:00:01"}},
@@ -105,6 +105,9 @@ func TestValidateSpec(t *testing.T) {
 		"no size":         {func(s *api.VMSpec) { s.Disks[0].SizeMiB = 0 }, "give a size"},
 		"unknown network": {func(s *api.VMSpec) { s.NICs[0].Network = "wan" }, "no network"},
 		"bad MAC":         {func(s *api.VMSpec) { s.NICs[0].MAC = "02:67:77" }, "MAC"},
+		"path as UUID":    {func(s *api.VMSpec) { s.UUID = "../../../../.." }, "UUID"},
+		"NUL in UUID":     {func(s *api.VMSpec) { s.UUID = "0f8fad5b-d9cb-469f-a165-70867728950\x00" }, "UUID"},
+		"huge memory":     {func(s *api.VMSpec) { s.MemoryMiB = 1 << 62 }, "memory"},
 		"disk boot, none": {func(s *api.VMSpec) { s.Boot = api.Boot{FromDisk: true}; s.Disks = nil }, "no disk"},
 	}
 	for name, c := range cases {

@@ -434,6 +434,12 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 			return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
 		}
 	}
+	for _, o := range a.vms {
+		if o.spec.UUID == s.UUID {
+			a.mu.Unlock()
+			return api.IncomingReply{}, api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, s.UUID, o.spec.Name)
+		}
+	}
 	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID}
 	for _, i := range req.OwnedDisks {
 		if i >= 0 && i < len(s.Disks) {

@@ -59,10 +59,12 @@ func (a *Agent) validateSpec(s api.VMSpec) error {
 		return fmt.Errorf("the VM has no name")
 	case s.UUID == "":
 		return fmt.Errorf("VM %s has no UUID", s.Name)
-	case s.MemoryMiB <= 0:
-		return fmt.Errorf("VM %s: memory must be at least 1 MiB, not %d", s.Name, s.MemoryMiB)
-	case s.CPUs <= 0:
-		return fmt.Errorf("VM %s: it needs at least 1 vCPU, not %d", s.Name, s.CPUs)
+	case !canonicalUUID(s.UUID):
+		return fmt.Errorf("VM %s: UUID %q is not of the form 0f8fad5b-d9cb-469f-a165-70867728950e", s.Name, s.UUID)
+	case s.MemoryMiB <= 0 || s.MemoryMiB > maxMemoryMiB:
+		return fmt.Errorf("VM %s: memory must be between 1 and %d MiB, not %d", s.Name, maxMemoryMiB, s.MemoryMiB)
+	case s.CPUs <= 0 || s.CPUs > maxCPUs:
+		return fmt.Errorf("VM %s: it needs between 1 and %d vCPUs, not %d", s.Name, maxCPUs, s.CPUs)
 	}
 	if s.Boot.Kernel == "" && !s.Boot.FromDisk {
 		return fmt.Errorf("VM %s has nothing to boot: give a kernel (and initrd) or boot from a disk", s.Name)
@@ -109,4 +111,31 @@ func (a *Agent) validateSpec(s api.VMSpec) error {
 		}
 	}
 	return nil
+}
+
+// Bounds on what a spec may ask of a host.
+const (
+	maxMemoryMiB = 4 << 20 // 4 TiB
+	maxCPUs      = 1024
+)
+
+// canonicalUUID reports whether s is a UUID in its canonical lowercase or uppercase
+// 8-4-4-4-12 form. The UUID names the VM's state directory, so nothing else may pass.
+func canonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, r := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+	}
+	return true
 }

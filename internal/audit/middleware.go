@@ -151,6 +151,10 @@ func (l *Log) Middleware(next http.Handler, skip func(*http.Request) bool) http.
 		next.ServeHTTP(cw, r2)
 
 		rec := requestRecord(r2, n, tap, cw)
+		if rec.Actor == "" {
+			// e.g. a failed login naming no user: still recorded, as anonymous.
+			rec.Actor = "anonymous"
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 		defer cancel()
 		if _, err := l.Append(ctx, rec); err != nil {

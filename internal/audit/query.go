@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
@@ -60,6 +61,9 @@ func parseDays(s string) (time.Duration, error) {
 			v, err := strconv.ParseInt(n, 10, 32)
 			if err != nil {
 				return 0, fmt.Errorf("%q is not a duration", s)
+			}
+			if v < 0 || v > int64(math.MaxInt64/unit) {
+				return 0, fmt.Errorf("%q is too long: ages go back at most %d days", s, int64(math.MaxInt64/(24*time.Hour)))
 			}
 			return time.Duration(v) * unit, nil
 		}

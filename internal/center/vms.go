@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -570,7 +571,11 @@ func (c *Center) console(ctx context.Context, name, tail string) ([]byte, error)
 	var out []byte
 	p := "/agent/v1/vms/" + name + "/console"
 	if tail != "" {
-		p += "?tail=" + tail
+		n, err := strconv.ParseInt(tail, 10, 64)
+		if err != nil || n < 0 {
+			return nil, api.BadRequest("tail %q must be a number of bytes", tail)
+		}
+		p += "?tail=" + strconv.FormatInt(n, 10)
 	}
 	if err := cl.Do(ctx, http.MethodGet, p, nil, &out); err != nil {
 		return nil, hostError(h.Facts.Name, "read the console of "+name, err)
