@@ -276,7 +276,7 @@ func (a *Agent) release(v *vm, p *qemu.Process) {
 	}
 	_ = p.Close()
 	a.deleteTaps(v)
-	_ = os.RemoveAll(v.dir)
+	_ = v.removeDir()
 	a.mu.Lock()
 	if a.vms[v.spec.Name] == v {
 		delete(a.vms, v.spec.Name)
@@ -459,7 +459,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 			_ = p.Close()
 		}
 		a.deleteTaps(v)
-		_ = os.RemoveAll(dir)
+		_ = v.removeDir()
 		a.mu.Lock()
 		delete(a.vms, s.Name)
 		a.mu.Unlock()
@@ -655,7 +655,7 @@ func (a *Agent) dropIncoming(v *vm) {
 // forgetIncoming removes a VM copy that never ran here: its TAPs, state and record.
 func (a *Agent) forgetIncoming(v *vm) {
 	a.deleteTaps(v)
-	_ = os.RemoveAll(v.dir)
+	_ = v.removeDir()
 	a.mu.Lock()
 	if a.vms[v.spec.Name] == v {
 		delete(a.vms, v.spec.Name)

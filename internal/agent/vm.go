@@ -41,6 +41,10 @@ type vm struct {
 	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
 	// when QEMU resumed it.
 	resumedAt func() time.Time
+
+	// saveMu orders writes of vm.json with the removal of the directory (gone).
+	saveMu sync.Mutex
+	gone   bool
 }
 
 // persisted is what vm.json keeps across agent restarts.
@@ -67,6 +71,11 @@ func (a *Agent) vmDir(uuid string) (string, error) {
 }
 
 func (v *vm) save() error {
+	v.saveMu.Lock()
+	defer v.saveMu.Unlock()
+	if v.gone {
+		return nil
+	}
 	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Outgoing: v.outgoing}, "", "  ")
 	if err != nil {
 		return err
@@ -76,6 +85,15 @@ func (v *vm) save() error {
 		return fmt.Errorf("save VM %s: %w", v.spec.Name, err)
 	}
 	return os.Rename(tmp, filepath.Join(v.dir, "vm.json"))
+}
+
+// removeDir deletes the VM's state directory for good: no save that races with it (the
+// process watcher saves on exit) can bring a file back.
+func (v *vm) removeDir() error {
+	v.saveMu.Lock()
+	defer v.saveMu.Unlock()
+	v.gone = true
+	return os.RemoveAll(v.dir)
 }
 
 func (a *Agent) get(name string) (*vm, error) {
@@ -149,7 +167,7 @@ func (a *Agent) Define(ctx context.Context, spec api.VMSpec) (api.VMStatus, bool
 		for _, p := range v.owned {
 			_ = os.Remove(p)
 		}
-		_ = os.RemoveAll(dir)
+		_ = v.removeDir()
 		a.mu.Lock()
 		delete(a.vms, spec.Name)
 		a.mu.Unlock()
@@ -382,7 +400,7 @@ func (a *Agent) Delete(ctx context.Context, name string) error {
 		}
 		_ = os.Remove(filepath.Dir(p)) // the VM's folder on the datastore, if now empty
 	}
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := v.removeDir(); err != nil {
 		return fmt.Errorf("delete state of VM %s: %w", name, err)
 	}
 	a.mu.Lock()
