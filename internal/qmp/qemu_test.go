@@ -85,12 +85,18 @@ func dial(t *testing.T, q *testQEMU) *Monitor {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	m, err := Dial(ctx, q.socket)
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
+	// QEMU creates the socket file a moment before it listens on it.
+	for {
+		m, err := Dial(ctx, q.socket)
+		if err == nil {
+			t.Cleanup(func() { m.Close() })
+			return m
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
+			t.Fatalf("Dial: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	t.Cleanup(func() { m.Close() })
-	return m
 }
 
 // tctx returns a context that ends with the test or after d.
