@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -241,12 +242,17 @@ func (c *Center) listMigrations(ctx context.Context, vm string) ([]api.Migration
 	if err != nil {
 		return nil, err
 	}
-	for i := range ms {
-		if v, ok := c.live.Load(ms[i].ID); ok {
-			ms[i] = v.(api.Migration)
+	return withLive(ms, func(m api.Migration) string { return m.ID }, &c.live), nil
+}
+
+// withLive replaces stored records by the newer views kept in live, keyed by id.
+func withLive[T any](recs []T, id func(T) string, live *sync.Map) []T {
+	for i := range recs {
+		if v, ok := live.Load(id(recs[i])); ok {
+			recs[i] = v.(T)
 		}
 	}
-	return ms, nil
+	return recs
 }
 
 func (c *Center) cancelMigration(ctx context.Context, id string) (api.Migration, error) {

@@ -202,12 +202,7 @@ func (c *Center) listTasks(ctx context.Context, f store.TaskFilter) ([]api.Task,
 	if err != nil {
 		return nil, err
 	}
-	for i := range ts {
-		if v, ok := c.activeTasks.Load(ts[i].ID); ok {
-			ts[i] = v.(api.Task)
-		}
-	}
-	return ts, nil
+	return withLive(ts, func(t api.Task) string { return t.ID }, &c.activeTasks), nil
 }
 
 // cancelTask cancels an active task: a migration through its safe cancel (the VM stays

@@ -346,3 +346,14 @@ func (l *Lab) Shape(target, rate string) {
 		l.t.Fatalf("shape the link of %s to %s: %v", target, rate, err)
 	}
 }
+
+// Main is a TestMain for packages whose tests bring up labs: it checks the
+// prerequisites (see Require), sets *home to the run's GODWIT_HOME, runs the tests,
+// removes the home and exits with the tests' status.
+func Main(m *testing.M, home *string) {
+	h, cleanup := Require()
+	*home = h
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}

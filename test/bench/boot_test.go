@@ -4,7 +4,6 @@ package bench
 
 import (
 	"fmt"
-	"os"
 	"sort"
 	"testing"
 	"time"
@@ -15,13 +14,7 @@ import (
 
 var home string
 
-func TestMain(m *testing.M) {
-	h, cleanup := labtest.Require()
-	home = h
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { labtest.Main(m, &home) }
 
 // BenchmarkCreateToHTTP measures the time from `godwit vm create` to the 512 MiB test
 // guest answering HTTP from the client namespace, five times, and reports the median.

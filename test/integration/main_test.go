@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"os"
 	"testing"
 
 	"github.com/godwit/godwit/internal/labtest"
@@ -11,12 +10,6 @@ import (
 var home string
 
 // TestMain refuses to run without what the tests need, rather than skipping.
-func TestMain(m *testing.M) {
-	h, cleanup := labtest.Require()
-	home = h
-	code := m.Run()
-	cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { labtest.Main(m, &home) }
 
 func newLab(t *testing.T, hosts int) *labtest.Lab { return labtest.New(t, home, hosts) }
