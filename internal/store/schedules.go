@@ -1,0 +1,4 @@
+package store
+
+// schedulesSchema holds the tables of scheduled migrations.
+const schedulesSchema = ``
