@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/netdev"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qemu"
 )
 
@@ -35,10 +37,13 @@ type Config struct {
 	Advertise string
 	// Center is the center's URL.
 	Center string
-	// TokenFile holds the API token the agent sends with its heartbeats (the center
-	// writes one to its data directory, agent-token, on first start); empty: none. It is
-	// read for each heartbeat, so it may appear after the agent starts.
-	TokenFile string
+	// JoinToken is the one-time token with which a host that has no certificate yet
+	// joins the cluster; CAFingerprint ("sha256:…") or CAFile names the cluster's CA, so
+	// that the agent knows it joins the right center. All three are needed only once:
+	// afterwards the host's identity is in StateDir/pki.
+	JoinToken     string
+	CAFingerprint string
+	CAFile        string
 	// StateDir keeps one directory per VM (spec, QMP socket, console log, pid file).
 	StateDir string
 	// Datastores maps a datastore name to its mount path.
@@ -66,7 +71,9 @@ type Config struct {
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
-	center  *api.Client
+	center  *api.Client // set by Run, once the agent has its identity
+	id      *pki.Identity
+	trust   *trust
 	version string
 	boot    time.Time
 	metrics *metrics.Agent
@@ -102,7 +109,13 @@ func New(cfg Config, version string) (*Agent, error) {
 		return nil, errors.New("the agent needs an address to listen on (--listen)")
 	}
 	if cfg.Advertise == "" {
-		cfg.Advertise = "http://" + cfg.Listen
+		cfg.Advertise = "https://" + cfg.Listen
+	}
+	if !strings.HasPrefix(cfg.Advertise, "https://") {
+		return nil, fmt.Errorf("--advertise %q must be an https:// URL: agents serve only over TLS", cfg.Advertise)
+	}
+	if !strings.HasPrefix(cfg.Center, "https://") {
+		return nil, fmt.Errorf("--center %q must be an https:// URL (the center's TCP address serves TLS only)", cfg.Center)
 	}
 	if cfg.QEMU == "" {
 		cfg.QEMU = "qemu-system-x86_64"
@@ -127,27 +140,22 @@ func New(cfg Config, version string) (*Agent, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "vms"), 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	c, err := api.NewClient(cfg.Center, 10*time.Second)
-	if err != nil {
-		return nil, fmt.Errorf("center: %w", err)
-	}
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Log.With("host", cfg.Name), center: c, version: version,
+		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
 		migrations: map[string]*outgoing{},
 	}
+	a.trust = newTrust(a.pkiDir())
+	var err error
 	a.metrics, err = metrics.NewAgent(metrics.AgentConfig{Registry: cfg.Registry, VMs: a.statuses, Accel: a.accelInUse, Log: a.log})
 	if err != nil {
 		return nil, fmt.Errorf("agent metrics: %w", err)
 	}
 	return a, nil
 }
-
-// Handler returns the agent's HTTP API.
-func (a *Agent) Handler() http.Handler { return a.routes() }
 
 // accelInUse is the accelerator the probe chose, or "" while it runs.
 func (a *Agent) accelInUse() string {
@@ -167,6 +175,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("QEMU at %s does not run; install it (make deps): %w", a.cfg.QEMU, err)
 	}
 	a.qemuVer = ver
+	if err := a.ensureIdentity(ctx); err != nil {
+		return err
+	}
+	if a.center, err = api.NewClient(a.cfg.Center, 10*time.Second, api.WithTLS(a.id.Client(pki.CenterName))); err != nil {
+		return fmt.Errorf("center: %w", err)
+	}
 	for name, br := range a.cfg.Networks {
 		if err := netdev.EnsureBridge(br); err != nil {
 			return fmt.Errorf("network %s: %w", name, err)
@@ -187,7 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.probeAccel(bgCtx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver)
-	runErr := api.Serve(ctx, a.routes(), ln)
+	runErr := api.Serve(ctx, a.authenticate(a.routes()), tls.NewListener(ln, a.id.Server()))
 	stopBG()
 	wg.Wait()
 	a.wg.Wait()
@@ -340,19 +354,18 @@ func (a *Agent) kick() {
 	}
 }
 
-// sendHeartbeat sends one heartbeat, with the token of TokenFile if one is configured.
+// sendHeartbeat sends one heartbeat, with the requests refused since the last one, and
+// takes the center's list of revoked certificates from the answer.
 func (a *Agent) sendHeartbeat(ctx context.Context) error {
-	c := a.center
-	if a.cfg.TokenFile != "" {
-		b, err := os.ReadFile(a.cfg.TokenFile)
-		if err != nil {
-			return fmt.Errorf("read the center's token (--token-file): %w", err)
-		}
-		tok := strings.TrimSpace(string(b))
-		if tok == "" {
-			return fmt.Errorf("the token file %s is empty; copy the center's agent-token into it", a.cfg.TokenFile)
-		}
-		c = c.WithHeader("Authorization", "Bearer "+tok)
+	f := a.Facts()
+	f.Refusals = a.trust.takeRefusals()
+	var rep api.HeartbeatReply
+	if err := a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", f, &rep); err != nil {
+		a.trust.putBack(f.Refusals)
+		return err
 	}
-	return c.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", a.Facts(), nil)
+	if err := a.trust.setRevoked(rep.RevokedSerials); err != nil {
+		a.log.Warn("could not keep the revoked certificates on disk", "err", err)
+	}
+	return nil
 }

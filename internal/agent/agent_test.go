@@ -13,7 +13,7 @@ func testAgent(t *testing.T) (*Agent, string) {
 	t.Helper()
 	ds := t.TempDir()
 	a, err := New(Config{
-		Name: "host-1", Center: "http://198.18.1.2:7443", Listen: "198.18.1.11:7700",
+		Name: "host-1", Center: "https://198.18.1.2:7443", Listen: "198.18.1.11:7700",
 		StateDir: t.TempDir(), Datastores: map[string]string{"shared": ds}, Networks: map[string]string{"lab": "br0"},
 	}, "test")
 	if err != nil {
@@ -33,13 +33,15 @@ func write(t *testing.T, path, data string) {
 }
 
 func TestNewRefusesBadConfig(t *testing.T) {
-	base := Config{Name: "h", Center: "http://x", Listen: "198.18.1.11:1", StateDir: t.TempDir()}
+	base := Config{Name: "h", Center: "https://x", Listen: "198.18.1.11:1", StateDir: t.TempDir()}
 	cases := map[string]func(*Config){
 		"no name":            func(c *Config) { c.Name = "" },
 		"no center":          func(c *Config) { c.Center = "" },
 		"bad accel":          func(c *Config) { c.Accel = "fast" },
 		"missing datastore":  func(c *Config) { c.Datastores = map[string]string{"d": "/nonexistent/ds"} },
 		"center not a URL":   func(c *Config) { c.Center = "ftp://x" },
+		"center not TLS":     func(c *Config) { c.Center = "http://x" },
+		"advertise not TLS":  func(c *Config) { c.Advertise = "http://198.18.1.11:1" },
 		"no state directory": func(c *Config) { c.StateDir = "" },
 	}
 	for name, change := range cases {

@@ -72,7 +72,7 @@ func newFuzzAgent(t testing.TB) *fuzzAgent {
 	fuzzWrite(t, filepath.Join(fa.ds, "disks/base.qcow2"), "not really qcow2")
 	fuzzWrite(t, filepath.Join(fa.ds, "disks/base.raw"), "raw")
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	fa.a, err = New(Config{Name: "h1", Center: "http://127.0.0.1:9", Listen: "127.0.0.1:7700",
+	fa.a, err = New(Config{Name: "h1", Center: "https://127.0.0.1:9", Listen: "127.0.0.1:7700",
 		StateDir: fa.state, Datastores: map[string]string{"shared": fa.ds}, Networks: map[string]string{"lab": "gwfz-nobr0"},
 		QEMU: "/nonexistent/qemu-system-x86_64", Accel: "tcg", Registry: prometheus.NewRegistry(), Log: quiet}, "fuzz")
 	if err != nil {
@@ -93,7 +93,7 @@ func newFuzzAgent(t testing.TB) *fuzzAgent {
 	}
 	fa.consoleB = []byte("SeaBIOS (version 1.16)\nBooting from ROM...\nLinux version 6.1\nkeep login: \n")
 	fuzzWrite(t, filepath.Join(fa.keepDir, "console.log"), string(fa.consoleB))
-	fa.h = fa.a.Handler()
+	fa.h = fa.a.routes() // the API behind authentication (tested with real certificates in the lab)
 	return fa
 }
 

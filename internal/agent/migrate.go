@@ -142,8 +142,9 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	return o.snapshot(), nil
 }
 
-func (a *Agent) destination(url string) (*api.Client, error) {
-	return api.NewClient(url, 2*time.Minute)
+// destination returns a client for a migration's destination host.
+func (a *Agent) destination(name, url string) (*api.Client, error) {
+	return a.peer(name, url, 2*time.Minute)
 }
 
 // runOutgoing prepares the destination, runs the migration and settles the outcome:
@@ -185,7 +186,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		go a.kick()
 	}()
 
-	dest, err := a.destination(req.DestinationURL)
+	dest, err := a.destination(req.Destination, req.DestinationURL)
 	if err != nil {
 		fail(api.MigrationFailed, err.Error())
 		return
@@ -507,7 +508,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 	}
 	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
 	a.watch(v, p)
-	a.guardIncoming(v, p, req.ID, req.SourceURL)
+	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri)
 	return api.IncomingReply{URI: uri}, nil
 }
@@ -700,7 +701,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 		log := a.log.With("vm", v.spec.Name, "migration", rec.ID)
 		v.op.Lock()
 		defer v.op.Unlock()
-		dest, err := a.destination(rec.DestinationURL)
+		dest, err := a.destination(rec.Destination, rec.DestinationURL)
 		if err != nil {
 			log.Error("cannot settle the migration", "err", err)
 			return
@@ -776,11 +777,11 @@ const incomingPatience = 60 * time.Second
 // ended without it, or cannot be reached for incomingPatience while the copy still does
 // not run. So no copy is left waiting forever, whatever happened to the source or the
 // network between the hosts.
-func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, sourceURL string) {
+func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL string) {
 	if sourceURL == "" {
 		return
 	}
-	src, err := api.NewClient(sourceURL, 5*time.Second)
+	src, err := a.peer(source, sourceURL, 5*time.Second)
 	if err != nil {
 		return
 	}

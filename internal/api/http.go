@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -139,13 +140,25 @@ func (c *Client) addHeaders(req *http.Request) {
 	}
 }
 
+// ClientOption adjusts a Client as NewClient makes it.
+type ClientOption func(*http.Transport)
+
+// WithTLS makes the client use cfg for https servers (the cluster's CA, the name the
+// server must have, the client's own certificate).
+func WithTLS(cfg *tls.Config) ClientOption {
+	return func(tr *http.Transport) { tr.TLSClientConfig = cfg }
+}
+
 // NewClient returns a client for the server at base.
-func NewClient(base string, timeout time.Duration) (*Client, error) {
+func NewClient(base string, timeout time.Duration, opts ...ClientOption) (*Client, error) {
 	u, err := url.Parse(base)
 	if err != nil {
 		return nil, fmt.Errorf("server address %q is not a URL: %w", base, err)
 	}
-	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second}
+	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: 30 * time.Second, ForceAttemptHTTP2: true}
+	for _, o := range opts {
+		o(tr)
+	}
 	switch u.Scheme {
 	case "http", "https":
 		return &Client{base: strings.TrimRight(base, "/"), hc: &http.Client{Transport: tr, Timeout: timeout}}, nil

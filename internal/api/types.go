@@ -181,6 +181,8 @@ type HostFacts struct {
 	HealthReason string      `json:"health_reason,omitempty"`
 	VMs          []VMStatus  `json:"vms"`
 	BootTime     time.Time   `json:"boot_time"`
+	// Refusals are the requests the agent refused since its last heartbeat.
+	Refusals []AgentRefusal `json:"refusals,omitempty"`
 }
 
 // Host is a host as the center reports it.
@@ -403,4 +405,85 @@ type Token struct {
 	Created time.Time  `json:"created"`
 	Expires *time.Time `json:"expires,omitempty"`
 	Secret  string     `json:"secret,omitempty"`
+}
+
+// CAInfo is the cluster's CA certificate, GET /api/v1/pki/ca (public).
+type CAInfo struct {
+	// Certificate is PEM.
+	Certificate string `json:"certificate"`
+	// Fingerprint is "sha256:" and the hex SHA-256 of its DER bytes.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// CreateJoinTokenRequest is the body of POST /api/v1/join-tokens. Host, when set, is the
+// only host name that may join with the token; Expires is a duration ("1h", default 1h).
+type CreateJoinTokenRequest struct {
+	Host    string `json:"host,omitempty"`
+	Expires string `json:"expires,omitempty"`
+}
+
+// JoinToken is a one-time token with which a host joins the cluster. Secret is the whole
+// token, shown once when it is created.
+type JoinToken struct {
+	ID        string     `json:"id"`
+	Host      string     `json:"host,omitempty"`
+	Created   time.Time  `json:"created"`
+	CreatedBy string     `json:"created_by"`
+	Expires   time.Time  `json:"expires"`
+	Used      *time.Time `json:"used,omitempty"`
+	UsedBy    string     `json:"used_by,omitempty"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+	Secret    string     `json:"secret,omitempty"`
+	// CAFingerprint pins the center's CA for the joining agent (--ca-fingerprint).
+	CAFingerprint string `json:"ca_fingerprint"`
+}
+
+// JoinRequest is the body of POST /api/v1/hosts/join: a host's name, its one-time join
+// token, and a certificate signing request (PEM) for the key it generated.
+type JoinRequest struct {
+	Name  string `json:"name"`
+	Token string `json:"token"`
+	CSR   string `json:"csr"`
+}
+
+// JoinReply is the certificate a joining host receives, with the cluster's CA (PEM).
+type JoinReply struct {
+	Certificate string    `json:"certificate"`
+	CA          string    `json:"ca"`
+	Serial      string    `json:"serial"`
+	Expires     time.Time `json:"expires"`
+}
+
+// Certificate is a certificate the cluster's CA issued.
+type Certificate struct {
+	Serial        string     `json:"serial"`
+	Name          string     `json:"name"`
+	Kind          string     `json:"kind"`
+	NotBefore     time.Time  `json:"not_before"`
+	NotAfter      time.Time  `json:"not_after"`
+	Revoked       *time.Time `json:"revoked,omitempty"`
+	RevokedReason string     `json:"revoked_reason,omitempty"`
+}
+
+// RevokeRequest is the body of POST /api/v1/hosts/{name}/revoke.
+type RevokeRequest struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// HeartbeatReply is the center's answer to a heartbeat: the serials of the revoked
+// certificates, which agents refuse from then on.
+type HeartbeatReply struct {
+	RevokedSerials []string `json:"revoked_serials"`
+}
+
+// AgentRefusal is a request an agent refused (a bad certificate, the wrong peer); agents
+// report them in heartbeats and the center writes them to the audit trail.
+type AgentRefusal struct {
+	Time   time.Time `json:"time"`
+	From   string    `json:"from"`
+	Method string    `json:"method"`
+	Path   string    `json:"path"`
+	// Subject is the name the client's certificate claimed, if any.
+	Subject string `json:"subject,omitempty"`
+	Reason  string `json:"reason"`
 }

@@ -31,6 +31,7 @@ const (
 	KindSchedule   = "schedule"   // a scheduled task
 	KindAutomation = "automation" // the center acting on its own to carry a request through
 	KindSystem     = "system"     // the center's own housekeeping
+	KindHost       = "host"       // a host's agent, known by its certificate
 )
 
 // Outcomes.
@@ -146,6 +147,9 @@ func optFloat(f *float64) string {
 
 // encodeParams turns parameters into the stored JSON object: keys sorted, empty values
 // left out, "{}" when there are none.
+// EncodeParams encodes a record's parameters the way the trail stores them.
+func EncodeParams(p map[string]any) (json.RawMessage, error) { return encodeParams(p) }
+
 func encodeParams(p map[string]any) (json.RawMessage, error) {
 	clean := make(map[string]any, len(p))
 	for k, v := range p {

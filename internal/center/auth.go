@@ -41,8 +41,8 @@ import (
 // trusted as an administrator, as Docker's socket or Proxmox's root@pam are. Everyone
 // else presents a token (Authorization: Bearer) or a user and password (HTTP Basic).
 //
-// Gap: the center's calls to agents are not authenticated yet; mutual TLS with join
-// tokens will cover both directions.
+// Hosts' agents are known by their certificates (mutual TLS, see pki.go): a request
+// over TLS with a valid host certificate acts as that host, with the agent role.
 
 const (
 	// tokenPrefix starts every API token, so that a leaked one is recognisable.
@@ -56,12 +56,11 @@ const (
 	minPassword, maxPassword = 8, 72
 	// passwordCost is bcrypt's work factor.
 	passwordCost = bcrypt.DefaultCost
-	// adminUser and agentUser are the users the center creates on first start.
-	adminUser, agentUser = "admin", "agent"
-	// AdminCredentialsFile and AgentTokenFile are the files, in the data directory,
-	// that the first start writes (mode 0600).
+	// adminUser is the user the center creates on first start.
+	adminUser = "admin"
+	// AdminCredentialsFile is the file, in the data directory, that the first start
+	// writes (mode 0600).
 	AdminCredentialsFile = "admin-credentials"
-	AgentTokenFile       = "agent-token"
 )
 
 // userName is what a user's name may look like.
@@ -201,6 +200,13 @@ func (c *Center) verifyToken(ctx context.Context, tok string) (store.UserRecord,
 // authenticate finds out who made r. It refuses nothing itself: authorize does, inside
 // the audit middleware, so that refusals are recorded.
 func (c *Center) authenticate(r *http.Request) principal {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		name, err := c.verifyHost(r.Context(), r.TLS.PeerCertificates)
+		if err != nil {
+			return principal{err: err, tried: r.TLS.PeerCertificates[0].Subject.CommonName, kind: audit.KindHost}
+		}
+		return principal{name: name, role: api.RoleAgent, kind: audit.KindHost}
+	}
 	h := r.Header.Get("Authorization")
 	if scheme, cred, ok := strings.Cut(h, " "); ok && strings.EqualFold(scheme, "Bearer") {
 		u, t, err := c.verifyToken(r.Context(), strings.TrimSpace(cred))
@@ -289,7 +295,10 @@ func requiredRole(method, path string) string {
 	seg := strings.Split(strings.TrimPrefix(path, "/api/v1/"), "/")
 	read := method == http.MethodGet || method == http.MethodHead
 	switch {
-	case method == http.MethodPost && path == "/api/v1/login":
+	case method == http.MethodPost && path == "/api/v1/login",
+		method == http.MethodPost && path == "/api/v1/hosts/join",
+		read && path == "/api/v1/pki/ca":
+		// Logging in and joining carry their own credentials; the CA certificate is public.
 		return ""
 	case method == http.MethodPost && path == "/api/v1/hosts/heartbeat":
 		return api.RoleAgent
@@ -297,7 +306,7 @@ func requiredRole(method, path string) string {
 		method == http.MethodDelete && len(seg) == 2 && seg[0] == "tokens":
 		// Anyone signed in manages their own tokens; the handlers check whose.
 		return api.RoleViewer
-	case read && strings.HasPrefix(path, "/api/v1/") && (seg[0] == "users" || seg[0] == "tokens"):
+	case read && strings.HasPrefix(path, "/api/v1/") && (seg[0] == "users" || seg[0] == "tokens" || seg[0] == "join-tokens" || seg[0] == "certificates"):
 		return api.RoleAdmin
 	case read:
 		return api.RoleViewer
@@ -319,12 +328,12 @@ func allows(role, need string) bool {
 	return roleRank[role] > 0 && roleRank[role] >= roleRank[need]
 }
 
-// bootstrap creates the first users when there are none: admin, with a random password
-// and an API token, and agent, with an API token for hosts' heartbeats. It writes them
-// to DATA_DIR/admin-credentials, and the agent token alone to DATA_DIR/agent-token, both
-// mode 0600; if the files cannot be written it removes the users again, so that the
-// next start tries anew rather than leave an administrator whose password nobody knows.
-// It does nothing once any user exists, so the files are never rewritten.
+// bootstrap creates the first administrator when there are no users: admin, with a
+// random password and an API token, written to DATA_DIR/admin-credentials (mode 0600).
+// If the file cannot be written it removes the user again, so that the next start tries
+// anew rather than leave an administrator whose password nobody knows. It does nothing
+// once any user exists, so the file is never rewritten. (Hosts need no credential from
+// here: they join with one-time join tokens and then use their certificates.)
 func (c *Center) bootstrap(ctx context.Context) error {
 	users, err := c.store.Users(ctx)
 	if err != nil {
@@ -341,35 +350,24 @@ func (c *Center) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	now := c.now().UTC()
-	admin := store.UserRecord{Name: adminUser, Role: api.RoleAdmin, PasswordHash: hash, Created: now}
-	agent := store.UserRecord{Name: agentUser, Role: api.RoleAgent, Created: now}
-	for _, u := range []store.UserRecord{admin, agent} {
-		if err := c.store.InsertUser(ctx, u); err != nil {
-			return fmt.Errorf("create the first users: %w", err)
-		}
+	admin := store.UserRecord{Name: adminUser, Role: api.RoleAdmin, PasswordHash: hash, Created: c.now().UTC()}
+	if err := c.store.InsertUser(ctx, admin); err != nil {
+		return fmt.Errorf("create the first administrator: %w", err)
 	}
 	adminTok, err := c.issueToken(ctx, admin, 0)
 	if err == nil {
-		var agentTok api.Token
-		if agentTok, err = c.issueToken(ctx, agent, 0); err == nil {
-			creds := fmt.Sprintf("# Godwit center: the first administrator, written once on first start.\n"+
-				"# Keep this file secret; log in with `godwit login --user admin`.\n"+
-				"user: %s\npassword: %s\ntoken: %s\nagent-token: %s\n", admin.Name, pw, adminTok.Secret, agentTok.Secret)
-			err = writeSecretFile(filepath.Join(c.cfg.DataDir, AgentTokenFile), agentTok.Secret+"\n")
-			if err == nil {
-				err = writeSecretFile(filepath.Join(c.cfg.DataDir, AdminCredentialsFile), creds)
-			}
-		}
+		creds := fmt.Sprintf("# Godwit center: the first administrator, written once on first start.\n"+
+			"# Keep this file secret; log in with `godwit login --user admin`.\n"+
+			"user: %s\npassword: %s\ntoken: %s\n", admin.Name, pw, adminTok.Secret)
+		err = writeSecretFile(filepath.Join(c.cfg.DataDir, AdminCredentialsFile), creds)
 	}
 	if err != nil {
 		// Without the file nobody knows the password: start again from no users.
 		_ = c.store.DeleteUser(context.WithoutCancel(ctx), admin.Name)
-		_ = c.store.DeleteUser(context.WithoutCancel(ctx), agent.Name)
 		return fmt.Errorf("create the first administrator: %w", err)
 	}
-	c.log.Info("created the first administrator and the agent token; the credentials are in a file only root can read",
-		"file", filepath.Join(c.cfg.DataDir, AdminCredentialsFile), "agent_token_file", filepath.Join(c.cfg.DataDir, AgentTokenFile))
+	c.log.Info("created the first administrator; the credentials are in a file only root can read",
+		"file", filepath.Join(c.cfg.DataDir, AdminCredentialsFile))
 	return nil
 }
 

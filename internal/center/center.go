@@ -7,6 +7,7 @@ package center
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/metrics"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/store"
 )
 
@@ -39,6 +41,9 @@ type Config struct {
 	// AuditRetention is how long audit records are kept; 0: audit.DefaultRetention;
 	// negative: forever.
 	AuditRetention time.Duration
+	// TLSNames are further DNS names or addresses for the center's certificate, for API
+	// clients that reach it by a name or address it does not listen on.
+	TLSNames []string
 	// Registry receives the center's metrics, served at GET /metrics; nil: a new one
 	// with the process's Go and process metrics.
 	Registry *prometheus.Registry
@@ -69,6 +74,11 @@ type Center struct {
 	// activeTasks holds the live view of each queued or running task (id → api.Task).
 	tasks       *broadcaster
 	activeTasks sync.Map
+
+	// ca is the cluster's certificate authority; identity is the center's own key and
+	// certificate, which it serves and presents to agents.
+	ca       *pki.CA
+	identity *pki.Identity
 }
 
 // New opens the center's database.
@@ -113,6 +123,10 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		st.Close()
 		return nil, err
 	}
+	if err := c.setupPKI(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -138,7 +152,7 @@ func (c *Center) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", c.cfg.Listen, err)
 		}
-		lns = append(lns, ln)
+		lns = append(lns, tls.NewListener(ln, c.serverTLS()))
 	}
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
@@ -160,7 +174,7 @@ func (c *Center) Run(ctx context.Context) error {
 		defer c.wg.Done()
 		c.trail.Retain(trimCtx, c.cfg.AuditRetention)
 	}()
-	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir)
+	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
 	runErr := api.Serve(ctx, c.routes(false), lns...)
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
@@ -168,10 +182,14 @@ func (c *Center) Run(ctx context.Context) error {
 	return runErr
 }
 
-// agent returns a client for a host's agent.
+// agent returns a client for a host's agent: over mutual TLS, expecting the host's own
+// certificate.
 func (c *Center) agent(h store.HostRecord, timeout time.Duration) (*api.Client, error) {
-	return api.NewClient(h.Facts.AgentURL, timeout)
+	return api.NewClient(h.Facts.AgentURL, timeout, api.WithTLS(c.agentTLS(h.Facts.Name)))
 }
+
+// CAFingerprint is the fingerprint of the cluster's CA.
+func (c *Center) CAFingerprint() string { return c.ca.Fingerprint() }
 
 func (c *Center) connected(h store.HostRecord) bool {
 	return c.now().Sub(h.LastHeartbeat) < c.cfg.HeartbeatTimeout

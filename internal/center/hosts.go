@@ -14,13 +14,32 @@ import (
 
 var hostName = nameRule("host")
 
-// heartbeat records a host's facts and takes the VM states it reports as observed state.
-func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) error {
+// heartbeat records a host's facts, takes the VM states it reports as observed state,
+// and answers with the revoked certificates.
+func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) (api.HeartbeatReply, error) {
+	var rep api.HeartbeatReply
+	if err := c.heartbeat1(ctx, f); err != nil {
+		return rep, err
+	}
+	var err error
+	rep.RevokedSerials, err = c.store.RevokedSerials(ctx, c.now())
+	if rep.RevokedSerials == nil {
+		rep.RevokedSerials = []string{}
+	}
+	return rep, err
+}
+
+// heartbeat1 saves a host's report and reconciles its VMs with it.
+func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	if err := hostName(f.Name); err != nil {
 		return err
 	}
 	if f.AgentURL == "" {
 		return api.BadRequest("heartbeat of host %s has no agent_url", f.Name)
+	}
+	if len(f.Refusals) > 0 {
+		c.recordRefusals(ctx, f.Name, f.Refusals)
+		f.Refusals = nil
 	}
 	now := c.now()
 	registered, err := c.store.SaveHeartbeat(ctx, f, now)

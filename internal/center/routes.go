@@ -23,11 +23,13 @@ func (c *Center) routes(trusted bool) http.Handler {
 			api.WriteError(w, err)
 			return
 		}
-		if err := c.heartbeat(r.Context(), f); err != nil {
-			api.WriteError(w, err)
+		if p := principalOf(r.Context()); p.kind == audit.KindHost && p.name != f.Name {
+			api.WriteError(w, api.Errorf(http.StatusForbidden, "forbidden",
+				"host %s sent a heartbeat in the name of host %s; a host reports only itself", p.name, f.Name))
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		rep, err := c.heartbeat(r.Context(), f)
+		writeResult(w, http.StatusOK, rep, err)
 	})
 	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
 		hosts, err := c.listHosts(r.Context())
@@ -155,6 +157,7 @@ func (c *Center) routes(trusted bool) http.Handler {
 	})
 	c.trail.Register(mux)
 	c.registerUsers(mux)
+	c.registerPKI(mux)
 	// Heartbeats are not recorded, unless refused.
 	heartbeat := func(r *http.Request) bool {
 		p := principalOf(r.Context())

@@ -42,7 +42,7 @@ func TestContexts(t *testing.T) {
 	if _, err := e.client(); err == nil || !strings.Contains(err.Error(), "lab up") {
 		t.Fatalf("client with no config: %v", err)
 	}
-	if err := e.setContext("lab-a", "unix:///tmp/a.sock"); err != nil {
+	if err := e.setContext("lab-a", "unix:///tmp/a.sock", ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.client(); err != nil {

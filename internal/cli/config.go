@@ -9,6 +9,8 @@ import (
 	"sort"
 
 	"github.com/spf13/cobra"
+
+	"github.com/godwit/godwit/internal/pki"
 )
 
 // config is the CLI's file: named contexts (center addresses) and the current one.
@@ -22,6 +24,8 @@ type config struct {
 type contextEntry struct {
 	Server string `json:"server"`
 	Token  string `json:"token,omitempty"`
+	// CA is the center's CA certificate (PEM), trusted for an https:// server.
+	CA string `json:"ca,omitempty"`
 }
 
 func (e *env) configFile() string {
@@ -68,14 +72,15 @@ func saveConfig(path string, cfg config) error {
 	return os.Rename(tmp, path)
 }
 
-// setContext records a context and makes it current.
-func (e *env) setContext(name, server string) error {
+// setContext records a context and makes it current; caPEM is the CA trusted for an
+// https:// server.
+func (e *env) setContext(name, server, caPEM string) error {
 	path := e.configFile()
 	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
 	}
-	cfg.Contexts[name] = contextEntry{Server: server}
+	cfg.Contexts[name] = contextEntry{Server: server, CA: caPEM}
 	cfg.Current = name
 	return saveConfig(path, cfg)
 }
@@ -112,6 +117,9 @@ func newContextCmd(e *env) *cobra.Command {
 					if c.Token != "" {
 						c.Token = "[hidden]"
 					}
+					if ca, err := pki.ParseCertPEM([]byte(c.CA)); err == nil {
+						c.CA = pki.Fingerprint(ca.Raw) // the fingerprint says more than the PEM
+					}
 					shown.Contexts[n] = c
 				}
 				return printJSON(e.out, shown)
@@ -147,9 +155,21 @@ func newContextCmd(e *env) *cobra.Command {
 		},
 	})
 	add := &cobra.Command{
-		Use: "add NAME SERVER", Short: "Add a context (a center's URL) and make it current", Args: cobra.ExactArgs(2),
+		Use:   "add NAME SERVER",
+		Short: "Add a context (a center's URL) and make it current",
+		Long: `Add a context (a center's URL) and make it current. For an https:// center, the CLI
+must trust the center's CA: pass --ca-file or --ca-fingerprint, or confirm the
+fingerprint at the terminal (trust on first use).`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.setContext(args[0], args[1])
+			var caPEM string
+			if isHTTPS(args[1]) {
+				var err error
+				if caPEM, err = e.trustCenter(cmd.Context(), args[1], cmd.InOrStdin()); err != nil {
+					return err
+				}
+			}
+			return e.setContext(args[0], args[1], caPEM)
 		},
 	}
 	cmd.AddCommand(add)

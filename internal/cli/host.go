@@ -12,7 +12,7 @@ import (
 )
 
 func newHostCmd(e *env) *cobra.Command {
-	cmd := &cobra.Command{Use: "host", Short: "List and show hypervisor hosts"}
+	cmd := &cobra.Command{Use: "host", Short: "Hypervisor hosts: list, show, join tokens and certificates"}
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Short: "List the hosts", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -74,6 +74,7 @@ func newHostCmd(e *env) *cobra.Command {
 				"VMs", fmt.Sprint(h.VMCount))
 		},
 	})
+	addHostPKICmds(e, cmd)
 	return cmd
 }
 

@@ -63,7 +63,7 @@ func newLabCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := e.setContext(labContext(l.Name), "unix://"+l.CenterSocket); err != nil {
+			if err := e.setContext(labContext(l.Name), "unix://"+l.CenterSocket, ""); err != nil {
 				return err
 			}
 			if e.output == "json" {

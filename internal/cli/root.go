@@ -28,6 +28,8 @@ type env struct {
 	output      string
 	configPath  string
 	timeout     time.Duration
+	// caFile and caFingerprint say which CA to trust for an https:// center (trust.go).
+	caFile, caFingerprint string
 }
 
 // Main runs the CLI with args and returns the exit code.
@@ -38,7 +40,7 @@ func Main(args []string) int {
 	root := newRoot(e)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(e.errOut, "error:", err)
+		fmt.Fprintln(e.errOut, "error:", explainTLS(err))
 		var ee *exitError
 		if errors.As(err, &ee) {
 			return ee.code
@@ -71,6 +73,8 @@ func newRoot(e *env) *cobra.Command {
 	pf.StringVarP(&e.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&e.configPath, "config", "", "CLI config file (default: $GODWIT_CONFIG or ~/.config/godwit/config.json)")
 	pf.DurationVar(&e.timeout, "timeout", 5*time.Minute, "how long to wait for the center to answer")
+	pf.StringVar(&e.caFile, "ca-file", "", "trust this CA certificate for an https:// center (its DATA_DIR/pki/ca.crt)")
+	pf.StringVar(&e.caFingerprint, "ca-fingerprint", "", "trust an https:// center whose CA has this fingerprint (sha256:…)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		if e.output != "table" && e.output != "json" {
 			return fmt.Errorf("--output must be table or json, not %q", e.output)
@@ -86,11 +90,28 @@ func newRoot(e *env) *cobra.Command {
 // current context. It sends the token of $GODWIT_TOKEN, else the one `godwit login`
 // stored in the current context when that context is the center chosen.
 func (e *env) client() (*api.Client, error) {
-	server, token, err := e.target()
+	server, token, caPEM, err := e.target()
 	if err != nil {
 		return nil, err
 	}
-	c, err := api.NewClient(server, e.timeout)
+	var opts []api.ClientOption
+	if isHTTPS(server) {
+		if file, err := e.caFromFile(); err != nil {
+			return nil, err
+		} else if file != "" {
+			caPEM = file
+		}
+		if caPEM == "" {
+			return nil, fmt.Errorf("the CLI does not trust the center at %s yet: run `godwit login --server %s` or `godwit context add NAME %s` once (they ask you to confirm its CA), or pass --ca-file",
+				hostOf(server), server, server)
+		}
+		cfg, err := tlsConfig(caPEM)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, api.WithTLS(cfg))
+	}
+	c, err := api.NewClient(server, e.timeout, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -100,32 +121,43 @@ func (e *env) client() (*api.Client, error) {
 	return c, nil
 }
 
-// target returns the center's URL and the token to send it (empty: none).
-func (e *env) target() (server, token string, err error) {
+// target returns the center's URL, the token to send it (empty: none), and the CA the
+// CLI trusts for it (empty: none kept).
+func (e *env) target() (server, token, caPEM string, err error) {
 	server = e.server
 	if server == "" {
 		server = os.Getenv("GODWIT_SERVER")
 	}
 	var cur contextEntry
 	var ok bool
-	if cfg, err := loadConfig(e.configFile()); err == nil {
+	cfg, cerr := loadConfig(e.configFile())
+	if cerr == nil {
 		cur, ok = cfg.Contexts[cfg.Current]
 	} else if server == "" {
-		return "", "", err
+		return "", "", "", cerr
 	}
 	if server == "" {
 		if !ok {
-			return "", "", errors.New("no center is configured: run `godwit lab up`, pass --server, or set GODWIT_SERVER")
+			return "", "", "", errors.New("no center is configured: run `godwit lab up`, pass --server, or set GODWIT_SERVER")
 		}
 		server = cur.Server
 	}
+	// The CA comes from any context of this server; the token only from the current one.
+	for _, c := range cfg.Contexts {
+		if c.Server == server && c.CA != "" {
+			caPEM = c.CA
+		}
+	}
+	if ok && cur.Server == server && cur.CA != "" {
+		caPEM = cur.CA
+	}
 	if t := os.Getenv("GODWIT_TOKEN"); t != "" {
-		return server, t, nil
+		return server, t, caPEM, nil
 	}
 	if ok && cur.Server == server {
 		token = cur.Token
 	}
-	return server, token, nil
+	return server, token, caPEM, nil
 }
 
 func (e *env) logger() *slog.Logger {

@@ -27,6 +27,10 @@ func newLoginCmd(e *env) *cobra.Command {
 		Long: `Log in to a center with a user's password and keep the API token it issues
 (valid for 12 hours) in the CLI's config file (mode 0600).
 
+For an https:// center the CLI must trust the center's CA: --ca-file, or
+--ca-fingerprint, or — the first time, at a terminal — confirm the fingerprint it shows
+(trust on first use). The CA is kept with the context; later calls verify against it.
+
 The password is asked for when standard input is a terminal; otherwise the first line
 of standard input is the password (echo "$PW" | godwit login --user NAME).
 
@@ -62,11 +66,23 @@ to (or no --server is given); otherwise in a context named after the server (or
 					name = contextNameFor(server)
 				}
 			}
+			var caPEM string
+			var opts []api.ClientOption
+			if isHTTPS(server) {
+				if caPEM, err = e.knownCA(cmd.Context(), cfg, server, cmd.InOrStdin()); err != nil {
+					return err
+				}
+				tc, err := tlsConfig(caPEM)
+				if err != nil {
+					return err
+				}
+				opts = append(opts, api.WithTLS(tc))
+			}
 			pw, err := readPassword(cmd.InOrStdin(), e.errOut, user)
 			if err != nil {
 				return err
 			}
-			c, err := api.NewClient(server, e.timeout)
+			c, err := api.NewClient(server, e.timeout, opts...)
 			if err != nil {
 				return err
 			}
@@ -74,7 +90,7 @@ to (or no --server is given); otherwise in a context named after the server (or
 			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/login", api.LoginRequest{User: user, Password: pw}, &tok); err != nil {
 				return fmt.Errorf("log in to %s: %w", server, err)
 			}
-			cfg.Contexts[name] = contextEntry{Server: server, Token: tok.Secret}
+			cfg.Contexts[name] = contextEntry{Server: server, Token: tok.Secret, CA: caPEM}
 			cfg.Current = name
 			if err := saveConfig(path, cfg); err != nil {
 				return err

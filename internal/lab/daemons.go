@@ -331,6 +331,46 @@ func centerHosts(ctx context.Context, client *http.Client) (map[string]string, e
 	return states, nil
 }
 
+// issueJoinTokens asks the center for a one-time join token for each host that has not
+// joined yet, and adds it with the CA's fingerprint to the host agent's command line.
+// A host that has joined keeps its certificate in its state directory and ignores them.
+func (l *Lab) issueJoinTokens(ctx context.Context) error {
+	client := unixClient(l.CenterSocket)
+	defer client.CloseIdleConnections()
+	return l.modify(func() error {
+		for i := range l.Daemons {
+			d := &l.Daemons[i]
+			if d.Target == "center" || slices.Contains(d.Argv, "--join-token") {
+				continue
+			}
+			body := fmt.Sprintf(`{"host":%q,"expires":"1h"}`, d.Target)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://center/api/v1/join-tokens", strings.NewReader(body))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				return fmt.Errorf("ask the center for a join token for %s: %w", d.Target, err)
+			}
+			b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("ask the center for a join token for %s: %w", d.Target, err)
+			}
+			var tok struct {
+				Secret        string `json:"secret"`
+				CAFingerprint string `json:"ca_fingerprint"`
+			}
+			if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &tok) != nil || tok.Secret == "" {
+				return fmt.Errorf("ask the center for a join token for %s: %s: %.300s", d.Target, resp.Status, b)
+			}
+			d.Argv = append(d.Argv, "--join-token", tok.Secret, "--ca-fingerprint", tok.CAFingerprint)
+		}
+		return nil
+	})
+}
+
 // logTail returns the last lines of the log at path, headed by its name, for errors.
 func logTail(path string) string {
 	f, err := os.Open(path)

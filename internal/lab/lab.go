@@ -281,7 +281,7 @@ func plan(o Options, k int) *Lab {
 		Created:      time.Now().UTC(),
 		Dir:          dir,
 		Subnet:       fmt.Sprintf("198.18.%d.0/24", k),
-		CenterURL:    fmt.Sprintf("http://%s", addr(k, 2, centerPort)),
+		CenterURL:    fmt.Sprintf("https://%s", addr(k, 2, centerPort)),
 		CenterSocket: filepath.Join(dir, "center.sock"),
 		Datastore:    filepath.Join(dir, "datastore"),
 		Binary:       o.Binary,
@@ -304,7 +304,7 @@ func plan(o Options, k int) *Lab {
 			Name:      fmt.Sprintf("host-%d", i),
 			Namespace: nsName(o.Name, fmt.Sprintf("h%d", i)),
 			Address:   fmt.Sprintf("198.18.%d.%d", k, 10+i),
-			AgentURL:  "http://" + addr(k, 10+i, agentPort),
+			AgentURL:  "https://" + addr(k, 10+i, agentPort),
 			StateDir:  filepath.Join(dir, fmt.Sprintf("host-%d", i)),
 		}
 		l.Hosts = append(l.Hosts, h)
@@ -315,7 +315,6 @@ func plan(o Options, k int) *Lab {
 				"--name", h.Name,
 				"--listen", addr(k, 10+i, agentPort),
 				"--center", l.CenterURL,
-				"--token-file", filepath.Join(dir, "center", "agent-token"),
 				"--state-dir", h.StateDir,
 				"--datastore", datastoreName + "=" + l.Datastore,
 				"--network", networkName + "=" + hostBridge,
@@ -384,15 +383,20 @@ func (l *Lab) build(ctx context.Context, o Options) error {
 		if err := l.start(i); err != nil {
 			return err
 		}
-		// The center serves before the agents start: by then it has written the
-		// agent token (DATA_DIR/agent-token) that they send with their heartbeats.
-		// A center that does not serve within the ready timeout is left to waitReady
-		// to report, with the logs.
+		// The center serves before the agents start, and gives each host a
+		// one-time join token and the CA's fingerprint to join with. A center that
+		// does not serve within the ready timeout is left to waitReady to report,
+		// with the logs.
 		if d := l.daemon(i); d.Target == "center" {
 			wctx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
 			err := l.waitServing(wctx, d)
+			if err == nil {
+				err = l.issueJoinTokens(wctx)
+			} else if ctx.Err() == nil {
+				err = nil
+			}
 			cancel()
-			if err != nil && ctx.Err() != nil {
+			if err != nil {
 				return err
 			}
 		}

@@ -189,11 +189,11 @@ func TestLab(t *testing.T) {
 		if loaded.State != StateReady || loaded.Index != a.Index || len(loaded.Hosts) != 2 || len(loaded.Namespaces) != 5 {
 			t.Errorf("lab.json = %+v", loaded)
 		}
-		if want := fmt.Sprintf("http://198.18.%d.2:7443", a.Index); a.CenterURL != want {
+		if want := fmt.Sprintf("https://198.18.%d.2:7443", a.Index); a.CenterURL != want {
 			t.Errorf("CenterURL = %s, want %s", a.CenterURL, want)
 		}
 		if h := a.Hosts[1]; h.Name != "host-2" || h.Address != fmt.Sprintf("198.18.%d.12", a.Index) ||
-			h.AgentURL != fmt.Sprintf("http://198.18.%d.12:7700", a.Index) || h.Namespace != "gw-"+a.Name+"-h2" {
+			h.AgentURL != fmt.Sprintf("https://198.18.%d.12:7700", a.Index) || h.Namespace != "gw-"+a.Name+"-h2" {
 			t.Errorf("host-2 = %+v", h)
 		}
 		labs, err := List(root)
@@ -268,8 +268,9 @@ func TestLab(t *testing.T) {
 		run(t, a, "client", "busybox", "ping", "-c", "2", "-W", "2", h2)
 		run(t, a, "host-1", "busybox", "ping", "-c", "2", "-W", "2", h2)
 		run(t, a, "center", "busybox", "ping", "-c", "1", "-W", "2", a.Hosts[0].Address)
-		// The agent of host-2 answers over TCP from the client.
-		if out := run(t, a, "client", "busybox", "wget", "-q", "-O", "-", a.Hosts[1].AgentURL); strings.TrimSpace(out) != "host-2" {
+		// The agent of host-2 answers over TCP from the client (the stand-in serves
+		// plain HTTP).
+		if out := run(t, a, "client", "busybox", "wget", "-q", "-O", "-", strings.Replace(a.Hosts[1].AgentURL, "https://", "http://", 1)); strings.TrimSpace(out) != "host-2" {
 			t.Errorf("agent of host-2 answered %q", out)
 		}
 		// Labs are separate networks: lab B has no way to lab A.

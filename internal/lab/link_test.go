@@ -39,7 +39,7 @@ func TestLink(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	h1, h2 := l.Hosts[0], l.Hosts[1]
-	agent2 := strings.TrimPrefix(h2.AgentURL, "http://")
+	agent2 := strings.TrimPrefix(h2.AgentURL, "https://")
 
 	t.Run("refused", func(t *testing.T) {
 		for _, target := range []string{"switch", "host-9", ""} {
@@ -87,7 +87,7 @@ func TestLink(t *testing.T) {
 			}
 		}
 		// The others are not affected.
-		if err := dialFrom(ctx, "client", l, strings.TrimPrefix(h1.AgentURL, "http://"), 2*time.Second); err != nil {
+		if err := dialFrom(ctx, "client", l, strings.TrimPrefix(h1.AgentURL, "https://"), 2*time.Second); err != nil {
 			t.Errorf("cutting host-2's link cut host-1 off too: %v", err)
 		}
 

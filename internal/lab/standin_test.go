@@ -112,6 +112,17 @@ func standInCenter(ctx context.Context, args []string) error {
 		seen[r.URL.Query().Get("name")] = time.Now()
 		mu.Unlock()
 	})
+	mux.HandleFunc("POST /api/v1/join-tokens", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Host string `json:"host"`
+		}
+		if json.NewDecoder(r.Body).Decode(&req) != nil || req.Host == "" {
+			http.Error(w, "want a host", http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(map[string]string{"secret": "gwjoin_standin_" + req.Host, "ca_fingerprint": "sha256:standin"})
+	})
 	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
 		type host struct {
 			Name  string `json:"name"`
@@ -161,10 +172,16 @@ func standInAgent(ctx context.Context, args []string) error {
 	stateDir := fs.String("state-dir", "", "")
 	datastore := fs.String("datastore", "", "")
 	network := fs.String("network", "", "")
-	fs.String("token-file", "", "")
+	joinToken := fs.String("join-token", "", "")
+	caFingerprint := fs.String("ca-fingerprint", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *joinToken != "gwjoin_standin_"+*name || *caFingerprint != "sha256:standin" {
+		return fmt.Errorf("the lab did not pass this host's join token and the CA fingerprint: %q %q", *joinToken, *caFingerprint)
+	}
+	// The stand-in center serves plain HTTP on its TCP address too.
+	*center = strings.Replace(*center, "https://", "http://", 1)
 	for _, d := range []string{*stateDir, strings.TrimPrefix(*datastore, "shared=")} {
 		if st, err := os.Stat(d); err != nil || !st.IsDir() {
 			return fmt.Errorf("directory %s: %v", d, err)

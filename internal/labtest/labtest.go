@@ -7,6 +7,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -212,6 +214,59 @@ func (l *Lab) HTTP(target string) *http.Client {
 			},
 		},
 	}
+}
+
+// CAPool is the pool of the lab's cluster CA (the center's DATA_DIR/pki/ca.crt).
+func (l *Lab) CAPool() *x509.CertPool {
+	l.t.Helper()
+	b, err := os.ReadFile(filepath.Join(l.Dir(), "center", "pki", "ca.crt"))
+	if err != nil {
+		l.t.Fatalf("the lab's CA: %v", err)
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		l.t.Fatal("the lab's CA certificate does not parse")
+	}
+	return p
+}
+
+// CenterCert is the center's own certificate and key (DATA_DIR/pki/center), for tests
+// that call an agent as the center does.
+func (l *Lab) CenterCert() tls.Certificate {
+	l.t.Helper()
+	dir := filepath.Join(l.Dir(), "center", "pki", "center")
+	c, err := tls.LoadX509KeyPair(filepath.Join(dir, "host.crt"), filepath.Join(dir, "host.key"))
+	if err != nil {
+		l.t.Fatalf("the center's certificate: %v", err)
+	}
+	return c
+}
+
+// HTTPS returns an HTTPS client whose connections start in the target namespace, that
+// trusts the lab's CA, expects the server to be serverName (a host's name, or
+// pki.CenterName) and presents cert when it is not nil.
+func (l *Lab) HTTPS(target, serverName string, cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: l.CAPool(), ServerName: serverName, MinVersion: tls.VersionTLS13}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			TLSClientConfig:   cfg,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return l.Dial(ctx, target, network, addr)
+			},
+		},
+	}
+}
+
+// AsCenter returns a client that calls host's agent from the center's namespace with
+// the center's certificate, as the center does.
+func (l *Lab) AsCenter(host string) *http.Client {
+	cert := l.CenterCert()
+	return l.HTTPS("center", host, &cert)
 }
 
 // WaitHTTP polls url from the target namespace until it answers 200 or the timeout ends.

@@ -359,8 +359,8 @@ func (r *faultRun) verify(m api.Migration, mayComplete bool) {
 		t.Errorf("the VM's state directory is left on %s (stat: %v)", off, statErr)
 	}
 	var sts []api.VMStatus
-	hc := r.l.HTTP("center")
-	if resp, err := hc.Get("http://" + r.addrs[off] + ":7700/agent/v1/vms"); err != nil {
+	hc := r.l.AsCenter(off)
+	if resp, err := hc.Get("https://" + r.addrs[off] + ":7700/agent/v1/vms"); err != nil {
 		t.Errorf("list the VMs of %s's agent: %v", off, err)
 	} else {
 		_ = json.NewDecoder(resp.Body).Decode(&sts)

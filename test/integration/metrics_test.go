@@ -35,7 +35,7 @@ func TestMetrics(t *testing.T) {
 	agentURL := map[string]string{}
 	accel := map[string]string{}
 	for _, h := range hosts {
-		agentURL[h.Name] = "http://" + h.Address + ":7700/metrics"
+		agentURL[h.Name] = "https://" + h.Address + ":7700/metrics"
 		accel[h.Name] = h.Accel
 	}
 
@@ -66,7 +66,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// The destination runs the VM; the source ran the migration and holds nothing now.
-	dst := waitMetrics(t, func() map[string]float64 { return agentMetrics(t, l, agentURL["host-2"]) }, map[string]float64{
+	dst := waitMetrics(t, func() map[string]float64 { return agentMetrics(t, l, "host-2", agentURL["host-2"]) }, map[string]float64{
 		`godwit_agent_incoming_migrations_total{outcome="succeeded"}`: 1,
 	})
 	expectMetrics(t, "host-2", dst, map[string]float64{
@@ -76,7 +76,7 @@ func TestMetrics(t *testing.T) {
 		`godwit_agent_outgoing_migrations_total{outcome="succeeded"}`: 0,
 		`godwit_agent_accel_info{accel="` + accel["host-2"] + `"}`:    1,
 	})
-	src := waitMetrics(t, func() map[string]float64 { return agentMetrics(t, l, agentURL["host-1"]) }, map[string]float64{
+	src := waitMetrics(t, func() map[string]float64 { return agentMetrics(t, l, "host-1", agentURL["host-1"]) }, map[string]float64{
 		`godwit_agent_outgoing_migrations_total{outcome="succeeded"}`: 1,
 	})
 	expectMetrics(t, "host-1", src, map[string]float64{
@@ -104,9 +104,11 @@ func centerMetrics(t *testing.T, l *labtest.Lab) map[string]float64 {
 }
 
 // agentMetrics scrapes an agent's /metrics from the center's namespace.
-func agentMetrics(t *testing.T, l *labtest.Lab, url string) map[string]float64 {
+// agentMetrics reads host's /metrics, over TLS without a client certificate (metrics are
+// readable without one).
+func agentMetrics(t *testing.T, l *labtest.Lab, host, url string) map[string]float64 {
 	t.Helper()
-	resp, err := l.HTTP("center").Get(url)
+	resp, err := l.HTTPS("center", host, nil).Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}

@@ -108,11 +108,11 @@ func TestVMLifecycle(t *testing.T) {
 	// While the center is down, the VM is shut down on its host (by the guest's ACPI
 	// power button, through the agent): the restarted center takes the host's word.
 	l.Stop("center")
-	agentURL := "http://" + hosts[0].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
+	agentURL := "https://" + hosts[0].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
 	if hosts[0].Name != "host-1" {
-		agentURL = "http://" + hosts[1].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
+		agentURL = "https://" + hosts[1].Address + ":7700/agent/v1/vms/web-1/stop?grace=20s"
 	}
-	hc := l.HTTP("center")
+	hc := l.AsCenter("host-1")
 	hc.Timeout = time.Minute
 	resp, err := hc.Post(agentURL, "application/json", nil)
 	if err != nil {

@@ -1,0 +1,118 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Files of an identity directory.
+const (
+	KeyFile  = "host.key"
+	CertFile = "host.crt"
+	CAFile   = "ca.crt"
+)
+
+// Identity is a host's (or the center's) key and certificate and the cluster's CA, as
+// kept in a directory: host.key (0600), host.crt, ca.crt.
+type Identity struct {
+	Dir  string
+	Cert tls.Certificate
+	Leaf *x509.Certificate
+	CA   *x509.Certificate
+	// CAPEM is the CA certificate as PEM.
+	CAPEM []byte
+}
+
+// ErrNoIdentity means the directory holds no identity yet: the host has not joined.
+var ErrNoIdentity = errors.New("no identity yet")
+
+// LoadIdentity reads the identity kept in dir; ErrNoIdentity when there is none.
+func LoadIdentity(dir string) (*Identity, error) {
+	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoIdentity
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the host key: %w", err)
+	}
+	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, ErrNoIdentity
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the host certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, CAFile))
+	if err != nil {
+		return nil, fmt.Errorf("read the cluster CA certificate: %w", err)
+	}
+	return NewIdentity(dir, keyPEM, certPEM, caPEM)
+}
+
+// NewIdentity assembles an identity from PEM files and checks that they fit together:
+// the key is the certificate's, and the CA signed the certificate.
+func NewIdentity(dir string, keyPEM, certPEM, caPEM []byte) (*Identity, error) {
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("the host key and certificate in %s do not fit together: %w", dir, err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("the host certificate in %s: %w", dir, err)
+	}
+	ca, err := ParseCertPEM(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("the CA certificate in %s: %w", dir, err)
+	}
+	if err := leaf.CheckSignatureFrom(ca); err != nil {
+		return nil, fmt.Errorf("the host certificate in %s was not signed by the CA next to it: %w", dir, err)
+	}
+	cert.Leaf = leaf
+	return &Identity{Dir: dir, Cert: cert, Leaf: leaf, CA: ca, CAPEM: caPEM}, nil
+}
+
+// Save writes the identity's files into dir (the key mode 0600).
+func SaveIdentity(dir string, keyPEM, certPEM, caPEM []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, CAFile), caPEM, 0o644); err != nil {
+		return err
+	}
+	if err := WriteFileAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(dir, CertFile), certPEM, 0o644)
+}
+
+// Name is the identity's name (its certificate's CN).
+func (id *Identity) Name() string { return id.Leaf.Subject.CommonName }
+
+// Pool is a pool holding only the CA.
+func (id *Identity) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(id.CA)
+	return p
+}
+
+// Fingerprint is the CA's fingerprint.
+func (id *Identity) CAFingerprint() string { return Fingerprint(id.CA.Raw) }
+
+// Server is the TLS configuration for serving as this identity.
+func (id *Identity) Server() *tls.Config { return ServerTLS(id.Cert) }
+
+// Client is the TLS configuration for calling peer (a host's name, or CenterName) as
+// this identity.
+func (id *Identity) Client(peer string) *tls.Config {
+	return ClientTLS(id.Pool(), peer, &id.Cert)
+}
+
+// Verify checks a peer's chain against the identity's CA.
+func (id *Identity) Verify(chain []*x509.Certificate, now time.Time, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
+	return Verify(id.Pool(), chain, now, usage)
+}
