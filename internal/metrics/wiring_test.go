@@ -125,7 +125,7 @@ func TestCenterServesMetrics(t *testing.T) {
 		`godwit_migration_duration_seconds_count`:      0,
 		`godwit_migrations_running`:                    0,
 		`godwit_tasks_queued`:                          0,
-		`godwit_api_requests_total{method="POST",route="/api/v1/hosts/heartbeat",status="204"}`: 1,
+		`godwit_api_requests_total{method="POST",route="/api/v1/hosts/heartbeat",status="200"}`: 1,
 		`godwit_api_requests_total{method="GET",route="/api/v1/vms/{name}",status="404"}`:       2,
 	})
 	if age, ok := s[`godwit_host_heartbeat_age_seconds{host="host-1"}`]; !ok || age < 0 || age > 5 {
@@ -150,11 +150,11 @@ func TestCenterServesMetrics(t *testing.T) {
 	}
 }
 
-// TestAgentServesMetrics scrapes an agent's API handler: no VMs yet, the probe not done,
-// and an incoming migration it refuses counted as failed.
+// TestAgentServesMetrics scrapes an agent's API handler: no VMs yet, the probe not done;
+// a request without a cluster certificate is refused and counts as no migration.
 func TestAgentServesMetrics(t *testing.T) {
 	a, err := agent.New(agent.Config{
-		Name: "host-1", Center: "http://127.0.0.1:1", Listen: "127.0.0.1:7700", StateDir: t.TempDir(),
+		Name: "host-1", Center: "https://127.0.0.1:1", Listen: "127.0.0.1:7700", StateDir: t.TempDir(),
 		Datastores: map[string]string{"shared": t.TempDir()}, Registry: prometheus.NewRegistry(), Log: quiet(),
 	}, "test")
 	if err != nil {
@@ -186,11 +186,11 @@ func TestAgentServesMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode < 400 {
-		t.Fatalf("an incoming VM without a valid spec was accepted: %s", resp.Status)
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("an incoming VM from a caller without a certificate: %s; want 401", resp.Status)
 	}
 	_, body = get(t, srv.Client(), srv.URL+"/metrics")
 	check(t, samples(t, body), map[string]float64{
-		`godwit_agent_incoming_migrations_total{outcome="failed"}`: 1,
+		`godwit_agent_incoming_migrations_total{outcome="failed"}`: 0,
 	})
 }
