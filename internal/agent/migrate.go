@@ -105,6 +105,13 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	if err != nil {
 		return api.Migration{}, api.Errorf(422, "invalid_policy", "%v", err)
 	}
+	encryption := policy.EncryptionMode()
+	if req.Encryption != "" {
+		if encryption, err = migration.ParseEncryption(req.Encryption); err != nil {
+			return api.Migration{}, api.Errorf(422, "invalid_encryption", "%v", err)
+		}
+	}
+	req.Encryption = encryption
 	if req.ID == "" || req.DestinationURL == "" || req.Destination == "" || req.DestinationAddr == "" {
 		return api.Migration{}, api.BadRequest("a migration needs an id, a destination, its agent URL and its address")
 	}
@@ -128,7 +135,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	ctx, cancel := context.WithCancel(a.runCtx)
 	o := &outgoing{cancel: cancel, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
-		State: api.MigrationPreparing, Started: time.Now().UTC(),
+		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
 	}}
 	a.migrations[req.ID] = o
 	a.migMu.Unlock()
@@ -198,7 +205,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		}
 	}
 	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, SourceURL: a.cfg.Advertise, Spec: v.spec, OwnedDisks: owned,
-		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr}
+		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption}
 	var rep api.IncomingReply
 	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
 		if ctx.Err() != nil {
@@ -215,13 +222,31 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
-	o.update(func(m *api.Migration) { m.State = api.MigrationRunning })
-	log.Info("migration started", "uri", rep.URI, "policy", policy.Name)
+	creds, err := a.sourceTLS(ctx, mon, req, rep)
+	if err != nil {
+		fail(api.MigrationFailed, err.Error())
+		a.abortDestination(dest, v.spec.Name, req.ID, log)
+		return
+	}
+	if creds != "" {
+		defer func() {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = mon.ObjectDel(dctx, creds)
+		}()
+	}
+	o.update(func(m *api.Migration) { m.State, m.Encrypted = api.MigrationRunning, creds != "" })
+	log.Info("migration started", "uri", rep.URI, "policy", policy.Name, "encrypted", creds != "")
 	stoppedAt := a.lastEvent(ctx, mon, "STOP")
 	res, runErr := migration.Run(ctx, mon, migration.Options{
-		Policy: policy, URI: rep.URI,
+		Policy: policy, URI: rep.URI, TLSCreds: creds, TLSHostname: req.Destination,
 		OnProgress: func(pr migration.Progress) {
-			o.update(func(m *api.Migration) { m.Progress = progressOf(pr) })
+			o.update(func(m *api.Migration) {
+				m.Progress = progressOf(pr)
+				if m.Progress.Note == "" && rep.TLSNote != "" {
+					m.Progress.Note = rep.TLSNote
+				}
+			})
 		},
 	})
 	o.update(func(m *api.Migration) {
@@ -485,8 +510,13 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 		return api.IncomingReply{}, api.Errorf(422, "start_failed", "the destination QEMU did not start: %v", err)
 	}
 	mon, err := p.Monitor(ctx)
+	var tlsOn bool
+	var tlsNote, creds, authz string
 	if err == nil {
-		err = migration.PrepareDestination(ctx, mon, policy)
+		tlsOn, tlsNote, creds, authz, err = a.destinationTLS(ctx, mon, req)
+	}
+	if err == nil {
+		err = migration.PrepareDestination(ctx, mon, policy, creds, authz)
 	}
 	var uri string
 	if err == nil {
@@ -509,8 +539,8 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
 	a.watch(v, p)
 	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL)
-	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri)
-	return api.IncomingReply{URI: uri}, nil
+	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "tls", tlsOn)
+	return api.IncomingReply{URI: uri, TLS: tlsOn, TLSNote: tlsNote}, nil
 }
 
 // listenURI picks a free TCP port on addr for the incoming migration stream.

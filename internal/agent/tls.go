@@ -216,7 +216,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 			return fmt.Errorf("the certificate in %s belongs to host %s, not %s: this state directory is another host's; join with a new token after removing %s", dir, id.Name(), a.cfg.Name, dir)
 		}
 		a.id = id
-		return nil
+		return a.writeQEMUCreds()
 	}
 	if !errors.Is(err, pki.ErrNoIdentity) {
 		return fmt.Errorf("this host's identity in %s: %w", dir, err)
@@ -232,7 +232,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 		return fmt.Errorf("the identity just received: %w", err)
 	}
 	a.id = id
-	return nil
+	return a.writeQEMUCreds()
 }
 
 // join fetches the center's CA and checks it against the pinned fingerprint or file,

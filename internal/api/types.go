@@ -230,6 +230,9 @@ type MigrateRequest struct {
 	To string `json:"to"`
 	// Policy names the convergence policy; empty: the VM's or the cluster's default.
 	Policy string `json:"policy,omitempty"`
+	// Encryption overrides the policy's encryption of the memory stream: required,
+	// opportunistic or off.
+	Encryption string `json:"encryption,omitempty"`
 }
 
 // MigrationProgress is a live view of a running migration.
@@ -271,6 +274,10 @@ type Migration struct {
 	PauseMS float64 `json:"pause_ms,omitempty"`
 	Bytes   uint64  `json:"bytes"`
 	Passes  int     `json:"passes"`
+	// Encryption is the mode asked for (required, opportunistic, off); Encrypted says
+	// whether the memory stream was in fact encrypted (TLS).
+	Encryption string `json:"encryption,omitempty"`
+	Encrypted  bool   `json:"encrypted"`
 }
 
 // FinishReply is the destination's answer when it takes over a migrated VM.
@@ -286,6 +293,7 @@ type AgentMigrateRequest struct {
 	DestinationURL  string `json:"destination_url"`
 	DestinationAddr string `json:"destination_addr"`
 	Policy          string `json:"policy,omitempty"`
+	Encryption      string `json:"encryption,omitempty"`
 }
 
 // IncomingRequest is what the source agent asks of the destination agent: prepare a QEMU
@@ -304,11 +312,16 @@ type IncomingRequest struct {
 	Policy      string `json:"policy,omitempty"`
 	// Address is where the destination QEMU listens for the migration stream.
 	Address string `json:"address"`
+	// Encryption is the stream's encryption mode: required, opportunistic or off.
+	Encryption string `json:"encryption,omitempty"`
 }
 
-// IncomingReply tells the source where to send the migration stream.
+// IncomingReply tells the source where to send the migration stream, and whether the
+// destination expects it encrypted (TLS); TLSNote says why not when it was asked for.
 type IncomingReply struct {
-	URI string `json:"uri"`
+	URI     string `json:"uri"`
+	TLS     bool   `json:"tls"`
+	TLSNote string `json:"tls_note,omitempty"`
 }
 
 // Task states. Queued and running tasks are active; the others are final.

@@ -38,7 +38,13 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	if err != nil {
 		return api.Migration{}, invalid("%v", err)
 	}
-	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name})
+	encryption := policy.EncryptionMode()
+	if req.Encryption != "" {
+		if encryption, err = migration.ParseEncryption(req.Encryption); err != nil {
+			return api.Migration{}, invalid("%v", err)
+		}
+	}
+	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name, "encryption": encryption})
 	if r.Host == req.To {
 		return api.Migration{}, invalid("VM %s already runs on %s; choose another destination", name, req.To)
 	}
@@ -79,7 +85,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 
 	m := api.Migration{
 		ID: uuid.NewString()[:8], VM: name, Source: src.Facts.Name, Destination: dst.Facts.Name,
-		Policy: policy.Name, State: api.MigrationPreparing, Started: c.now().UTC(),
+		Policy: policy.Name, State: api.MigrationPreparing, Started: c.now().UTC(), Encryption: encryption,
 	}
 	if err := c.store.SaveMigration(ctx, m); err != nil {
 		return api.Migration{}, err
@@ -87,7 +93,7 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	audit.Params(ctx, map[string]any{"migration": m.ID})
 	c.startMigrationTask(ctx, m, initiator)
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: dst.Facts.Name, DestinationURL: dst.Facts.AgentURL,
-		DestinationAddr: dst.Facts.Address, Policy: policy.Name}
+		DestinationAddr: dst.Facts.Address, Policy: policy.Name, Encryption: encryption}
 	var started api.Migration
 	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/migrate", areq, &started); err != nil {
 		now := c.now().UTC()

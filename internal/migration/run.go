@@ -61,6 +61,10 @@ type Options struct {
 	OnProgress func(Progress)
 	// Logger receives the controller's decisions; slog.Default() when nil.
 	Logger *slog.Logger
+	// TLSCreds names a tls-creds-x509 object (endpoint client) on the source QEMU that
+	// encrypts the stream; empty: the stream is not encrypted. TLSHostname is the
+	// name the destination's certificate must carry.
+	TLSCreds, TLSHostname string
 }
 
 // SourceCapabilities returns the migration capabilities Run sets on the
@@ -184,9 +188,11 @@ func DestinationParameters(p Policy) qmp.MigrationParameters {
 
 // PrepareDestination sets, on the destination QEMU (started with -incoming
 // defer), the capabilities that must match the source's for policy p and the
-// announce parameters (see DestinationCapabilities, DestinationParameters).
+// announce parameters (see DestinationCapabilities, DestinationParameters), and
+// tlsCreds (a tls-creds-x509 object, endpoint server; empty: no TLS) with tlsAuthz (an
+// authz object that names the only client allowed; empty: any the CA signed).
 // Call it before migrate-incoming.
-func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy) error {
+func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCreds, tlsAuthz string) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -196,7 +202,9 @@ func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy) error {
 	if err := mon.MigrateSetCapabilities(ctx, DestinationCapabilities(p)); err != nil {
 		return fmt.Errorf("setting the migration capabilities on the destination QEMU failed: %w", err)
 	}
-	if err := mon.MigrateSetParameters(ctx, DestinationParameters(p)); err != nil {
+	dp := DestinationParameters(p)
+	dp.TLSCreds, dp.TLSAuthz = qmp.Ptr(tlsCreds), qmp.Ptr(tlsAuthz)
+	if err := mon.MigrateSetParameters(ctx, dp); err != nil {
 		return fmt.Errorf("setting the migration parameters on the destination QEMU failed: %w", err)
 	}
 	return nil
@@ -279,13 +287,16 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	if err := mon.MigrateSetCapabilities(ctx, SourceCapabilities(p)); err != nil {
 		return failed(fmt.Errorf("setting the migration capabilities on the source QEMU failed: %w", err))
 	}
-	if err := mon.MigrateSetParameters(ctx, SourceParameters(p)); err != nil {
+	sp := SourceParameters(p)
+	// Set every time, so that a stream is encrypted exactly when this run asks for it.
+	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(o.TLSCreds), qmp.Ptr(o.TLSHostname)
+	if err := mon.MigrateSetParameters(ctx, sp); err != nil {
 		return failed(fmt.Errorf("setting the migration parameters on the source QEMU failed: %w", err))
 	}
 
 	c := NewController(p)
 	start := time.Now()
-	log.Info("migration starting", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
+	log.Info("migration starting", "encrypted", o.TLSCreds != "", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
 		"max_bandwidth", p.MaxBandwidth, "channels", p.Channels, "throttle_max", p.ThrottleMax, "time_budget", p.TimeBudget)
 	if err := mon.Migrate(ctx, o.URI); err != nil {
 		if ctx.Err() != nil {

@@ -91,8 +91,10 @@ func TestAuditTrail(t *testing.T) {
 	// Filters and the table.
 	var byHost []audit.Record
 	l.RunJSON(&byHost, "audit", "list", "--host", "host-2")
-	if len(byHost) != 2 || byHost[0].ID != fin.ID || byHost[1].ID != mig.ID {
-		t.Errorf("audit list --host host-2: %d records; want the migrate request and its outcome", len(byHost))
+	// Newest first: the migration's outcome and request, then how host-2 joined.
+	if len(byHost) != 4 || byHost[0].ID != fin.ID || byHost[1].ID != mig.ID ||
+		byHost[2].Action != "host.join" || byHost[3].Action != "host.join-token.create" {
+		t.Errorf("audit list --host host-2: %d records %+v; want the migrate request and its outcome, the join and its token", len(byHost), byHost)
 	}
 	var refusals []audit.Record
 	l.RunJSON(&refusals, "audit", "list", "--user", me.Username, "--action", "vm.create", "--limit", "1")

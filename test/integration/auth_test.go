@@ -54,7 +54,9 @@ func TestAuthUsersRolesTokens(t *testing.T) {
 	withStdin("viewer-pw-1\n", "user", "create", "vi", "--role", "viewer")
 	l.MustRun("vm", "create", "auth-1", "--host", "host-1", "--start=false")
 
-	hc := l.HTTP("client")
+	// Over TCP the center serves TLS; the client trusts the lab's CA and checks the
+	// center's address in its certificate.
+	hc := l.HTTPS("client", "", nil)
 	call := func(method, path, auth, body string) (int, string) {
 		t.Helper()
 		req, err := http.NewRequestWithContext(ctx, method, lb.CenterURL+path, strings.NewReader(body))
