@@ -157,10 +157,9 @@ func New(cfg Config, version string) (*Agent, error) {
 	return a, nil
 }
 
-// Handler returns the agent's API as Run serves it: every request but GET /metrics
-// needs a certificate of the cluster (a TLS connection with one), so over plain HTTP
-// only the metrics answer.
-func (a *Agent) Handler() http.Handler { return a.authenticate(a.routes()) }
+// Handler returns the agent's API for in-process callers (tests): no certificate is
+// asked for. Run serves the API behind mutual TLS (authenticate).
+func (a *Agent) Handler() http.Handler { return a.routes() }
 
 // accelInUse is the accelerator the probe chose, or "" while it runs.
 func (a *Agent) accelInUse() string {
@@ -206,7 +205,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.probeAccel(bgCtx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver)
-	runErr := api.Serve(ctx, a.Handler(), tls.NewListener(ln, a.id.Server()))
+	runErr := api.Serve(ctx, a.authenticate(a.routes()), tls.NewListener(ln, a.id.Server()))
 	stopBG()
 	wg.Wait()
 	a.wg.Wait()

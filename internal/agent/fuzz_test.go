@@ -93,7 +93,7 @@ func newFuzzAgent(t testing.TB) *fuzzAgent {
 	}
 	fa.consoleB = []byte("SeaBIOS (version 1.16)\nBooting from ROM...\nLinux version 6.1\nkeep login: \n")
 	fuzzWrite(t, filepath.Join(fa.keepDir, "console.log"), string(fa.consoleB))
-	fa.h = fa.a.routes() // the API behind authentication (tested with real certificates in the lab)
+	fa.h = fa.a.Handler()
 	return fa
 }
 

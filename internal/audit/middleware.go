@@ -137,18 +137,25 @@ func changesState(method string) bool {
 // (2xx, 3xx), refused (4xx) or failed (5xx) — with the error the client was given. The
 // record is written before the server sends the end of the answer, so a client that has
 // its answer finds the request in the trail. A record that cannot be written is logged.
-func (l *Log) Middleware(next http.Handler, skip func(*http.Request) bool) http.Handler {
+//
+// Requests for which quiet returns true (routine traffic such as heartbeats) are
+// recorded only when they are refused or fail.
+func (l *Log) Middleware(next http.Handler, quiet func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !changesState(r.Method) || skip != nil && skip(r) {
+		if !changesState(r.Method) {
 			next.ServeHTTP(w, r)
 			return
 		}
+		hush := quiet != nil && quiet(r)
 		n := &note{}
 		tap := &bodyTap{rc: r.Body}
 		r2 := r.WithContext(context.WithValue(r.Context(), noteKey{}, n))
 		r2.Body = tap
 		cw := &captureWriter{ResponseWriter: w}
 		next.ServeHTTP(cw, r2)
+		if hush && cw.status < 400 {
+			return
+		}
 
 		rec := requestRecord(r2, n, tap, cw)
 		if rec.Actor == "" {

@@ -70,7 +70,7 @@ func newFuzzCenter(f *testing.F, heartbeatTimeout time.Duration) *fuzzCenter {
 	ds := filepath.Join(adir, "ds")
 	fuzzWrite(f, filepath.Join(ds, "images/godwit-test/vmlinuz"), "kernel")
 	fuzzWrite(f, filepath.Join(ds, "images/godwit-test/initrd.img"), "initrd")
-	ag, err := agent.New(agent.Config{Name: "h1", Center: "http://127.0.0.1:9", Listen: "127.0.0.1:0",
+	ag, err := agent.New(agent.Config{Name: "h1", Center: "https://127.0.0.1:9", Listen: "127.0.0.1:0",
 		StateDir: filepath.Join(adir, "a/b/c/d/e/f/s"), Datastores: map[string]string{"shared": ds},
 		QEMU: "/nonexistent/qemu-system-x86_64", Accel: "tcg", Registry: prometheus.NewRegistry(), Log: quiet}, "fuzz")
 	if err != nil {

@@ -234,7 +234,7 @@ func (c *Center) registerPKI(mux *http.ServeMux) {
 			return
 		}
 		audit.SetTarget(r.Context(), req.Name)
-		audit.Params(r.Context(), map[string]any{"csr": fmt.Sprintf("%d bytes", len(req.CSR))})
+		audit.Params(r.Context(), map[string]any{"host": req.Name, "csr": fmt.Sprintf("%d bytes", len(req.CSR))})
 		id, _, _ := splitJoinToken(req.Token)
 		audit.SetActor(r.Context(), audit.Actor{Name: "join-token " + orDefault(id, "(malformed)"), Kind: audit.KindToken})
 		rep, err := c.join(r.Context(), req)
@@ -246,6 +246,7 @@ func (c *Center) registerPKI(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /api/v1/hosts/{name}/revoke", func(w http.ResponseWriter, r *http.Request) {
 		audit.Describe(r.Context(), "host.revoke", r.PathValue("name"))
+		audit.Params(r.Context(), map[string]any{"host": r.PathValue("name")})
 		var req api.RevokeRequest
 		if r.ContentLength != 0 {
 			if err := api.Decode(w, r, &req); err != nil {

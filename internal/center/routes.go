@@ -158,11 +158,8 @@ func (c *Center) routes(trusted bool) http.Handler {
 	c.trail.Register(mux)
 	c.registerUsers(mux)
 	c.registerPKI(mux)
-	// Heartbeats are not recorded, unless refused.
-	heartbeat := func(r *http.Request) bool {
-		p := principalOf(r.Context())
-		return r.URL.Path == "/api/v1/hosts/heartbeat" && p.err == nil && allows(p.role, api.RoleAgent)
-	}
+	// Heartbeats are recorded only when refused or failed.
+	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
 	audited := c.trail.Middleware(c.logRequests(c.authorize(mux)), heartbeat)
 	return c.metrics.InstrumentAPI(mux, c.withAuthentication(audited, trusted))
 }

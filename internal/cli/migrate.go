@@ -27,12 +27,13 @@ type migrationSummary struct {
 	PauseMS     float64 `json:"pause_ms,omitempty"`
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
+	Encrypted   bool    `json:"encrypted"`
 	Error       string  `json:"error,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Error: m.Error}
 }
 
 func newVMMigrateCmd(e *env) *cobra.Command {
@@ -71,6 +72,7 @@ pass and the expected downtime. --detach returns at once with the migration's id
 	cmd.Flags().StringVar(&req.To, "to", "", "destination host")
 	cmd.Flags().StringVar(&req.Policy, "policy", "", "convergence policy (see `godwit migration policies`)")
 	cmd.Flags().BoolVar(&detach, "detach", false, "return at once with the migration's id")
+	cmd.Flags().StringVar(&req.Encryption, "encryption", "", "encrypt the memory stream: required, opportunistic or off (default: the policy's, opportunistic)")
 	return cmd
 }
 
@@ -163,7 +165,7 @@ func printMigration(e *env, m api.Migration) {
 		"State", state,
 		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS),
 		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
-		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes),
+		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes), "Encrypted", encryptedStr(m),
 		"Started", m.Started.UTC().Format(time.RFC3339))
 }
 
@@ -270,4 +272,12 @@ func newMigrationCmd(e *env) *cobra.Command {
 	}
 	cmd.AddCommand(list, show, watch, cancel, policies)
 	return cmd
+}
+
+// encryptedStr says whether a migration's stream was encrypted, and what was asked.
+func encryptedStr(m api.Migration) string {
+	if m.Encrypted {
+		return "yes (TLS, " + orDash(m.Encryption) + ")"
+	}
+	return "no (" + orDash(m.Encryption) + ")"
 }

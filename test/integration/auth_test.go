@@ -13,6 +13,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/pki"
 )
 
 // TestAuthUsersRolesTokens checks authentication and roles over TCP from the client
@@ -155,21 +156,42 @@ func TestAuthUsersRolesTokens(t *testing.T) {
 		}
 	}
 
-	// godwit login over TCP, password on stdin, keeps a token that works.
+	// godwit login over TCP, password on stdin, keeps a token that works. The CLI
+	// trusts the center's CA only when told which: not silently, not a wrong one.
 	cfg := filepath.Join(t.TempDir(), "client.json")
 	bin := os.Getenv("GODWIT_BIN")
-	cmd, err := lb.Command(ctx, "client", bin, "--config", cfg, "login", "--server", lb.CenterURL, "--user", "op")
+	ca, err := pki.LoadOrCreateCA(filepath.Join(l.Dir(), "center", "pki"), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdin = strings.NewReader("operator-pw\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	loginWith := func(extra ...string) (string, error) {
+		t.Helper()
+		args := append([]string{bin, "--config", cfg, "login", "--server", lb.CenterURL, "--user", "op"}, extra...)
+		cmd, err := lb.Command(ctx, "client", args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdin = strings.NewReader("operator-pw\n")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := loginWith(); err == nil || !strings.Contains(out, ca.Fingerprint()) || !strings.Contains(out, "--ca-fingerprint") {
+		t.Errorf("login to an unknown center without a terminal: %v\n%s; want a refusal that shows the CA fingerprint", err, out)
+	}
+	wrong := "sha256:" + strings.Repeat("ab", 32)
+	if out, err := loginWith("--ca-fingerprint", wrong); err == nil || !strings.Contains(out, "someone in between") {
+		t.Errorf("login with the wrong CA fingerprint: %v\n%s; want a refusal", err, out)
+	}
+	if _, err := os.Stat(cfg); err == nil {
+		t.Error("a refused login wrote the CLI config")
+	}
+	if out, err := loginWith("--ca-fingerprint", ca.Fingerprint()); err != nil {
 		t.Fatalf("godwit login: %v\n%s", err, out)
 	}
 	if st, err := os.Stat(cfg); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("CLI config after login: %v %v; want mode 0600", st, err)
 	}
-	cmd, _ = lb.Command(ctx, "client", bin, "--config", cfg, "vm", "list", "-o", "json")
+	cmd, _ := lb.Command(ctx, "client", bin, "--config", cfg, "vm", "list", "-o", "json")
 	out, err := cmd.CombinedOutput()
 	var vms []api.VM
 	if err != nil || json.Unmarshal(out, &vms) != nil || len(vms) != 1 {
@@ -179,5 +201,27 @@ func TestAuthUsersRolesTokens(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "admin") {
 		t.Errorf("an operator deleting a VM: %v\n%s; want a refusal naming the admin role", err, out)
 	}
+
+	// A center whose certificate the kept CA did not sign (reinstalled, or an impostor)
+	// is refused, with a sentence that says so.
+	evil, err := pki.LoadOrCreateCA(t.TempDir(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(cfg)
+	b = []byte(strings.ReplaceAll(string(b), jsonString(string(ca.CertPEM)), jsonString(string(evil.CertPEM))))
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd, _ = lb.Command(ctx, "client", bin, "--config", cfg, "vm", "list")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "not signed by the CA this CLI trusts") {
+		t.Errorf("vm list against a center the kept CA did not sign: %v\n%s", err, out)
+	}
 	l.MustRun("vm", "delete", "auth-1")
+}
+
+// jsonString is s as a JSON string literal without its quotes.
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b[1 : len(b)-1])
 }

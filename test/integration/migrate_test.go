@@ -27,6 +27,7 @@ type migrationSummary struct {
 	PauseMS     float64 `json:"pause_ms"`
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
+	Encrypted   bool    `json:"encrypted"`
 	Error       string  `json:"error"`
 }
 
