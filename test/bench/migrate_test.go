@@ -121,6 +121,7 @@ type migSummary struct {
 	PauseMS     float64 `json:"pause_ms"`
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
+	Encrypted   bool    `json:"encrypted"`
 	Error       string  `json:"error"`
 }
 

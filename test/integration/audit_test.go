@@ -303,3 +303,72 @@ func tamperDB(t *testing.T, path, q string, args ...any) {
 		t.Fatalf("%s changed %d rows, want 1", q, n)
 	}
 }
+
+// TestCenterDownWhileMigrationCompletes stops the center mid-copy and lets the migration
+// complete without it (the hosts do the work). Started again, the center reconciles the
+// outcome from the source host: the migration and its task succeed, the VM's host is the
+// destination, the trail records the outcome on behalf of the user who asked, and no task
+// or audit record from before the restart is lost.
+func TestCenterDownWhileMigrationCompletes(t *testing.T) {
+	t.Parallel()
+	r := newFaultRun(t)
+	var before []api.Task
+	r.l.RunJSON(&before, "task", "list")
+	m := r.startSlowMigration()
+	r.l.Stop("center")
+	// Without the center, the migration converges: the guest stops dirtying and the
+	// links are fast again.
+	r.dirty(0, 0)
+	r.l.Shape("host-1", "off")
+	r.l.Shape("host-2", "off")
+	src := r.l.AsCenter(m.Source)
+	deadline := time.Now().Add(2 * time.Minute)
+	var onHost api.Migration
+	for {
+		resp, err := src.Get("https://" + r.addrs[m.Source] + ":7700/agent/v1/migrations/" + m.ID)
+		if err == nil {
+			_ = json.NewDecoder(resp.Body).Decode(&onHost)
+			resp.Body.Close()
+		}
+		if faultEnded(onHost) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if onHost.State != api.MigrationSucceeded {
+		t.Fatalf("with the center down, the source reports migration %s as %s; want it to complete", m.ID, faultDescribe(onHost))
+	}
+	r.l.Start("center")
+	end := r.mustEnd(m.ID, time.Minute, "after the center came back")
+	r.verify(end, true)
+	if end.State != api.MigrationSucceeded || end.Bytes == 0 || end.TotalMS <= 0 {
+		t.Errorf("the center recorded %s; want the source's success with its bytes and time", faultDescribe(end))
+	}
+	var task api.Task
+	r.l.RunJSON(&task, "task", "show", m.ID)
+	if task.State != api.TaskSucceeded || task.Finished == nil || task.Progress.Percent != 100 {
+		t.Errorf("the migration's task after the restart: %+v; want succeeded at 100%%", task)
+	}
+	var after []api.Task
+	r.l.RunJSON(&after, "task", "list")
+	have := map[string]api.Task{}
+	for _, x := range after {
+		have[x.ID] = x
+	}
+	for _, x := range before {
+		if y, ok := have[x.ID]; !ok || y.State != x.State || y.Kind != x.Kind {
+			t.Errorf("task %s (%s, %s) from before the restart is now %+v", x.ID, x.Kind, x.State, y)
+		}
+	}
+	recs := waitAudit(t, r.l, func(rs []audit.Record) bool { return find(rs, "migration.finish") != nil }, "--vm", faultVMName)
+	fin := find(recs, "migration.finish")
+	if fin.Outcome != audit.Succeeded || fin.Bytes == nil || *fin.Bytes != end.Bytes || fin.OnBehalfOf == "" {
+		t.Errorf("migration.finish after the restart: %+v; want succeeded with the bytes, on behalf of the requester", fin)
+	}
+	if find(recs, "vm.create") == nil || find(recs, "vm.migrate") == nil {
+		t.Errorf("records from before the restart are missing: %+v", recs)
+	}
+	if out := r.l.MustRun("audit", "verify"); !strings.Contains(out, "intact") {
+		t.Errorf("audit verify: %s", out)
+	}
+}
