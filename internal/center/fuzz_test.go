@@ -21,6 +21,7 @@ import (
 	"github.com/godwit/godwit/internal/agent"
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/store"
 )
 
@@ -630,6 +631,73 @@ func FuzzAuthRequests(f *testing.F) {
 		fuzzCheckAnswer(t, what, w)
 		if w.Code != http.StatusNotFound {
 			fc.checkAudit(t, what, before, rt.action, w.Code)
+		}
+	})
+}
+
+// fuzzPKIRoutes are the endpoints of joining, join tokens and revocation that decode a
+// body.
+var fuzzPKIRoutes = []struct{ path, action string }{
+	{"/api/v1/hosts/join", "host.join"},
+	{"/api/v1/join-tokens", "host.join-token.create"},
+	{"/api/v1/hosts/h2/revoke", "host.revoke"},
+}
+
+// FuzzPKIRequests fuzzes the bodies of joining, creating join tokens and revoking a
+// host's certificates, with the common property; no join succeeds without a real token,
+// and no certificate is issued by a refused request.
+func FuzzPKIRequests(f *testing.F) {
+	key, err := pki.NewKey()
+	if err != nil {
+		f.Fatal(err)
+	}
+	csr, err := pki.NewCSR(key, "h9")
+	if err != nil {
+		f.Fatal(err)
+	}
+	csrJSON, _ := json.Marshal(string(csr))
+	for _, c := range []struct {
+		route uint8
+		body  string
+	}{
+		{0, `{"name":"h9","token":"gwjoin_0123456789abcdef_secret","csr":` + string(csrJSON) + `}`},
+		{0, `{"name":"h9","token":"gwjoin_zz_secret","csr":"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}`},
+		{0, `{"name":"../h9","token":"","csr":""}`},
+		{0, `{"name":"godwit-center","token":"gwjoin_0123456789abcdef_x","csr":"x"}`},
+		{0, `{"name":"h9","token":"gw_0123456789abcdef_secret"}`},
+		{1, `{}`},
+		{1, `{"host":"h9","expires":"1h"}`},
+		{1, `{"host":"h9","expires":"never"}`},
+		{1, `{"host":"h9","expires":"8d"}`},
+		{1, `{"host":"Bad Host","expires":"1h"}`},
+		{1, `{"expires":-1}`},
+		{2, `{"reason":"decommissioned"}`},
+		{2, `{"reason":1}`},
+		{2, ``},
+		{0, `null`},
+	} {
+		f.Add(c.route, []byte(c.body))
+	}
+	fc := newFuzzCenter(f, 1000*time.Hour)
+	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
+		rt := fuzzPKIRoutes[int(route)%len(fuzzPKIRoutes)]
+		before := fc.auditHead(t)
+		certs, err := fc.c.store.Certs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := fc.do(http.MethodPost, rt.path, "", body)
+		what := fmt.Sprintf("POST %s %.300q", rt.path, body)
+		fuzzCheckAnswer(t, what, w)
+		if w.Code != http.StatusNotFound {
+			fc.checkAudit(t, what, before, rt.action, w.Code)
+		}
+		after, err := fc.c.store.Certs(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rt.action == "host.join" && len(after) != len(certs) {
+			t.Fatalf("%s: %d certificates issued without a valid join token (answer %d %s)", what, len(after)-len(certs), w.Code, w.Body)
 		}
 	})
 }
