@@ -181,8 +181,24 @@ type HostFacts struct {
 	HealthReason string      `json:"health_reason,omitempty"`
 	VMs          []VMStatus  `json:"vms"`
 	BootTime     time.Time   `json:"boot_time"`
+	// GuestCPU is what this host can give guests' CPUs (empty until the accelerator
+	// probe has answered).
+	GuestCPU GuestCPU `json:"guest_cpu"`
 	// Refusals are the requests the agent refused since its last heartbeat.
 	Refusals []AgentRefusal `json:"refusals,omitempty"`
+}
+
+// GuestCPU is what a host can give guests' CPUs under its accelerator: the CPUID flags,
+// and the QEMU CPU models all of whose flags it has. LimitedTo names the model an
+// administrator limited the host to (agent --cpu-limit: "this host is of that
+// generation"). Catalog is a hash of the per-model flag lists, which the center fetches
+// once per distinct catalog (GET /agent/v1/cpu-models).
+type GuestCPU struct {
+	Accel     string   `json:"accel,omitempty"`
+	LimitedTo string   `json:"limited_to,omitempty"`
+	Flags     []string `json:"flags,omitempty"`
+	Models    []string `json:"models,omitempty"`
+	Catalog   string   `json:"catalog,omitempty"`
 }
 
 // Host is a host as the center reports it.
@@ -278,6 +294,17 @@ type Migration struct {
 	// whether the memory stream was in fact encrypted (TLS).
 	Encryption string `json:"encryption,omitempty"`
 	Encrypted  bool   `json:"encrypted"`
+	// Priority is high, normal or low (normal when empty).
+	Priority string `json:"priority,omitempty"`
+	// BandwidthCap is the cap on the stream the center set (bytes/s; 0: none), its
+	// share of the network by priority; ThreadNice is the nice level of the source
+	// QEMU's migration thread.
+	BandwidthCap int64 `json:"bandwidth_cap,omitempty"`
+	ThreadNice   *int  `json:"thread_nice,omitempty"`
+	// Waiting says what a queued migration waits for (a host's or a network's slots).
+	Waiting string `json:"waiting,omitempty"`
+	// Initiator is who asked for it: a user, or "schedule NAME (created by USER)".
+	Initiator string `json:"initiator,omitempty"`
 }
 
 // FinishReply is the destination's answer when it takes over a migrated VM.
@@ -294,6 +321,18 @@ type AgentMigrateRequest struct {
 	DestinationAddr string `json:"destination_addr"`
 	Policy          string `json:"policy,omitempty"`
 	Encryption      string `json:"encryption,omitempty"`
+	// Priority is high, normal or low: the source's migration thread runs at a matching
+	// nice level (see MigrationNice).
+	Priority string `json:"priority,omitempty"`
+	// MaxBandwidth caps the stream in bytes/s (its share of the network); 0: none beyond
+	// the policy's.
+	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+}
+
+// BandwidthRequest is the body of POST /agent/v1/migrations/{id}/bandwidth: a new cap
+// for a running migration's stream, in bytes/s (0: none beyond the policy's).
+type BandwidthRequest struct {
+	MaxBandwidth int64 `json:"max_bandwidth"`
 }
 
 // IncomingRequest is what the source agent asks of the destination agent: prepare a QEMU
