@@ -234,7 +234,13 @@ func TestLimitsHoldUnderConcurrency(t *testing.T) {
 			}
 		})
 	}
-	wg.Wait()
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(guard):
+		t.Fatal("the migrations did not all finish: the limiter deadlocked or lost a wake-up")
+	}
 
 	s := l.Snapshot()
 	if len(s.Admitted) != 0 || len(s.Queue) != 0 || len(s.Resources) != 0 || s.Queued[Normal] != 0 || s.Queued[Low] != 0 {
@@ -399,7 +405,7 @@ func TestHighAdmittedAheadOfWaiting(t *testing.T) {
 	h.Release()
 	a.admitted(t)
 	wantHolders(t, l, h1, "a", "x")
-	_ = x
+	x.Release()
 }
 
 func TestHighRefusedWhenFull(t *testing.T) {

@@ -6,6 +6,8 @@ package api
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/godwit/godwit/internal/placement"
 )
 
 // VM power and lifecycle states, as the center reports them.
@@ -208,6 +210,68 @@ type Host struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 	Registered    time.Time `json:"registered"`
 	VMCount       int       `json:"vm_count"`
+	// Maintenance is set while the host is in maintenance mode.
+	Maintenance *MaintenanceMode `json:"maintenance,omitempty"`
+	// Baseline says whether the host can give guests the cluster's baseline CPU model
+	// ("ok", "missing FLAGS", or "unknown" while its agent probes).
+	Baseline string `json:"baseline,omitempty"`
+}
+
+// MaintenanceMode is a host's maintenance mode: no VM is placed or migrated onto it.
+type MaintenanceMode struct {
+	Reason string    `json:"reason,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
+// MaintenanceRequest is the body of POST /api/v1/hosts/{name}/maintenance.
+type MaintenanceRequest struct {
+	Enter  bool   `json:"enter"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// MigrationCheck is the answer of GET /api/v1/vms/{name}/migrate/check: for each
+// candidate host (or the one asked about), what blocks a migration there (errors) and
+// what the user should know (warnings). Nothing changes.
+type MigrationCheck struct {
+	VM     string      `json:"vm"`
+	Source string      `json:"source"`
+	Hosts  []HostCheck `json:"hosts"`
+}
+
+// HostCheck is one host's verdict in a MigrationCheck.
+type HostCheck struct {
+	Host       string              `json:"host"`
+	Compatible bool                `json:"compatible"`
+	Errors     []placement.Finding `json:"errors"`
+	Warnings   []placement.Finding `json:"warnings"`
+}
+
+// Recommendation is the answer of GET /api/v1/vms/{name}/migrate/recommend.
+type Recommendation = placement.Recommendation
+
+// BulkMigrateRequest is the body of POST /api/v1/migrations: several VMs moved by one
+// request, to one host (To) or each to the wizard's best host (Auto).
+type BulkMigrateRequest struct {
+	VMs        []string `json:"vms"`
+	To         string   `json:"to,omitempty"`
+	Auto       bool     `json:"auto,omitempty"`
+	Policy     string   `json:"policy,omitempty"`
+	Encryption string   `json:"encryption,omitempty"`
+	Priority   string   `json:"priority,omitempty"`
+}
+
+// BulkMigrateReply lists the migrations a bulk request started (or queued), and the VMs
+// it could not move, with why.
+type BulkMigrateReply struct {
+	Migrations []Migration   `json:"migrations"`
+	Refused    []BulkRefusal `json:"refused"`
+}
+
+// BulkRefusal is a VM of a bulk request that was not moved.
+type BulkRefusal struct {
+	VM    string `json:"vm"`
+	Error string `json:"error"`
+	Code  string `json:"code,omitempty"`
 }
 
 // VMStatus is an agent's view of one VM it holds.
@@ -249,6 +313,8 @@ type MigrateRequest struct {
 	// Encryption overrides the policy's encryption of the memory stream: required,
 	// opportunistic or off.
 	Encryption string `json:"encryption,omitempty"`
+	// Priority is high, normal (the default) or low: see the admission package.
+	Priority string `json:"priority,omitempty"`
 }
 
 // MigrationProgress is a live view of a running migration.
@@ -538,4 +604,21 @@ type AgentRefusal struct {
 	// Subject is the name the client's certificate claimed, if any.
 	Subject string `json:"subject,omitempty"`
 	Reason  string `json:"reason"`
+}
+
+// MigrationSlots is GET /api/v1/migration-slots: the concurrent-migration limits in use.
+type MigrationSlots struct {
+	Resources []SlotState `json:"resources"`
+	// Admitted are the migrations holding slots; Queue those waiting, in admission order.
+	Admitted []string `json:"admitted"`
+	Queue    []string `json:"queue"`
+}
+
+// SlotState is one resource (host:NAME, network:NAME, datastore:NAME) and its slots.
+type SlotState struct {
+	Resource string   `json:"resource"`
+	Limit    int      `json:"limit"`
+	InUse    int      `json:"in_use"`
+	Holders  []string `json:"holders,omitempty"`
+	Waiting  []string `json:"waiting,omitempty"`
 }

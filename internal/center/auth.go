@@ -311,6 +311,9 @@ func requiredRole(method, path string) string {
 	case read:
 		return api.RoleViewer
 	case method == http.MethodPost && len(seg) == 3 && seg[0] == "vms" && (seg[2] == "start" || seg[2] == "stop" || seg[2] == "migrate"),
+		method == http.MethodPost && path == "/api/v1/migrations",
+		// Schedules migrate VMs, later and on their own: operators may manage them.
+		strings.HasPrefix(path, "/api/v1/schedules"),
 		method == http.MethodPost && len(seg) == 3 && (seg[0] == "migrations" || seg[0] == "tasks") && seg[2] == "cancel":
 		return api.RoleOperator
 	}

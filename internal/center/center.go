@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/metrics"
@@ -41,6 +42,18 @@ type Config struct {
 	// AuditRetention is how long audit records are kept; 0: audit.DefaultRetention;
 	// negative: forever.
 	AuditRetention time.Duration
+	// MigrationLimits are the concurrent-migration limits per host, network and
+	// datastore (admission.DefaultLimits when zero). Migrations beyond them queue.
+	MigrationLimits admission.Limits
+	// MigrationNetwork names the network migration streams cross (every migration costs
+	// a slot on it); LinkRate is its speed in bytes/s, which concurrent migrations share
+	// by priority. Defaults: "migration", 10 Gbit/s.
+	MigrationNetwork string
+	LinkRate         int64
+	// CPUBaseline is the cluster's baseline CPU model (like VMware's EVC): VMs created
+	// without a CPU model get it, so they keep one CPU definition wherever they run.
+	// Default qemu64.
+	CPUBaseline string
 	// TLSNames are further DNS names or addresses for the center's certificate, for API
 	// clients that reach it by a name or address it does not listen on.
 	TLSNames []string
@@ -79,6 +92,17 @@ type Center struct {
 	// certificate, which it serves and presents to agents.
 	ca       *pki.CA
 	identity *pki.Identity
+
+	// limiter admits migrations within their limits and queues the rest; tickets holds
+	// each admitted migration's ticket (id → *admission.Ticket) until it ends, and
+	// waiting the cancel function of each queued one (id → context.CancelFunc).
+	limiter *admission.Limiter
+	tickets sync.Map
+	waiting sync.Map
+	// caps holds the bandwidth cap last sent for each started migration (id → int64).
+	caps sync.Map
+	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
+	cpuCatalogs sync.Map
 }
 
 // New opens the center's database.
@@ -98,6 +122,22 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.AuditRetention == 0 {
 		cfg.AuditRetention = audit.DefaultRetention
 	}
+	if cfg.MigrationLimits.Kinds == nil && cfg.MigrationLimits.Resources == nil {
+		cfg.MigrationLimits = admission.DefaultLimits()
+	}
+	if cfg.MigrationNetwork == "" {
+		cfg.MigrationNetwork = "migration"
+	}
+	if cfg.LinkRate <= 0 {
+		cfg.LinkRate = admission.FastLinkBitsPerSecond / 8
+	}
+	if cfg.CPUBaseline == "" {
+		cfg.CPUBaseline = defaultCPUModel
+	}
+	lim, err := admission.New(cfg.MigrationLimits)
+	if err != nil {
+		return nil, fmt.Errorf("migration limits: %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory: %w", err)
 	}
@@ -108,7 +148,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster()}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster(), limiter: lim}
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err
@@ -166,13 +206,22 @@ func (c *Center) Run(ctx context.Context) error {
 		_ = os.Chmod(c.cfg.Socket, 0o600)
 		lns = append(lns, audit.PeerListener(ln)) // the audit trail names the Unix user of each client
 	}
-	// The audit trail is trimmed now and daily, until Run returns.
-	trimCtx, stopTrim := context.WithCancel(ctx)
-	defer stopTrim()
-	c.wg.Add(1)
+	// The audit trail is trimmed now and daily, schedules run when due, and bandwidth
+	// caps follow the migrations admitted, until Run returns.
+	bgCtx, stopBG := context.WithCancel(ctx)
+	defer stopBG()
+	c.wg.Add(3)
 	go func() {
 		defer c.wg.Done()
-		c.trail.Retain(trimCtx, c.cfg.AuditRetention)
+		c.trail.Retain(bgCtx, c.cfg.AuditRetention)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runSchedules(bgCtx)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.rebalance(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
 	runErr := api.Serve(ctx, c.routes(false), lns...)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
@@ -23,89 +24,104 @@ func terminal(state string) bool {
 // migrateVM checks a live migration with the destination, asks the source to start it,
 // and follows it in the background until it ends. The migration is a task of
 // initiator's, under the migration's id.
-func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequest, initiator string) (api.Migration, error) {
+// plan is a migration checked and ready to queue: its record (state queued), what it
+// costs against the limits, and the source's client.
+type plan struct {
+	m        api.Migration
+	costs    map[string]int
+	priority admission.Priority
+	src      store.HostRecord
+	dst      store.HostRecord
+	// memoryMiB is the VM's memory, which the move adds to the destination.
+	memoryMiB int
+}
+
+// planMigration checks a migration request without changing anything: the VM, the
+// policy, the encryption and the priority; the destination's compatibility (the
+// wizard's checks); and the destination agent's own preflight.
+func (c *Center) planMigration(ctx context.Context, name string, req api.MigrateRequest) (plan, error) {
 	r, err := c.record(ctx, name)
 	if err != nil {
-		return api.Migration{}, err
+		return plan{}, err
 	}
 	if req.To == "" {
-		return api.Migration{}, api.BadRequest("give the destination host (`--to HOST`)")
+		return plan{}, api.BadRequest("give the destination host (`--to HOST`), or let the wizard choose (`godwit vm migrate %s` without --to)", name)
 	}
 	if req.Policy == "" {
 		req.Policy = r.Spec.MigrationPolicy
 	}
 	policy, err := migration.LookupPolicy(req.Policy)
 	if err != nil {
-		return api.Migration{}, invalid("%v", err)
+		return plan{}, invalid("%v", err)
 	}
 	encryption := policy.EncryptionMode()
 	if req.Encryption != "" {
 		if encryption, err = migration.ParseEncryption(req.Encryption); err != nil {
-			return api.Migration{}, invalid("%v", err)
+			return plan{}, invalid("%v", err)
 		}
 	}
-	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name, "encryption": encryption})
+	priority := admission.Normal
+	if req.Priority != "" {
+		if priority, err = admission.ParsePriority(req.Priority); err != nil {
+			return plan{}, invalid("%v", err)
+		}
+	}
+	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name,
+		"encryption": encryption, "priority": string(priority)})
 	if r.Host == req.To {
-		return api.Migration{}, invalid("VM %s already runs on %s; choose another destination", name, req.To)
+		return plan{}, invalid("VM %s already runs on %s; choose another destination", name, req.To)
 	}
 	if r.State != api.VMRunning {
-		return api.Migration{}, api.Conflict("VM %s is %s; only a running VM can be live-migrated", name, r.State)
+		return plan{}, api.Conflict("VM %s is %s; only a running VM can be live-migrated", name, r.State)
 	}
 	active, err := c.store.Migrations(ctx, name, true, 1)
 	if err != nil {
-		return api.Migration{}, err
+		return plan{}, err
 	}
 	if len(active) > 0 {
-		// The future task queue goes here: store the new migration as
-		// api.MigrationQueued instead of refusing it, and godwit_tasks_queued counts it.
-		return api.Migration{}, api.Conflict("VM %s is already being migrated (migration %s); wait for it or cancel it", name, active[0].ID)
+		return plan{}, api.Conflict("VM %s is already being migrated (migration %s, %s); wait for it or cancel it", name, active[0].ID, active[0].State)
 	}
-	src, srcClient, err := c.hostOf(ctx, r, "be migrated")
+	src, _, err := c.hostOf(ctx, r, "be migrated")
 	if err != nil {
-		return api.Migration{}, err
+		return plan{}, err
 	}
 	dst, err := c.store.Host(ctx, req.To)
 	if errors.Is(err, store.ErrNotFound) {
-		return api.Migration{}, invalid("there is no host named %q; `godwit host list` shows the hosts", req.To)
+		return plan{}, invalid("there is no host named %q; `godwit host list` shows the hosts", req.To)
 	}
 	if err != nil {
-		return api.Migration{}, err
+		return plan{}, err
 	}
 	if !c.connected(dst) {
-		return api.Migration{}, api.Errorf(http.StatusConflict, "host_disconnected", "destination %s is disconnected; choose another host", req.To)
+		return plan{}, api.Errorf(http.StatusConflict, "host_disconnected", "destination %s is disconnected; choose another host", req.To)
+	}
+	if _, err := c.destinationFindings(ctx, name, req.To); err != nil {
+		return plan{}, err
 	}
 	dstClient, err := c.agent(dst, time.Minute)
 	if err != nil {
-		return api.Migration{}, err
+		return plan{}, err
 	}
 	pre := api.IncomingRequest{Source: src.Facts.Name, Spec: r.Spec, QEMUVersion: src.Facts.QEMUVersion, Policy: policy.Name, Address: dst.Facts.Address}
 	if err := dstClient.Do(ctx, http.MethodPost, "/agent/v1/preflight", pre, nil); err != nil {
-		return api.Migration{}, hostError(dst.Facts.Name, "check the migration of "+name, err)
+		return plan{}, hostError(dst.Facts.Name, "check the migration of "+name, err)
 	}
-
 	m := api.Migration{
 		ID: uuid.NewString()[:8], VM: name, Source: src.Facts.Name, Destination: dst.Facts.Name,
-		Policy: policy.Name, State: api.MigrationPreparing, Started: c.now().UTC(), Encryption: encryption,
+		Policy: policy.Name, State: api.MigrationQueued, Started: c.now().UTC(), Encryption: encryption,
+		Priority: string(priority),
 	}
-	if err := c.store.SaveMigration(ctx, m); err != nil {
+	costs := admission.MigrationCosts(m.Source, m.Destination, []string{c.cfg.MigrationNetwork}, vmDatastores(r.Spec))
+	return plan{m: m, costs: costs, priority: priority, src: src, dst: dst, memoryMiB: r.Spec.MemoryMiB}, nil
+}
+
+// migrateVM checks and then starts or queues a migration (see submit).
+func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequest, initiator string) (api.Migration, error) {
+	p, err := c.planMigration(ctx, name, req)
+	if err != nil {
 		return api.Migration{}, err
 	}
-	audit.Params(ctx, map[string]any{"migration": m.ID})
-	c.startMigrationTask(ctx, m, initiator)
-	areq := api.AgentMigrateRequest{ID: m.ID, Destination: dst.Facts.Name, DestinationURL: dst.Facts.AgentURL,
-		DestinationAddr: dst.Facts.Address, Policy: policy.Name, Encryption: encryption}
-	var started api.Migration
-	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/migrate", areq, &started); err != nil {
-		now := c.now().UTC()
-		m.State, m.Error, m.Finished = api.MigrationFailed, err.Error(), &now
-		_ = c.store.SaveMigration(context.WithoutCancel(ctx), m)
-		c.migrationChanged(context.WithoutCancel(ctx), m)
-		c.metrics.RecordMigration(m)
-		return api.Migration{}, hostError(src.Facts.Name, "start the migration of "+name, err)
-	}
-	c.log.Info("migration started", "migration", m.ID, "vm", name, "from", m.Source, "to", m.Destination, "policy", m.Policy)
-	c.follow(m)
-	return m, nil
+	return c.submit(ctx, p, initiator)
 }
 
 // follow polls the source agent for a migration's progress until it ends, then records
@@ -176,8 +192,10 @@ func (c *Center) pollSource(ctx context.Context, m api.Migration) (api.Migration
 	return cur, err
 }
 
-// record1 stores a finished migration and moves the VM on success.
+// record1 stores a finished migration, moves the VM on success, and gives the
+// migration's slots back.
 func (c *Center) record1(ctx context.Context, m api.Migration) {
+	defer c.release(m.ID)
 	if m.State == api.MigrationSucceeded {
 		// Host and state change together, so no reader sees the new host with the
 		// source's process.
@@ -224,7 +242,11 @@ func (c *Center) resumeFollowing(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.requeue(ctx, active)
 	for _, m := range active {
+		if m.State == api.MigrationQueued {
+			continue
+		}
 		c.log.Info("following an unfinished migration again", "migration", m.ID, "vm", m.VM)
 		c.trail.MigrationResumed(ctx, m)
 		c.follow(m)
@@ -269,6 +291,10 @@ func (c *Center) cancelMigration(ctx context.Context, id string) (api.Migration,
 	audit.Params(ctx, map[string]any{"vm": m.VM})
 	if terminal(m.State) {
 		return m, api.Conflict("migration %s has already %s", id, m.State)
+	}
+	if ended, ok, err := c.cancelQueued(ctx, id); ok {
+		c.log.Info("queued migration cancelled", "migration", id, "vm", m.VM)
+		return ended, err
 	}
 	h, err := c.store.Host(ctx, m.Source)
 	if err != nil {

@@ -116,6 +116,43 @@ func (c *Center) routes(trusted bool) http.Handler {
 		}
 		writeResult(w, http.StatusAccepted, m, err)
 	})
+	mux.HandleFunc("GET /api/v1/vms/{name}/migrate/check", func(w http.ResponseWriter, r *http.Request) {
+		chk, err := c.checkMigration(r.Context(), r.PathValue("name"), r.URL.Query().Get("to"))
+		writeResult(w, http.StatusOK, chk, err)
+	})
+	mux.HandleFunc("GET /api/v1/vms/{name}/migrate/recommend", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := c.recommend(r.Context(), r.PathValue("name"))
+		writeResult(w, http.StatusOK, rec, err)
+	})
+	mux.HandleFunc("POST /api/v1/migrations", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "migration.bulk", "")
+		var req api.BulkMigrateRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		a := audit.ActorOf(r)
+		from := r.RemoteAddr
+		if r.RemoteAddr == "" || r.RemoteAddr == "@" {
+			from = audit.Local
+		}
+		rep, err := c.bulkMigrate(r.Context(), req, requester{actor: a, from: from, initiator: a.Name})
+		writeResult(w, http.StatusAccepted, rep, err)
+	})
+	mux.HandleFunc("GET /api/v1/migration-slots", func(w http.ResponseWriter, r *http.Request) {
+		api.WriteJSON(w, http.StatusOK, c.slots())
+	})
+	mux.HandleFunc("POST /api/v1/hosts/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "host.maintenance", r.PathValue("name"))
+		audit.Params(r.Context(), map[string]any{"host": r.PathValue("name")})
+		var req api.MaintenanceRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		h, err := c.setMaintenance(r.Context(), r.PathValue("name"), req)
+		writeResult(w, http.StatusOK, h, err)
+	})
 	mux.HandleFunc("GET /api/v1/tasks", func(w http.ResponseWriter, r *http.Request) {
 		f, err := taskFilter(r)
 		if err != nil {
@@ -158,6 +195,7 @@ func (c *Center) routes(trusted bool) http.Handler {
 	c.trail.Register(mux)
 	c.registerUsers(mux)
 	c.registerPKI(mux)
+	c.registerSchedules(mux)
 	// Heartbeats are recorded only when refused or failed.
 	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
 	audited := c.trail.Middleware(c.logRequests(c.authorize(mux)), heartbeat)

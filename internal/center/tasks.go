@@ -106,6 +106,9 @@ func migrationTask(base api.Task, m api.Migration, now time.Time) api.Task {
 	if t.Progress.Phase == "" && !terminal(m.State) {
 		t.Progress.Phase = m.State
 	}
+	if m.State == api.MigrationQueued && m.Waiting != "" {
+		t.Progress.Phase = "queued: " + m.Waiting
+	}
 	t.Error = m.Error
 	if terminal(m.State) {
 		f := now.UTC()

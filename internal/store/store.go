@@ -110,6 +110,11 @@ CREATE TABLE IF NOT EXISTS tokens (
 	revoked TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tokens_user ON tokens (user);
+CREATE TABLE IF NOT EXISTS host_maintenance (
+	name TEXT PRIMARY KEY,
+	reason TEXT NOT NULL DEFAULT '',
+	since TEXT NOT NULL
+);
 `
 
 // Open opens (creating if needed) the database at path.

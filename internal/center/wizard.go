@@ -1,0 +1,279 @@
+package center
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/godwit/godwit/internal/admission"
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/placement"
+	"github.com/godwit/godwit/internal/qemu"
+	"github.com/godwit/godwit/internal/store"
+)
+
+// The migration wizard: compatibility checks and recommendations (internal/placement)
+// fed with what the center knows now — hosts' heartbeats (memory, load, guest CPU
+// capabilities, datastores, networks, QEMU), maintenance mode, the migration slots in
+// use and queued (the admission limiter) and the migration traffic on each host's link.
+// Nothing here changes anything.
+
+// modelFlags returns the CPUID flags that model needs, as the QEMU of host h defines it.
+// Catalogs are fetched from agents once per distinct catalog and kept.
+func (c *Center) modelFlags(ctx context.Context, h store.HostRecord, model string) ([]string, error) {
+	key := h.Facts.GuestCPU.Catalog
+	if key == "" {
+		return nil, fmt.Errorf("host %s has not reported its guest CPU capabilities yet", h.Facts.Name)
+	}
+	var caps qemu.CPUCaps
+	if v, ok := c.cpuCatalogs.Load(key); ok {
+		caps = v.(qemu.CPUCaps)
+	} else {
+		cl, err := c.agent(h, 10*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if err := cl.Do(ctx, http.MethodGet, "/agent/v1/cpu-models", nil, &caps); err != nil {
+			return nil, hostError(h.Facts.Name, "list its CPU models", err)
+		}
+		c.cpuCatalogs.Store(key, caps)
+	}
+	m, ok := caps.Model(model)
+	if !ok {
+		return nil, fmt.Errorf("QEMU on host %s has no CPU model %q", h.Facts.Name, model)
+	}
+	return m.Flags, nil
+}
+
+// vmDatastores lists the datastores a VM's disks and boot files are on.
+func vmDatastores(s api.VMSpec) []string {
+	set := map[string]bool{}
+	for _, d := range s.Disks {
+		set[d.Datastore] = true
+	}
+	for _, p := range []string{s.Boot.Kernel, s.Boot.Initrd} {
+		if name, _, ok := strings.Cut(strings.TrimPrefix(p, "["), "]"); ok && strings.HasPrefix(p, "[") {
+			set[strings.TrimSpace(name)] = true
+		}
+	}
+	return slices.Sorted(func(yield func(string) bool) {
+		for k := range set {
+			if k != "" && !yield(k) {
+				return
+			}
+		}
+	})
+}
+
+// vmNetworks lists the networks of a VM's NICs.
+func vmNetworks(s api.VMSpec) []string {
+	var n []string
+	for _, nic := range s.NICs {
+		if !slices.Contains(n, nic.Network) {
+			n = append(n, nic.Network)
+		}
+	}
+	sort.Strings(n)
+	return n
+}
+
+// vmInput describes a VM on its source host for the placement checks.
+func (c *Center) vmInput(ctx context.Context, r store.VMRecord, src store.HostRecord) placement.VM {
+	v := placement.VM{
+		Name: r.Spec.Name, Host: r.Host, MemoryMiB: r.Spec.MemoryMiB, CPUs: r.Spec.CPUs, CPUModel: r.Spec.CPUModel,
+		Datastores: vmDatastores(r.Spec), Networks: vmNetworks(r.Spec),
+		QEMUVersion: src.Facts.QEMUVersion, Accel: src.Facts.Accel,
+	}
+	if v.CPUModel != "" {
+		if flags, err := c.modelFlags(ctx, src, v.CPUModel); err == nil {
+			v.CPUFlags = flags
+		} else {
+			c.log.Warn("the flags of the VM's CPU model are not known; the CPU check is limited to model names", "vm", v.Name, "err", err)
+		}
+	}
+	return v
+}
+
+// hostInputs describes every host as a destination, with live load and migration slots.
+func (c *Center) hostInputs(ctx context.Context, hosts []store.HostRecord) ([]placement.Host, error) {
+	maint, err := c.store.Maintenances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap := c.limiter.Snapshot()
+	slots := map[string]admission.ResourceState{}
+	for _, rs := range snap.Resources {
+		slots[rs.Resource] = rs
+	}
+	linkBytes := map[string]float64{}
+	c.live.Range(func(_, v any) bool {
+		m := v.(api.Migration)
+		if m.State == api.MigrationRunning {
+			linkBytes[m.Source] += m.Progress.TransferRate
+			linkBytes[m.Destination] += m.Progress.TransferRate
+		}
+		return true
+	})
+	out := make([]placement.Host, 0, len(hosts))
+	for _, h := range hosts {
+		f := h.Facts
+		res := admission.Host(f.Name)
+		limit, _ := c.cfg.MigrationLimits.Limit(res)
+		ph := placement.Host{
+			Name: f.Name, Connected: c.connected(h), Health: f.Health, HealthReason: f.HealthReason,
+			Cores: max(f.CPU.Threads, f.CPU.Cores), Load: f.Load, MemoryMiB: f.MemoryMiB, FreeMemoryMiB: f.FreeMemoryMiB,
+			CPUFlags: f.GuestCPU.Flags, QEMUVersion: f.QEMUVersion, Accel: f.Accel,
+			MigrationsRunning: slots[res].InUse, MigrationsQueued: len(slots[res].Waiting), MigrationSlots: limit,
+			LinkLoad: linkBytes[f.Name] / float64(c.cfg.LinkRate),
+		}
+		_, ph.Maintenance = maint[f.Name]
+		for _, d := range f.Datastores {
+			ph.Datastores = append(ph.Datastores, d.Name)
+		}
+		for _, n := range f.Networks {
+			ph.Networks = append(ph.Networks, n.Name)
+		}
+		out = append(out, ph)
+	}
+	return out, nil
+}
+
+// modelFinding is the CPU check when the model's flags are unknown: a host that lists its
+// supported models and lacks this one cannot take the VM.
+func modelFinding(v placement.VM, h placement.Host, models []string) []placement.Finding {
+	if len(v.CPUFlags) > 0 || v.CPUModel == "" || len(models) == 0 || slices.Contains(models, v.CPUModel) {
+		return nil
+	}
+	return []placement.Finding{{Code: placement.CodeCPUUnsupported, Severity: placement.SeverityError,
+		Message: fmt.Sprintf("Host %s cannot provide CPU model %s (it provides %s).", h.Name, v.CPUModel, strings.Join(models, ", "))}}
+}
+
+// wizardInputs gathers the VM and every host for the checks.
+func (c *Center) wizardInputs(ctx context.Context, name string) (store.VMRecord, placement.VM, []placement.Host, map[string]store.HostRecord, error) {
+	r, err := c.record(ctx, name)
+	if err != nil {
+		return r, placement.VM{}, nil, nil, err
+	}
+	recs, err := c.store.Hosts(ctx)
+	if err != nil {
+		return r, placement.VM{}, nil, nil, err
+	}
+	byName := map[string]store.HostRecord{}
+	for _, h := range recs {
+		byName[h.Facts.Name] = h
+	}
+	src, ok := byName[r.Host]
+	if !ok {
+		return r, placement.VM{}, nil, nil, api.Conflict("VM %s is on host %s, which the center does not know", name, r.Host)
+	}
+	hosts, err := c.hostInputs(ctx, recs)
+	if err != nil {
+		return r, placement.VM{}, nil, nil, err
+	}
+	return r, c.vmInput(ctx, r, src), hosts, byName, nil
+}
+
+// checkMigration checks every host (or only to) as a destination for VM name.
+func (c *Center) checkMigration(ctx context.Context, name, to string) (api.MigrationCheck, error) {
+	r, v, hosts, byName, err := c.wizardInputs(ctx, name)
+	if err != nil {
+		return api.MigrationCheck{}, err
+	}
+	if to != "" {
+		if _, ok := byName[to]; !ok {
+			return api.MigrationCheck{}, invalid("there is no host named %q; `godwit host list` shows the hosts", to)
+		}
+	}
+	out := api.MigrationCheck{VM: name, Source: r.Host, Hosts: []api.HostCheck{}}
+	for _, h := range hosts {
+		if to != "" && h.Name != to {
+			continue
+		}
+		fs := append(modelFinding(v, h, byName[h.Name].Facts.GuestCPU.Models), placement.Check(v, h)...)
+		hc := api.HostCheck{Host: h.Name, Errors: []placement.Finding{}, Warnings: []placement.Finding{}}
+		for _, f := range fs {
+			if f.Blocking() {
+				hc.Errors = append(hc.Errors, f)
+			} else {
+				hc.Warnings = append(hc.Warnings, f)
+			}
+		}
+		hc.Compatible = len(hc.Errors) == 0
+		out.Hosts = append(out.Hosts, hc)
+	}
+	return out, nil
+}
+
+// recommend ranks the destinations for VM name.
+func (c *Center) recommend(ctx context.Context, name string) (api.Recommendation, error) {
+	_, v, hosts, byName, err := c.wizardInputs(ctx, name)
+	if err != nil {
+		return api.Recommendation{}, err
+	}
+	rec, err := placement.Recommend(v, hosts, placement.DefaultWeights())
+	if err != nil {
+		return rec, err
+	}
+	return withModelFindings(rec, v, hosts, byName), nil
+}
+
+// withModelFindings moves candidates that cannot provide the VM's CPU model (when its
+// flags are unknown) to the refused.
+func withModelFindings(rec api.Recommendation, v placement.VM, hosts []placement.Host, byName map[string]store.HostRecord) api.Recommendation {
+	idx := map[string]placement.Host{}
+	for _, h := range hosts {
+		idx[h.Name] = h
+	}
+	kept := rec.Candidates[:0]
+	for _, cand := range rec.Candidates {
+		if fs := modelFinding(v, idx[cand.Host], byName[cand.Host].Facts.GuestCPU.Models); len(fs) > 0 {
+			rec.Refused = append(rec.Refused, placement.Refusal{Host: cand.Host, Errors: fs})
+			continue
+		}
+		kept = append(kept, cand)
+	}
+	rec.Candidates = kept
+	sort.Slice(rec.Refused, func(i, j int) bool { return rec.Refused[i].Host < rec.Refused[j].Host })
+	return rec
+}
+
+// destinationFindings checks one destination for a migration about to be asked for; an
+// error says why it is refused, in the findings' words.
+func (c *Center) destinationFindings(ctx context.Context, name, to string) ([]placement.Finding, error) {
+	chk, err := c.checkMigration(ctx, name, to)
+	if err != nil {
+		return nil, err
+	}
+	if len(chk.Hosts) != 1 {
+		return nil, invalid("there is no host named %q; `godwit host list` shows the hosts", to)
+	}
+	hc := chk.Hosts[0]
+	if !hc.Compatible {
+		msgs := make([]string, len(hc.Errors))
+		codes := make([]string, len(hc.Errors))
+		for i, f := range hc.Errors {
+			msgs[i], codes[i] = f.Message, f.Code
+		}
+		return nil, api.Errorf(422, hc.Errors[0].Code, "host %s cannot take VM %s: %s (`godwit vm migrate %s --check` shows every host)",
+			to, name, strings.Join(msgs, " "), name)
+	}
+	return hc.Warnings, nil
+}
+
+// setMaintenance puts a host into maintenance mode or takes it out.
+func (c *Center) setMaintenance(ctx context.Context, name string, req api.MaintenanceRequest) (api.Host, error) {
+	if _, err := c.store.Host(ctx, name); errors.Is(err, store.ErrNotFound) {
+		return api.Host{}, api.NotFound("there is no host named %q; `godwit host list` shows the hosts", name)
+	} else if err != nil {
+		return api.Host{}, err
+	}
+	if err := c.store.SetMaintenance(ctx, name, req.Enter, req.Reason, c.now().UTC()); err != nil {
+		return api.Host{}, err
+	}
+	return c.getHost(ctx, name)
+}

@@ -1,0 +1,50 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Maintenance is a host in maintenance mode: no VM is placed or migrated onto it.
+type Maintenance struct {
+	Host   string
+	Reason string
+	Since  time.Time
+}
+
+// SetMaintenance puts host in maintenance mode (keeping the first time and reason if it
+// is already), or takes it out.
+func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, reason string, now time.Time) error {
+	var err error
+	if on {
+		_, err = s.db.ExecContext(ctx, `INSERT INTO host_maintenance (name, reason, since) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+			host, reason, ts(now))
+	} else {
+		_, err = s.db.ExecContext(ctx, `DELETE FROM host_maintenance WHERE name = ?`, host)
+	}
+	if err != nil {
+		return fmt.Errorf("set maintenance mode of host %s: %w", host, err)
+	}
+	return nil
+}
+
+// Maintenances returns the hosts in maintenance mode, by name.
+func (s *Store) Maintenances(ctx context.Context) (map[string]Maintenance, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, reason, since FROM host_maintenance`)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts in maintenance mode: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]Maintenance{}
+	for rows.Next() {
+		var m Maintenance
+		var since string
+		if err := rows.Scan(&m.Host, &m.Reason, &since); err != nil {
+			return nil, fmt.Errorf("list hosts in maintenance mode: %w", err)
+		}
+		m.Since = parseTS(since)
+		out[m.Host] = m
+	}
+	return out, rows.Err()
+}
