@@ -80,10 +80,19 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	return nil
 }
 
-func (c *Center) hostView(h store.HostRecord, vms []store.VMRecord) api.Host {
+func (c *Center) hostView(ctx context.Context, h store.HostRecord, vms []store.VMRecord, maint map[string]store.Maintenance) api.Host {
 	out := api.Host{HostFacts: h.Facts, LastHeartbeat: h.LastHeartbeat, Registered: h.Registered, State: api.HostDisconnected}
 	if c.connected(h) {
 		out.State = api.HostConnected
+	}
+	if m, ok := maint[h.Facts.Name]; ok {
+		out.Maintenance = &api.MaintenanceMode{Reason: m.Reason, Since: m.Since}
+	}
+	out.Baseline = "unknown"
+	if err := c.providesModel(ctx, h, c.cfg.CPUBaseline); err == nil {
+		out.Baseline = "ok"
+	} else if !errors.Is(err, errCPUUnknown) {
+		out.Baseline = err.Error()
 	}
 	for _, v := range vms {
 		if v.Host == h.Facts.Name {
@@ -102,9 +111,13 @@ func (c *Center) listHosts(ctx context.Context) ([]api.Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	maint, err := c.store.Maintenances(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]api.Host, 0, len(hosts))
 	for _, h := range hosts {
-		out = append(out, c.hostView(h, vms))
+		out = append(out, c.hostView(ctx, h, vms, maint))
 	}
 	return out, nil
 }
@@ -121,7 +134,11 @@ func (c *Center) getHost(ctx context.Context, name string) (api.Host, error) {
 	if err != nil {
 		return api.Host{}, err
 	}
-	return c.hostView(h, vms), nil
+	maint, err := c.store.Maintenances(ctx)
+	if err != nil {
+		return api.Host{}, err
+	}
+	return c.hostView(ctx, h, vms, maint), nil
 }
 
 // datastores aggregates the datastores the hosts report, by name.

@@ -120,7 +120,7 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 		return api.VM{}, invalid("cpus must be between 1 and %d, not %d", maxCPUs, spec.CPUs)
 	}
 	if spec.CPUModel == "" {
-		spec.CPUModel = defaultCPUModel
+		spec.CPUModel = c.cfg.CPUBaseline // the cluster's baseline, as EVC would
 	}
 	if req.MigrationPolicy != "" {
 		p, err := migration.LookupPolicy(req.MigrationPolicy)
@@ -324,9 +324,19 @@ func (c *Center) place(ctx context.Context, req api.CreateVMRequest, spec api.VM
 	if err != nil {
 		return store.HostRecord{}, err
 	}
+	maint, err := c.store.Maintenances(ctx)
+	if err != nil {
+		return store.HostRecord{}, err
+	}
 	fits := func(h store.HostRecord) error {
 		if !c.connected(h) {
 			return fmt.Errorf("host %s is disconnected", h.Facts.Name)
+		}
+		if _, in := maint[h.Facts.Name]; in {
+			return fmt.Errorf("host %s is in maintenance mode", h.Facts.Name)
+		}
+		if err := c.providesModel(ctx, h, spec.CPUModel); err != nil && !errors.Is(err, errCPUUnknown) {
+			return err
 		}
 		if h.Facts.FreeMemoryMiB < spec.MemoryMiB {
 			return fmt.Errorf("host %s has %d MiB free, the VM needs %d", h.Facts.Name, h.Facts.FreeMemoryMiB, spec.MemoryMiB)

@@ -277,3 +277,33 @@ func (c *Center) setMaintenance(ctx context.Context, name string, req api.Mainte
 	}
 	return c.getHost(ctx, name)
 }
+
+// errCPUUnknown means a host has not reported its guest CPU capabilities yet.
+var errCPUUnknown = errors.New("the host has not reported its guest CPU capabilities yet")
+
+// providesModel says whether host h can give guests CPU model; if not, the error names
+// the flags it lacks.
+func (c *Center) providesModel(ctx context.Context, h store.HostRecord, model string) error {
+	g := h.Facts.GuestCPU
+	if len(g.Models) == 0 {
+		return errCPUUnknown
+	}
+	if slices.Contains(g.Models, model) {
+		return nil
+	}
+	flags, err := c.modelFlags(ctx, h, model)
+	if err != nil {
+		return fmt.Errorf("host %s cannot provide CPU model %s (%v)", h.Facts.Name, model, err)
+	}
+	var missing []string
+	for _, f := range flags {
+		if !slices.Contains(g.Flags, f) {
+			missing = append(missing, f)
+		}
+	}
+	limited := ""
+	if g.LimitedTo != "" {
+		limited = " (it is limited to " + g.LimitedTo + ")"
+	}
+	return fmt.Errorf("host %s cannot provide CPU model %s%s: it lacks %s", h.Facts.Name, model, limited, strings.Join(missing, ", "))
+}

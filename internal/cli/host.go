@@ -27,11 +27,15 @@ func newHostCmd(e *env) *cobra.Command {
 			if e.output == "json" {
 				return printJSON(e.out, hosts)
 			}
-			t := newTable("NAME", "STATE", "ADDRESS", "VMS", "CPUS", "MEMORY FREE", "LOAD", "ACCEL", "QEMU", "HEALTH")
+			t := newTable("NAME", "STATE", "ADDRESS", "VMS", "CPUS", "MEMORY FREE", "LOAD", "ACCEL", "QEMU", "HEALTH", "MAINTENANCE", "CPU BASELINE")
 			for _, h := range hosts {
+				maint := "-"
+				if h.Maintenance != nil {
+					maint = "since " + h.Maintenance.Since.UTC().Format(time.RFC3339)
+				}
 				t.row(h.Name, h.State, h.Address, fmt.Sprint(h.VMCount), fmt.Sprint(h.CPU.Threads),
 					fmt.Sprintf("%s/%s", mib(h.FreeMemoryMiB), mib(h.MemoryMiB)), fmt.Sprintf("%.2f", h.Load),
-					orDash(h.Accel), orDash(h.QEMUVersion), h.Health)
+					orDash(h.Accel), orDash(h.QEMUVersion), h.Health, maint, orDash(h.Baseline))
 			}
 			return t.print(e.out)
 		},

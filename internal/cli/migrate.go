@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,52 +29,13 @@ type migrationSummary struct {
 	Bytes       uint64  `json:"bytes"`
 	Passes      int     `json:"passes"`
 	Encrypted   bool    `json:"encrypted"`
+	Priority    string  `json:"priority,omitempty"`
 	Error       string  `json:"error,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Error: m.Error}
-}
-
-func newVMMigrateCmd(e *env) *cobra.Command {
-	var req api.MigrateRequest
-	var detach bool
-	cmd := &cobra.Command{
-		Use:   "migrate NAME --to HOST",
-		Short: "Live-migrate a running VM to another host",
-		Long: `Move a running VM to another host while it keeps running: its memory is copied while
-it runs, then it pauses for a moment on this host and resumes on the other, with the same
-MAC and IP, its TCP connections open, and its disks handed over on the shared datastore.
-
-Progress shows the phase, the share of memory sent, the transfer and dirty rates, the
-pass and the expected downtime. --detach returns at once with the migration's id
-(` + "`godwit migration watch ID`" + ` follows it later).`,
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var m api.Migration
-			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/vms/"+args[0]+"/migrate", req, &m); err != nil {
-				return fmt.Errorf("migrate VM %s: %w", args[0], err)
-			}
-			if detach {
-				if e.output == "json" {
-					return printJSON(e.out, m)
-				}
-				fmt.Fprintf(e.out, "migration %s of %s to %s started; follow it with `godwit migration watch %s`\n", m.ID, m.VM, m.Destination, m.ID)
-				return nil
-			}
-			return e.watchMigration(cmd.Context(), c, m.ID)
-		},
-	}
-	cmd.Flags().StringVar(&req.To, "to", "", "destination host")
-	cmd.Flags().StringVar(&req.Policy, "policy", "", "convergence policy (see `godwit migration policies`)")
-	cmd.Flags().BoolVar(&detach, "detach", false, "return at once with the migration's id")
-	cmd.Flags().StringVar(&req.Encryption, "encryption", "", "encrypt the memory stream: required, opportunistic or off (default: the policy's, opportunistic)")
-	return cmd
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error}
 }
 
 // watchMigration shows a migration's progress until it ends and prints its summary. A
@@ -96,6 +58,13 @@ func (e *env) watchMigration(ctx context.Context, c *api.Client, id string) erro
 			break
 		}
 		switch line := progressLine(m); {
+		case m.State == api.MigrationQueued && tty:
+			fmt.Fprintf(e.errOut, "\r\033[K%s → %s  queued: %s", m.Source, m.Destination, m.Waiting)
+		case m.State == api.MigrationQueued:
+			if time.Since(lastLine) >= time.Second {
+				fmt.Fprintf(e.errOut, "%s → %s  queued: %s\n", m.Source, m.Destination, m.Waiting)
+				lastLine = time.Now()
+			}
 		case m.Progress.Phase == "": // nothing measured yet
 		case tty:
 			fmt.Fprintf(e.errOut, "\r\033[K%s", line)
@@ -162,6 +131,7 @@ func printMigration(e *env, m api.Migration) {
 		state += ": " + m.Error
 	}
 	_ = kv(e.out, "Migration", m.ID, "VM", m.VM, "From", m.Source, "To", m.Destination, "Policy", m.Policy,
+		"Priority", orDash(m.Priority), "Initiator", orDash(m.Initiator),
 		"State", state,
 		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS),
 		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
@@ -270,7 +240,28 @@ func newMigrationCmd(e *env) *cobra.Command {
 			return t.print(e.out)
 		},
 	}
-	cmd.AddCommand(list, show, watch, cancel, policies)
+	slots := &cobra.Command{
+		Use: "slots", Short: "Show the concurrent-migration limits: slots in use per host, network and datastore, and the queue", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := e.client()
+			if err != nil {
+				return err
+			}
+			var s api.MigrationSlots
+			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migration-slots", nil, &s); err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return printJSON(e.out, s)
+			}
+			t := newTable("RESOURCE", "IN USE", "LIMIT", "HOLDERS", "WAITING")
+			for _, r := range s.Resources {
+				t.row(r.Resource, fmt.Sprint(r.InUse), fmt.Sprint(r.Limit), orDash(strings.Join(r.Holders, " ")), orDash(strings.Join(r.Waiting, " ")))
+			}
+			return t.print(e.out)
+		},
+	}
+	cmd.AddCommand(list, show, watch, cancel, policies, slots)
 	return cmd
 }
 
