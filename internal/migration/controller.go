@@ -132,8 +132,9 @@ type Result struct {
 type Decision struct {
 	// DowntimeLimit is the new downtime-limit.
 	DowntimeLimit *time.Duration
-	// MaxBandwidth is the new max-bandwidth, in bytes/s (the controller does
-	// not change the policy's bandwidth today; Run applies it if set).
+	// MaxBandwidth is the new max-bandwidth, in bytes/s. The controller sets
+	// it when a bandwidth cap changes what is in force (SetBandwidthCap); it
+	// never exceeds the cap. Run applies it if set.
 	MaxBandwidth *int64
 	// Throttle is the vCPU throttle to apply, in percent.
 	Throttle *int
@@ -252,6 +253,13 @@ type Controller struct {
 	// watchdog that cancels a migration whose stream stopped moving.
 	movedBytes int64
 	movedAt    time.Duration
+
+	// bwWant is the max-bandwidth the controller would have without a cap:
+	// the policy's (UnlimitedBandwidth when it has none) or its own later
+	// decision. bwCap is the cap set from outside (SetBandwidthCap), 0 for
+	// none. What is in force is the lower of the two (see Bandwidth).
+	bwWant int64
+	bwCap  int64
 }
 
 // A migration whose stream moves no data for this long is cancelled: the link
@@ -271,6 +279,7 @@ func NewController(p Policy) *Controller {
 		policy: p,
 		phase:  PhaseSetup,
 		limit:  p.DowntimeTarget,
+		bwWant: p.bandwidth(),
 		note: fmt.Sprintf("starting under policy %q: downtime limit %v, %s", p.Name,
 			p.DowntimeTarget, bandwidthWords(p.MaxBandwidth)),
 	}
@@ -284,6 +293,73 @@ func (c *Controller) DowntimeLimit() time.Duration { return c.limit }
 
 // Phase returns the phase of the latest observation.
 func (c *Controller) Phase() Phase { return c.phase }
+
+// Bandwidth returns the max-bandwidth the controller has in force, in
+// bytes/s: the policy's (UnlimitedBandwidth when the policy has none),
+// lowered to the cap set with SetBandwidthCap.
+func (c *Controller) Bandwidth() int64 { return c.clampBandwidth(c.bwWant) }
+
+// BandwidthCap returns the cap set with SetBandwidthCap (0: none).
+func (c *Controller) BandwidthCap() int64 { return c.bwCap }
+
+// clampBandwidth lowers b to the cap, when there is one.
+func (c *Controller) clampBandwidth(b int64) int64 {
+	if c.bwCap > 0 && b > c.bwCap {
+		return c.bwCap
+	}
+	return b
+}
+
+// SetBandwidthCap caps the migration stream at limit bytes/s from now on
+// (0 or less: no cap beyond the policy's bandwidth). The cap is the
+// migration's share of the network, set from outside while it runs; the
+// controller's own bandwidth decisions never exceed it. SetBandwidthCap
+// returns the decision that puts the new bandwidth in force — the lower of
+// the policy's and the cap — with the reason in words, or an empty decision
+// when the bandwidth in force stays the same.
+func (c *Controller) SetBandwidthCap(limit int64) Decision {
+	before := c.Bandwidth()
+	c.bwCap = max(limit, 0)
+	after := c.Bandwidth()
+	if after == before {
+		return Decision{}
+	}
+	var reason string
+	switch {
+	case c.bwCap > 0 && after == c.bwCap:
+		reason = fmt.Sprintf("bandwidth capped at %s/s, the migration's share of the network (without the cap: %s)",
+			fmtBytes(float64(after)), c.bandwidthWords(c.bwWant))
+	case c.bwCap > 0:
+		reason = fmt.Sprintf("bandwidth cap raised to %s/s, above the %s in force again",
+			fmtBytes(float64(c.bwCap)), c.bandwidthWords(after))
+	default:
+		reason = fmt.Sprintf("bandwidth cap lifted: %s again", c.bandwidthWords(after))
+	}
+	c.note = reason
+	return Decision{MaxBandwidth: ptr(after), Reason: reason}
+}
+
+// withinCap keeps a decision of the controller's own within the bandwidth
+// cap: a new max-bandwidth becomes what the controller wants, and what it
+// asks QEMU for is that, lowered to the cap.
+func (c *Controller) withinCap(d Decision) Decision {
+	if d.MaxBandwidth != nil {
+		c.bwWant = *d.MaxBandwidth
+		d.MaxBandwidth = ptr(c.Bandwidth())
+	}
+	return d
+}
+
+// bandwidthWords describes a max-bandwidth in force.
+func (c *Controller) bandwidthWords(b int64) string {
+	if b >= UnlimitedBandwidth {
+		return "no bandwidth limit"
+	}
+	if b == c.policy.bandwidth() {
+		return fmt.Sprintf("the policy's limit of %s/s", fmtBytes(float64(b)))
+	}
+	return fmt.Sprintf("a limit of %s/s", fmtBytes(float64(b)))
+}
 
 // NoteCancel records that the migration is being cancelled for reason (e.g. by
 // the caller), so that the Result says why. It does not cancel anything.
@@ -335,6 +411,7 @@ func (c *Controller) Observe(o Observation) (Decision, Progress) {
 	case PhaseCancelled:
 		c.note = c.cancelledReason()
 	}
+	d = c.withinCap(d)
 	if d.Reason != "" {
 		c.note = d.Reason
 	}

@@ -65,6 +65,15 @@ type Options struct {
 	// encrypts the stream; empty: the stream is not encrypted. TLSHostname is the
 	// name the destination's certificate must carry.
 	TLSCreds, TLSHostname string
+	// BandwidthCap, when set, caps the stream from outside while the migration
+	// runs (e.g. its share of the network): it returns the cap in bytes/s, 0
+	// for none. Run reads it before it starts the migration and after every
+	// poll, from its own goroutine, so it must be cheap and safe to call while
+	// someone else changes the cap (read an atomic.Int64, for example). QEMU's
+	// max-bandwidth is the lower of the policy's bandwidth and the cap, set
+	// again whenever the cap changes; the controller's own bandwidth decisions
+	// stay within the cap (see Controller.SetBandwidthCap).
+	BandwidthCap func() int64
 }
 
 // SourceCapabilities returns the migration capabilities Run sets on the
@@ -203,7 +212,10 @@ func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCred
 		return fmt.Errorf("setting the migration capabilities on the destination QEMU failed: %w", err)
 	}
 	dp := DestinationParameters(p)
-	dp.TLSCreds, dp.TLSAuthz = qmp.Ptr(tlsCreds), qmp.Ptr(tlsAuthz)
+	dp.TLSCreds = qmp.Ptr(tlsCreds)
+	if tlsAuthz != "" {
+		dp.TLSAuthz = qmp.Ptr(tlsAuthz) // an empty tls-authz names an object QEMU cannot find
+	}
 	if err := mon.MigrateSetParameters(ctx, dp); err != nil {
 		return fmt.Errorf("setting the migration parameters on the destination QEMU failed: %w", err)
 	}
@@ -287,17 +299,23 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	if err := mon.MigrateSetCapabilities(ctx, SourceCapabilities(p)); err != nil {
 		return failed(fmt.Errorf("setting the migration capabilities on the source QEMU failed: %w", err))
 	}
+	c := NewController(p)
+	d := &driver{mon: mon, c: c, log: log, bwCap: o.BandwidthCap}
+	if d.bwCap != nil {
+		d.capSeen = max(d.bwCap(), 0)
+		c.SetBandwidthCap(d.capSeen)
+	}
 	sp := SourceParameters(p)
+	sp.MaxBandwidth = qmp.Ptr(c.Bandwidth())
 	// Set every time, so that a stream is encrypted exactly when this run asks for it.
 	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(o.TLSCreds), qmp.Ptr(o.TLSHostname)
 	if err := mon.MigrateSetParameters(ctx, sp); err != nil {
 		return failed(fmt.Errorf("setting the migration parameters on the source QEMU failed: %w", err))
 	}
 
-	c := NewController(p)
-	start := time.Now()
+	d.start = time.Now()
 	log.Info("migration starting", "encrypted", o.TLSCreds != "", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
-		"max_bandwidth", p.MaxBandwidth, "channels", p.Channels, "throttle_max", p.ThrottleMax, "time_budget", p.TimeBudget)
+		"max_bandwidth", p.MaxBandwidth, "bandwidth_cap", d.capSeen, "channels", p.Channels, "throttle_max", p.ThrottleMax, "time_budget", p.TimeBudget)
 	if err := mon.Migrate(ctx, o.URI); err != nil {
 		if ctx.Err() != nil {
 			// QEMU may have started the migration after all: cancel it.
@@ -309,8 +327,41 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 		return failed(fmt.Errorf("starting the migration to %s failed: %w", o.URI, err))
 	}
 
-	d := &driver{mon: mon, c: c, log: log, start: start}
 	return d.loop(ctx, poll, o.OnProgress)
+}
+
+// IsMigrationThread reports whether name is a name QEMU gives the source's
+// main migration thread — the thread that sends the guest's memory — in
+// query-migrationthreads and, when QEMU runs with -name debug-threads=on, as
+// the thread's own name (/proc/PID/task/TID/comm): "mig/src/main" in QEMU
+// 10, "live_migration" in older versions.
+func IsMigrationThread(name string) bool {
+	return name == "mig/src/main" || name == "live_migration"
+}
+
+// migrationThreadInfo is one element of QMP's query-migrationthreads reply.
+type migrationThreadInfo struct {
+	Name     string `json:"name"`
+	ThreadID int    `json:"thread-id"`
+}
+
+// MigrationThread returns the host thread id of the source QEMU's main
+// migration thread as QEMU reports it (query-migrationthreads). ok is false
+// while there is none: QEMU creates the thread once it has connected to the
+// destination (after the TLS handshake when the stream is encrypted) and it
+// ends with the migration. Unlike the thread's name, this does not depend on
+// -name debug-threads=on.
+func MigrationThread(ctx context.Context, mon *qmp.Monitor) (tid int, ok bool, err error) {
+	var threads []migrationThreadInfo
+	if err := mon.Execute(ctx, "query-migrationthreads", nil, &threads); err != nil {
+		return 0, false, fmt.Errorf("asking the source QEMU for its migration threads failed: %w", err)
+	}
+	for _, t := range threads {
+		if IsMigrationThread(t.Name) && t.ThreadID > 0 {
+			return t.ThreadID, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 // cancelStarting cancels a migration that may or may not have started (its
@@ -354,6 +405,10 @@ type driver struct {
 	cancelCtx  context.Context
 	stopCancel context.CancelFunc
 	byCaller   error // the caller's ctx error when it caused the cancel
+
+	// bwCap is Options.BandwidthCap (nil: none); capSeen is the cap last read.
+	bwCap   func() int64
+	capSeen int64
 }
 
 func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(Progress)) (Result, error) {
@@ -401,6 +456,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 		}
 		if d.cancelCtx == nil {
 			d.apply(ctx, dec)
+			d.applyCap(ctx)
 		}
 		if onProgress != nil {
 			onProgress(prog)
@@ -438,6 +494,25 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 	if err := d.mon.MigrateSetParameters(ctx, mp); err != nil {
 		d.log.Warn("changing the migration parameters failed; the migration goes on with the old ones", "err", err)
 	}
+}
+
+// applyCap reads the bandwidth cap and, when it changed, puts the bandwidth
+// it leads to in force.
+func (d *driver) applyCap(ctx context.Context) {
+	if d.bwCap == nil {
+		return
+	}
+	limit := max(d.bwCap(), 0)
+	if limit == d.capSeen {
+		return
+	}
+	d.capSeen = limit
+	dec := d.c.SetBandwidthCap(limit)
+	if !dec.Changes() {
+		return
+	}
+	d.log.Info("migration decision", "decision", dec.Reason, "max_bandwidth", d.c.Bandwidth())
+	d.apply(ctx, dec)
 }
 
 // cancel sends migrate_cancel once, on a context detached from the caller's
