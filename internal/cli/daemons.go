@@ -2,11 +2,13 @@ package cli
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/agent"
 	"github.com/godwit/godwit/internal/center"
 )
@@ -47,6 +49,12 @@ func newCenterCmd(e *env) *cobra.Command {
 	f.StringArrayVar(&pools, "ip-pool", nil, "address pool for a network: NETWORK=SUBNET,FIRST-LAST (repeatable)")
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", 10*time.Second, "a host without a heartbeat for this long counts as disconnected")
 	f.Var(newRetentionFlag(&cfg.AuditRetention), "audit-retention", "how long audit records are kept: 90d, 12w, 720h or forever")
+	cfg.MigrationLimits = admission.DefaultLimits()
+	f.Var(&limitFlag{cfg.MigrationLimits.Kinds, admission.KindHost}, "max-migrations-per-host", "concurrent migrations per host (vCenter's for 1 GbE); more are queued")
+	f.Var(&limitFlag{cfg.MigrationLimits.Kinds, admission.KindNetwork}, "max-migrations-per-network", "concurrent migrations on the migration network")
+	f.Var(&limitFlag{cfg.MigrationLimits.Kinds, admission.KindDatastore}, "max-migrations-per-datastore", "concurrent migrations per datastore")
+	f.Var(&rateFlag{&cfg.LinkRate}, "migration-network-rate", "speed of the migration network, shared by concurrent migrations by priority (e.g. 1gbit, 10gbit; default 10gbit)")
+	f.StringVar(&cfg.CPUBaseline, "cpu-baseline", "qemu64", "the cluster's baseline CPU model, given to VMs created without one (like EVC)")
 	return cmd
 }
 
@@ -90,6 +98,52 @@ func newAgentCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.ProbeKernel, "probe-kernel", "", "standard Linux kernel used to probe KVM (default: an image's vmlinuz on a datastore)")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "interval between heartbeats")
 	return cmd
+}
+
+// limitFlag sets one kind's limit in a map of migration limits.
+type limitFlag struct {
+	kinds map[string]int
+	kind  string
+}
+
+func (f *limitFlag) String() string {
+	if f.kinds == nil {
+		return ""
+	}
+	return strconv.Itoa(f.kinds[f.kind])
+}
+func (f *limitFlag) Type() string { return "N" }
+func (f *limitFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > 1024 {
+		return fmt.Errorf("%q is not a number of migrations between 1 and 1024", s)
+	}
+	f.kinds[f.kind] = n
+	return nil
+}
+
+// rateFlag reads a link speed such as 1gbit, 10gbit or 500mbit into bytes per second.
+type rateFlag struct{ bytes *int64 }
+
+func (f *rateFlag) String() string {
+	if f.bytes == nil || *f.bytes == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%dmbit", *f.bytes*8/1_000_000)
+}
+func (f *rateFlag) Type() string { return "RATE" }
+func (f *rateFlag) Set(s string) error {
+	units := map[string]int64{"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
+	for u, mult := range units {
+		if num, ok := strings.CutSuffix(strings.ToLower(s), u); ok {
+			n, err := strconv.ParseFloat(num, 64)
+			if err == nil && n > 0 {
+				*f.bytes = int64(n * float64(mult) / 8)
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("%q is not a link speed: use e.g. 1gbit, 10gbit or 500mbit", s)
 }
 
 func namedPairs(flag, form string, vals []string) (map[string]string, error) {
