@@ -43,7 +43,8 @@ demo: deps guest build
 	@bash scripts/demo.sh $(CURDIR)/$(BIN) $(CURDIR)/$(GUEST)
 
 bench: deps guest build
-	GODWIT_BIN=$(CURDIR)/$(BIN) GODWIT_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -timeout 30m -run '^$$' -bench . -benchtime 1x ./test/bench/...
+	$(GO) test -count=1 -run '^$$' -bench 'Recommend1000Hosts' ./internal/placement/
+	GODWIT_BIN=$(CURDIR)/$(BIN) GODWIT_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -timeout 45m -run '^$$' -bench . -benchtime 1x ./test/bench/...
 
 clean:
 	rm -rf bin build
