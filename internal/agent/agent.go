@@ -59,6 +59,11 @@ type Config struct {
 	// ProbeKernel is a standard Linux kernel used to probe KVM; empty: the first
 	// images/*/vmlinuz found on a datastore.
 	ProbeKernel string
+	// CPULimit, when set, names a QEMU CPU model (e.g. "Nehalem"): the host then
+	// advertises, and gives guests, only the CPUID flags that model offers, as a host of
+	// that older generation would (see qemu.CPUCaps.LimitTo), and refuses VMs whose CPU
+	// model needs more. The agent does not start when QEMU does not define the model.
+	CPULimit string
 	// Heartbeat is the interval between heartbeats.
 	Heartbeat time.Duration
 	// Registry receives the agent's metrics, served at GET /metrics; nil: a new one
@@ -78,10 +83,12 @@ type Agent struct {
 	boot    time.Time
 	metrics *metrics.Agent
 
-	accelOnce  sync.Once
 	accelReady chan struct{}
 	accel      qemu.Probe
 	qemuVer    string
+
+	// cpu is what the host can give guests' CPUs, probed once the accelerator is known.
+	cpu cpuState
 
 	mu  sync.Mutex
 	vms map[string]*vm // by name
@@ -146,7 +153,7 @@ func New(cfg Config, version string) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
-		migrations: map[string]*outgoing{},
+		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})},
 	}
 	a.trust = newTrust(a.pkiDir())
 	var err error
@@ -171,14 +178,21 @@ func (a *Agent) accelInUse() string {
 	}
 }
 
-// Run serves until ctx ends. VMs keep running after it returns.
+// Run serves until ctx ends, or until the probe of the CPU capabilities finds that
+// --cpu-limit cannot be applied (that error). VMs keep running after it returns.
 func (a *Agent) Run(ctx context.Context) error {
-	a.runCtx = ctx
+	// runCtx ends when Run returns, for every goroutine the agent owns.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	a.runCtx = runCtx
 	ver, err := qemu.Version(ctx, a.cfg.QEMU)
 	if err != nil {
 		return fmt.Errorf("QEMU at %s does not run; install it (make deps): %w", a.cfg.QEMU, err)
 	}
 	a.qemuVer = ver
+	if err := a.checkCPULimit(ctx); err != nil {
+		return err
+	}
 	if err := a.ensureIdentity(ctx); err != nil {
 		return err
 	}
@@ -198,36 +212,80 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.cfg.Listen, err)
 	}
-	// bgCtx also ends when serving fails, so the background loops stop with it.
+	// serveCtx also ends when the host's probes find the configuration unusable (the
+	// cause); bgCtx also ends when serving fails, so the background loops stop with it.
+	serveCtx, stopServing := context.WithCancelCause(ctx)
+	defer stopServing(nil)
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); a.probeAccel(bgCtx) }()
+	go func() {
+		defer wg.Done()
+		if err := a.probeHost(bgCtx); err != nil {
+			a.log.Error("the agent cannot run with this configuration; stopping", "err", err)
+			stopServing(err)
+		}
+	}()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
-	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver)
-	runErr := api.Serve(ctx, a.authenticate(a.routes()), tls.NewListener(ln, a.id.Server()))
+	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver, "cpu_limit", a.cfg.CPULimit)
+	runErr := api.Serve(serveCtx, a.authenticate(a.routes()), tls.NewListener(ln, a.id.Server()))
+	if runErr == nil && ctx.Err() == nil {
+		runErr = context.Cause(serveCtx)
+	}
 	stopBG()
 	wg.Wait()
+	stopRun()
 	a.wg.Wait()
 	a.log.Info("agent stopped; its VMs keep running")
 	return runErr
 }
 
-// probeAccel decides between KVM and TCG once, by probing, and caches the answer.
-func (a *Agent) probeAccel(ctx context.Context) {
-	defer close(a.accelReady)
+// probeHost answers the host's probes: the accelerator, then the CPU capabilities under
+// it, again every cpuRetry while that probe fails. It returns when ctx ends (nil) or
+// when --cpu-limit cannot be applied (that error).
+func (a *Agent) probeHost(ctx context.Context) error {
+	if err := a.probeAccel(ctx); err != nil {
+		return err
+	}
+	t := time.NewTicker(cpuRetry)
+	defer t.Stop()
+	for !a.cpuKnown() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := a.probeCPU(ctx, a.accel.Accel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// probeAccel decides between KVM and TCG once, by probing, and caches the answer; then it
+// probes the CPU capabilities under that accelerator once (see probeCPU). accelReady is
+// closed when the accelerator is known, cpu.ready when the CPU probe has answered. The
+// error is a --cpu-limit that cannot be applied.
+func (a *Agent) probeAccel(ctx context.Context) error {
+	a.accel = a.chooseAccel(ctx)
+	close(a.accelReady)
+	defer close(a.cpu.ready)
+	return a.probeCPU(ctx, a.accel.Accel)
+}
+
+// chooseAccel decides between KVM and TCG: as --accel says, or by probing (cached).
+func (a *Agent) chooseAccel(ctx context.Context) qemu.Probe {
 	if a.cfg.Accel != "auto" {
-		a.accel = qemu.Probe{Accel: a.cfg.Accel, Reason: "set by --accel"}
-		return
+		return qemu.Probe{Accel: a.cfg.Accel, Reason: "set by --accel"}
 	}
 	kernel := a.cfg.ProbeKernel
 	if kernel == "" {
 		kernel = a.findProbeKernel()
 	}
 	if kernel == "" {
-		a.accel = qemu.Probe{Accel: "tcg", Reason: "no standard kernel to probe KVM with (images/*/vmlinuz on a datastore, or --probe-kernel); using TCG"}
-		a.log.Warn("accelerator", "accel", a.accel.Accel, "reason", a.accel.Reason)
-		return
+		p := qemu.Probe{Accel: "tcg", Reason: "no standard kernel to probe KVM with (images/*/vmlinuz on a datastore, or --probe-kernel); using TCG"}
+		a.log.Warn("accelerator", "accel", p.Accel, "reason", p.Reason)
+		return p
 	}
 	var p qemu.Probe
 	var err error
@@ -237,11 +295,10 @@ func (a *Agent) probeAccel(ctx context.Context) {
 		p, _, err = qemu.CachedProbeAccel(ctx, a.cfg.QEMU, kernel, a.cfg.AccelCache, 0)
 	}
 	if err != nil {
-		a.accel = qemu.Probe{Accel: "tcg", Reason: "KVM probe failed: " + err.Error()}
-	} else {
-		a.accel = p
+		p = qemu.Probe{Accel: "tcg", Reason: "KVM probe failed: " + err.Error()}
 	}
-	a.log.Info("accelerator", "accel", a.accel.Accel, "reason", a.accel.Reason)
+	a.log.Info("accelerator", "accel", p.Accel, "reason", p.Reason)
+	return p
 }
 
 func (a *Agent) findProbeKernel() string {
@@ -292,6 +349,11 @@ func (a *Agent) Facts() api.HostFacts {
 		f.Accel, f.AccelReason = a.accel.Accel, a.accel.Reason
 	default:
 		f.Accel, f.AccelReason = "", "probing"
+	}
+	if g, err := a.guestCPUFacts(); err != nil {
+		f.Health, f.HealthReason = "degraded", fmt.Sprintf("the CPUs this host can give guests are unknown: probing QEMU failed (%v); retrying every %v", err, cpuRetry)
+	} else {
+		f.GuestCPU = g
 	}
 	for _, name := range a.datastoreNames() {
 		ds, err := datastoreFacts(name, a.cfg.Datastores[name])

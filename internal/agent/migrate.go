@@ -13,8 +13,10 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/migration"
@@ -30,6 +32,9 @@ type outgoing struct {
 	cancel context.CancelFunc
 	// why says who cancelled, when a person did.
 	why string
+	// bandwidthCap is the cap on the stream the center set, in bytes/s (0: none); the
+	// migration's driver reads it at every poll (migration.Options.BandwidthCap).
+	bandwidthCap atomic.Int64
 }
 
 func (o *outgoing) snapshot() api.Migration {
@@ -51,6 +56,7 @@ type outgoingRecord struct {
 	Destination    string    `json:"destination"`
 	DestinationURL string    `json:"destination_url"`
 	Policy         string    `json:"policy"`
+	Priority       string    `json:"priority,omitempty"`
 	Started        time.Time `json:"started"`
 }
 
@@ -75,6 +81,37 @@ func (a *Agent) Migration(id string) (api.Migration, error) {
 		return api.Migration{}, api.NotFound("host %s has no record of migration %s", a.cfg.Name, id)
 	}
 	return o.snapshot(), nil
+}
+
+// SetMigrationBandwidth changes the cap on a running migration's stream (its share of
+// the network, which the center decides): the migration's driver puts it in force at its
+// next poll, within the policy's own bandwidth. 404 for a migration this host has no
+// record of, 409 for one that has ended, 422 for a negative cap.
+func (a *Agent) SetMigrationBandwidth(id string, req api.BandwidthRequest) (api.Migration, error) {
+	if req.MaxBandwidth < 0 {
+		return api.Migration{}, api.Errorf(422, "invalid_bandwidth",
+			"max_bandwidth %d is negative: give the cap in bytes per second, or 0 for none beyond the policy's", req.MaxBandwidth)
+	}
+	a.migMu.Lock()
+	o, ok := a.migrations[id]
+	a.migMu.Unlock()
+	if !ok {
+		return api.Migration{}, api.NotFound("host %s has no record of migration %s", a.cfg.Name, id)
+	}
+	o.mu.Lock()
+	if st := o.m.State; st == api.MigrationSucceeded || st == api.MigrationFailed || st == api.MigrationCancelled {
+		o.mu.Unlock()
+		return api.Migration{}, api.Conflict("migration %s has ended (%s); its bandwidth can no longer change", id, st)
+	}
+	old := o.m.BandwidthCap
+	o.m.BandwidthCap = req.MaxBandwidth
+	o.bandwidthCap.Store(req.MaxBandwidth)
+	m := o.m
+	o.mu.Unlock()
+	if old != req.MaxBandwidth {
+		a.log.Info("migration bandwidth cap changed", "migration", id, "vm", m.VM, "from", old, "to", req.MaxBandwidth)
+	}
+	return m, nil
 }
 
 // CancelMigration cancels a running migration; the VM stays on this host.
@@ -112,6 +149,15 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 		}
 	}
 	req.Encryption = encryption
+	priority, err := parsePriority(req.Priority)
+	if err != nil {
+		return api.Migration{}, err
+	}
+	req.Priority = string(priority)
+	if req.MaxBandwidth < 0 {
+		return api.Migration{}, api.Errorf(422, "invalid_bandwidth",
+			"max_bandwidth %d is negative: give the cap in bytes per second, or 0 for none beyond the policy's", req.MaxBandwidth)
+	}
 	if req.ID == "" || req.DestinationURL == "" || req.Destination == "" || req.DestinationAddr == "" {
 		return api.Migration{}, api.BadRequest("a migration needs an id, a destination, its agent URL and its address")
 	}
@@ -136,7 +182,9 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	o := &outgoing{cancel: cancel, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
 		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
+		Priority: req.Priority, BandwidthCap: req.MaxBandwidth,
 	}}
+	o.bandwidthCap.Store(req.MaxBandwidth)
 	a.migrations[req.ID] = o
 	a.migMu.Unlock()
 
@@ -180,7 +228,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		return
 	}
 	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
-		Policy: policy.Name, Started: o.snapshot().Started}
+		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -238,8 +286,10 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	o.update(func(m *api.Migration) { m.State, m.Encrypted = api.MigrationRunning, creds != "" })
 	log.Info("migration started", "uri", rep.URI, "policy", policy.Name, "encrypted", creds != "")
 	stoppedAt := a.lastEvent(ctx, mon, "STOP")
+	stopRenice := a.reniceMigration(ctx, mon, p.PID, admission.Priority(req.Priority), o, log)
 	res, runErr := migration.Run(ctx, mon, migration.Options{
 		Policy: policy, URI: rep.URI, TLSCreds: creds, TLSHostname: req.Destination,
+		BandwidthCap: o.bandwidthCap.Load,
 		OnProgress: func(pr migration.Progress) {
 			o.update(func(m *api.Migration) {
 				m.Progress = progressOf(pr)
@@ -249,6 +299,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			})
 		},
 	})
+	stopRenice()
 	o.update(func(m *api.Migration) {
 		m.DowntimeMS, m.Bytes, m.Passes = ms(res.Downtime), res.Bytes, res.Passes
 	})
@@ -428,7 +479,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 		return api.IncomingReply{}, api.BadRequest("an incoming migration needs an id")
 	}
 	if err := a.preflight(ctx, req); err != nil {
-		return api.IncomingReply{}, api.Errorf(422, "preflight_failed", "host %s cannot take VM %s: %v", a.cfg.Name, s.Name, err)
+		return api.IncomingReply{}, a.preflightRefusal(s.Name, err)
 	}
 	policy, err := migration.LookupPolicy(req.Policy)
 	if err != nil {
@@ -554,8 +605,22 @@ func listenURI(addr string) (string, error) {
 	return "tcp:" + net.JoinHostPort(addr, strconv.Itoa(port)), nil
 }
 
+// preflightRefusal is the answer to a VM that preflight refused: a 422 that names this
+// host and the VM, with the code of the check that failed (cpu_unsupported for a CPU
+// model that needs flags this host lacks, cpu_caps_unknown when this host does not know
+// its CPUs) or preflight_failed.
+func (a *Agent) preflightRefusal(vm string, err error) error {
+	code := "preflight_failed"
+	var se *api.StatusError
+	if errors.As(err, &se) && se.Code != "" {
+		code = se.Code
+	}
+	return api.Errorf(422, code, "host %s cannot take VM %s: %v", a.cfg.Name, vm, err)
+}
+
 // preflight checks that this host can run the VM: everything the spec names exists here
-// at the same place, memory is free, and QEMU matches the source's.
+// at the same place, memory is free, QEMU matches the source's, and this host can give
+// the guest its CPU model (every CPUID flag the model needs; see checkCPU).
 func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 	s := req.Spec
 	if err := a.validateSpec(s); err != nil {
@@ -577,7 +642,11 @@ func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 	if req.QEMUVersion != "" && req.QEMUVersion != a.qemuVer {
 		return fmt.Errorf("QEMU here is %s, the source runs %s; migrate between equal QEMU versions", a.qemuVer, req.QEMUVersion)
 	}
-	if s.CPUModel != "" {
+	if err := a.checkCPU(ctx, s.CPUModel); err != nil {
+		if !errors.Is(err, qemu.ErrUnknownCPUModel) {
+			return err
+		}
+		// Not one of QEMU's baseline models (e.g. "max"): QEMU must at least know it.
 		models, err := qemu.CPUModels(ctx, a.cfg.QEMU)
 		if err != nil {
 			return err
@@ -719,7 +788,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	rec := *v.outgoing
 	o := &outgoing{cancel: func() {}, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
-		Policy: rec.Policy, State: api.MigrationRunning, Started: rec.Started,
+		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started,
 	}}
 	a.migMu.Lock()
 	a.migrations[rec.ID] = o

@@ -111,6 +111,27 @@ func (a *Agent) routes() http.Handler {
 		}
 		api.WriteJSON(w, http.StatusOK, m)
 	})
+	mux.HandleFunc("POST /agent/v1/migrations/{id}/bandwidth", func(w http.ResponseWriter, r *http.Request) {
+		var req api.BandwidthRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		m, err := a.SetMigrationBandwidth(r.PathValue("id"), req)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, m)
+	})
+	mux.HandleFunc("GET /agent/v1/cpu-models", func(w http.ResponseWriter, r *http.Request) {
+		caps, err := a.CPUCaps()
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, caps)
+	})
 	mux.HandleFunc("POST /agent/v1/migrations/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
 		m, err := a.CancelMigration(r.PathValue("id"))
 		if err != nil {
@@ -126,7 +147,7 @@ func (a *Agent) routes() http.Handler {
 			return
 		}
 		if err := a.preflight(r.Context(), req); err != nil {
-			api.WriteError(w, api.Errorf(422, "preflight_failed", "host %s cannot take VM %s: %v", a.cfg.Name, req.Spec.Name, err))
+			api.WriteError(w, a.preflightRefusal(req.Spec.Name, err))
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)

@@ -281,14 +281,27 @@ func (a *Agent) Start(ctx context.Context, name string) (api.VMStatus, error) {
 	if err != nil {
 		return api.VMStatus{}, err
 	}
-	a.setState(v, api.VMStarting, "")
-	fail := func(err error) (api.VMStatus, error) {
+	// failWith leaves the VM in the error state with err as the reason, and answers with
+	// a 422 of that code.
+	failWith := func(code string, err error) (api.VMStatus, error) {
 		a.deleteTaps(v)
 		a.setState(v, api.VMError, err.Error())
 		_ = v.save()
 		a.log.Warn("VM failed to start", "vm", name, "err", err)
-		return a.statusLocked(v), api.Errorf(422, "start_failed", "VM %s did not start: %v", name, err)
+		return a.statusLocked(v), api.Errorf(422, code, "VM %s did not start on host %s: %v", name, a.cfg.Name, err)
 	}
+	fail := func(err error) (api.VMStatus, error) { return failWith("start_failed", err) }
+	// A CPU model that needs flags this host lacks is refused before QEMU runs. A model
+	// outside QEMU's catalog of baselines (host, max, or a name QEMU does not know) is
+	// left to QEMU, which says why if it refuses.
+	if err := a.checkCPU(ctx, v.spec.CPUModel); err != nil && !errors.Is(err, qemu.ErrUnknownCPUModel) {
+		var se *api.StatusError
+		if errors.As(err, &se) && se.Code == codeCPUUnsupported {
+			return failWith(codeCPUUnsupported, err)
+		}
+		return api.VMStatus{}, err
+	}
+	a.setState(v, api.VMStarting, "")
 	q, err := a.qemuSpec(v, probe.Accel)
 	if err != nil {
 		return fail(err)

@@ -96,6 +96,7 @@ func newAgentCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.Accel, "accel", "auto", "accelerator: auto (probe KVM, else TCG), kvm or tcg")
 	f.StringVar(&cfg.AccelCache, "accel-cache", "/var/cache/godwit/accel.json", "where the accelerator probe's answer is kept")
 	f.StringVar(&cfg.ProbeKernel, "probe-kernel", "", "standard Linux kernel used to probe KVM (default: an image's vmlinuz on a datastore)")
+	f.StringVar(&cfg.CPULimit, "cpu-limit", "", "advertise only what this QEMU CPU model offers (e.g. Nehalem), as an older generation would, and refuse VMs whose CPU model needs more")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "interval between heartbeats")
 	return cmd
 }

@@ -48,9 +48,15 @@ func defaultGuestDir() string {
 func newLabCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "lab", Short: "A whole cluster on this machine: hosts, a switch, a center and a client in network namespaces"}
 	var o lab.Options
+	var cpuLimits []string
 	up := &cobra.Command{
 		Use: "up", Short: "Start a lab and make it the CLI's current context", Args: cobra.NoArgs,
+		Example: "  godwit lab up --hosts 3\n  godwit lab up --cpu-limit host-2=Nehalem",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if o.CPULimits, err = namedPairs("--cpu-limit", "HOST=MODEL (e.g. host-2=Nehalem)", cpuLimits); err != nil {
+				return err
+			}
 			o.Root = lab.DefaultRoot()
 			o.Log = e.logger()
 			if o.GuestDir == "" {
@@ -77,6 +83,7 @@ func newLabCmd(e *env) *cobra.Command {
 	up.Flags().StringVar(&o.Name, "name", "lab", "lab name (up to 8 lowercase letters and digits)")
 	up.Flags().IntVar(&o.Hosts, "hosts", 2, "number of hosts (1-8)")
 	up.Flags().StringVar(&o.GuestDir, "guest-dir", "", "test guest image directory (default: build/guest)")
+	up.Flags().StringArrayVar(&cpuLimits, "cpu-limit", nil, "HOST=MODEL: that host advertises only what QEMU CPU model MODEL offers, as an older generation would (repeatable)")
 
 	var downName string
 	down := &cobra.Command{

@@ -71,6 +71,10 @@ type Options struct {
 	// GuestDir holds the test guest image (vmlinuz, initrd.img, cmdline), copied into
 	// the lab's datastore under images/godwit-test. Empty means no image is copied.
 	GuestDir string
+	// CPULimits maps host names ("host-2") to a QEMU CPU model ("Nehalem"): that host's
+	// agent runs with --cpu-limit MODEL, so it advertises and accepts only what the model
+	// offers, as a host of an older CPU generation would. Hosts not named are not limited.
+	CPULimits map[string]string
 	// ReadyTimeout bounds the wait for every host to connect to the center; 60 s when zero.
 	ReadyTimeout time.Duration
 	// Log receives progress messages; nil discards them.
@@ -233,6 +237,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Binary, err = filepath.Abs(o.Binary); err != nil {
 		return o, fmt.Errorf("resolve binary %s: %w", o.Binary, err)
 	}
+	if err := checkCPULimits(o.CPULimits, o.Hosts); err != nil {
+		return o, err
+	}
 	if o.ReadyTimeout <= 0 {
 		o.ReadyTimeout = defaultReadyTimeout
 	}
@@ -240,6 +247,21 @@ func (o Options) withDefaults() (Options, error) {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	return o, nil
+}
+
+// checkCPULimits refuses CPU limits for hosts a lab of the given size does not have, and
+// limits that name no model or not a plain model name.
+func checkCPULimits(limits map[string]string, hosts int) error {
+	for host, model := range limits {
+		var i int
+		if n, err := fmt.Sscanf(host, "host-%d", &i); n != 1 || err != nil || host != fmt.Sprintf("host-%d", i) || i < 1 || i > hosts {
+			return fmt.Errorf("CPU limit %s=%s: the lab has no host %q; its hosts are host-1 to host-%d", host, model, host, hosts)
+		}
+		if model == "" || strings.ContainsAny(model, " \t\n=") || strings.HasPrefix(model, "-") {
+			return fmt.Errorf("CPU limit for %s: %q is not a QEMU CPU model name such as Nehalem", host, model)
+		}
+	}
+	return nil
 }
 
 // preflight checks everything Up needs before it creates anything, so that a missing
@@ -321,6 +343,10 @@ func plan(o Options, k int) *Lab {
 			},
 			Log: filepath.Join(dir, "logs", h.Name+".log"),
 		})
+		if model := o.CPULimits[h.Name]; model != "" {
+			d := &l.Daemons[len(l.Daemons)-1]
+			d.Argv = append(d.Argv, "--cpu-limit", model)
+		}
 	}
 	return l
 }

@@ -79,6 +79,13 @@ func RandHex(n int) string {
 // it down when the test ends.
 func New(t testing.TB, home string, hosts int) *Lab {
 	t.Helper()
+	return NewWith(t, home, hosts)
+}
+
+// NewWith is New with further arguments for `godwit lab up`, e.g. "--cpu-limit",
+// "host-2=Nehalem".
+func NewWith(t testing.TB, home string, hosts int, args ...string) *Lab {
+	t.Helper()
 	name := "t" + RandHex(3)
 	l := &Lab{t: t, Name: name, home: home, config: filepath.Join(t.TempDir(), "cli.json")}
 	t.Cleanup(func() {
@@ -93,7 +100,7 @@ func New(t testing.TB, home string, hosts int) *Lab {
 			t.Errorf("lab down %s: %v\n%s", name, err, out)
 		}
 	})
-	l.MustRun("lab", "up", "--name", name, "--hosts", fmt.Sprint(hosts))
+	l.MustRun(append([]string{"lab", "up", "--name", name, "--hosts", fmt.Sprint(hosts)}, args...)...)
 	return l
 }
 

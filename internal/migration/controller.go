@@ -330,7 +330,7 @@ func (c *Controller) SetBandwidthCap(limit int64) Decision {
 		reason = fmt.Sprintf("bandwidth capped at %s/s, the migration's share of the network (without the cap: %s)",
 			fmtBytes(float64(after)), c.bandwidthWords(c.bwWant))
 	case c.bwCap > 0:
-		reason = fmt.Sprintf("bandwidth cap raised to %s/s, above the %s in force again",
+		reason = fmt.Sprintf("bandwidth cap raised to %s/s, above %s, which is in force again",
 			fmtBytes(float64(c.bwCap)), c.bandwidthWords(after))
 	default:
 		reason = fmt.Sprintf("bandwidth cap lifted: %s again", c.bandwidthWords(after))
