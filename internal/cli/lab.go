@@ -83,6 +83,7 @@ func newLabCmd(e *env) *cobra.Command {
 	up.Flags().StringVar(&o.Name, "name", "lab", "lab name (up to 8 lowercase letters and digits)")
 	up.Flags().IntVar(&o.Hosts, "hosts", 2, "number of hosts (1-8)")
 	up.Flags().StringVar(&o.GuestDir, "guest-dir", "", "test guest image directory (default: build/guest)")
+	up.Flags().StringArrayVar(&o.CenterArgs, "center-arg", nil, "a further flag for the center, e.g. --center-arg=--max-migrations-per-host=2 (repeatable)")
 	up.Flags().StringArrayVar(&cpuLimits, "cpu-limit", nil, "HOST=MODEL: that host advertises only what QEMU CPU model MODEL offers, as an older generation would (repeatable)")
 
 	var downName string

@@ -75,6 +75,8 @@ type Options struct {
 	// agent runs with --cpu-limit MODEL, so it advertises and accepts only what the model
 	// offers, as a host of an older CPU generation would. Hosts not named are not limited.
 	CPULimits map[string]string
+	// CenterArgs are further flags for the center (e.g. --max-migrations-per-host=2).
+	CenterArgs []string
 	// ReadyTimeout bounds the wait for every host to connect to the center; 60 s when zero.
 	ReadyTimeout time.Duration
 	// Log receives progress messages; nil discards them.
@@ -321,6 +323,7 @@ func plan(o Options, k int) *Lab {
 		},
 		Log: filepath.Join(dir, "logs", "center.log"),
 	})
+	l.Daemons[0].Argv = append(l.Daemons[0].Argv, o.CenterArgs...)
 	for i := 1; i <= o.Hosts; i++ {
 		h := Host{
 			Name:      fmt.Sprintf("host-%d", i),

@@ -16,7 +16,7 @@ import (
 // wizardLab is a 3-host lab whose hosts take 2 migrations each at once, with host-3
 // limited to the Nehalem CPU generation.
 func wizardLab(t *testing.T) *labtest.Lab {
-	return labtest.NewWith(t, home, 3, "--cpu-limit", "host-3=Nehalem", "--center-arg", "--max-migrations-per-host=2")
+	return labtest.NewWith(t, home, 3, "--cpu-limit", "host-3=Nehalem", "--center-arg=--max-migrations-per-host=2")
 }
 
 // createVMs creates and starts VMs name-1..n round robin on hosts, and waits for them
@@ -80,9 +80,9 @@ func TestMigrationWizard(t *testing.T) {
 	if h := hostCheck(chk, "host-3"); !h.Compatible {
 		t.Errorf("host-3 for a VM on the baseline (qemu64): %+v; want compatible", h)
 	}
-	out, _, err := l.Run("vm", "migrate", vms[0].Name, "--to", "host-2")
-	if err == nil || !strings.Contains(out+fmt.Sprint(err), "maintenance") {
-		t.Errorf("migrating to a host in maintenance: %v %s; want a refusal naming maintenance", err, out)
+	_, errOut, err := l.Run("vm", "migrate", vms[0].Name, "--to", "host-2")
+	if err == nil || !strings.Contains(errOut, "maintenance") {
+		t.Errorf("migrating to a host in maintenance: %v %s; want a refusal naming maintenance", err, errOut)
 	}
 	l.MustRun("host", "maintenance", "host-2", "off")
 
@@ -118,7 +118,11 @@ func TestMigrationWizard(t *testing.T) {
 
 	// CPU baselines: the Westmere VM cannot go to host-3 (a Nehalem host); the pre-check
 	// names the missing flags. The baseline VM moves freely between generations.
-	l.RunJSON(&chk, "vm", "migrate", west.Name, "--check", "--to", "host-3")
+	// An incompatible --to makes --check exit non-zero, after printing the verdict.
+	out, _, err := l.Run("vm", "migrate", west.Name, "--check", "--to", "host-3", "-o", "json")
+	if err == nil || json.Unmarshal([]byte(out), &chk) != nil {
+		t.Fatalf("check of the Westmere VM against host-3: %v\n%s; want a verdict and a non-zero exit", err, out)
+	}
 	h3 := hostCheck(chk, "host-3")
 	if f := hasCode(h3.Errors, placement.CodeCPUUnsupported); h3.Compatible || f == nil || !strings.Contains(f.Message, "aes") {
 		t.Errorf("Westmere VM to the Nehalem host: %+v; want cpu_unsupported naming the missing flags (aes, …)", h3)
@@ -151,7 +155,7 @@ func TestMigrationWizard(t *testing.T) {
 func TestConcurrentMigrations(t *testing.T) {
 	l := wizardLab(t)
 	hosts := []string{"host-1", "host-2", "host-3"}
-	vms := createVMs(t, l, "cc", hosts, 6)
+	vms := createVMs(t, l, "cc", hosts, 7) // cc-7 (on host-1) stays out of the rotation
 	for _, h := range hosts {
 		l.Shape(h, "200mbit") // long enough migrations to overlap
 	}
@@ -229,7 +233,7 @@ func TestConcurrentMigrations(t *testing.T) {
 	}
 
 	// A high-priority migration does not queue: refused, naming the full host.
-	_, errOut, err := l.Run("vm", "migrate", "cc-1", "--to", "host-3", "--priority", "high")
+	_, errOut, err := l.Run("vm", "migrate", "cc-7", "--to", "host-3", "--priority", "high")
 	if err == nil || !strings.Contains(errOut, "high priority is never queued") {
 		t.Errorf("high priority while slots are full: %v %s; want a refusal with the reason", err, errOut)
 	}
@@ -273,11 +277,20 @@ func TestConcurrentMigrations(t *testing.T) {
 
 	// Priority shares: a normal and a high migration side by side on the migration
 	// network: the high one's bandwidth cap is twice the normal one's, and its migration
-	// thread runs at a higher CPU priority.
-	l.RunJSON(&reps[0], "vm", "migrate", "cc-1", "--to", "host-1", "--detach", "--priority", "normal")
-	var high api.Migration
+	// thread runs at a higher CPU priority. The guests dirty memory, so that both run
+	// for a while.
+	for _, vm := range vms[:2] {
+		dirty(t, l, vm.IP, 64, 12)
+	}
+	defer func() {
+		for _, vm := range vms[:2] {
+			dirty(t, l, vm.IP, 0, 0)
+		}
+	}()
+	var normal, high api.Migration
+	l.RunJSON(&normal, "vm", "migrate", "cc-1", "--to", "host-1", "--detach", "--priority", "normal")
 	l.RunJSON(&high, "vm", "migrate", "cc-2", "--to", "host-2", "--detach", "--priority", "high")
-	normalID := reps[0].Migrations[0].ID
+	normalID := normal.ID
 	var n, h api.Migration
 	for time.Now().Before(deadline) {
 		l.RunJSON(&n, "migration", "show", normalID)
@@ -291,7 +304,8 @@ func TestConcurrentMigrations(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("normal: cap %d B/s, nice %v; high: cap %d B/s, nice %v", n.BandwidthCap, deref(n.ThreadNice), h.BandwidthCap, deref(h.ThreadNice))
+	t.Logf("normal: cap %d B/s, nice %v, %s; high: cap %d B/s, nice %v, %s %s", n.BandwidthCap, deref(n.ThreadNice), n.State,
+		h.BandwidthCap, deref(h.ThreadNice), h.State, h.Error)
 	if n.BandwidthCap <= 0 || h.BandwidthCap < 19*n.BandwidthCap/10 || h.BandwidthCap > 21*n.BandwidthCap/10 {
 		t.Errorf("bandwidth caps: normal %d, high %d; want high at twice normal (weights 4:2)", n.BandwidthCap, h.BandwidthCap)
 	}
