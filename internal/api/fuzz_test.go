@@ -278,3 +278,32 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+func FuzzDecodeBulkMigrateRequest(f *testing.F) {
+	fuzzDecoder[BulkMigrateRequest](f,
+		`{"vms":["a","b"],"to":"host-2"}`,
+		`{"vms":["a"],"auto":true,"priority":"high","policy":"safe","encryption":"required"}`,
+		`{"vms":[],"to":""}`,
+		`{"vms":"a"}`,
+		`{"vms":[1,null]}`,
+	)
+}
+
+func FuzzDecodeMaintenanceRequest(f *testing.F) {
+	fuzzDecoder[MaintenanceRequest](f, `{"enter":true,"reason":"disks"}`, `{"enter":"yes"}`, `{"enter":false}`)
+}
+
+func FuzzDecodePKIRequests(f *testing.F) {
+	fuzzDecoder[JoinRequest](f, `{"name":"host-1","token":"gwjoin_0123456789abcdef_x","csr":"-----BEGIN CERTIFICATE REQUEST-----\n"}`)
+}
+
+func FuzzDecodeBandwidthRequest(f *testing.F) {
+	fuzzDecoder[BandwidthRequest](f, `{"max_bandwidth":125000000}`, `{"max_bandwidth":-1}`, `{"max_bandwidth":1e30}`)
+}
+
+func FuzzDecodeCreateScheduleRequest(f *testing.F) {
+	fuzzDecoder[CreateScheduleRequest](f,
+		`{"name":"nightly","cron":"0 2 * * *","missed":"skip","migrate":{"vms":["a"],"to":"host-2"}}`,
+		`{"name":"once","at":"+5s","migrate":{"vms":["a"],"auto":true}}`,
+	)
+}

@@ -701,3 +701,47 @@ func FuzzPKIRequests(f *testing.F) {
 		}
 	})
 }
+
+// fuzzOpsRoutes are the endpoints of bulk migrations, maintenance mode and schedules that
+// decode a body.
+var fuzzOpsRoutes = []struct{ path, action string }{
+	{"/api/v1/migrations", "migration.bulk"},
+	{"/api/v1/hosts/h2/maintenance", "host.maintenance"},
+	{"/api/v1/schedules", "schedule.create"},
+}
+
+// FuzzOperationsRequests fuzzes the bodies of bulk migrations, maintenance mode and
+// schedule creation through the handler, with the common property.
+func FuzzOperationsRequests(f *testing.F) {
+	for _, c := range []struct {
+		route uint8
+		body  string
+	}{
+		{0, `{"vms":["web-1"],"to":"h2"}`},
+		{0, `{"vms":["web-1","db-1"],"auto":true,"priority":"high"}`},
+		{0, `{"vms":["web-1","web-1"],"to":"h2"}`},
+		{0, `{"vms":[],"to":"h2"}`},
+		{0, `{"vms":["nosuch"],"to":"h2","auto":true}`},
+		{0, `{"vms":["web-1"],"to":"h2","priority":"urgent"}`},
+		{1, `{"enter":true,"reason":"disks"}`},
+		{1, `{"enter":false}`},
+		{2, `{"name":"n1","at":"+1h","migrate":{"vms":["web-1"],"to":"h2"}}`},
+		{2, `{"name":"n2","cron":"0 2 * * *","missed":"skip","migrate":{"vms":["web-1"],"auto":true}}`},
+		{2, `{"name":"n3","cron":"61 * * * *","migrate":{"vms":["web-1"],"to":"h2"}}`},
+		{2, `{"name":"n4","at":"2001-01-01T00:00:00Z","migrate":{"vms":["web-1"],"to":"h2"}}`},
+		{2, `{"name":"../x","at":"+1h","migrate":{"vms":["web-1"],"to":"h2"}}`},
+	} {
+		f.Add(c.route, []byte(c.body))
+	}
+	fc := newFuzzCenter(f, 1000*time.Hour)
+	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
+		rt := fuzzOpsRoutes[int(route)%len(fuzzOpsRoutes)]
+		before := fc.auditHead(t)
+		w := fc.do(http.MethodPost, rt.path, "", body)
+		what := fmt.Sprintf("POST %s %.300q", rt.path, body)
+		fuzzCheckAnswer(t, what, w)
+		if w.Code != http.StatusNotFound && rt.action != "migration.bulk" {
+			fc.checkAudit(t, what, before, rt.action, w.Code)
+		}
+	})
+}
