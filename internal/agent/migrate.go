@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -639,8 +640,8 @@ func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 	if free < s.MemoryMiB+256 {
 		return fmt.Errorf("only %d MiB of memory are free; the VM needs %d MiB plus headroom", free, s.MemoryMiB)
 	}
-	if req.QEMUVersion != "" && req.QEMUVersion != a.qemuVer {
-		return fmt.Errorf("QEMU here is %s, the source runs %s; migrate between equal QEMU versions", a.qemuVer, req.QEMUVersion)
+	if req.QEMUVersion != "" && release(req.QEMUVersion) != release(a.qemuVer) {
+		return fmt.Errorf("QEMU here is %s, the source runs %s; VMs run the unversioned q35 machine, so they migrate only between the same QEMU release (major.minor)", a.qemuVer, req.QEMUVersion)
 	}
 	if err := a.checkCPU(ctx, s.CPUModel); err != nil {
 		if !errors.Is(err, qemu.ErrUnknownCPUModel) {
@@ -972,4 +973,13 @@ func (a *Agent) loadRecords() {
 			a.migrations[m.ID] = &outgoing{m: m, cancel: func() {}}
 		}
 	}
+}
+
+// release is a QEMU version's major.minor ("10.0" of "10.0.2").
+func release(v string) string {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return v
+	}
+	return parts[0] + "." + parts[1]
 }

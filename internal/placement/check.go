@@ -109,8 +109,9 @@ func (p *prepared) checkAccel(e *entry, fs []Finding) []Finding {
 // normAccel returns an accelerator name in lower case without spaces.
 func normAccel(a string) string { return strings.ToLower(strings.TrimSpace(a)) }
 
-// checkQEMU reports a destination QEMU older than the source's by
-// major.minor, and versions that cannot be parsed.
+// checkQEMU reports a destination QEMU of another release (major.minor) than the
+// source's — older ones can never read the stream, newer ones define the unversioned
+// machine type differently — and versions that cannot be parsed.
 func (p *prepared) checkQEMU(e *entry, fs []Finding) []Finding {
 	name := hostLabel(e.host.Name)
 	switch {
@@ -129,6 +130,10 @@ func (p *prepared) checkQEMU(e *entry, fs []Finding) []Finding {
 		return append(fs, errorf(CodeQEMUIncompatible,
 			"%s runs QEMU %s, older than %s's source QEMU %s, and a migration stream cannot go back to an older QEMU; upgrade the host first.",
 			name, e.host.QEMUVersion, vmLabel(p.vm.Name), p.vm.QEMUVersion))
+	case !e.qemu.sameMachines(p.qemu):
+		return append(fs, errorf(CodeQEMUIncompatible,
+			"%s runs QEMU %s and %s's source runs %s: VMs run the unversioned q35 machine, which QEMU %d.%d and %d.%d define differently, so they migrate only between the same QEMU release; upgrade the source too.",
+			name, e.host.QEMUVersion, vmLabel(p.vm.Name), p.vm.QEMUVersion, e.qemu.major, e.qemu.minor, p.qemu.major, p.qemu.minor))
 	}
 	return fs
 }

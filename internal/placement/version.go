@@ -16,6 +16,12 @@ func (v version) String() string {
 	return fmt.Sprintf("%d.%d.%d", v.major, v.minor, v.micro)
 }
 
+// sameMachines reports whether v and o provide the same versioned machine types: their
+// major.minor are equal. Godwit starts VMs with the unversioned q35, which each QEMU
+// release maps to its own machine version, so a stream only goes between equal
+// major.minor.
+func (v version) sameMachines(o version) bool { return v.major == o.major && v.minor == o.minor }
+
 // olderStream reports whether a migration stream from src cannot be read by
 // v: v's major.minor is below src's. The micro number does not matter.
 func (v version) olderStream(src version) bool {

@@ -667,25 +667,7 @@ func loadCPUCaps(path string, key cpuCapsKey) (caps CPUCaps, ok bool, err error)
 
 // saveCPUCaps writes caps under key to path atomically.
 func saveCPUCaps(path string, key cpuCapsKey, caps CPUCaps) error {
-	b, err := json.MarshalIndent(cpuCapsCache{Key: key, Caps: caps, ProbedAt: time.Now().UTC()}, "", "  ")
-	if err != nil {
-		return fmt.Errorf("save the CPU capabilities cache: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".cpucaps-*")
-	if err != nil {
-		return fmt.Errorf("save the CPU capabilities cache (is its directory there and writable?): %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save the CPU capabilities cache: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save the CPU capabilities cache: %w", err)
-	}
-	return nil
+	return writeJSONFile(path, ".cpucaps-*", "the CPU capabilities cache", cpuCapsCache{Key: key, Caps: caps, ProbedAt: time.Now().UTC()})
 }
 
 // CachedProbeCPUCaps returns the CPUCaps cached in the file cachePath when

@@ -276,25 +276,7 @@ type probeCache struct {
 
 // SaveProbe stores p under key in the file at path (written atomically).
 func SaveProbe(path string, key ProbeKey, p Probe) error {
-	b, err := json.MarshalIndent(probeCache{Key: key, Probe: p, ProbedAt: time.Now().UTC()}, "", "  ")
-	if err != nil {
-		return fmt.Errorf("save probe: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".probe-*")
-	if err != nil {
-		return fmt.Errorf("save probe: %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save probe: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save probe: %w", err)
-	}
-	return nil
+	return writeJSONFile(path, ".probe-*", "probe", probeCache{Key: key, Probe: p, ProbedAt: time.Now().UTC()})
 }
 
 // LoadProbe returns the Probe stored at path if it was made under key.
