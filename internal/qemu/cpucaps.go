@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -645,16 +644,9 @@ func hostCPUIdentity() (string, error) {
 // key. ok is false when there is no cache or it is for other conditions;
 // an unreadable or corrupt file is an error.
 func loadCPUCaps(path string, key cpuCapsKey) (caps CPUCaps, ok bool, err error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return CPUCaps{}, false, nil
-	}
-	if err != nil {
-		return CPUCaps{}, false, fmt.Errorf("read the CPU capabilities cache: %w", err)
-	}
 	var c cpuCapsCache
-	if err := json.Unmarshal(b, &c); err != nil {
-		return CPUCaps{}, false, fmt.Errorf("CPU capabilities cache %s is corrupt: %w", path, err)
+	if found, err := readJSONFile(path, "the CPU capabilities cache", &c); !found || err != nil {
+		return CPUCaps{}, false, err
 	}
 	if c.Key != key {
 		return CPUCaps{}, false, nil

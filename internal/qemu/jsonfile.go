@@ -31,3 +31,19 @@ func writeJSONFile(path, prefix, what string, v any) error {
 	}
 	return nil
 }
+
+// readJSONFile decodes the JSON file at path into v; found is false when there is no
+// such file. what names the file in errors.
+func readJSONFile(path, what string, v any) (found bool, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", what, err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return false, fmt.Errorf("%s %s is corrupt: %w", what, path, err)
+	}
+	return true, nil
+}

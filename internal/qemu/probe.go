@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -283,16 +282,9 @@ func SaveProbe(path string, key ProbeKey, p Probe) error {
 // ok is false when there is no cache file or it is for other conditions;
 // an unreadable or corrupt file is an error.
 func LoadProbe(path string, key ProbeKey) (p Probe, ok bool, err error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return Probe{}, false, nil
-	}
-	if err != nil {
-		return Probe{}, false, fmt.Errorf("load probe: %w", err)
-	}
 	var c probeCache
-	if err := json.Unmarshal(b, &c); err != nil {
-		return Probe{}, false, fmt.Errorf("load probe %s: %w", path, err)
+	if found, err := readJSONFile(path, "the accelerator probe cache", &c); !found || err != nil {
+		return Probe{}, false, err
 	}
 	if !c.Key.equal(key) || (c.Probe.Accel != AccelKVM && c.Probe.Accel != AccelTCG) {
 		return Probe{}, false, nil

@@ -138,6 +138,18 @@ func TestMigrationWizard(t *testing.T) {
 			t.Errorf("baseline VM to %s: %+v", to, sum)
 		}
 	}
+	// --auto: the wizard places each VM of one request; the Westmere VM can only go to
+	// host-2 (host-1 is its source, host-3 a Nehalem host).
+	var bulk api.BulkMigrateReply
+	l.RunJSON(&bulk, "vm", "migrate", vms[0].Name, west.Name, "--auto")
+	if len(bulk.Migrations) != 2 || len(bulk.Refused) != 0 {
+		t.Fatalf("vm migrate --auto: %+v; want both moved", bulk)
+	}
+	for _, m := range bulk.Migrations {
+		if m.State != api.MigrationSucceeded || m.VM == west.Name && m.Destination != "host-2" {
+			t.Errorf("--auto moved %s to %s: %s %s", m.VM, m.Destination, m.State, m.Error)
+		}
+	}
 	var hosts []api.Host
 	l.RunJSON(&hosts, "host", "list")
 	for _, h := range hosts {
