@@ -77,7 +77,7 @@ func (s *Store) InsertJoinToken(ctx context.Context, t JoinTokenRecord) error {
 
 const joinTokenCols = `id, secret_sha256, host, created, created_by, expires, used, used_by, revoked`
 
-func scanJoinToken(sc interface{ Scan(...any) error }) (JoinTokenRecord, error) {
+func scanJoinToken(sc scanner) (JoinTokenRecord, error) {
 	var t JoinTokenRecord
 	var created, expires, used, revoked string
 	if err := sc.Scan(&t.ID, &t.SecretSHA256, &t.Host, &created, &t.CreatedBy, &expires, &used, &t.UsedBy, &revoked); err != nil {
@@ -89,32 +89,12 @@ func scanJoinToken(sc interface{ Scan(...any) error }) (JoinTokenRecord, error) 
 
 // JoinToken returns the join token with this id, or ErrNotFound.
 func (s *Store) JoinToken(ctx context.Context, id string) (JoinTokenRecord, error) {
-	t, err := scanJoinToken(s.db.QueryRowContext(ctx, `SELECT `+joinTokenCols+` FROM join_tokens WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return t, ErrNotFound
-	}
-	if err != nil {
-		return t, fmt.Errorf("read join token %s: %w", id, err)
-	}
-	return t, nil
+	return queryOne(ctx, s.db, scanJoinToken, "join token "+id, `SELECT `+joinTokenCols+` FROM join_tokens WHERE id = ?`, id)
 }
 
 // JoinTokens lists the join tokens, newest first.
 func (s *Store) JoinTokens(ctx context.Context) ([]JoinTokenRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+joinTokenCols+` FROM join_tokens ORDER BY created DESC`)
-	if err != nil {
-		return nil, fmt.Errorf("list join tokens: %w", err)
-	}
-	defer rows.Close()
-	var out []JoinTokenRecord
-	for rows.Next() {
-		t, err := scanJoinToken(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list join tokens: %w", err)
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanJoinToken, "join tokens", `SELECT `+joinTokenCols+` FROM join_tokens ORDER BY created DESC`)
 }
 
 // RevokeJoinToken marks an unused join token revoked.
@@ -165,7 +145,7 @@ func insertCert(ctx context.Context, db interface {
 
 const certCols = `serial, name, kind, not_before, not_after, join_token, revoked, revoked_reason`
 
-func scanCert(sc interface{ Scan(...any) error }) (CertRecord, error) {
+func scanCert(sc scanner) (CertRecord, error) {
 	var c CertRecord
 	var nb, na, rev string
 	if err := sc.Scan(&c.Serial, &c.Name, &c.Kind, &nb, &na, &c.JoinToken, &rev, &c.RevokedReason); err != nil {
@@ -177,32 +157,12 @@ func scanCert(sc interface{ Scan(...any) error }) (CertRecord, error) {
 
 // Cert returns the certificate with this serial, or ErrNotFound.
 func (s *Store) Cert(ctx context.Context, serial string) (CertRecord, error) {
-	c, err := scanCert(s.db.QueryRowContext(ctx, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial))
-	if errors.Is(err, sql.ErrNoRows) {
-		return c, ErrNotFound
-	}
-	if err != nil {
-		return c, fmt.Errorf("read certificate %s: %w", serial, err)
-	}
-	return c, nil
+	return queryOne(ctx, s.db, scanCert, "certificate "+serial, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial)
 }
 
 // Certs lists the issued certificates, newest first.
 func (s *Store) Certs(ctx context.Context) ([]CertRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+certCols+` FROM certificates ORDER BY not_before DESC, serial`)
-	if err != nil {
-		return nil, fmt.Errorf("list certificates: %w", err)
-	}
-	defer rows.Close()
-	var out []CertRecord
-	for rows.Next() {
-		c, err := scanCert(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list certificates: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanCert, "certificates", `SELECT `+certCols+` FROM certificates ORDER BY not_before DESC, serial`)
 }
 
 // RevokeCerts revokes every unrevoked certificate of name and returns their serials.

@@ -124,7 +124,7 @@ func checkScheduleRecord(r ScheduleRecord) error {
 const scheduleCols = `name, kind, at, cron, command, missed_policy, enabled, created_by, created,
 	last_run, last_run_at, last_task, last_outcome, last_error, next_run`
 
-func scanSchedule(sc interface{ Scan(...any) error }) (ScheduleRecord, error) {
+func scanSchedule(sc scanner) (ScheduleRecord, error) {
 	var r ScheduleRecord
 	var at, command, created, lastRun, lastRunAt, nextRun string
 	if err := sc.Scan(&r.Name, &r.Kind, &at, &r.Cron, &command, &r.MissedPolicy, &r.Enabled, &r.CreatedBy, &created,
@@ -139,32 +139,12 @@ func scanSchedule(sc interface{ Scan(...any) error }) (ScheduleRecord, error) {
 
 // Schedule returns the schedule called name, or ErrNotFound.
 func (s *Store) Schedule(ctx context.Context, name string) (ScheduleRecord, error) {
-	r, err := scanSchedule(s.db.QueryRowContext(ctx, `SELECT `+scheduleCols+` FROM schedules WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return ScheduleRecord{}, ErrNotFound
-	}
-	if err != nil {
-		return ScheduleRecord{}, fmt.Errorf("read schedule %s: %w", name, err)
-	}
-	return r, nil
+	return queryOne(ctx, s.db, scanSchedule, "schedule "+name, `SELECT `+scheduleCols+` FROM schedules WHERE name = ?`, name)
 }
 
 // ListSchedules returns every schedule, by name.
 func (s *Store) ListSchedules(ctx context.Context) ([]ScheduleRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+scheduleCols+` FROM schedules ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list schedules: %w", err)
-	}
-	defer rows.Close()
-	out := []ScheduleRecord{}
-	for rows.Next() {
-		r, err := scanSchedule(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list schedules: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanSchedule, "schedules", `SELECT `+scheduleCols+` FROM schedules ORDER BY name`)
 }
 
 // SetScheduleEnabled enables or disables a schedule; ErrNotFound when there is none.

@@ -311,7 +311,7 @@ func (s *Store) duplicate(ctx context.Context, tx *sql.Tx, err error, r VMRecord
 
 const vmCols = `spec, host, desired, state, error, pid, accel, created, updated`
 
-func scanVM(sc interface{ Scan(...any) error }) (VMRecord, error) {
+func scanVM(sc scanner) (VMRecord, error) {
 	var spec, created, updated string
 	var r VMRecord
 	if err := sc.Scan(&spec, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
@@ -326,32 +326,12 @@ func scanVM(sc interface{ Scan(...any) error }) (VMRecord, error) {
 
 // VM returns one VM by name.
 func (s *Store) VM(ctx context.Context, name string) (VMRecord, error) {
-	r, err := scanVM(s.db.QueryRowContext(ctx, `SELECT `+vmCols+` FROM vms WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return VMRecord{}, ErrNotFound
-	}
-	if err != nil {
-		return VMRecord{}, fmt.Errorf("read VM %s: %w", name, err)
-	}
-	return r, nil
+	return queryOne(ctx, s.db, scanVM, "VM "+name, `SELECT `+vmCols+` FROM vms WHERE name = ?`, name)
 }
 
 // VMs returns every VM, by name.
 func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+vmCols+` FROM vms ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list VMs: %w", err)
-	}
-	defer rows.Close()
-	var out []VMRecord
-	for rows.Next() {
-		r, err := scanVM(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list VMs: %w", err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.db, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
 }
 
 // SetDesired records what the user wants: api.VMRunning or api.VMStopped.
