@@ -33,7 +33,8 @@ func (l *Log) MigrationResumed(ctx context.Context, m api.Migration) {
 }
 
 func migrationRecord(m api.Migration, action, outcome string, extra map[string]any) Record {
-	p := map[string]any{"vm": m.VM, "source": m.Source, "destination": m.Destination, "policy": m.Policy}
+	p := map[string]any{"vm": m.VM, "source": m.Source, "destination": m.Destination, "policy": m.Policy,
+		"priority": orNormal(m.Priority), "encrypted": m.Encrypted}
 	for k, v := range extra {
 		p[k] = v
 	}
@@ -67,4 +68,12 @@ func (l *Log) requester(ctx context.Context, migration string) (string, error) {
 		return "", nil
 	}
 	return by, err
+}
+
+// orNormal is a migration's priority, normal when unset.
+func orNormal(p string) string {
+	if p == "" {
+		return "normal"
+	}
+	return p
 }
