@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,6 +45,9 @@ type Config struct {
 	JoinToken     string
 	CAFingerprint string
 	CAFile        string
+	// RenewBefore is how long before its expiry the host renews its certificate (or
+	// when a third of its life is left, if sooner); 30 days when zero.
+	RenewBefore time.Duration
 	// StateDir keeps one directory per VM (spec, QMP socket, console log, pid file).
 	StateDir string
 	// Datastores maps a datastore name to its mount path.
@@ -77,7 +81,7 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	center  *api.Client // set by Run, once the agent has its identity
-	id      *pki.Identity
+	id      atomic.Pointer[pki.Identity] // renewed in place (renewLoop)
 	trust   *trust
 	version string
 	boot    time.Time
@@ -132,6 +136,9 @@ func New(cfg Config, version string) (*Agent, error) {
 	}
 	if cfg.Accel != "auto" && cfg.Accel != "kvm" && cfg.Accel != "tcg" {
 		return nil, fmt.Errorf("--accel must be auto, kvm or tcg, not %q", cfg.Accel)
+	}
+	if cfg.RenewBefore <= 0 {
+		cfg.RenewBefore = 30 * 24 * time.Hour
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 2 * time.Second
@@ -196,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.ensureIdentity(ctx); err != nil {
 		return err
 	}
-	if a.center, err = api.NewClient(a.cfg.Center, 10*time.Second, api.WithTLS(a.id.Client(pki.CenterName))); err != nil {
+	if a.center, err = api.NewClient(a.cfg.Center, 10*time.Second, api.WithTLS(pki.ClientTLSFrom(a.id.Load, pki.CenterName))); err != nil {
 		return fmt.Errorf("center: %w", err)
 	}
 	for name, br := range a.cfg.Networks {
@@ -218,7 +225,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing(nil)
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); a.renewLoop(bgCtx) }()
 	go func() {
 		defer wg.Done()
 		if err := a.probeHost(bgCtx); err != nil {
@@ -228,7 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver, "cpu_limit", a.cfg.CPULimit)
-	runErr := api.Serve(serveCtx, a.authenticate(a.routes()), tls.NewListener(ln, a.id.Server()))
+	runErr := api.Serve(serveCtx, a.authenticate(a.routes()), tls.NewListener(ln, pki.ServerTLSFrom(a.id.Load)))
 	if runErr == nil && ctx.Err() == nil {
 		runErr = context.Cause(serveCtx)
 	}

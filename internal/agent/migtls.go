@@ -3,12 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/migration"
-	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qmp"
 )
 
@@ -20,11 +18,8 @@ func (a *Agent) qemuTLSDir() string { return filepath.Join(a.pkiDir(), "qemu") }
 
 // writeQEMUCreds lays out the host's identity for QEMU.
 func (a *Agent) writeQEMUCreds() error {
-	keyPEM, err := os.ReadFile(filepath.Join(a.pkiDir(), pki.KeyFile))
-	if err != nil {
-		return fmt.Errorf("read the host key: %w", err)
-	}
-	return migration.WriteTLSDir(a.qemuTLSDir(), pki.CertPEM(a.id.Leaf), keyPEM, a.id.CAPEM)
+	id := a.id.Load()
+	return migration.WriteTLSDir(a.qemuTLSDir(), id.CertPEM, id.KeyPEM, id.CAPEM)
 }
 
 // destinationTLS sets up the destination QEMU's side of an encrypted stream when the

@@ -181,7 +181,7 @@ func (a *Agent) caller(r *http.Request) (string, int, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return "", http.StatusUnauthorized, fmt.Errorf("host %s answers only the center and the cluster's hosts: present the certificate the cluster's CA issued", a.cfg.Name)
 	}
-	leaf, err := a.id.Verify(r.TLS.PeerCertificates, time.Now(), x509.ExtKeyUsageClientAuth)
+	leaf, err := a.id.Load().Verify(r.TLS.PeerCertificates, time.Now(), x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return "", http.StatusUnauthorized, err
 	}
@@ -204,7 +204,7 @@ func (a *Agent) peer(name, url string, timeout time.Duration) (*api.Client, erro
 	if name == "" {
 		return nil, errors.New("the other host's name is not known, so its certificate cannot be checked")
 	}
-	return api.NewClient(url, timeout, api.WithTLS(a.id.Client(name)))
+	return api.NewClient(url, timeout, api.WithTLS(a.id.Load().Client(name)))
 }
 
 // ensureIdentity loads the agent's identity, joining the cluster first when it has none.
@@ -215,7 +215,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 		if id.Name() != a.cfg.Name {
 			return fmt.Errorf("the certificate in %s belongs to host %s, not %s: this state directory is another host's; join with a new token after removing %s", dir, id.Name(), a.cfg.Name, dir)
 		}
-		a.id = id
+		a.id.Store(id)
 		return a.writeQEMUCreds()
 	}
 	if !errors.Is(err, pki.ErrNoIdentity) {
@@ -231,7 +231,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the identity just received: %w", err)
 	}
-	a.id = id
+	a.id.Store(id)
 	return a.writeQEMUCreds()
 }
 
@@ -319,3 +319,57 @@ func (a *Agent) centerCA(ctx context.Context) ([]byte, error) {
 }
 
 func (a *Agent) pkiDir() string { return filepath.Join(a.cfg.StateDir, "pki") }
+
+// renewLoop renews the host's certificate before it expires (pki.RenewDue: 30 days, or a
+// third of its life, before), over mutual TLS with the current one, and serves the new
+// one at once. A failed renewal is retried at the next check.
+func (a *Agent) renewLoop(ctx context.Context) {
+	for {
+		id := a.id.Load()
+		if pki.RenewDue(id.Leaf, time.Now(), a.cfg.RenewBefore) {
+			if err := a.renew(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("could not renew the host certificate; will try again", "expires", id.Leaf.NotAfter, "err", err)
+			}
+		}
+		life := id.Leaf.NotAfter.Sub(id.Leaf.NotBefore)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(max(life/12, 5*time.Second), time.Hour)):
+		}
+	}
+}
+
+// renew trades a signing request for a new key for a new certificate, and keeps it.
+func (a *Agent) renew(ctx context.Context) error {
+	key, err := pki.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := pki.NewCSR(key, a.cfg.Name)
+	if err != nil {
+		return err
+	}
+	var rep api.JoinReply
+	if err := a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/renew", api.RenewRequest{CSR: string(csr)}, &rep); err != nil {
+		return fmt.Errorf("renew at %s: %w", a.cfg.Center, err)
+	}
+	keyPEM, err := pki.MarshalKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	dir := a.pkiDir()
+	id, err := pki.NewIdentity(dir, keyPEM, []byte(rep.Certificate), a.id.Load().CAPEM)
+	if err != nil {
+		return fmt.Errorf("the renewed certificate: %w", err)
+	}
+	if err := pki.SaveIdentity(dir, keyPEM, []byte(rep.Certificate), id.CAPEM); err != nil {
+		return err
+	}
+	a.id.Store(id)
+	if err := a.writeQEMUCreds(); err != nil {
+		return err
+	}
+	a.log.Info("host certificate renewed", "serial", rep.Serial, "expires", rep.Expires)
+	return nil
+}

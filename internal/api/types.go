@@ -564,6 +564,12 @@ type JoinRequest struct {
 	CSR   string `json:"csr"`
 }
 
+// RenewRequest is the body of POST /api/v1/hosts/renew: a host's certificate signing
+// request (PEM) for a new key, sent over mutual TLS with its current certificate.
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
 // JoinReply is the certificate a joining host receives, with the cluster's CA (PEM).
 type JoinReply struct {
 	Certificate string    `json:"certificate"`

@@ -300,7 +300,7 @@ func requiredRole(method, path string) string {
 		read && path == "/api/v1/pki/ca":
 		// Logging in and joining carry their own credentials; the CA certificate is public.
 		return ""
-	case method == http.MethodPost && path == "/api/v1/hosts/heartbeat":
+	case method == http.MethodPost && (path == "/api/v1/hosts/heartbeat" || path == "/api/v1/hosts/renew"):
 		return api.RoleAgent
 	case method == http.MethodPost && path == "/api/v1/tokens",
 		method == http.MethodDelete && len(seg) == 2 && seg[0] == "tokens":

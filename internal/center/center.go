@@ -54,6 +54,9 @@ type Config struct {
 	// without a CPU model get it, so they keep one CPU definition wherever they run.
 	// Default qemu64.
 	CPUBaseline string
+	// HostCertLifetime is how long the host certificates the CA issues are valid
+	// (pki.LeafLifetime, a year, when zero); agents renew theirs when a third is left.
+	HostCertLifetime time.Duration
 	// TLSNames are further DNS names or addresses for the center's certificate, for API
 	// clients that reach it by a name or address it does not listen on.
 	TLSNames []string

@@ -240,6 +240,19 @@ func (c *Center) registerPKI(mux *http.ServeMux) {
 		rep, err := c.join(r.Context(), req)
 		writeResult(w, http.StatusCreated, rep, err)
 	})
+	mux.HandleFunc("POST /api/v1/hosts/renew", func(w http.ResponseWriter, r *http.Request) {
+		audit.Describe(r.Context(), "host.renew", "")
+		var req api.RenewRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		p := principalOf(r.Context())
+		audit.SetTarget(r.Context(), p.name)
+		audit.Params(r.Context(), map[string]any{"host": p.name, "csr": fmt.Sprintf("%d bytes", len(req.CSR))})
+		rep, err := c.renew(r.Context(), p, req)
+		writeResult(w, http.StatusCreated, rep, err)
+	})
 	mux.HandleFunc("GET /api/v1/certificates", func(w http.ResponseWriter, r *http.Request) {
 		cs, err := c.listCerts(r.Context())
 		writeResult(w, http.StatusOK, cs, err)
@@ -367,7 +380,7 @@ func (c *Center) join(ctx context.Context, req api.JoinRequest) (api.JoinReply, 
 	case req.Name == pki.CenterName:
 		return api.JoinReply{}, api.BadRequest("%s is the center's own name; choose another host name", pki.CenterName)
 	}
-	cert, err := c.ca.SignCSR([]byte(req.CSR), pki.Leaf{Name: req.Name}, now)
+	cert, err := c.ca.SignCSR([]byte(req.CSR), pki.Leaf{Name: req.Name, Lifetime: c.cfg.HostCertLifetime}, now)
 	if err != nil {
 		return api.JoinReply{}, api.BadRequest("%v; the agent generates the request itself when it joins", err)
 	}
@@ -383,6 +396,27 @@ func (c *Center) join(ctx context.Context, req api.JoinRequest) (api.JoinReply, 
 		return api.JoinReply{}, err
 	}
 	c.log.Info("host joined", "host", req.Name, "serial", rec.Serial, "expires", cert.NotAfter)
+	return api.JoinReply{Certificate: string(pki.CertPEM(cert)), CA: string(c.ca.CertPEM), Serial: rec.Serial, Expires: cert.NotAfter}, nil
+}
+
+// renew issues a host a new certificate for a new key, on the strength of its current,
+// valid certificate (the request came over mutual TLS as that host). The old
+// certificate stays valid until it expires, so connections in flight are not cut.
+func (c *Center) renew(ctx context.Context, p principal, req api.RenewRequest) (api.JoinReply, error) {
+	if p.kind != audit.KindHost || p.name == "" {
+		return api.JoinReply{}, api.Errorf(http.StatusForbidden, "forbidden",
+			"only a host renews its certificate, over mutual TLS with its current one; a host without a valid certificate joins again with a join token")
+	}
+	now := c.now()
+	cert, err := c.ca.SignCSR([]byte(req.CSR), pki.Leaf{Name: p.name, Lifetime: c.cfg.HostCertLifetime}, now)
+	if err != nil {
+		return api.JoinReply{}, api.BadRequest("%v", err)
+	}
+	rec := store.CertRecord{Serial: pki.SerialString(cert), Name: p.name, Kind: certKindHost, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, JoinToken: "renewal"}
+	if err := c.store.InsertCert(ctx, rec); err != nil {
+		return api.JoinReply{}, err
+	}
+	c.log.Info("host certificate renewed", "host", p.name, "serial", rec.Serial, "expires", cert.NotAfter)
 	return api.JoinReply{Certificate: string(pki.CertPEM(cert)), CA: string(c.ca.CertPEM), Serial: rec.Serial, Expires: cert.NotAfter}, nil
 }
 

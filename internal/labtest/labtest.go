@@ -242,7 +242,7 @@ func (l *Lab) CAPool() *x509.CertPool {
 func (l *Lab) CenterCert() tls.Certificate {
 	l.t.Helper()
 	dir := filepath.Join(l.Dir(), "center", "pki", "center")
-	c, err := tls.LoadX509KeyPair(filepath.Join(dir, "host.crt"), filepath.Join(dir, "host.key"))
+	c, err := tls.LoadX509KeyPair(filepath.Join(dir, "host.pem"), filepath.Join(dir, "host.pem"))
 	if err != nil {
 		l.t.Fatalf("the center's certificate: %v", err)
 	}

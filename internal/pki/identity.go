@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -10,22 +11,22 @@ import (
 	"time"
 )
 
-// Files of an identity directory.
+// Files of an identity directory: the certificate and its key together in one file
+// (0600), so that a renewal replaces both at once, and the cluster's CA.
 const (
-	KeyFile  = "host.key"
-	CertFile = "host.crt"
+	PairFile = "host.pem"
 	CAFile   = "ca.crt"
 )
 
 // Identity is a host's (or the center's) key and certificate and the cluster's CA, as
-// kept in a directory: host.key (0600), host.crt, ca.crt.
+// kept in a directory: host.pem (certificate and key, 0600) and ca.crt.
 type Identity struct {
 	Dir  string
 	Cert tls.Certificate
 	Leaf *x509.Certificate
 	CA   *x509.Certificate
-	// CAPEM is the CA certificate as PEM.
-	CAPEM []byte
+	// CAPEM is the CA certificate as PEM; CertPEM and KeyPEM the identity's own.
+	CAPEM, CertPEM, KeyPEM []byte
 }
 
 // ErrNoIdentity means the directory holds no identity yet: the host has not joined.
@@ -33,19 +34,25 @@ var ErrNoIdentity = errors.New("no identity yet")
 
 // LoadIdentity reads the identity kept in dir; ErrNoIdentity when there is none.
 func LoadIdentity(dir string) (*Identity, error) {
-	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	pair, err := os.ReadFile(filepath.Join(dir, PairFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, ErrNoIdentity
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read the host key: %w", err)
+		return nil, fmt.Errorf("read the host certificate and key: %w", err)
 	}
-	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, ErrNoIdentity
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read the host certificate: %w", err)
+	var certPEM, keyPEM []byte
+	for rest := pair; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type == "CERTIFICATE" {
+			certPEM = append(certPEM, pem.EncodeToMemory(b)...)
+		} else {
+			keyPEM = append(keyPEM, pem.EncodeToMemory(b)...)
+		}
 	}
 	caPEM, err := os.ReadFile(filepath.Join(dir, CAFile))
 	if err != nil {
@@ -73,10 +80,12 @@ func NewIdentity(dir string, keyPEM, certPEM, caPEM []byte) (*Identity, error) {
 		return nil, fmt.Errorf("the host certificate in %s was not signed by the CA next to it: %w", dir, err)
 	}
 	cert.Leaf = leaf
-	return &Identity{Dir: dir, Cert: cert, Leaf: leaf, CA: ca, CAPEM: caPEM}, nil
+	return &Identity{Dir: dir, Cert: cert, Leaf: leaf, CA: ca, CAPEM: caPEM, CertPEM: certPEM, KeyPEM: keyPEM}, nil
 }
 
-// Save writes the identity's files into dir (the key mode 0600).
+// SaveIdentity writes the identity's files into dir: the CA, then the certificate and key
+// together in one atomic write (mode 0600), so a crash never leaves a key that does not
+// fit its certificate.
 func SaveIdentity(dir string, keyPEM, certPEM, caPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
@@ -84,10 +93,7 @@ func SaveIdentity(dir string, keyPEM, certPEM, caPEM []byte) error {
 	if err := WriteFileAtomic(filepath.Join(dir, CAFile), caPEM, 0o644); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(filepath.Join(dir, KeyFile), keyPEM, 0o600); err != nil {
-		return err
-	}
-	return WriteFileAtomic(filepath.Join(dir, CertFile), certPEM, 0o644)
+	return WriteFileAtomic(filepath.Join(dir, PairFile), append(append([]byte{}, certPEM...), keyPEM...), 0o600)
 }
 
 // Name is the identity's name (its certificate's CN).
@@ -115,4 +121,34 @@ func (id *Identity) Client(peer string) *tls.Config {
 // Verify checks a peer's chain against the identity's CA.
 func (id *Identity) Verify(chain []*x509.Certificate, now time.Time, usage x509.ExtKeyUsage) (*x509.Certificate, error) {
 	return Verify(id.Pool(), chain, now, usage)
+}
+
+// ServerTLSFrom is ServerTLS with the certificate read from get at every handshake, so
+// that a renewed certificate is served at once.
+func ServerTLSFrom(get func() *Identity) *tls.Config {
+	c := ServerTLS(tls.Certificate{})
+	c.Certificates = nil
+	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		cert := get().Cert
+		return &cert, nil
+	}
+	return c
+}
+
+// ClientTLSFrom is ClientTLS presenting the certificate read from get at every handshake.
+func ClientTLSFrom(get func() *Identity, serverName string) *tls.Config {
+	c := ClientTLS(get().Pool(), serverName, nil)
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		cert := get().Cert
+		return &cert, nil
+	}
+	return c
+}
+
+// RenewDue reports whether a certificate should be renewed at now: when less than
+// before, or less than a third of its life, is left, whichever is shorter.
+func RenewDue(c *x509.Certificate, now time.Time, before time.Duration) bool {
+	left := c.NotAfter.Sub(now)
+	third := c.NotAfter.Sub(c.NotBefore) / 3
+	return left < min(before, third)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/labtest"
 	"github.com/godwit/godwit/internal/pki"
 )
 
@@ -251,5 +252,50 @@ func TestTransportSecurity(t *testing.T) {
 	l.RunJSON(&fin, "audit", "list", "--action", "vm.migrate", "--limit", "10")
 	if len(fin) == 0 || param(fin[0], "encryption") != "required" {
 		t.Errorf("the audit record of the last migration does not name its encryption: %+v", fin)
+	}
+}
+
+// TestCertificateRenewal gives hosts two-minute certificates: each agent renews its own
+// over mutual TLS before it expires and serves the new one at once; the hosts stay
+// connected, and a migration afterwards is encrypted with the renewed certificates.
+func TestCertificateRenewal(t *testing.T) {
+	l := labtest.NewWith(t, home, 2, "--center-arg=--host-certificate-lifetime=2m")
+	deadline := time.Now().Add(90 * time.Second)
+	var certs []api.Certificate
+	for {
+		l.RunJSON(&certs, "host", "certificates")
+		renewed := map[string]int{}
+		for _, c := range certs {
+			if c.Kind == "host" && c.Revoked == nil {
+				renewed[c.Name]++
+			}
+		}
+		if renewed["host-1"] >= 2 && renewed["host-2"] >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hosts did not renew their certificates within 90 s: %+v", certs)
+		}
+		time.Sleep(time.Second)
+	}
+	var hosts []api.Host
+	l.RunJSON(&hosts, "host", "list")
+	for _, h := range hosts {
+		if h.State != api.HostConnected {
+			t.Errorf("host %s is %s after renewing its certificate", h.Name, h.State)
+		}
+	}
+	var recs []audit.Record
+	l.RunJSON(&recs, "audit", "list", "--action", "host.renew", "--limit", "10")
+	if len(recs) < 2 || recs[0].ActorKind != audit.KindHost || recs[0].Outcome != audit.Succeeded {
+		t.Errorf("audit records of the renewals: %+v; want them, by the hosts", recs)
+	}
+	var vm api.VM
+	l.RunJSON(&vm, "vm", "create", "ren-1", "--host", "host-1", "--memory", "256")
+	l.WaitHTTP("client", "http://"+vm.IP+"/healthz", 90*time.Second)
+	var sum migrationSummary
+	l.RunJSON(&sum, "vm", "migrate", "ren-1", "--to", "host-2", "--encryption", "required")
+	if sum.State != api.MigrationSucceeded || !sum.Encrypted {
+		t.Errorf("migration after renewal: %+v; want succeeded and encrypted", sum)
 	}
 }
