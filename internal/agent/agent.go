@@ -80,7 +80,7 @@ type Config struct {
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
-	center  *api.Client // set by Run, once the agent has its identity
+	center  *api.Client                  // set by Run, once the agent has its identity
 	id      atomic.Pointer[pki.Identity] // renewed in place (renewLoop)
 	trust   *trust
 	version string
