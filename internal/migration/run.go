@@ -405,6 +405,8 @@ type driver struct {
 	cancelCtx  context.Context
 	stopCancel context.CancelFunc
 	byCaller   error // the caller's ctx error when it caused the cancel
+	// cancelReason is why the driver cancelled, once it has.
+	cancelReason string
 
 	// bwCap is Options.BandwidthCap (nil: none); capSeen is the cap last read.
 	bwCap   func() int64
@@ -522,7 +524,7 @@ func (d *driver) cancel(ctx context.Context, reason string, cause error) {
 		return
 	}
 	d.c.NoteCancel(reason)
-	d.byCaller = cause
+	d.byCaller, d.cancelReason = cause, reason
 	d.cancelCtx, d.stopCancel = context.WithTimeout(context.WithoutCancel(ctx), cancelTimeout)
 	d.log.Info("cancelling the migration", "reason", reason)
 	if err := d.mon.MigrateCancel(d.cancelCtx); err != nil {
@@ -534,6 +536,13 @@ func (d *driver) cancel(ctx context.Context, reason string, cause error) {
 // finish turns the final state into Run's result.
 func (d *driver) finish() (Result, error) {
 	r := d.c.Result()
+	if r.Status == PhaseFailed && d.cancelReason != "" {
+		// The cancel tore the stream down and QEMU saw the broken channel first (a
+		// destination that exits on error closes it): the migration ended because it
+		// was cancelled, and the VM runs on the source as after any cancel.
+		d.log.Info("QEMU reported the cancelled migration as failed", "qemu", r.Reason)
+		r.Status, r.Reason = PhaseCancelled, d.cancelReason
+	}
 	switch r.Status {
 	case PhaseCompleted:
 		d.log.Info("migration completed", "total", r.Total, "downtime", r.Downtime, "bytes", r.Bytes,
