@@ -126,8 +126,12 @@ func hashSecret(secret string) string {
 }
 
 // splitToken parses a bearer token into its id and secret.
-func splitToken(tok string) (id, secret string, ok bool) {
-	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+func splitToken(tok string) (id, secret string, ok bool) { return splitSecret(tok, tokenPrefix) }
+
+// splitSecret parses PREFIX + ID + "_" + SECRET, where ID is 16 hex digits: the form of
+// API tokens and join tokens.
+func splitSecret(tok, prefix string) (id, secret string, ok bool) {
+	rest, ok := strings.CutPrefix(tok, prefix)
 	if !ok {
 		return "", "", false
 	}

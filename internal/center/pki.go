@@ -274,18 +274,7 @@ func (c *Center) registerPKI(mux *http.ServeMux) {
 
 // splitJoinToken parses gwjoin_ID_SECRET.
 func splitJoinToken(tok string) (id, secret string, ok bool) {
-	rest, ok := strings.CutPrefix(strings.TrimSpace(tok), joinTokenPrefix)
-	if !ok {
-		return "", "", false
-	}
-	id, secret, ok = strings.Cut(rest, "_")
-	if !ok || len(id) != 16 || secret == "" {
-		return "", "", false
-	}
-	if _, err := hex.DecodeString(id); err != nil {
-		return "", "", false
-	}
-	return id, secret, true
+	return splitSecret(strings.TrimSpace(tok), joinTokenPrefix)
 }
 
 func (c *Center) createJoinToken(ctx context.Context, req api.CreateJoinTokenRequest, by string) (api.JoinToken, error) {
