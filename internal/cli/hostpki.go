@@ -45,32 +45,23 @@ func addHostPKICmds(e *env, host *cobra.Command) {
 	jt.AddCommand(&cobra.Command{
 		Use: "list", Short: "List join tokens", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var ts []api.JoinToken
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/join-tokens", nil, &ts); err != nil {
-				return err
-			}
-			if e.output == "json" {
-				return printJSON(e.out, ts)
-			}
-			t := newTable("ID", "HOST", "CREATED BY", "EXPIRES", "STATE")
-			now := time.Now()
-			for _, j := range ts {
-				state := "unused"
-				switch {
-				case j.Used != nil:
-					state = "used by " + j.UsedBy + " at " + j.Used.UTC().Format(time.RFC3339)
-				case j.Revoked != nil:
-					state = "revoked"
-				case !now.Before(j.Expires):
-					state = "expired"
+			return fetchAndPrint(cmd.Context(), e, "/api/v1/join-tokens", func(ts []api.JoinToken) error {
+				t := newTable("ID", "HOST", "CREATED BY", "EXPIRES", "STATE")
+				now := time.Now()
+				for _, j := range ts {
+					state := "unused"
+					switch {
+					case j.Used != nil:
+						state = "used by " + j.UsedBy + " at " + j.Used.UTC().Format(time.RFC3339)
+					case j.Revoked != nil:
+						state = "revoked"
+					case !now.Before(j.Expires):
+						state = "expired"
+					}
+					t.row(j.ID, orDash(j.Host), j.CreatedBy, j.Expires.UTC().Format(time.RFC3339), state)
 				}
-				t.row(j.ID, orDash(j.Host), j.CreatedBy, j.Expires.UTC().Format(time.RFC3339), state)
-			}
-			return t.print(e.out)
+				return t.print(e.out)
+			})
 		},
 	})
 	jt.AddCommand(&cobra.Command{
@@ -91,26 +82,17 @@ func addHostPKICmds(e *env, host *cobra.Command) {
 	host.AddCommand(&cobra.Command{
 		Use: "certificates", Short: "List the certificates the cluster's CA issued", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var cs []api.Certificate
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/certificates", nil, &cs); err != nil {
-				return err
-			}
-			if e.output == "json" {
-				return printJSON(e.out, cs)
-			}
-			t := newTable("SERIAL", "NAME", "KIND", "NOT AFTER", "REVOKED")
-			for _, x := range cs {
-				rev := "-"
-				if x.Revoked != nil {
-					rev = x.Revoked.UTC().Format(time.RFC3339) + " (" + x.RevokedReason + ")"
+			return fetchAndPrint(cmd.Context(), e, "/api/v1/certificates", func(cs []api.Certificate) error {
+				t := newTable("SERIAL", "NAME", "KIND", "NOT AFTER", "REVOKED")
+				for _, x := range cs {
+					rev := "-"
+					if x.Revoked != nil {
+						rev = x.Revoked.UTC().Format(time.RFC3339) + " (" + x.RevokedReason + ")"
+					}
+					t.row(x.Serial, x.Name, x.Kind, x.NotAfter.UTC().Format(time.RFC3339), rev)
 				}
-				t.row(x.Serial, x.Name, x.Kind, x.NotAfter.UTC().Format(time.RFC3339), rev)
-			}
-			return t.print(e.out)
+				return t.print(e.out)
+			})
 		},
 	})
 	var reason string

@@ -168,22 +168,13 @@ func newMigrationCmd(e *env) *cobra.Command {
 	show := &cobra.Command{
 		Use: "show ID", Short: "Show one migration", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var m api.Migration
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migrations/"+args[0], nil, &m); err != nil {
-				return err
-			}
-			if e.output == "json" {
-				return printJSON(e.out, m)
-			}
-			printMigration(e, m)
-			if !terminal(m.State) {
-				fmt.Fprintln(e.out, progressLine(m))
-			}
-			return nil
+			return fetchAndPrint(cmd.Context(), e, "/api/v1/migrations/"+args[0], func(m api.Migration) error {
+				printMigration(e, m)
+				if !terminal(m.State) {
+					fmt.Fprintln(e.out, progressLine(m))
+				}
+				return nil
+			})
 		},
 	}
 	watch := &cobra.Command{
@@ -243,22 +234,13 @@ func newMigrationCmd(e *env) *cobra.Command {
 	slots := &cobra.Command{
 		Use: "slots", Short: "Show the concurrent-migration limits: slots in use per host, network and datastore, and the queue", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var s api.MigrationSlots
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/migration-slots", nil, &s); err != nil {
-				return err
-			}
-			if e.output == "json" {
-				return printJSON(e.out, s)
-			}
-			t := newTable("RESOURCE", "IN USE", "LIMIT", "HOLDERS", "WAITING")
-			for _, r := range s.Resources {
-				t.row(r.Resource, fmt.Sprint(r.InUse), fmt.Sprint(r.Limit), orDash(strings.Join(r.Holders, " ")), orDash(strings.Join(r.Waiting, " ")))
-			}
-			return t.print(e.out)
+			return fetchAndPrint(cmd.Context(), e, "/api/v1/migration-slots", func(s api.MigrationSlots) error {
+				t := newTable("RESOURCE", "IN USE", "LIMIT", "HOLDERS", "WAITING")
+				for _, r := range s.Resources {
+					t.row(r.Resource, fmt.Sprint(r.InUse), fmt.Sprint(r.Limit), orDash(strings.Join(r.Holders, " ")), orDash(strings.Join(r.Waiting, " ")))
+				}
+				return t.print(e.out)
+			})
 		},
 	}
 	cmd.AddCommand(list, show, watch, cancel, policies, slots)

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"text/tabwriter"
 )
@@ -47,4 +49,21 @@ func mib(n int) string {
 		return fmt.Sprintf("%d GiB", n/1024)
 	}
 	return fmt.Sprintf("%d MiB", n)
+}
+
+// fetchAndPrint GETs path from the center into a T and prints it: as JSON with -o json, else
+// with human (a table or key: value lines).
+func fetchAndPrint[T any](ctx context.Context, e *env, path string, human func(T) error) error {
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var v T
+	if err := c.Do(ctx, http.MethodGet, path, nil, &v); err != nil {
+		return err
+	}
+	if e.output == "json" {
+		return printJSON(e.out, v)
+	}
+	return human(v)
 }
