@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
@@ -30,22 +31,8 @@ type requester struct {
 // VM's migration gets its own vm.migrate audit record, naming the requester.
 func (c *Center) bulkMigrate(ctx context.Context, req api.BulkMigrateRequest, who requester) (api.BulkMigrateReply, error) {
 	rep := api.BulkMigrateReply{Migrations: []api.Migration{}, Refused: []api.BulkRefusal{}}
-	switch {
-	case len(req.VMs) == 0:
-		return rep, api.BadRequest("name the VMs to move (vms)")
-	case len(req.VMs) > maxBulk:
-		return rep, api.BadRequest("one request moves at most %d VMs, not %d; split it", maxBulk, len(req.VMs))
-	case req.To == "" && !req.Auto:
-		return rep, api.BadRequest("say where the VMs go: a destination host (to) or auto, to let the wizard place each one")
-	case req.To != "" && req.Auto:
-		return rep, api.BadRequest("give either a destination host (to) or auto, not both")
-	}
-	seen := map[string]bool{}
-	for _, vm := range req.VMs {
-		if seen[vm] {
-			return rep, api.BadRequest("VM %s is named twice; name each VM once", vm)
-		}
-		seen[vm] = true
+	if err := checkBulkShape(req); err != nil {
+		return rep, err
 	}
 	plannedMiB := map[string]int{}
 	plannedMoves := map[string]int{}
@@ -82,6 +69,29 @@ func (c *Center) bulkMigrate(ctx context.Context, req api.BulkMigrateRequest, wh
 	return rep, nil
 }
 
+// checkBulkShape checks what a bulk request (or a schedule's) says, before any VM is
+// looked at: some VMs, each once, not too many, and either a destination or auto.
+func checkBulkShape(req api.BulkMigrateRequest) error {
+	switch {
+	case len(req.VMs) == 0:
+		return api.BadRequest("name the VMs to move: `vm migrate VM... --to HOST` (vms)")
+	case len(req.VMs) > maxBulk:
+		return api.BadRequest("one request moves at most %d VMs, not %d; split it", maxBulk, len(req.VMs))
+	case req.To == "" && !req.Auto:
+		return api.BadRequest("say where the VMs go: a destination host (`--to HOST`, to) or `--auto` (auto), to let the wizard place each one")
+	case req.To != "" && req.Auto:
+		return api.BadRequest("give either a destination host (`--to`, to) or `--auto` (auto), not both")
+	}
+	seen := map[string]bool{}
+	for _, vm := range req.VMs {
+		if seen[vm] {
+			return api.BadRequest("VM %s is named twice; name each VM once", vm)
+		}
+		seen[vm] = true
+	}
+	return nil
+}
+
 // autoDestination is the wizard's best host for vm, with the moves this request already
 // planned counted against the hosts.
 func (c *Center) autoDestination(ctx context.Context, vm string, plannedMiB, plannedMoves map[string]int) (string, error) {
@@ -111,17 +121,8 @@ func (c *Center) autoDestination(ctx context.Context, vm string, plannedMiB, pla
 	return best.Host, nil
 }
 
-func joinSentences(ss []string) string {
-	ss = slices.Compact(ss)
-	out := ""
-	for i, s := range ss {
-		if i > 0 {
-			out += " "
-		}
-		out += s
-	}
-	return out
-}
+// joinSentences joins findings' sentences, each once.
+func joinSentences(ss []string) string { return strings.Join(slices.Compact(ss), " ") }
 
 // refusal is a VM of a bulk request that could not move.
 func refusal(vm string, err error) api.BulkRefusal {

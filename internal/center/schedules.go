@@ -206,23 +206,11 @@ func (c *Center) checkSchedule(ctx context.Context, req api.CreateScheduleReques
 // depends on the moment — is the VM running, does it fit the host — is checked when the
 // schedule runs. It returns the request as it will be stored.
 func (c *Center) checkScheduledMigration(ctx context.Context, req api.BulkMigrateRequest) (api.BulkMigrateRequest, error) {
-	switch {
-	case len(req.VMs) == 0:
-		return req, api.BadRequest("name the VMs the schedule moves: `vm migrate VM... --to HOST` (vms)")
-	case len(req.VMs) > maxBulk:
-		return req, api.BadRequest("a schedule moves at most %d VMs, not %d; split it", maxBulk, len(req.VMs))
-	case req.To == "" && !req.Auto:
-		return req, api.BadRequest("say where the scheduled migration goes: a destination host (`--to HOST`, to) or `--auto` (auto), to let the wizard place each VM when it runs")
-	case req.To != "" && req.Auto:
-		return req, api.BadRequest("give either a destination host (`--to`, to) or `--auto` (auto), not both")
+	if err := checkBulkShape(req); err != nil {
+		return req, err
 	}
 	var missing []string
-	seen := map[string]bool{}
 	for _, vm := range req.VMs {
-		if seen[vm] {
-			return req, api.BadRequest("VM %s is named twice; name each VM once", vm)
-		}
-		seen[vm] = true
 		_, err := c.store.VM(ctx, vm)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
