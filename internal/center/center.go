@@ -1,6 +1,6 @@
 // Package center is Godwit's management server: the inventory of hosts, VMs, datastores
-// and networks (kept in the store), the REST API (/api/v1) that the CLI and the web UI
-// use, and the calls it makes to host agents. Desired state lives in the database and
+// and networks (kept in the store), the REST API (/api/v1) that the CLI
+// uses, and the calls it makes to host agents. Desired state lives in the database and
 // observed state arrives in heartbeats; a restarted center loses nothing and converges
 // again from the next heartbeat of each host.
 package center

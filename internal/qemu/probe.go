@@ -52,6 +52,16 @@ type Probe struct {
 // The error is for problems with the probe itself (missing kernel or
 // QEMU, ctx ended); a KVM that does not work is a TCG Probe, not an error.
 func ProbeAccel(ctx context.Context, binary, kernel string, timeout time.Duration) (Probe, error) {
+	return probeAccel(ctx, binary, kernel, kvmDevice, timeout)
+}
+
+// kvmDevice is where a host's KVM device lives.
+const kvmDevice = "/dev/kvm"
+
+// probeAccel is ProbeAccel with the KVM device at device, so that tests can show each
+// kind of host (no device, a device that cannot be opened, a device that may or may not
+// run guests) on any machine.
+func probeAccel(ctx context.Context, binary, kernel, device string, timeout time.Duration) (Probe, error) {
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
 	}
@@ -62,12 +72,12 @@ func ProbeAccel(ctx context.Context, binary, kernel string, timeout time.Duratio
 		return Probe{}, fmt.Errorf("probe accelerator: %w", err)
 	}
 
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(device, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
-		return Probe{Accel: AccelTCG, Reason: "no /dev/kvm on this host"}, nil
+		return Probe{Accel: AccelTCG, Reason: fmt.Sprintf("no %s on this host", device)}, nil
 	}
 	if err != nil {
-		return Probe{Accel: AccelTCG, Reason: fmt.Sprintf("/dev/kvm cannot be opened: %v", err)}, nil
+		return Probe{Accel: AccelTCG, Reason: fmt.Sprintf("%s cannot be opened: %v", device, err)}, nil
 	}
 	unix.Close(fd)
 

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,6 +27,9 @@ func TestBootToPanicTCG(t *testing.T) {
 	t.Logf("TCG: kernel panic line after %v (last line %q)", res.elapsed, res.lastLine)
 }
 
+// TestProbeAccel holds on every kind of host these machines show: no /dev/kvm at all
+// (the kvm_pvm module loaded or not), a /dev/kvm backed by paravirtual KVM (PVM), which
+// hangs standard kernels, and real KVM.
 func TestProbeAccel(t *testing.T) {
 	bin, kernel := qemuBinary(t), testKernel(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
@@ -39,14 +43,24 @@ func TestProbeAccel(t *testing.T) {
 	if p.Accel != AccelKVM && p.Accel != AccelTCG || p.Reason == "" {
 		t.Fatalf("ProbeAccel = %+v", p)
 	}
-	// This project's machines run KVM-PVM, which hangs standard kernels.
-	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
-		if p.Accel != AccelTCG || !strings.Contains(p.Reason, "made no progress in 8s (paravirtual KVM?)") {
-			t.Errorf("on a PVM host ProbeAccel = %+v, want tcg for lack of progress", p)
+	_, devErr := os.Stat(kvmDevice)
+	_, pvmErr := os.Stat("/sys/module/kvm_pvm")
+	switch {
+	case errors.Is(devErr, os.ErrNotExist):
+		// No device (on some machines of this kind kvm_pvm is loaded without one).
+		if p.Accel != AccelTCG || p.Reason != "no /dev/kvm on this host" {
+			t.Errorf("without /dev/kvm ProbeAccel = %+v, want tcg because there is no /dev/kvm", p)
 		}
-	}
-	if _, err := os.Stat("/dev/kvm"); err != nil && p.Accel != AccelTCG {
-		t.Errorf("no /dev/kvm but ProbeAccel = %+v", p)
+	case devErr == nil && pvmErr == nil:
+		// A device backed by PVM: standard kernels never get far.
+		if p.Accel != AccelTCG || !strings.Contains(p.Reason, "KVM present but") {
+			t.Errorf("on a PVM host ProbeAccel = %+v, want tcg with the reason KVM did not run the kernel", p)
+		}
+	case devErr == nil:
+		// Real KVM on ordinary hardware: the probe must choose it (or say why not).
+		if p.Accel == AccelTCG && !strings.Contains(p.Reason, "KVM present but") && !strings.Contains(p.Reason, "cannot be opened") {
+			t.Errorf("with a KVM device ProbeAccel = %+v without a reason about KVM", p)
+		}
 	}
 	if pids := probePIDs(kernel); len(pids) > 0 {
 		t.Errorf("probe QEMU left running: %v", pids)
@@ -54,6 +68,24 @@ func TestProbeAccel(t *testing.T) {
 
 	if _, err := ProbeAccel(ctx, bin, "/nonexistent/vmlinuz", time.Second); err == nil {
 		t.Error("ProbeAccel with a missing kernel succeeded")
+	}
+}
+
+// TestProbeAccelDevice shows the answers for hosts without a usable device, whatever
+// this machine has: no device at all, and one that cannot be opened.
+func TestProbeAccelDevice(t *testing.T) {
+	bin, kernel := qemuBinary(t), testKernel(t)
+	ctx := context.Background()
+	missing := filepath.Join(t.TempDir(), "kvm")
+	p, err := probeAccel(ctx, bin, kernel, missing, time.Second)
+	if err != nil || p.Accel != AccelTCG || p.Reason != "no "+missing+" on this host" {
+		t.Errorf("no device: %+v, %v", p, err)
+	}
+	// A directory cannot be opened for writing: the answer names the device and the error.
+	dir := t.TempDir()
+	p, err = probeAccel(ctx, bin, kernel, dir, time.Second)
+	if err != nil || p.Accel != AccelTCG || !strings.Contains(p.Reason, dir+" cannot be opened") {
+		t.Errorf("unusable device: %+v, %v", p, err)
 	}
 }
 
