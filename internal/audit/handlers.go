@@ -14,7 +14,9 @@ import (
 //	    every selected record, oldest first, as JSON lines or CSV; limit=0 means all
 //	GET /api/v1/audit/verify
 //	    a Verification of the whole chain
-func (l *Log) Register(mux *http.ServeMux) {
+func (l *Log) Register(mux interface {
+	HandleFunc(string, func(http.ResponseWriter, *http.Request))
+}) {
 	mux.HandleFunc("GET /api/v1/audit", func(w http.ResponseWriter, r *http.Request) {
 		f, err := FilterFromQuery(r.URL.Query(), l.now())
 		if err != nil {

@@ -254,10 +254,9 @@ func (c *Center) withAuthentication(next http.Handler, trusted bool) http.Handle
 	})
 }
 
-// authorize refuses a request its principal may not make: 401 without valid
-// credentials, 403 without the role. It runs inside the audit middleware and names the
-// actor — authenticated or merely claimed — for the trail.
-func (c *Center) authorize(next http.Handler) http.Handler {
+// nameActor tells the audit trail who made each request — authenticated, or merely
+// claimed when the credentials failed. It runs inside the audit middleware.
+func (c *Center) nameActor(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := principalOf(r.Context())
 		switch {
@@ -266,62 +265,63 @@ func (c *Center) authorize(next http.Handler) http.Handler {
 		case p.tried != "":
 			audit.SetActor(r.Context(), audit.Actor{Name: p.tried, Kind: p.kind})
 		}
-		need := requiredRole(r.Method, r.URL.Path)
-		if need == "" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		if p.err != nil || p.role == "" {
-			why := "this request needs credentials"
-			if p.err != nil {
-				why = "authentication failed: " + p.err.Error()
-			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="godwit", Basic realm="godwit"`)
-			api.WriteError(w, api.Errorf(http.StatusUnauthorized, "unauthorized",
-				"%s; log in with `godwit login` (or send an API token as Authorization: Bearer)", why))
-			return
-		}
-		if !allows(p.role, need) {
-			who := "the in-process caller"
-			if p.name != "" {
-				who = "user " + p.name
-			}
-			api.WriteError(w, api.Errorf(http.StatusForbidden, "forbidden",
-				"%s %s needs the %s role, and %s has the %s role; ask an administrator", r.Method, r.URL.Path, need, who, p.role))
-			return
-		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-// requiredRole is the role a request needs; "" means none (logging in).
-func requiredRole(method, path string) string {
-	seg := strings.Split(strings.TrimPrefix(path, "/api/v1/"), "/")
-	read := method == http.MethodGet || method == http.MethodHead
-	switch {
-	case method == http.MethodPost && path == "/api/v1/login",
-		method == http.MethodPost && path == "/api/v1/hosts/join",
-		read && path == "/api/v1/pki/ca":
-		// Logging in and joining carry their own credentials; the CA certificate is public.
-		return ""
-	case method == http.MethodPost && (path == "/api/v1/hosts/heartbeat" || path == "/api/v1/hosts/renew"):
-		return api.RoleAgent
-	case method == http.MethodPost && path == "/api/v1/tokens",
-		method == http.MethodDelete && len(seg) == 2 && seg[0] == "tokens":
-		// Anyone signed in manages their own tokens; the handlers check whose.
-		return api.RoleViewer
-	case read && strings.HasPrefix(path, "/api/v1/") && (seg[0] == "users" || seg[0] == "tokens" || seg[0] == "join-tokens" || seg[0] == "certificates"):
-		return api.RoleAdmin
-	case read:
-		return api.RoleViewer
-	case method == http.MethodPost && len(seg) == 3 && seg[0] == "vms" && (seg[2] == "start" || seg[2] == "stop" || seg[2] == "migrate"),
-		method == http.MethodPost && path == "/api/v1/migrations",
-		// Schedules migrate VMs, later and on their own: operators may manage them.
-		strings.HasPrefix(path, "/api/v1/schedules"),
-		method == http.MethodPost && len(seg) == 3 && (seg[0] == "migrations" || seg[0] == "tasks") && seg[2] == "cancel":
-		return api.RoleOperator
+// guard wraps the handler of one route of the table: it names the route's audit action
+// and target, then refuses a caller the route's access does not admit — 401 without
+// valid credentials, 403 without the role — inside the audit middleware, so that
+// refusals are recorded.
+func (c *Center) guard(rt api.Route, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rt.Action != "" {
+			target := ""
+			if rt.Target != "" {
+				target = r.PathValue(rt.Target)
+			}
+			audit.Describe(r.Context(), rt.Action, target)
+		}
+		if err := permit(principalOf(r.Context()), r, rt); err != nil {
+			if se, ok := err.(*api.StatusError); ok && se.Status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="godwit", Basic realm="godwit"`)
+			}
+			api.WriteError(w, err)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// permit says why p may not call rt, or nil when it may.
+func permit(p principal, r *http.Request, rt api.Route) error {
+	if rt.Access == api.AccessPublic {
+		return nil
 	}
-	return api.RoleAdmin
+	if p.err != nil || p.role == "" {
+		why := "this request needs credentials"
+		if p.err != nil {
+			why = "authentication failed: " + p.err.Error()
+		}
+		return api.Errorf(http.StatusUnauthorized, "unauthorized",
+			"%s; log in with `godwit login` (or send an API token as Authorization: Bearer)", why)
+	}
+	if !allows(p.role, rt.Access) {
+		who := "the in-process caller"
+		switch {
+		case p.kind == audit.KindHost:
+			who = "host " + p.name
+		case p.name != "":
+			who = "user " + p.name
+		}
+		if rt.Access == api.RoleAgent {
+			return api.Errorf(http.StatusForbidden, "forbidden",
+				"%s %s is for hosts' agents, with their certificates; %s is not one", r.Method, r.URL.Path, who)
+		}
+		return api.Errorf(http.StatusForbidden, "forbidden",
+			"%s %s needs the %s role, and %s has the %s role; ask an administrator", r.Method, r.URL.Path, rt.Access, who, p.role)
+	}
+	return nil
 }
 
 // allows reports whether role may make a request that needs the role need.

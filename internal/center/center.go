@@ -106,6 +106,12 @@ type Center struct {
 	caps sync.Map
 	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
 	cpuCatalogs sync.Map
+
+	// mux serves the route table (Routes); openapi is its description, made once.
+	mux         *api.Mux
+	openapiOnce sync.Once
+	openapi     []byte
+	openapiErr  error
 }
 
 // New opens the center's database.
@@ -167,6 +173,10 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		return nil, err
 	}
 	if err := c.setupPKI(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if c.mux, err = c.buildMux(); err != nil {
 		st.Close()
 		return nil, err
 	}

@@ -195,7 +195,7 @@ func orDefault(s, def string) string {
 //	POST   /api/v1/hosts/join           a host joins: token + CSR → certificate
 //	GET    /api/v1/certificates         the issued certificates (admin)
 //	POST   /api/v1/hosts/{name}/revoke  revoke every certificate of a host (admin)
-func (c *Center) registerPKI(mux *http.ServeMux) {
+func (c *Center) registerPKI(mux *api.Mux) {
 	mux.HandleFunc("GET /api/v1/pki/ca", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, api.CAInfo{Certificate: string(c.ca.CertPEM), Fingerprint: c.ca.Fingerprint()})
 	})

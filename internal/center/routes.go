@@ -12,11 +12,21 @@ import (
 )
 
 // routes returns the API behind its middleware: metrics outermost, then authentication
-// (who made the request), the audit trail, the request log, and authorization, which
-// refuses what the requester may not do inside the trail so that refusals are recorded.
-// With trusted, every request counts as the administrator's (Handler, for in-process use).
+// (who made the request), the audit trail, the request log, and authorization (guard,
+// per route, from the route table), which refuses what the requester may not do inside
+// the trail so that refusals are recorded. With trusted, every request counts as the
+// administrator's (Handler, for in-process use).
 func (c *Center) routes(trusted bool) http.Handler {
-	mux := http.NewServeMux()
+	// Heartbeats are recorded only when refused or failed.
+	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
+	audited := c.trail.Middleware(c.logRequests(c.nameActor(c.mux)), heartbeat)
+	return c.metrics.InstrumentAPI(c.mux, c.withAuthentication(audited, trusted))
+}
+
+// buildMux registers every handler of the route table (Routes); a route declared but not
+// served is an error.
+func (c *Center) buildMux() (*api.Mux, error) {
+	mux := api.NewMux(Routes(), c.guard)
 	mux.HandleFunc("POST /api/v1/hosts/heartbeat", func(w http.ResponseWriter, r *http.Request) {
 		var f api.HostFacts
 		if err := api.Decode(w, r, &f); err != nil {
@@ -52,7 +62,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, vms, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "vm.create", "")
 		var req api.CreateVMRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -69,14 +78,12 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "vm.start", r.PathValue("name"))
 		t := c.beginTask(w, r, "vm.start", r.PathValue("name"))
 		vm, err := c.startVM(r.Context(), r.PathValue("name"))
 		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "vm.stop", r.PathValue("name"))
 		q := r.URL.Query()
 		t := c.beginTask(w, r, "vm.stop", r.PathValue("name"))
 		vm, err := c.stopVM(r.Context(), r.PathValue("name"), q.Get("force") == "true", q.Get("grace"))
@@ -84,7 +91,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "vm.delete", r.PathValue("name"))
 		t := c.beginTask(w, r, "vm.delete", r.PathValue("name"))
 		err := c.deleteVM(r.Context(), r.PathValue("name"))
 		c.endTask(r.Context(), t, map[string]any{"vm": r.PathValue("name")}, err)
@@ -104,7 +110,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		_, _ = w.Write(b)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/migrate", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "vm.migrate", r.PathValue("name"))
 		var req api.MigrateRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -125,7 +130,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, rec, err)
 	})
 	mux.HandleFunc("POST /api/v1/migrations", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "migration.bulk", "")
 		var req api.BulkMigrateRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -143,7 +147,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		api.WriteJSON(w, http.StatusOK, c.slots())
 	})
 	mux.HandleFunc("POST /api/v1/hosts/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.maintenance", r.PathValue("name"))
 		audit.Params(r.Context(), map[string]any{"host": r.PathValue("name")})
 		var req api.MaintenanceRequest
 		if err := api.Decode(w, r, &req); err != nil {
@@ -168,7 +171,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, t, err)
 	})
 	mux.HandleFunc("POST /api/v1/tasks/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "task.cancel", r.PathValue("id"))
 		t, err := c.cancelTask(r.Context(), r.PathValue("id"))
 		writeResult(w, http.StatusOK, t, err)
 	})
@@ -184,7 +186,6 @@ func (c *Center) routes(trusted bool) http.Handler {
 		writeResult(w, http.StatusOK, m, err)
 	})
 	mux.HandleFunc("POST /api/v1/migrations/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "migration.cancel", r.PathValue("id"))
 		m, err := c.cancelMigration(r.Context(), r.PathValue("id"))
 		writeResult(w, http.StatusOK, m, err)
 	})
@@ -192,14 +193,12 @@ func (c *Center) routes(trusted bool) http.Handler {
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, api.NotFound("no API endpoint %s %s; the API is under /api/v1", r.Method, r.URL.Path))
 	})
+	mux.HandleFunc("GET /api/v1/openapi.json", c.serveOpenAPI)
 	c.trail.Register(mux)
 	c.registerUsers(mux)
 	c.registerPKI(mux)
 	c.registerSchedules(mux)
-	// Heartbeats are recorded only when refused or failed.
-	heartbeat := func(r *http.Request) bool { return r.URL.Path == "/api/v1/hosts/heartbeat" }
-	audited := c.trail.Middleware(c.logRequests(c.authorize(mux)), heartbeat)
-	return c.metrics.InstrumentAPI(mux, c.withAuthentication(audited, trusted))
+	return mux, mux.Check()
 }
 
 // logRequests logs each request and turns a panic into a 500 instead of a dropped

@@ -90,7 +90,7 @@ const (
 //	POST   /api/v1/schedules/{name}/enable   let it run again from its next slot
 //
 // Reading needs the viewer role, everything else the operator role.
-func (c *Center) registerSchedules(mux *http.ServeMux) {
+func (c *Center) registerSchedules(mux *api.Mux) {
 	mux.HandleFunc("GET /api/v1/schedules", func(w http.ResponseWriter, r *http.Request) {
 		ss, err := c.listSchedules(r.Context())
 		writeResult(w, http.StatusOK, ss, err)

@@ -18,7 +18,7 @@ import (
 //	DELETE /api/v1/users/{name}   delete a user and its tokens (admin)
 //	POST   /api/v1/tokens         a token for oneself or, as admin, for another user
 //	DELETE /api/v1/tokens/{id}    revoke one's own token or, as admin, anyone's
-func (c *Center) registerUsers(mux *http.ServeMux) {
+func (c *Center) registerUsers(mux *api.Mux) {
 	mux.HandleFunc("POST /api/v1/login", func(w http.ResponseWriter, r *http.Request) {
 		audit.Describe(r.Context(), "user.login", "")
 		var req api.LoginRequest

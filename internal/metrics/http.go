@@ -11,7 +11,9 @@ import (
 // that matches the request ("/api/v1/vms/{name}"), never the raw path, and "unmatched"
 // when none does; methods other than the standard ones count as "other". So the number
 // of series stays bounded whatever clients send.
-func (c *Center) InstrumentAPI(mux *http.ServeMux, next http.Handler) http.Handler {
+func (c *Center) InstrumentAPI(mux interface {
+	Handler(*http.Request) (http.Handler, string)
+}, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
