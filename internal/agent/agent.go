@@ -100,9 +100,17 @@ type Agent struct {
 	migMu      sync.Mutex
 	migrations map[string]*outgoing // by id, this host being the source
 
+	// peers pools the connections to other hosts' agents, by host name.
+	peerMu sync.Mutex
+	peers  map[string]peerClient
+
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
 	runCtx context.Context
+
+	// api serves the route table behind the guard; inProcess serves it to the trusted
+	// in-process caller (Handler).
+	api, inProcess *api.Mux
 }
 
 // New checks the configuration and prepares an agent; Run starts it.
@@ -160,7 +168,7 @@ func New(cfg Config, version string) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
-		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})},
+		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})}, peers: map[string]peerClient{},
 	}
 	a.trust = newTrust(a.pkiDir())
 	var err error
@@ -168,12 +176,19 @@ func New(cfg Config, version string) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent metrics: %w", err)
 	}
+	if a.api, err = a.buildMux(false); err != nil {
+		return nil, err
+	}
+	if a.inProcess, err = a.buildMux(true); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
-// Handler returns the agent's API for in-process callers (tests): no certificate is
-// asked for. Run serves the API behind mutual TLS (authenticate).
-func (a *Agent) Handler() http.Handler { return a.routes() }
+// Handler returns the agent's API for in-process callers (tests): no certificate or
+// ticket is asked for; the caller counts as the center. Run serves the API behind mutual
+// TLS, each route behind its guard.
+func (a *Agent) Handler() http.Handler { return a.inProcess }
 
 // accelInUse is the accelerator the probe chose, or "" while it runs.
 func (a *Agent) accelInUse() string {
@@ -203,7 +218,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.ensureIdentity(ctx); err != nil {
 		return err
 	}
-	if a.center, err = api.NewClient(a.cfg.Center, 10*time.Second, api.WithTLS(pki.ClientTLSFrom(a.id.Load, pki.CenterName))); err != nil {
+	if a.center, err = api.NewClient(a.cfg.Center, 10*time.Second, api.WithTLS(pki.ClientTLSFrom(a.id.Load, pki.CenterName, a.trust.isRevoked))); err != nil {
 		return fmt.Errorf("center: %w", err)
 	}
 	for name, br := range a.cfg.Networks {
@@ -236,7 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver, "cpu_limit", a.cfg.CPULimit)
-	runErr := api.Serve(serveCtx, a.authenticate(a.routes()), tls.NewListener(ln, pki.ServerTLSFrom(a.id.Load)))
+	runErr := api.Serve(serveCtx, a.authenticate(a.api), tls.NewListener(ln, pki.ServerTLSFrom(a.id.Load)))
 	if runErr == nil && ctx.Err() == nil {
 		runErr = context.Cause(serveCtx)
 	}
@@ -438,8 +453,13 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 		a.trust.putBack(f.Refusals)
 		return err
 	}
-	if err := a.trust.setRevoked(rep.RevokedSerials); err != nil {
+	changed, err := a.trust.setRevoked(rep.RevokedSerials)
+	if err != nil {
 		a.log.Warn("could not keep the revoked certificates on disk", "err", err)
+	}
+	if changed {
+		a.forgetPeers()
+		a.center.CloseIdle()
 	}
 	return nil
 }

@@ -53,14 +53,40 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 }
 
+// TestResolvePath: boot files and disks resolve to real paths inside a datastore; a
+// path outside every datastore, or a symbolic link that leads out of one (or to
+// nothing), is refused with the reason.
 func TestResolvePath(t *testing.T) {
 	a, ds := testAgent(t)
+	write(t, filepath.Join(ds, "images/x/vmlinuz"), "k")
+	if err := os.Symlink("/etc/shadow", filepath.Join(ds, "images/x/shadow")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc", filepath.Join(ds, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(ds, "images/x/vmlinuz"), filepath.Join(ds, "images/x/alias")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/nonexistent/target", filepath.Join(ds, "dangling.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		in, want, err string
 	}{
-		{"[shared] images/x/vmlinuz", filepath.Join(ds, "images/x/vmlinuz"), ""},
-		{"[shared]images/x", filepath.Join(ds, "images/x"), ""},
-		{"/abs/path", "/abs/path", ""},
+		{"[shared] images/x/vmlinuz", filepath.Join(real, "images/x/vmlinuz"), ""},
+		{"[shared]images/x", filepath.Join(real, "images/x"), ""},
+		{filepath.Join(ds, "images/x/vmlinuz"), filepath.Join(real, "images/x/vmlinuz"), ""},
+		{"[shared] images/x/alias", filepath.Join(real, "images/x/vmlinuz"), ""},
+		{"[shared] vms/new/disk.qcow2", filepath.Join(real, "vms/new/disk.qcow2"), ""},
+		{"/etc/shadow", "", "not inside a datastore"},
+		{"[shared] images/x/shadow", "", "really /etc/shadow"},
+		{"[shared] etc/passwd", "", "not inside a datastore"},
+		{"[shared] dangling.qcow2", "", "symbolic link to nothing"},
 		{"relative/path", "", "absolute"},
 		{"[nosuch] a", "", "no datastore"},
 		{"[shared] ../../etc/passwd", "", "inside the datastore"},
@@ -100,7 +126,9 @@ func TestValidateSpec(t *testing.T) {
 		"no cpus":         {func(s *api.VMSpec) { s.CPUs = 0 }, "vCPU"},
 		"nothing to boot": {func(s *api.VMSpec) { s.Boot = api.Boot{} }, "nothing to boot"},
 		"missing kernel":  {func(s *api.VMSpec) { s.Boot.Kernel = "[shared] images/g/nope" }, "does not exist"},
-		"missing initrd":  {func(s *api.VMSpec) { s.Boot.Initrd = "/nonexistent/initrd" }, "does not exist"},
+		"missing initrd":  {func(s *api.VMSpec) { s.Boot.Initrd = "[shared] images/g/nope" }, "does not exist"},
+		"host initrd":     {func(s *api.VMSpec) { s.Boot.Initrd = "/etc/shadow" }, "not inside a datastore"},
+		"host kernel":     {func(s *api.VMSpec) { s.Boot.Kernel = "/boot/../etc/passwd" }, "not inside a datastore"},
 		"kernel is a dir": {func(s *api.VMSpec) { s.Boot.Kernel = "[shared] images/g" }, "directory"},
 		"bad format":      {func(s *api.VMSpec) { s.Disks[0].Format = "vmdk" }, "raw or qcow2"},
 		"unknown ds":      {func(s *api.VMSpec) { s.Disks[0].Datastore = "other" }, "no datastore"},

@@ -23,6 +23,7 @@ import (
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/qemu"
 	"github.com/godwit/godwit/internal/qmp"
+	"github.com/godwit/godwit/internal/ticket"
 )
 
 // outgoing is a migration this host runs as the source. Its record stays in memory after
@@ -59,6 +60,8 @@ type outgoingRecord struct {
 	Policy         string    `json:"policy"`
 	Priority       string    `json:"priority,omitempty"`
 	Started        time.Time `json:"started"`
+	// Ticket is the center's ticket, which the destination asks for at every step.
+	Ticket string `json:"ticket"`
 }
 
 func progressOf(p migration.Progress) api.MigrationProgress {
@@ -174,6 +177,10 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	if busy {
 		return api.Migration{}, api.Conflict("VM %s is already being migrated", name)
 	}
+	tk, err := a.checkOwnTicket(name, req)
+	if err != nil {
+		return api.Migration{}, api.Errorf(422, "invalid_ticket", "%v", err)
+	}
 	a.migMu.Lock()
 	if _, dup := a.migrations[req.ID]; dup {
 		a.migMu.Unlock()
@@ -193,20 +200,45 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	go func() {
 		defer a.wg.Done()
 		defer cancel()
-		a.runOutgoing(ctx, v, o, req, policy)
+		a.runOutgoing(ctx, v, o, req, policy, tk)
 	}()
 	return o.snapshot(), nil
 }
 
-// destination returns a client for a migration's destination host.
-func (a *Agent) destination(name, url string) (*api.Client, error) {
-	return a.peer(name, url, 2*time.Minute)
+// destination returns a client for a migration's destination host that presents the
+// migration's ticket with every request.
+func (a *Agent) destination(name, url, tk string) (*api.Client, error) {
+	c, err := a.peer(name, url, 2*time.Minute)
+	if err != nil {
+		return nil, err
+	}
+	return c.WithHeader(ticket.Header, tk), nil
+}
+
+// checkOwnTicket checks the ticket the center sent with a migration this host is to run
+// as the source: the CA signed it, for this migration, VM and pair of hosts. The
+// destination checks it again; a bad one fails here, before anything moves.
+func (a *Agent) checkOwnTicket(name string, req api.AgentMigrateRequest) (ticket.Ticket, error) {
+	t, err := ticket.Parse(req.Ticket, a.id.Load().CA.PublicKey)
+	if err != nil {
+		return t, fmt.Errorf("the center's ticket for migration %s: %w", req.ID, err)
+	}
+	if err := t.Check(req.Destination, a.cfg.Name, false); err != nil {
+		return t, err
+	}
+	if t.Migration != req.ID || t.VM != name {
+		return t, fmt.Errorf("the ticket is for migration %s of VM %s, not %s of %s", t.Migration, t.VM, req.ID, name)
+	}
+	if _, err := t.StreamKey(); err != nil {
+		return t, err
+	}
+	return t, nil
 }
 
 // runOutgoing prepares the destination, runs the migration and settles the outcome:
 // either the destination runs the VM and this host lets it go, or the destination is
 // torn down and the VM keeps running here.
-func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.AgentMigrateRequest, policy migration.Policy) {
+func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.AgentMigrateRequest, policy migration.Policy, tk ticket.Ticket) {
 	v.op.Lock()
 	defer v.op.Unlock()
 	log := a.log.With("vm", v.spec.Name, "migration", req.ID, "to", req.Destination)
@@ -229,7 +261,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		return
 	}
 	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
-		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started}
+		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -242,7 +274,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		go a.kick()
 	}()
 
-	dest, err := a.destination(req.Destination, req.DestinationURL)
+	dest, err := a.destination(req.Destination, req.DestinationURL, req.Ticket)
 	if err != nil {
 		fail(api.MigrationFailed, err.Error())
 		return
@@ -271,7 +303,8 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
-	creds, err := a.sourceTLS(ctx, mon, req, rep)
+	key, _ := tk.StreamKey() // checked when the migration was accepted
+	creds, err := a.sourceTLS(ctx, mon, req, rep, key)
 	if err != nil {
 		fail(api.MigrationFailed, err.Error())
 		a.abortDestination(dest, v.spec.Name, req.ID, log)
@@ -289,7 +322,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	stoppedAt := a.lastEvent(ctx, mon, "STOP")
 	stopRenice := a.reniceMigration(ctx, mon, p.PID, admission.Priority(req.Priority), o, log)
 	res, runErr := migration.Run(ctx, mon, migration.Options{
-		Policy: policy, URI: rep.URI, TLSCreds: creds, TLSHostname: req.Destination,
+		Policy: policy, URI: rep.URI, TLSCreds: creds,
 		BandwidthCap: o.bandwidthCap.Load,
 		OnProgress: func(pr migration.Progress) {
 			o.update(func(m *api.Migration) {
@@ -474,7 +507,7 @@ func (a *Agent) retry(ctx context.Context, f func(context.Context) error, onErr 
 
 // Incoming prepares this host to receive a VM: it checks that the VM can run here,
 // creates its TAPs and starts a QEMU that waits for the migration stream.
-func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.IncomingReply, error) {
+func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string, key []byte) (api.IncomingReply, error) {
 	s := req.Spec
 	if req.ID == "" {
 		return api.IncomingReply{}, api.BadRequest("an incoming migration needs an id")
@@ -518,7 +551,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 			return api.IncomingReply{}, api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, s.UUID, o.spec.Name)
 		}
 	}
-	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID}
+	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk}
 	for _, i := range req.OwnedDisks {
 		if i >= 0 && i < len(s.Disks) {
 			if p, err := a.datastorePath(s.Disks[i].Datastore, s.Disks[i].Path); err == nil {
@@ -563,12 +596,12 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 	}
 	mon, err := p.Monitor(ctx)
 	var tlsOn bool
-	var tlsNote, creds, authz string
+	var tlsNote, creds string
 	if err == nil {
-		tlsOn, tlsNote, creds, authz, err = a.destinationTLS(ctx, mon, req)
+		tlsOn, tlsNote, creds, err = a.destinationTLS(ctx, mon, v, req, key)
 	}
 	if err == nil {
-		err = migration.PrepareDestination(ctx, mon, policy, creds, authz)
+		err = migration.PrepareDestination(ctx, mon, policy, creds)
 	}
 	var uri string
 	if err == nil {
@@ -590,7 +623,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest) (api.Inco
 	}
 	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
 	a.watch(v, p)
-	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL)
+	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL, tk)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "tls", tlsOn)
 	return api.IncomingReply{URI: uri, TLS: tlsOn, TLSNote: tlsNote}, nil
 }
@@ -700,8 +733,9 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 		v.resumedAt = nil
 	}
 	a.mu.Lock()
-	v.incoming, v.state, v.errMsg = "", api.VMRunning, ""
+	v.incoming, v.state, v.errMsg, v.ticket = "", api.VMRunning, "", ""
 	a.mu.Unlock()
+	forgetKey(v.dir)
 	_ = v.save()
 	a.metrics.IncomingEnded(metrics.IncomingSucceeded)
 	a.log.Info("VM migrated in and running", "vm", name, "migration", id)
@@ -801,7 +835,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 		log := a.log.With("vm", v.spec.Name, "migration", rec.ID)
 		v.op.Lock()
 		defer v.op.Unlock()
-		dest, err := a.destination(rec.Destination, rec.DestinationURL)
+		dest, err := a.destination(rec.Destination, rec.DestinationURL, rec.Ticket)
 		if err != nil {
 			log.Error("cannot settle the migration", "err", err)
 			return
@@ -877,7 +911,7 @@ const incomingPatience = 60 * time.Second
 // ended without it, or cannot be reached for incomingPatience while the copy still does
 // not run. So no copy is left waiting forever, whatever happened to the source or the
 // network between the hosts.
-func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL string) {
+func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL, tk string) {
 	if sourceURL == "" {
 		return
 	}
@@ -885,6 +919,7 @@ func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL stri
 	if err != nil {
 		return
 	}
+	src = src.WithHeader(ticket.Header, tk)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

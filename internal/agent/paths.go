@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,15 +16,74 @@ import (
 // dsRef matches a datastore path such as "[shared] images/godwit-test/vmlinuz".
 var dsRef = regexp.MustCompile(`^\[([A-Za-z0-9_.-]+)\]\s*(.+)$`)
 
-// resolvePath turns an absolute host path or "[datastore] relative/path" into a host path.
+// resolvePath turns "[datastore] relative/path" or an absolute host path into the real
+// path (symbolic links resolved) of a file inside one of this host's datastores. Boot
+// files and disks must lie in a datastore: QEMU runs as root and would load any host
+// file (/etc/shadow as an initrd) into guest memory, where the guest can read it.
 func (a *Agent) resolvePath(p string) (string, error) {
+	var host string
 	if m := dsRef.FindStringSubmatch(p); m != nil {
-		return a.datastorePath(m[1], m[2])
+		var err error
+		if host, err = a.datastorePath(m[1], m[2]); err != nil {
+			return "", err
+		}
+	} else {
+		if !filepath.IsAbs(p) {
+			return "", fmt.Errorf("path %q must be absolute or of the form \"[datastore] relative/path\"", p)
+		}
+		host = filepath.Clean(p)
 	}
-	if !filepath.IsAbs(p) {
-		return "", fmt.Errorf("path %q must be absolute or of the form \"[datastore] relative/path\"", p)
+	return a.confine(host)
+}
+
+// confine resolves the symbolic links of p, as far as it exists, and returns the result
+// when it lies inside one of this host's datastores.
+func (a *Agent) confine(p string) (string, error) {
+	real, err := realPath(p)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Clean(p), nil
+	for _, name := range a.datastoreNames() {
+		root, err := filepath.EvalSymlinks(a.cfg.Datastores[name])
+		if err != nil {
+			continue
+		}
+		if real == root || strings.HasPrefix(real, root+string(filepath.Separator)) {
+			return real, nil
+		}
+	}
+	shown := p
+	if real != p {
+		shown = fmt.Sprintf("%s (really %s)", p, real)
+	}
+	return "", fmt.Errorf("%s is not inside a datastore of host %s (%s): boot files and disks must lie in a datastore; use \"[datastore] path\"",
+		shown, a.cfg.Name, strings.Join(a.datastoreNames(), ", "))
+}
+
+// realPath is filepath.EvalSymlinks for a path that may not exist yet (a disk to be
+// created): the part that exists is resolved and the rest appended. A dangling
+// symbolic link is refused, since creating the file would follow it elsewhere.
+func realPath(p string) (string, error) {
+	p = filepath.Clean(p)
+	rest := ""
+	for {
+		r, err := filepath.EvalSymlinks(p)
+		if err == nil {
+			return filepath.Join(r, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("resolve %s: %w", p, err)
+		}
+		if _, lerr := os.Lstat(p); lerr == nil {
+			return "", fmt.Errorf("%s is a symbolic link to nothing; it could lead anywhere once its target appears", p)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return "", fmt.Errorf("resolve %s: %w", p, err)
+		}
+		rest = filepath.Join(filepath.Base(p), rest)
+		p = parent
+	}
 }
 
 // datastorePath joins a path relative to a datastore, refusing paths that leave it.
@@ -95,6 +156,9 @@ func (a *Agent) validateSpec(s api.VMSpec) error {
 			return fmt.Errorf("disk %d: format must be raw or qcow2, not %q", i, d.Format)
 		}
 		p, err := a.datastorePath(d.Datastore, d.Path)
+		if err == nil {
+			_, err = a.confine(p)
+		}
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
 		}

@@ -112,8 +112,11 @@ func TestMigrationRequestValidation(t *testing.T) {
 		{http.MethodPost, "/agent/v1/migrations/m-run/bandwidth"},
 		{http.MethodGet, "/agent/v1/cpu-models"},
 	} {
-		if peerPath(p.method, p.path) {
-			t.Errorf("%s %s is open to other hosts", p.method, p.path)
+		_, pattern := a.api.Handler(httptest.NewRequest(p.method, p.path, nil))
+		for _, rt := range Routes() {
+			if rt.Pattern() == pattern && rt.Access != api.AccessCenter {
+				t.Errorf("%s %s is open to %s", p.method, p.path, rt.Access)
+			}
 		}
 	}
 }

@@ -9,9 +9,15 @@ import (
 	"github.com/godwit/godwit/internal/metrics"
 )
 
-// routes is the API the center calls. Paths are under /agent/v1.
-func (a *Agent) routes() http.Handler {
-	mux := http.NewServeMux()
+// buildMux registers every handler of the route table (Routes) behind the guard; a
+// route declared but not served is an error. With trusted, every request is the
+// center's and needs no ticket (Handler, for in-process callers).
+func (a *Agent) buildMux(trusted bool) (*api.Mux, error) {
+	guard := a.guard
+	if trusted {
+		guard = func(_ api.Route, h http.Handler) http.Handler { return h }
+	}
+	mux := api.NewMux(Routes(), guard)
 	mux.HandleFunc("GET /agent/v1/host", func(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, a.Facts())
 	})
@@ -158,7 +164,13 @@ func (a *Agent) routes() http.Handler {
 			api.WriteError(w, err)
 			return
 		}
-		rep, err := a.Incoming(r.Context(), req)
+		if err := a.checkIncomingTicket(r.Context(), req); err != nil {
+			a.refuse(w, r, http.StatusForbidden, err)
+			return
+		}
+		tk := ticketOf(r.Context())
+		key, _ := tk.StreamKey() // none for the in-process caller: a plain stream, or refused if required
+		rep, err := a.Incoming(r.Context(), req, tk.raw, key)
 		if err != nil {
 			a.metrics.IncomingEnded(metrics.IncomingFailed)
 			api.WriteError(w, err)
@@ -167,6 +179,10 @@ func (a *Agent) routes() http.Handler {
 		api.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/finish", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.checkCopyTicket(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+			a.refuse(w, r, http.StatusForbidden, err)
+			return
+		}
 		rep, err := a.FinishIncoming(r.Context(), r.PathValue("name"), r.PathValue("id"))
 		if err != nil {
 			api.WriteError(w, err)
@@ -175,6 +191,10 @@ func (a *Agent) routes() http.Handler {
 		api.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/abort", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.checkCopyTicket(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+			a.refuse(w, r, http.StatusForbidden, err)
+			return
+		}
 		if err := a.AbortIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
 			api.WriteError(w, err)
 			return
@@ -182,5 +202,8 @@ func (a *Agent) routes() http.Handler {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
-	return mux
+	mux.HandleFunc("/agent/", func(w http.ResponseWriter, r *http.Request) {
+		api.WriteError(w, api.NotFound("no agent endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return mux, mux.Check()
 }

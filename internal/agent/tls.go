@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/pki"
+	"github.com/godwit/godwit/internal/ticket"
 )
 
 // Mutual TLS.
@@ -37,22 +39,6 @@ import (
 
 // maxRefusals bounds the refusals kept between heartbeats.
 const maxRefusals = 100
-
-// peerPaths are the endpoints another host may call: the destination's side of a
-// migration (preflight, incoming, finish, abort) and the source's (its migration's
-// state, which a waiting destination asks about).
-func peerPath(method, path string) bool {
-	seg := strings.Split(strings.TrimPrefix(path, "/agent/v1/"), "/")
-	switch {
-	case method == http.MethodPost && (path == "/agent/v1/preflight" || path == "/agent/v1/incoming"):
-		return true
-	case method == http.MethodPost && len(seg) == 5 && seg[0] == "vms" && seg[2] == "incoming" && (seg[4] == "finish" || seg[4] == "abort"):
-		return true
-	case method == http.MethodGet && len(seg) == 2 && seg[0] == "migrations":
-		return true
-	}
-	return false
-}
 
 // trust holds what the agent knows about other certificates: the revoked serials the
 // center sent, and the refusals not yet reported.
@@ -77,8 +63,9 @@ func newTrust(dir string) *trust {
 	return t
 }
 
-// setRevoked replaces the revoked serials with the center's list.
-func (t *trust) setRevoked(serials []string) error {
+// setRevoked replaces the revoked serials with the center's list and says whether it
+// changed.
+func (t *trust) setRevoked(serials []string) (bool, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	next := make(map[string]bool, len(serials))
@@ -91,7 +78,7 @@ func (t *trust) setRevoked(serials []string) error {
 			same = same && t.revoked[s]
 		}
 		if same {
-			return nil
+			return false, nil
 		}
 	}
 	t.revoked = next
@@ -102,7 +89,7 @@ func (t *trust) setRevoked(serials []string) error {
 			}
 		}
 	}))
-	return pki.WriteFileAtomic(t.path, b, 0o644)
+	return true, pki.WriteFileAtomic(t.path, b, 0o644)
 }
 
 func (t *trust) isRevoked(serial string) bool {
@@ -139,45 +126,37 @@ func (t *trust) putBack(rs []api.AgentRefusal) {
 	}
 }
 
-// callerKey marks a request's context with who made it: pki.CenterName or a host name.
+// callerKey marks a request's context with who made it (a caller).
 type callerKey struct{}
 
-// callerOf is who made an authenticated request.
-func callerOf(ctx context.Context) string {
-	s, _ := ctx.Value(callerKey{}).(string)
-	return s
+// caller is who sent a request: a name proven by a valid certificate (pki.CenterName or
+// a host), or why no one could be.
+type caller struct {
+	name   string
+	status int
+	err    error
 }
 
-// authenticate refuses every request that does not come from the center or, for the
-// migration endpoints, from another host of the cluster.
+func callerOf(ctx context.Context) caller {
+	c, ok := ctx.Value(callerKey{}).(caller)
+	if !ok {
+		return caller{status: http.StatusUnauthorized, err: errors.New("no client certificate was checked")}
+	}
+	return c
+}
+
+// authenticate notes in each request's context who sent it, by its client certificate.
+// It refuses nothing itself: the guard of each route does, by the route table.
 func (a *Agent) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && r.URL.Path == "/metrics" {
-			next.ServeHTTP(w, r)
-			return
-		}
-		caller, status, err := a.caller(r)
-		if err != nil {
-			subject := ""
-			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-				subject = r.TLS.PeerCertificates[0].Subject.CommonName
-			}
-			a.trust.refuse(api.AgentRefusal{Time: time.Now().UTC(), From: r.RemoteAddr, Method: r.Method, Path: r.URL.Path, Subject: subject, Reason: err.Error()})
-			a.log.Warn("refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "subject", subject, "reason", err)
-			code := "unauthorized"
-			if status == http.StatusForbidden {
-				code = "forbidden"
-			}
-			api.WriteError(w, api.Errorf(status, code, "%v", err))
-			return
-		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller)))
+		name, status, err := a.identify(r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, caller{name: name, status: status, err: err})))
 	})
 }
 
-// caller checks a request's client certificate and says who sent it, or why it is
-// refused (with the HTTP status to answer).
-func (a *Agent) caller(r *http.Request) (string, int, error) {
+// identify checks a request's client certificate and says who sent it, or why no one
+// could be (with the HTTP status to answer).
+func (a *Agent) identify(r *http.Request) (string, int, error) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 		return "", http.StatusUnauthorized, fmt.Errorf("host %s answers only the center and the cluster's hosts: present the certificate the cluster's CA issued", a.cfg.Name)
 	}
@@ -192,19 +171,192 @@ func (a *Agent) caller(r *http.Request) (string, int, error) {
 	if !pki.HasName(leaf, name) {
 		return "", http.StatusUnauthorized, fmt.Errorf("certificate %q does not carry its own name as a DNS name; it was not issued by a Godwit center", name)
 	}
-	if name != pki.CenterName && !peerPath(r.Method, r.URL.Path) {
-		return "", http.StatusForbidden, fmt.Errorf("host %s may not call %s %s on host %s; hosts call each other only to migrate", name, r.Method, r.URL.Path, a.cfg.Name)
-	}
 	return name, 0, nil
 }
 
+// guard wraps the handler of one route of the table: it admits the callers the route's
+// access names and refuses everyone else with a sentence (401 without a valid
+// certificate, 403 for the wrong caller or ticket), reported to the center with the next
+// heartbeat. A migration route also needs the center's ticket for that migration
+// (Ticket header), naming the caller and this host; it goes into the request's context.
+func (a *Agent) guard(rt api.Route, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if rt.Access == api.AccessPublic {
+			h.ServeHTTP(w, r)
+			return
+		}
+		c := callerOf(r.Context())
+		if c.err != nil {
+			a.refuse(w, r, c.status, c.err)
+			return
+		}
+		isCenter := strings.EqualFold(c.name, pki.CenterName)
+		switch rt.Access {
+		case api.AccessCenter:
+			if !isCenter {
+				a.refuse(w, r, http.StatusForbidden, fmt.Errorf("host %s may not call %s %s on host %s; hosts call each other only for the steps of a migration, with the center's ticket", c.name, r.Method, r.URL.Path, a.cfg.Name))
+				return
+			}
+		case api.AccessMigrationSource, api.AccessMigrationDestination:
+			if isCenter && rt.CenterToo {
+				break
+			}
+			tk, err := a.admitTicket(r, c.name, rt.Access == api.AccessMigrationSource)
+			if err != nil {
+				a.refuse(w, r, http.StatusForbidden, fmt.Errorf("%s %s refused: %w", r.Method, r.URL.Path, err))
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), ticketKey{}, tk))
+		default:
+			a.refuse(w, r, http.StatusForbidden, fmt.Errorf("%s %s is not open to anyone (access %q)", r.Method, r.URL.Path, rt.Access))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// refuse answers a request with err (status 401 or 403) and keeps the refusal for the
+// next heartbeat, which puts it in the audit trail.
+func (a *Agent) refuse(w http.ResponseWriter, r *http.Request, status int, err error) {
+	subject := ""
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		subject = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	a.trust.refuse(api.AgentRefusal{Time: time.Now().UTC(), From: r.RemoteAddr, Method: r.Method, Path: r.URL.Path, Subject: subject, Reason: err.Error()})
+	a.log.Warn("refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "subject", subject, "reason", err)
+	code := "unauthorized"
+	if status == http.StatusForbidden {
+		code = "forbidden"
+	}
+	api.WriteError(w, api.Errorf(status, code, "%v", err))
+}
+
+// admittedTicket is a ticket the guard checked, with its encoded form.
+type admittedTicket struct {
+	ticket.Ticket
+	raw string
+}
+
+type ticketKey struct{}
+
+// ticketOf is the ticket the guard admitted for a request (zero for the in-process
+// caller of Handler, who needs none).
+func ticketOf(ctx context.Context) admittedTicket {
+	t, _ := ctx.Value(ticketKey{}).(admittedTicket)
+	return t
+}
+
+// admitTicket checks the ticket a host presents for a migration route: signed by the
+// cluster CA, naming the caller and this host in the right roles (source true: the
+// caller is the source), for the migration and VM of the path; to begin a migration
+// (incoming), not expired.
+func (a *Agent) admitTicket(r *http.Request, host string, source bool) (admittedTicket, error) {
+	raw := r.Header.Get(ticket.Header)
+	t, err := ticket.Parse(raw, a.id.Load().CA.PublicKey)
+	if err != nil {
+		return admittedTicket{}, err
+	}
+	if err := t.Check(host, a.cfg.Name, source); err != nil {
+		return admittedTicket{}, err
+	}
+	if id := r.PathValue("id"); id != "" && id != t.Migration {
+		return admittedTicket{}, fmt.Errorf("the ticket is for migration %s, not %s", t.Migration, id)
+	}
+	if name := r.PathValue("name"); name != "" && name != t.VM {
+		return admittedTicket{}, fmt.Errorf("the ticket of migration %s is for VM %s, not %s", t.Migration, t.VM, name)
+	}
+	if r.URL.Path == "/agent/v1/incoming" && t.Expired(time.Now()) {
+		return admittedTicket{}, fmt.Errorf("the ticket of migration %s expired at %s; a migration must begin within %v of the center's word", t.Migration, t.Expires.UTC().Format(time.RFC3339), ticket.Lifetime)
+	}
+	return admittedTicket{Ticket: t, raw: raw}, nil
+}
+
+// checkIncomingTicket checks that an incoming request is exactly what its ticket allows:
+// the migration, the source, the VM (name, UUID and the hash of its whole spec) and at
+// least the encryption the center decided. The in-process caller needs no ticket.
+func (a *Agent) checkIncomingTicket(ctx context.Context, req api.IncomingRequest) error {
+	t := ticketOf(ctx)
+	if t.raw == "" {
+		return nil
+	}
+	enc := req.Encryption
+	if enc == "" {
+		enc = migration.EncryptionOpportunistic
+	}
+	switch {
+	case req.ID != t.Migration:
+		return fmt.Errorf("the incoming request is for migration %q, its ticket for %s", req.ID, t.Migration)
+	case !strings.EqualFold(req.Source, t.Source):
+		return fmt.Errorf("the incoming request names %q as its source, its ticket %s", req.Source, t.Source)
+	case req.Spec.Name != t.VM || req.Spec.UUID != t.VMUUID:
+		return fmt.Errorf("the incoming request brings VM %q (%s), its ticket allows %s (%s)", req.Spec.Name, req.Spec.UUID, t.VM, t.VMUUID)
+	case ticket.SpecHash(req.Spec) != t.SpecSHA256:
+		return fmt.Errorf("the incoming VM %s is not the one the center knows: its spec differs from the one the ticket names (kernel, disks, devices…)", t.VM)
+	case t.Encryption != "" && enc != t.Encryption:
+		return fmt.Errorf("the incoming request asks for encryption %q, the center decided %q", enc, t.Encryption)
+	}
+	return nil
+}
+
+// checkCopyTicket checks that a finish or abort comes with the very ticket that brought
+// the waiting copy in. The in-process caller needs none.
+func (a *Agent) checkCopyTicket(ctx context.Context, name, id string) error {
+	t := ticketOf(ctx)
+	if t.raw == "" {
+		return nil
+	}
+	a.mu.Lock()
+	v, ok := a.vms[name]
+	held := ""
+	if ok {
+		held = v.ticket
+	}
+	a.mu.Unlock()
+	if ok && held != "" && held != t.raw {
+		return fmt.Errorf("VM %s here came in with another ticket than the one presented for migration %s", name, id)
+	}
+	return nil
+}
+
 // peer returns a client for another host's agent, over mutual TLS, that expects the
-// host's own certificate.
+// host's own certificate, not revoked. Calls to one host share a pool of keep-alive
+// connections, so a migration does not cost a handshake per request.
 func (a *Agent) peer(name, url string, timeout time.Duration) (*api.Client, error) {
 	if name == "" {
 		return nil, errors.New("the other host's name is not known, so its certificate cannot be checked")
 	}
-	return api.NewClient(url, timeout, api.WithTLS(a.id.Load().Client(name)))
+	a.peerMu.Lock()
+	defer a.peerMu.Unlock()
+	p, ok := a.peers[name]
+	if !ok || p.url != url {
+		c, err := api.NewClient(url, 0, api.WithTLS(pki.ClientTLSFrom(a.id.Load, name, a.trust.isRevoked)))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			p.client.CloseIdle()
+		}
+		p = peerClient{url: url, client: c}
+		a.peers[name] = p
+	}
+	return p.client.WithTimeout(timeout), nil
+}
+
+// peerClient is the pooled client of another host's agent.
+type peerClient struct {
+	url    string
+	client *api.Client
+}
+
+// forgetPeers closes the pooled connections to other hosts (after the revoked
+// certificates changed), so that every later call verifies its peer anew.
+func (a *Agent) forgetPeers() {
+	a.peerMu.Lock()
+	defer a.peerMu.Unlock()
+	for name, p := range a.peers {
+		p.client.CloseIdle()
+		delete(a.peers, name)
+	}
 }
 
 // ensureIdentity loads the agent's identity, joining the cluster first when it has none.
@@ -216,7 +368,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 			return fmt.Errorf("the certificate in %s belongs to host %s, not %s: this state directory is another host's; join with a new token after removing %s", dir, id.Name(), a.cfg.Name, dir)
 		}
 		a.id.Store(id)
-		return a.writeQEMUCreds()
+		return nil
 	}
 	if !errors.Is(err, pki.ErrNoIdentity) {
 		return fmt.Errorf("this host's identity in %s: %w", dir, err)
@@ -232,7 +384,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 		return fmt.Errorf("the identity just received: %w", err)
 	}
 	a.id.Store(id)
-	return a.writeQEMUCreds()
+	return nil
 }
 
 // join fetches the center's CA and checks it against the pinned fingerprint or file,
@@ -367,9 +519,6 @@ func (a *Agent) renew(ctx context.Context) error {
 		return err
 	}
 	a.id.Store(id)
-	if err := a.writeQEMUCreds(); err != nil {
-		return err
-	}
 	a.log.Info("host certificate renewed", "serial", rep.Serial, "expires", rep.Expires)
 	return nil
 }

@@ -38,6 +38,9 @@ type vm struct {
 	// outgoing is the migration taking it away.
 	incoming string
 	outgoing *outgoingRecord
+	// ticket is the center's ticket that brought an incoming VM in: its finish and abort
+	// must come with the same one.
+	ticket string
 	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
 	// when QEMU resumed it.
 	resumedAt func() time.Time
@@ -53,6 +56,7 @@ type persisted struct {
 	Owned    []string        `json:"owned_disks,omitempty"`
 	Error    string          `json:"error,omitempty"`
 	Incoming string          `json:"incoming,omitempty"`
+	Ticket   string          `json:"ticket,omitempty"`
 	Outgoing *outgoingRecord `json:"outgoing,omitempty"`
 }
 
@@ -76,7 +80,7 @@ func (v *vm) save() error {
 	if v.gone {
 		return nil
 	}
-	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Outgoing: v.outgoing}, "", "  ")
+	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Ticket: v.ticket, Outgoing: v.outgoing}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -470,7 +474,7 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 			continue
 		}
 		v := &vm{spec: p.Spec, dir: filepath.Dir(f), owned: p.Owned, state: api.VMStopped,
-			incoming: p.Incoming, outgoing: p.Outgoing}
+			incoming: p.Incoming, ticket: p.Ticket, outgoing: p.Outgoing}
 		proc, err := qemu.Adopt(ctx, v.dir, p.Spec.UUID)
 		switch {
 		case err == nil && v.incoming != "":

@@ -133,6 +133,18 @@ func (c *Client) WithHeader(key, value string) *Client {
 	return &cp
 }
 
+// WithTimeout returns a copy of c whose calls time out after d (0: never). The copy
+// shares c's connections.
+func (c *Client) WithTimeout(d time.Duration) *Client {
+	cp := *c
+	cp.hc = &http.Client{Transport: c.hc.Transport, Timeout: d}
+	return &cp
+}
+
+// CloseIdle closes the client's idle keep-alive connections, so that the next call
+// opens (and verifies) a new one.
+func (c *Client) CloseIdle() { c.hc.CloseIdleConnections() }
+
 // addHeaders puts the client's own headers on req.
 func (c *Client) addHeaders(req *http.Request) {
 	for k, vs := range c.header {

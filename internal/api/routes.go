@@ -9,17 +9,21 @@ import (
 
 // Who may call a route. The center's routes need one of the roles (RoleViewer,
 // RoleOperator, RoleAdmin, RoleAgent for hosts) or AccessPublic; the agents' routes
-// AccessCenter, AccessPeer or AccessPublic.
+// AccessCenter, AccessMigrationSource, AccessMigrationDestination or AccessPublic.
 const (
 	// AccessPublic routes answer anyone: logging in, joining (both carry their own
 	// credentials), the CA certificate, the API description, an agent's metrics.
 	AccessPublic = "public"
 	// AccessCenter agent routes answer only the center's certificate.
 	AccessCenter = "center"
-	// AccessPeer agent routes answer only a host that presents a migration ticket the
-	// center signed naming it (the source of an incoming migration, or the destination
-	// asking about it), and for some routes the center as well (Route.CenterToo).
-	AccessPeer = "peer"
+	// AccessMigrationSource agent routes answer only a host that presents a migration
+	// ticket the center signed naming it the source, and this host the destination
+	// (incoming, finish, abort).
+	AccessMigrationSource = "migration-source"
+	// AccessMigrationDestination agent routes answer a host that presents a ticket naming
+	// it the destination and this host the source (how the migration goes), and the
+	// center when Route.CenterToo.
+	AccessMigrationDestination = "migration-destination"
 )
 
 // Route is one endpoint of a Godwit API, as one table per server declares it: the
@@ -32,7 +36,7 @@ type Route struct {
 	Path string
 	// Access is the role or access class the caller needs (see the constants above).
 	Access string
-	// CenterToo lets the center call an AccessPeer route as well.
+	// CenterToo lets the center call a migration route as well.
 	CenterToo bool
 	// Action is the audit trail's name for a state-changing route (vm.migrate); Target
 	// names the path wildcard that is the action's target.

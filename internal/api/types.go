@@ -393,6 +393,9 @@ type AgentMigrateRequest struct {
 	// MaxBandwidth caps the stream in bytes/s (its share of the network); 0: none beyond
 	// the policy's.
 	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// Ticket is the center's signed word for this migration (internal/ticket); the
+	// source presents it to the destination, which acts on nothing else.
+	Ticket string `json:"ticket"`
 }
 
 // BandwidthRequest is the body of POST /agent/v1/migrations/{id}/bandwidth: a new cap

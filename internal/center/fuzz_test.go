@@ -3,6 +3,7 @@ package center
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -84,8 +85,6 @@ func newFuzzCenter(f *testing.F, heartbeatTimeout time.Duration) *fuzzCenter {
 	fuzzWrite(f, filepath.Join(adir, "a/b/c/d/e/f/s/vms", strings.ReplaceAll(fuzzWebUUID, "-", "")[:16], "console.log"),
 		"SeaBIOS\nLinux version 6.1\nlogin: \n")
 	agentHandler := ag.Handler()
-	agentSrv := httptest.NewServer(fuzzStandInAgent(f, agentHandler))
-	f.Cleanup(agentSrv.Close)
 
 	pool, err := ParsePool("198.18.1.0/24,198.18.1.100-198.18.1.199")
 	if err != nil {
@@ -109,6 +108,20 @@ func newFuzzCenter(f *testing.F, heartbeatTimeout time.Duration) *fuzzCenter {
 	fc := &fuzzCenter{c: c, h: c.Handler(), agent: agentHandler}
 
 	for _, name := range []string{"h1", "h2"} {
+		// Each host's stand-in serves TLS with a certificate the center's CA issued to
+		// that host, as a joined agent does.
+		key, err := pki.NewKey()
+		if err != nil {
+			f.Fatal(err)
+		}
+		cert, err := c.ca.Issue(key.Public(), pki.Leaf{Name: name}, time.Now())
+		if err != nil {
+			f.Fatal(err)
+		}
+		agentSrv := httptest.NewUnstartedServer(fuzzStandInAgent(f, agentHandler))
+		agentSrv.TLS = pki.ServerTLS(tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert})
+		agentSrv.StartTLS()
+		f.Cleanup(agentSrv.Close)
 		facts := fuzzHostFacts(name, agentSrv.URL)
 		b, _ := json.Marshal(facts)
 		if w := fc.do(http.MethodPost, "/api/v1/hosts/heartbeat", "", b); w.Code != http.StatusOK {
@@ -404,29 +417,29 @@ func FuzzMigrateVM(f *testing.F) {
 }
 
 func FuzzHeartbeat(f *testing.F) {
-	good := fuzzHostFacts("h1", "http://127.0.0.1:9")
+	good := fuzzHostFacts("h1", "https://127.0.0.1:9")
 	goodJSON, _ := json.Marshal(good)
 	f.Add(goodJSON)
 	for _, s := range []string{
-		`{"name":"h3","agent_url":"http://198.18.1.13:7700"}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","vms":[]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","vms":[{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"error","error":"boom"}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","vms":[{"name":"web-1","uuid":"other","state":"running"}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","vms":[{"name":"web-1"},{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"stopped"}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","vms":[{"name":"db-1","uuid":"` + fuzzDBUUID + `","state":"running","pid":-1}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","datastores":[{"name":"shared","images":[{"name":""}]},{"name":"shared"}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","networks":[{"name":"lab","mtu":-1},{"name":"lab"}]}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","load":1e308,"memory_mib":-1,"free_memory_mib":9223372036854775807}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","boot_time":"0001-01-01T00:00:00Z"}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","boot_time":"9999-12-31T23:59:59.999999999-23:59"}`,
-		`{"name":"h1","agent_url":"http://127.0.0.1:9","datastores":[{"name":"shared","total_bytes":18446744073709551615}]}`,
+		`{"name":"h3","agent_url":"https://198.18.1.13:7700"}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"error","error":"boom"}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1","uuid":"other","state":"running"}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1"},{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"stopped"}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"db-1","uuid":"` + fuzzDBUUID + `","state":"running","pid":-1}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","datastores":[{"name":"shared","images":[{"name":""}]},{"name":"shared"}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","networks":[{"name":"lab","mtu":-1},{"name":"lab"}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","load":1e308,"memory_mib":-1,"free_memory_mib":9223372036854775807}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","boot_time":"0001-01-01T00:00:00Z"}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","boot_time":"9999-12-31T23:59:59.999999999-23:59"}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","datastores":[{"name":"shared","total_bytes":18446744073709551615}]}`,
 		`{"name":"h1","agent_url":""}`,
-		`{"name":"","agent_url":"http://x"}`,
-		`{"name":"h 1","agent_url":"http://x"}`,
-		`{"name":"h1\u0000","agent_url":"http://x"}`,
-		`{"name":"h1","agent_url":"http://x","boot_time":"soon"}`,
-		`{"name":"h1","agent_url":"http://x","state":"connected"}`,
-		`{"name":"h1","agent_url":"http://x","cpu":{"flags":"sse2"}}`,
+		`{"name":"","agent_url":"https://x"}`,
+		`{"name":"h 1","agent_url":"https://x"}`,
+		`{"name":"h1\u0000","agent_url":"https://x"}`,
+		`{"name":"h1","agent_url":"https://x","boot_time":"soon"}`,
+		`{"name":"h1","agent_url":"https://x","state":"connected"}`,
+		`{"name":"h1","agent_url":"https://x","cpu":{"flags":"sse2"}}`,
 		`{"name":"h1"}{"name":"h2"}`,
 		`{"name":"h1"`,
 		``,

@@ -23,10 +23,13 @@ func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) (api.HeartbeatR
 	}
 	var err error
 	rep.RevokedSerials, err = c.store.RevokedSerials(ctx, c.now())
+	if err != nil {
+		return rep, err
+	}
 	if rep.RevokedSerials == nil {
 		rep.RevokedSerials = []string{}
 	}
-	return rep, err
+	return rep, nil
 }
 
 // heartbeat1 saves a host's report and reconciles its VMs with it.
@@ -34,8 +37,8 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	if err := hostName(f.Name); err != nil {
 		return err
 	}
-	if f.AgentURL == "" {
-		return api.BadRequest("heartbeat of host %s has no agent_url", f.Name)
+	if !strings.HasPrefix(f.AgentURL, "https://") {
+		return api.BadRequest("heartbeat of host %s has agent_url %q; agents serve only over TLS: an https:// URL", f.Name, f.AgentURL)
 	}
 	if len(f.Refusals) > 0 {
 		c.recordRefusals(ctx, f.Name, f.Refusals)

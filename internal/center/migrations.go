@@ -15,6 +15,7 @@ import (
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/store"
+	"github.com/godwit/godwit/internal/ticket"
 )
 
 func terminal(state string) bool {
@@ -113,6 +114,23 @@ func (c *Center) planMigration(ctx context.Context, name string, req api.Migrate
 	}
 	costs := admission.MigrationCosts(m.Source, m.Destination, []string{c.cfg.MigrationNetwork}, vmDatastores(r.Spec))
 	return plan{m: m, costs: costs, priority: priority, src: src, dst: dst, memoryMiB: r.Spec.MemoryMiB}, nil
+}
+
+// issueTicket is the center's signed word for a migration that is about to start
+// (internal/ticket): the VM as stored now (its spec's hash), the two hosts, the
+// encryption and the stream's own key. The hosts act on it and on nothing else.
+func (c *Center) issueTicket(ctx context.Context, m api.Migration) (string, error) {
+	r, err := c.store.VM(ctx, m.VM)
+	if err != nil {
+		return "", fmt.Errorf("the VM of migration %s: %w", m.ID, err)
+	}
+	key, err := ticket.NewKey()
+	if err != nil {
+		return "", err
+	}
+	now := c.now().UTC()
+	return ticket.Sign(ticket.Ticket{Migration: m.ID, VM: m.VM, VMUUID: r.Spec.UUID, Source: m.Source, Destination: m.Destination,
+		SpecSHA256: ticket.SpecHash(r.Spec), Encryption: m.Encryption, Key: key, Issued: now, Expires: now.Add(ticket.Lifetime)}, c.ca.Signer())
 }
 
 // migrateVM checks and then starts or queues a migration (see submit).

@@ -67,6 +67,13 @@ func (c *Center) setupPKI(ctx context.Context) error {
 		return fmt.Errorf("the center's certificate: %w", err)
 	}
 	c.identity = id
+	revoked, err := c.store.RevokedSerials(ctx, c.now())
+	if err != nil {
+		return fmt.Errorf("the revoked certificates: %w", err)
+	}
+	for _, s := range revoked {
+		c.revoked.Store(s, true)
+	}
 	return nil
 }
 
@@ -153,7 +160,23 @@ func (c *Center) serverTLS() *tls.Config { return c.identity.Server() }
 
 // agentTLS is the TLS configuration for calling host's agent: the center's certificate
 // as the client's, and the host's name as the one the agent's certificate must carry.
-func (c *Center) agentTLS(host string) *tls.Config { return c.identity.Client(host) }
+func (c *Center) agentTLS(host string) *tls.Config { return c.identity.Client(host, c.isRevoked) }
+
+// isRevoked reports whether the certificate with serial was revoked.
+func (c *Center) isRevoked(serial string) bool {
+	_, ok := c.revoked.Load(serial)
+	return ok
+}
+
+// noteRevoked remembers revoked serials and drops the pooled connections to the host.
+func (c *Center) noteRevoked(host string, serials []string) {
+	for _, s := range serials {
+		c.revoked.Store(s, true)
+	}
+	if len(serials) > 0 {
+		c.forgetAgent(host)
+	}
+}
 
 // verifyHost checks the client certificate of a request from a host's agent: signed by
 // the cluster's CA, valid now, issued to a host by this center, and not revoked. It
@@ -374,9 +397,11 @@ func (c *Center) join(ctx context.Context, req api.JoinRequest) (api.JoinReply, 
 		return api.JoinReply{}, api.BadRequest("%v; the agent generates the request itself when it joins", err)
 	}
 	// Earlier certificates of this name are superseded.
-	if _, err := c.store.RevokeCerts(ctx, req.Name, "superseded: the host joined again", now); err != nil {
+	superseded, err := c.store.RevokeCerts(ctx, req.Name, "superseded: the host joined again", now)
+	if err != nil {
 		return api.JoinReply{}, err
 	}
+	c.noteRevoked(req.Name, superseded)
 	rec := store.CertRecord{Serial: pki.SerialString(cert), Name: req.Name, Kind: certKindHost, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, JoinToken: id}
 	if err := c.store.ConsumeJoinToken(ctx, id, req.Name, now, rec); err != nil {
 		if errors.Is(err, store.ErrTokenUsed) {
@@ -442,6 +467,7 @@ func (c *Center) revokeHost(ctx context.Context, name, reason string) ([]api.Cer
 	if err != nil {
 		return nil, err
 	}
+	c.noteRevoked(name, serials)
 	if len(serials) == 0 {
 		return nil, api.NotFound("host %s has no valid certificate to revoke; `godwit host certificates` lists them", name)
 	}

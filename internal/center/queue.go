@@ -155,9 +155,13 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 	if err != nil {
 		return fail(err)
 	}
+	tk, err := c.issueTicket(ctx, m)
+	if err != nil {
+		return fail(err)
+	}
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: p.dst.Facts.Name, DestinationURL: p.dst.Facts.AgentURL,
 		DestinationAddr: p.dst.Facts.Address, Policy: m.Policy, Encryption: m.Encryption, Priority: m.Priority,
-		MaxBandwidth: c.bandwidthShare(m.ID)}
+		MaxBandwidth: c.bandwidthShare(m.ID), Ticket: tk}
 	var started api.Migration
 	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+m.VM+"/migrate", areq, &started); err != nil {
 		return fail(hostError(p.src.Facts.Name, "start the migration of "+m.VM, err))

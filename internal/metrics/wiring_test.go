@@ -97,7 +97,7 @@ func TestCenterServesMetrics(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := cl.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", api.HostFacts{Name: "host-1", AgentURL: "http://127.0.0.1:1"}, nil)
+		err := cl.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", api.HostFacts{Name: "host-1", AgentURL: "https://127.0.0.1:1"}, nil)
 		if err == nil {
 			break
 		}

@@ -61,10 +61,9 @@ type Options struct {
 	OnProgress func(Progress)
 	// Logger receives the controller's decisions; slog.Default() when nil.
 	Logger *slog.Logger
-	// TLSCreds names a tls-creds-x509 object (endpoint client) on the source QEMU that
-	// encrypts the stream; empty: the stream is not encrypted. TLSHostname is the
-	// name the destination's certificate must carry.
-	TLSCreds, TLSHostname string
+	// TLSCreds names a TLS credentials object (endpoint client, see ClientTLS) on the
+	// source QEMU that encrypts the stream; empty: the stream is not encrypted.
+	TLSCreds string
 	// BandwidthCap, when set, caps the stream from outside while the migration
 	// runs (e.g. its share of the network): it returns the cap in bytes/s, 0
 	// for none. Run reads it before it starts the migration and after every
@@ -198,10 +197,9 @@ func DestinationParameters(p Policy) qmp.MigrationParameters {
 // PrepareDestination sets, on the destination QEMU (started with -incoming
 // defer), the capabilities that must match the source's for policy p and the
 // announce parameters (see DestinationCapabilities, DestinationParameters), and
-// tlsCreds (a tls-creds-x509 object, endpoint server; empty: no TLS) with tlsAuthz (an
-// authz object that names the only client allowed; empty: any the CA signed).
+// tlsCreds (a credentials object, endpoint server, see ServerTLS; empty: no TLS).
 // Call it before migrate-incoming.
-func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCreds, tlsAuthz string) error {
+func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCreds string) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -213,9 +211,6 @@ func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCred
 	}
 	dp := DestinationParameters(p)
 	dp.TLSCreds = qmp.Ptr(tlsCreds)
-	if tlsAuthz != "" {
-		dp.TLSAuthz = qmp.Ptr(tlsAuthz) // an empty tls-authz names an object QEMU cannot find
-	}
 	if err := mon.MigrateSetParameters(ctx, dp); err != nil {
 		return fmt.Errorf("setting the migration parameters on the destination QEMU failed: %w", err)
 	}
@@ -308,7 +303,7 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	sp := SourceParameters(p)
 	sp.MaxBandwidth = qmp.Ptr(c.Bandwidth())
 	// Set every time, so that a stream is encrypted exactly when this run asks for it.
-	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(o.TLSCreds), qmp.Ptr(o.TLSHostname)
+	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(o.TLSCreds), qmp.Ptr("")
 	if err := mon.MigrateSetParameters(ctx, sp); err != nil {
 		return failed(fmt.Errorf("setting the migration parameters on the source QEMU failed: %w", err))
 	}

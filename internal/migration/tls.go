@@ -2,6 +2,7 @@ package migration
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,62 +13,57 @@ import (
 // Encrypted streams.
 //
 // QEMU encrypts the migration stream itself (TLS through GnuTLS) when both ends hold a
-// tls-creds-x509 object and the tls-creds migration parameter names it. A host gives
-// QEMU its cluster identity — its certificate and key, and the CA — in a directory,
-// under the file names QEMU expects for both endpoints (WriteTLSDir). The destination
-// demands the source's certificate and, through an authz-list object, admits only the
-// certificate of the host the migration comes from (ServerTLS); the source checks that
-// the destination's certificate names the destination host (Options.TLSHostname).
+// TLS credentials object and the tls-creds migration parameter names it. Godwit keys
+// each migration's stream with a key of its own (a tls-creds-psk object), which the
+// center puts in the migration's ticket, as vCenter hands both hosts of an encrypted
+// vMotion a one-time key. The key reaches only the two hosts the center named: the
+// source from the center, the destination from the source over mutual TLS that checks
+// the destination's certificate and that it is not revoked. No one else — not a host at
+// the destination's address, not a host whose certificate was valid once — can take
+// part in the stream, and a key is worth nothing after its migration.
 
-// WriteTLSDir lays out a host's identity in dir for QEMU: ca-cert.pem, and the host's
-// certificate and key as both server-* and client-* files (mode 0600).
-func WriteTLSDir(dir string, certPEM, keyPEM, caPEM []byte) error {
+// PSKUser is the identity under which both ends of a stream hold the migration's key.
+const PSKUser = "godwit"
+
+// PSKFile is the file in which QEMU's tls-creds-psk finds its keys.
+const PSKFile = "keys.psk"
+
+// WritePSK writes key into dir as QEMU's key file (mode 0600, in a directory of mode
+// 0700), for PSKUser.
+func WritePSK(dir string, key []byte) error {
+	if len(key) < 16 {
+		return fmt.Errorf("a migration key of %d bytes is too short; the center issues 32", len(key))
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	files := map[string][]byte{"ca-cert.pem": caPEM, "server-cert.pem": certPEM, "client-cert.pem": certPEM,
-		"server-key.pem": keyPEM, "client-key.pem": keyPEM}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			return fmt.Errorf("write QEMU's TLS credentials: %w", err)
-		}
+	line := PSKUser + ":" + hex.EncodeToString(key) + "\n"
+	if err := os.WriteFile(filepath.Join(dir, PSKFile), []byte(line), 0o600); err != nil {
+		return fmt.Errorf("write the migration key: %w", err)
 	}
 	return nil
 }
 
-// PeerAuthz is the authorization that admits only host's certificate: its
-// distinguished name (CN=host, O=Godwit), in either order GnuTLS may print it.
-func PeerAuthz(id, host string) qmp.AuthzList {
-	return qmp.AuthzList{QOMType: "authz-list", ID: id, Policy: "deny", Rules: []qmp.AuthzListRule{
-		{Match: "CN=" + host + ",O=Godwit", Policy: "allow", Format: "exact"},
-		{Match: "O=Godwit,CN=" + host, Policy: "allow", Format: "exact"},
-	}}
-}
+// DestinationTLSCreds is the id of the destination's credentials object (one
+// migration per destination QEMU).
+const DestinationTLSCreds = "gw-tls-in"
 
-// Object ids of the destination's TLS objects (one migration per destination QEMU).
-const (
-	DestinationTLSCreds = "gw-tls-in"
-	DestinationTLSAuthz = "gw-authz-in"
-)
-
-// ServerTLS adds to a destination QEMU the TLS credentials in dir (endpoint server,
-// verifying the client) and the authorization that admits only source's certificate.
-// Pass DestinationTLSCreds and DestinationTLSAuthz to PrepareDestination then.
-func ServerTLS(ctx context.Context, mon *qmp.Monitor, dir, source string) error {
-	if err := mon.ObjectAdd(ctx, qmp.TLSCredsX509{QOMType: "tls-creds-x509", ID: DestinationTLSCreds, Endpoint: "server", Dir: dir, VerifyPeer: true}); err != nil {
-		return fmt.Errorf("load the TLS credentials in %s into the destination QEMU: %w", dir, err)
-	}
-	if err := mon.ObjectAdd(ctx, PeerAuthz(DestinationTLSAuthz, source)); err != nil {
-		return fmt.Errorf("admit only host %s's certificate on the destination QEMU: %w", source, err)
+// ServerTLS adds to a destination QEMU the credentials for the key in dir (endpoint
+// server). GnuTLS reads the key file at every handshake, so it must stay until the
+// stream is up. Pass DestinationTLSCreds to PrepareDestination then.
+func ServerTLS(ctx context.Context, mon *qmp.Monitor, dir string) error {
+	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: DestinationTLSCreds, Endpoint: "server", Dir: dir}); err != nil {
+		return fmt.Errorf("load the migration's key into the destination QEMU: %w", err)
 	}
 	return nil
 }
 
-// ClientTLS adds to a source QEMU the TLS credentials in dir (endpoint client, which
-// verifies the server) as object id; pass id as Options.TLSCreds, and delete it after.
+// ClientTLS adds to a source QEMU the credentials for the key in dir (endpoint client)
+// as object id; QEMU reads the key at once, so dir may go after. Pass id as
+// Options.TLSCreds, and delete the object after the migration.
 func ClientTLS(ctx context.Context, mon *qmp.Monitor, dir, id string) error {
-	if err := mon.ObjectAdd(ctx, qmp.TLSCredsX509{QOMType: "tls-creds-x509", ID: id, Endpoint: "client", Dir: dir, VerifyPeer: true}); err != nil {
-		return fmt.Errorf("load the TLS credentials in %s into the source QEMU: %w", dir, err)
+	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: id, Endpoint: "client", Dir: dir, Username: PSKUser}); err != nil {
+		return fmt.Errorf("load the migration's key into the source QEMU: %w", err)
 	}
 	return nil
 }

@@ -3,49 +3,52 @@ package migration
 import (
 	"bytes"
 	"context"
-	"errors"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qmp"
 )
 
-// tlsDirs issues host certificates from a fresh CA and lays them out for QEMU; it
-// returns each host's directory.
-func tlsDirs(t *testing.T, hosts ...string) map[string]string {
+// keyDirs writes a fresh random key for each name into a directory of its own, as
+// each end of a stream holds the migration's key.
+func keyDirs(t *testing.T, names ...string) map[string]string {
 	t.Helper()
 	root := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(root, "ca"), time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
 	dirs := map[string]string{}
-	for _, h := range hosts {
-		key, err := pki.NewKey()
-		if err != nil {
+	for _, n := range names {
+		key := make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
 			t.Fatal(err)
 		}
-		cert, err := ca.Issue(key.Public(), pki.Leaf{Name: h}, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyPEM, err := pki.MarshalKeyPEM(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dirs[h] = filepath.Join(root, h)
-		if err := WriteTLSDir(dirs[h], pki.CertPEM(cert), keyPEM, ca.CertPEM); err != nil {
+		dirs[n] = filepath.Join(root, n)
+		if err := WritePSK(dirs[n], key); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return dirs
+}
+
+// sameKey copies the key of dir into a new directory, as the other end of the stream
+// gets the same key.
+func sameKey(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, PSKFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := os.WriteFile(filepath.Join(other, PSKFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return other
 }
 
 // sniffer forwards one TCP connection to target and keeps the first bytes the source
@@ -104,18 +107,19 @@ func (s *sniffer) head() []byte {
 
 func (s *sniffer) uri() string { return "tcp:" + s.ln.Addr().String() }
 
-// startTLSDestination starts a destination that admits only source's certificate.
-func startTLSDestination(t *testing.T, dir, source string) (*testVM, string) {
+// startTLSDestination starts a destination that takes only a stream keyed with the
+// key in dir.
+func startTLSDestination(t *testing.T, dir string) (*testVM, string) {
 	t.Helper()
 	spec := guestSpec(t, 256, "")
 	v := startVM(t, spec, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	p, _ := LookupPolicy("")
-	if err := ServerTLS(ctx, v.mon, dir, source); err != nil {
+	if err := ServerTLS(ctx, v.mon, dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := PrepareDestination(ctx, v.mon, p, DestinationTLSCreds, DestinationTLSAuthz); err != nil {
+	if err := PrepareDestination(ctx, v.mon, p, DestinationTLSCreds); err != nil {
 		t.Fatal(err)
 	}
 	uri := fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))
@@ -125,11 +129,12 @@ func startTLSDestination(t *testing.T, dir, source string) (*testVM, string) {
 	return v, strings.TrimPrefix(uri, "tcp:")
 }
 
-// TestRunEncryptedStream migrates over TLS with the hosts' certificates: the bytes on
-// the wire start with a TLS handshake, not QEMU's stream magic; a destination admits
-// only the source host's certificate, and checks it holds the destination's name.
+// TestRunEncryptedStream migrates over TLS keyed with the migration's own key: the
+// bytes on the wire start with a TLS handshake, not QEMU's stream magic; a source with
+// another key (a host that was not given this migration's ticket) gets no stream, and
+// keeps its VM running.
 func TestRunEncryptedStream(t *testing.T) {
-	dirs := tlsDirs(t, "host-1", "host-2", "host-3")
+	dirs := keyDirs(t, "this-migration", "another-migration")
 	p, _ := LookupPolicy("")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -151,20 +156,25 @@ func TestRunEncryptedStream(t *testing.T) {
 	})
 
 	// A fresh source for each encrypted run, so that each starts from a running VM; the
-	// destination is host-2 and admits only admit's certificate.
-	run := func(t *testing.T, client, hostname, admit string) (Result, error, []byte, *testVM) {
+	// destination holds this migration's key, the source the key in clientDir ("" for
+	// none: a plain stream).
+	run := func(t *testing.T, clientDir string) (Result, error, []byte, *testVM) {
 		s := bootGuest(t, spec)
-		_, addr := startTLSDestination(t, dirs["host-2"], admit)
-		if err := ClientTLS(ctx, s.mon, dirs[client], "gw-tls-out"); err != nil {
-			t.Fatal(err)
+		_, addr := startTLSDestination(t, dirs["this-migration"])
+		creds := ""
+		if clientDir != "" {
+			creds = "gw-tls-out"
+			if err := ClientTLS(ctx, s.mon, clientDir, creds); err != nil {
+				t.Fatal(err)
+			}
 		}
 		sn := newSniffer(t, addr)
-		res, err := Run(ctx, s.mon, Options{Policy: p, URI: sn.uri(), TLSCreds: "gw-tls-out", TLSHostname: hostname})
+		res, err := Run(ctx, s.mon, Options{Policy: p, URI: sn.uri(), TLSCreds: creds})
 		return res, err, sn.head(), s
 	}
 
 	t.Run("encrypted", func(t *testing.T) {
-		res, err, head, _ := run(t, "host-1", "host-2", "host-1")
+		res, err, head, _ := run(t, sameKey(t, dirs["this-migration"]))
 		if err != nil || res.Status != PhaseCompleted {
 			t.Fatalf("encrypted migration: %+v %v", res, err)
 		}
@@ -175,18 +185,18 @@ func TestRunEncryptedStream(t *testing.T) {
 			t.Error("QEMU's stream magic travels in the clear")
 		}
 	})
-	t.Run("wrong source refused", func(t *testing.T) {
-		res, err, _, s := run(t, "host-3", "host-2", "host-1")
+	t.Run("another key refused", func(t *testing.T) {
+		res, err, _, s := run(t, dirs["another-migration"])
 		if err == nil || res.Status == PhaseCompleted {
-			t.Fatalf("host-3's certificate got a migration into a destination that admits only host-1: %+v", res)
+			t.Fatalf("a source holding another migration's key got its stream in: %+v", res)
 		}
 		t.Logf("refused as it should be: %v", err)
 		waitStatus(t, s, qmp.StatusRunning, 10*time.Second)
 	})
-	t.Run("wrong destination name refused", func(t *testing.T) {
-		res, err, _, s := run(t, "host-1", "host-3", "host-1")
-		if err == nil || res.Status == PhaseCompleted || !errors.Is(err, ErrFailed) {
-			t.Fatalf("the source sent to a destination whose certificate is not host-3's: %+v %v", res, err)
+	t.Run("plain stream refused", func(t *testing.T) {
+		res, err, _, s := run(t, "")
+		if err == nil || res.Status == PhaseCompleted {
+			t.Fatalf("a plain stream got into a destination that expects this migration's key: %+v", res)
 		}
 		waitStatus(t, s, qmp.StatusRunning, 10*time.Second)
 	})

@@ -113,9 +113,9 @@ func (id *Identity) CAFingerprint() string { return Fingerprint(id.CA.Raw) }
 func (id *Identity) Server() *tls.Config { return ServerTLS(id.Cert) }
 
 // Client is the TLS configuration for calling peer (a host's name, or CenterName) as
-// this identity.
-func (id *Identity) Client(peer string) *tls.Config {
-	return ClientTLS(id.Pool(), peer, &id.Cert)
+// this identity, refusing a peer certificate whose serial revoked reports.
+func (id *Identity) Client(peer string, revoked func(serial string) bool) *tls.Config {
+	return Revoking(ClientTLS(id.Pool(), peer, &id.Cert), revoked)
 }
 
 // Verify checks a peer's chain against the identity's CA.
@@ -135,9 +135,10 @@ func ServerTLSFrom(get func() *Identity) *tls.Config {
 	return c
 }
 
-// ClientTLSFrom is ClientTLS presenting the certificate read from get at every handshake.
-func ClientTLSFrom(get func() *Identity, serverName string) *tls.Config {
-	c := ClientTLS(get().Pool(), serverName, nil)
+// ClientTLSFrom is ClientTLS presenting the certificate read from get at every
+// handshake, and refusing a server certificate whose serial revoked reports.
+func ClientTLSFrom(get func() *Identity, serverName string, revoked func(serial string) bool) *tls.Config {
+	c := Revoking(ClientTLS(get().Pool(), serverName, nil), revoked)
 	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		cert := get().Cert
 		return &cert, nil

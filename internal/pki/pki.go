@@ -150,6 +150,10 @@ func LoadOrCreateCA(dir string, now time.Time) (*CA, error) {
 // Fingerprint is the CA certificate's fingerprint.
 func (ca *CA) Fingerprint() string { return Fingerprint(ca.Cert.Raw) }
 
+// Signer is the CA's key, for what the center signs besides certificates (migration
+// tickets, revocation lists); it never leaves the center.
+func (ca *CA) Signer() crypto.Signer { return ca.key }
+
 // Pool is a pool holding only the CA.
 func (ca *CA) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
@@ -406,11 +410,44 @@ func ServerTLS(cert tls.Certificate) *tls.Config {
 }
 
 // ClientTLS is the configuration of a TLS client that trusts only pool, expects the
-// server to be serverName, and presents cert when it is not nil.
+// server to be serverName, and presents cert when it is not nil. Beyond TLS's own name
+// check, which ignores case, the server's certificate must be serverName's own: its CN
+// and a DNS name exactly serverName (names are issued in lower case), so that no
+// certificate of another case, or of a host that merely carries the name among others,
+// passes.
 func ClientTLS(pool *x509.CertPool, serverName string, cert *tls.Certificate) *tls.Config {
 	c := &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
+	if serverName != "" {
+		c.VerifyConnection = RequirePeer(serverName, nil)
+	}
+	return c
+}
+
+// RequirePeer is a tls.Config.VerifyConnection that accepts only the certificate of
+// name (see HasName) and, when revoked is not nil, none whose serial it reports revoked.
+func RequirePeer(name string, revoked func(serial string) bool) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("the peer presented no certificate")
+		}
+		leaf := cs.PeerCertificates[0]
+		if !HasName(leaf, name) {
+			return fmt.Errorf("the peer's certificate is %q's, not %s's", leaf.Subject.CommonName, name)
+		}
+		if revoked != nil && revoked(SerialString(leaf)) {
+			return fmt.Errorf("%s's certificate (serial %s) has been revoked by the center; refusing to talk to it", name, SerialString(leaf))
+		}
+		return nil
+	}
+}
+
+// Revoking returns c, whose ServerName names the peer, refusing as well a peer
+// certificate whose serial revoked reports: revocation is checked on connections a host
+// or the center opens, not only on those it accepts.
+func Revoking(c *tls.Config, revoked func(serial string) bool) *tls.Config {
+	c.VerifyConnection = RequirePeer(c.ServerName, revoked)
 	return c
 }

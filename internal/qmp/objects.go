@@ -2,39 +2,19 @@ package qmp
 
 import "context"
 
-// TLSCredsX509 are the arguments of object-add for a tls-creds-x509 object: TLS
-// credentials read from Dir, which holds ca-cert.pem and, for Endpoint "server",
-// server-cert.pem and server-key.pem, or for "client", client-cert.pem and
-// client-key.pem.
-type TLSCredsX509 struct {
-	QOMType string `json:"qom-type"` // "tls-creds-x509"
+// TLSCredsPSK are the arguments of object-add for a tls-creds-psk object: TLS keyed by
+// a pre-shared key, read from Dir/keys.psk ("user:hexkey" lines). A client names its
+// identity in Username.
+type TLSCredsPSK struct {
+	QOMType string `json:"qom-type"` // "tls-creds-psk"
 	ID      string `json:"id"`
 	// Endpoint is "server" or "client".
 	Endpoint string `json:"endpoint"`
 	Dir      string `json:"dir"`
-	// VerifyPeer makes a server demand, and check, the client's certificate.
-	VerifyPeer bool `json:"verify-peer"`
+	Username string `json:"username,omitempty"`
 }
 
-// AuthzList are the arguments of object-add for an authz-list object: identities (for
-// TLS, the client certificate's distinguished name) checked against Rules in order,
-// Policy ("allow" or "deny") deciding when none matches.
-type AuthzList struct {
-	QOMType string          `json:"qom-type"` // "authz-list"
-	ID      string          `json:"id"`
-	Policy  string          `json:"policy"`
-	Rules   []AuthzListRule `json:"rules"`
-}
-
-// AuthzListRule is one rule of an authz-list: Match ("exact" or "glob" per Format)
-// decides Policy ("allow" or "deny").
-type AuthzListRule struct {
-	Match  string `json:"match"`
-	Policy string `json:"policy"`
-	Format string `json:"format"`
-}
-
-// ObjectAdd creates a QOM object (object-add) from args, such as TLSCredsX509.
+// ObjectAdd creates a QOM object (object-add) from args, such as TLSCredsPSK.
 func (m *Monitor) ObjectAdd(ctx context.Context, args any) error {
 	return m.Execute(ctx, "object-add", args, nil)
 }
