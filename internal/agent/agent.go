@@ -251,7 +251,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() { defer wg.Done(); a.heartbeatLoop(bgCtx) }()
 	a.log.Info("agent running", "listen", a.cfg.Listen, "center", a.cfg.Center, "qemu", ver, "cpu_limit", a.cfg.CPULimit)
-	runErr := api.Serve(serveCtx, a.authenticate(a.api), tls.NewListener(ln, pki.ServerTLSFrom(a.id.Load)))
+	runErr := api.Serve(serveCtx, a.authenticate(a.api), tls.NewListener(a.metrics.Counting(ln), pki.ServerTLSFrom(a.id.Load)))
 	if runErr == nil && ctx.Err() == nil {
 		runErr = context.Cause(serveCtx)
 	}

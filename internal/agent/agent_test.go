@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,5 +188,33 @@ func TestFactsReaders(t *testing.T) {
 	linux, win := facts.Images[0], facts.Images[1]
 	if linux.Kernel != "[shared] images/linux/vmlinuz" || linux.Cmdline != "console=ttyS0" || win.Disk != "[shared] images/win/disk.qcow2" {
 		t.Fatalf("images = %+v", facts.Images)
+	}
+}
+
+// TestDestinationTLS: without the migration's key (no ticket) a destination cannot set up
+// TLS: a required encryption is refused before anything moves, an opportunistic one
+// goes in the clear with a note that says why, and off needs nothing.
+func TestDestinationTLS(t *testing.T) {
+	a, _ := testAgent(t)
+	v := &vm{dir: t.TempDir()}
+	ctx := context.Background()
+	req := api.IncomingRequest{ID: "m1", Encryption: "required"}
+	if _, _, _, err := a.destinationTLS(ctx, nil, v, req, nil); err == nil || !strings.Contains(err.Error(), "must be encrypted") {
+		t.Errorf("required without a key: %v", err)
+	} else if se, ok := err.(*api.StatusError); !ok || se.Code != "encryption_unavailable" || se.Status != 422 {
+		t.Errorf("required without a key: %#v; want 422 encryption_unavailable", err)
+	}
+	req.Encryption = "opportunistic"
+	on, note, creds, err := a.destinationTLS(ctx, nil, v, req, nil)
+	if err != nil || on || creds != "" || !strings.Contains(note, "not encrypted") {
+		t.Errorf("opportunistic without a key: %v %q %q %v; want the clear, with a note", on, note, creds, err)
+	}
+	req.Encryption = "off"
+	if on, note, creds, err := a.destinationTLS(ctx, nil, v, req, nil); err != nil || on || note != "" || creds != "" {
+		t.Errorf("off: %v %q %q %v", on, note, creds, err)
+	}
+	req.Encryption = "maybe"
+	if _, _, _, err := a.destinationTLS(ctx, nil, v, req, nil); err == nil {
+		t.Error("an unknown encryption mode was accepted")
 	}
 }

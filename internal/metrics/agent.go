@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,7 @@ type Agent struct {
 	outgoing          *prometheus.CounterVec
 	incoming          *prometheus.CounterVec
 	heartbeatFailures prometheus.Counter
+	connections       prometheus.Counter
 	handler           http.Handler
 }
 
@@ -64,6 +66,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			Name: "godwit_agent_heartbeat_failures_total",
 			Help: "Heartbeats to the center that failed.",
 		}),
+		connections: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "godwit_agent_connections_accepted_total",
+			Help: "TCP connections the agent's API accepted (each one a TLS handshake); callers keep connections alive, so this grows slowly.",
+		}),
 	}
 	for _, o := range []string{api.MigrationSucceeded, api.MigrationFailed, api.MigrationCancelled} {
 		a.outgoing.WithLabelValues(o)
@@ -80,11 +86,27 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		accel: prometheus.NewDesc("godwit_agent_accel_info",
 			"The accelerator VMs use on this host, as the label accel (kvm or tcg); absent while the KVM probe runs.", []string{"accel"}, nil),
 	}
-	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, host); err != nil {
+	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, a.connections, host); err != nil {
 		return nil, err
 	}
 	a.handler = handler(cfg.Registry, cfg.Log)
 	return a, nil
+}
+
+// Counting returns ln, counting every connection it accepts.
+func (a *Agent) Counting(ln net.Listener) net.Listener { return countingListener{Listener: ln, n: a.connections} }
+
+type countingListener struct {
+	net.Listener
+	n prometheus.Counter
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Inc()
+	}
+	return c, err
 }
 
 // Handler serves the agent's registry at GET /metrics.
