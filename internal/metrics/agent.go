@@ -94,7 +94,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 }
 
 // Counting returns ln, counting every connection it accepts.
-func (a *Agent) Counting(ln net.Listener) net.Listener { return countingListener{Listener: ln, n: a.connections} }
+func (a *Agent) Counting(ln net.Listener) net.Listener {
+	return countingListener{Listener: ln, n: a.connections}
+}
 
 type countingListener struct {
 	net.Listener
