@@ -118,6 +118,9 @@ func New(cfg Config, version string) (*Agent, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("the agent needs a host name (--name)")
 	}
+	if cfg.Name != strings.ToLower(cfg.Name) || cfg.Name == pki.CenterName {
+		return nil, fmt.Errorf("--name %q: host names are lower case and never %s (certificates match names without regard to case)", cfg.Name, pki.CenterName)
+	}
 	if cfg.Center == "" {
 		return nil, errors.New("the agent needs the center's URL (--center)")
 	}

@@ -44,6 +44,8 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		"center not TLS":     func(c *Config) { c.Center = "http://x" },
 		"advertise not TLS":  func(c *Config) { c.Advertise = "http://198.18.1.11:1" },
 		"no state directory": func(c *Config) { c.StateDir = "" },
+		"capital name":       func(c *Config) { c.Name = "Host-1" },
+		"the center's name":  func(c *Config) { c.Name = "godwit-center" },
 	}
 	for name, change := range cases {
 		c := base

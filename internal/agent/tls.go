@@ -171,6 +171,10 @@ func (a *Agent) identify(r *http.Request) (string, int, error) {
 	if !pki.HasName(leaf, name) {
 		return "", http.StatusUnauthorized, fmt.Errorf("certificate %q does not carry its own name as a DNS name; it was not issued by a Godwit center", name)
 	}
+	if name != strings.ToLower(name) {
+		// Names are issued in lower case; TLS would match GODWIT-CENTER as the center.
+		return "", http.StatusUnauthorized, fmt.Errorf("certificate %q names no host: names are lower case", name)
+	}
 	return name, 0, nil
 }
 
@@ -190,7 +194,7 @@ func (a *Agent) guard(rt api.Route, h http.Handler) http.Handler {
 			a.refuse(w, r, c.status, c.err)
 			return
 		}
-		isCenter := strings.EqualFold(c.name, pki.CenterName)
+		isCenter := c.name == pki.CenterName
 		switch rt.Access {
 		case api.AccessCenter:
 			if !isCenter {

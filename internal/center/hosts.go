@@ -9,10 +9,25 @@ import (
 	"strings"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/store"
 )
 
-var hostName = nameRule("host")
+// hostName checks a host name: canonical lower case, since TLS matches names without
+// regard to case (a certificate for GODWIT-CENTER would pass for the center's, HOST-1
+// for host-1), and never the center's own name.
+func hostName(s string) error {
+	if err := nameRule("host")(s); err != nil {
+		return err
+	}
+	if strings.EqualFold(s, pki.CenterName) {
+		return api.BadRequest("%s is the center's own name, in any case; choose another host name", pki.CenterName)
+	}
+	if s != strings.ToLower(s) {
+		return api.BadRequest("host name %q has capital letters; host names are lower case (certificates match names without regard to case): use %q", s, strings.ToLower(s))
+	}
+	return nil
+}
 
 // heartbeat records a host's facts, takes the VM states it reports as observed state,
 // and answers with the revoked certificates.

@@ -389,8 +389,17 @@ func (c *Center) join(ctx context.Context, req api.JoinRequest) (api.JoinReply, 
 		return api.JoinReply{}, unauthorized("the join token %s expired at %s; create a new one with `godwit host join-token create`", id, t.Expires.UTC().Format(time.RFC3339))
 	case t.Host != "" && t.Host != req.Name:
 		return api.JoinReply{}, api.Errorf(http.StatusForbidden, "forbidden", "the join token %s is for host %s, not %s", id, t.Host, req.Name)
-	case req.Name == pki.CenterName:
-		return api.JoinReply{}, api.BadRequest("%s is the center's own name; choose another host name", pki.CenterName)
+	}
+	if t.Host == "" {
+		// A token for any name must not take the name of a host that holds a valid
+		// certificate: that would silently revoke the real host.
+		if held, err := c.validHostCert(ctx, req.Name, now); err != nil {
+			return api.JoinReply{}, err
+		} else if held != nil {
+			return api.JoinReply{}, api.Errorf(http.StatusConflict, "host_exists",
+				"host %s already holds a valid certificate (serial %s, until %s); to give the name to a new machine, create a join token for that name (`godwit host join-token create --host %s`) or revoke the old one first (`godwit host revoke %s`)",
+				req.Name, held.Serial, held.NotAfter.UTC().Format(time.RFC3339), req.Name, req.Name)
+		}
 	}
 	cert, err := c.ca.SignCSR([]byte(req.CSR), pki.Leaf{Name: req.Name, Lifetime: c.cfg.HostCertLifetime}, now)
 	if err != nil {
@@ -411,6 +420,21 @@ func (c *Center) join(ctx context.Context, req api.JoinRequest) (api.JoinReply, 
 	}
 	c.log.Info("host joined", "host", req.Name, "serial", rec.Serial, "expires", cert.NotAfter)
 	return api.JoinReply{Certificate: string(pki.CertPEM(cert)), CA: string(c.ca.CertPEM), Serial: rec.Serial, Expires: cert.NotAfter}, nil
+}
+
+// validHostCert is a certificate of host that is neither revoked nor expired, if any.
+func (c *Center) validHostCert(ctx context.Context, host string, now time.Time) (*store.CertRecord, error) {
+	certs, err := c.store.Certs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range certs {
+		r := &certs[i]
+		if r.Kind == certKindHost && r.Name == host && r.Revoked.IsZero() && now.Before(r.NotAfter) {
+			return r, nil
+		}
+	}
+	return nil, nil
 }
 
 // renew issues a host a new certificate for a new key, on the strength of its current,
@@ -460,9 +484,7 @@ func (c *Center) revokeHost(ctx context.Context, name, reason string) ([]api.Cer
 	if err := hostName(name); err != nil {
 		return nil, err
 	}
-	if name == pki.CenterName {
-		return nil, api.BadRequest("the center's own certificate is not revoked this way; it renews itself at start")
-	}
+
 	serials, err := c.store.RevokeCerts(ctx, name, orDefault(reason, "revoked by an administrator"), c.now())
 	if err != nil {
 		return nil, err

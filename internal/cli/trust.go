@@ -45,7 +45,11 @@ func tlsConfig(caPEM string) (*tls.Config, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	return pki.ClientTLS(pool, "", nil), nil
+	c := pki.ClientTLS(pool, "", nil)
+	// Whatever address the CLI dials, the certificate must be the center's own: a host's
+	// certificate from the same CA is not the center.
+	c.VerifyConnection = pki.RequirePeer(pki.CenterName, nil)
+	return c, nil
 }
 
 // caFromFlags returns the CA the --ca-file flag names, or "".
