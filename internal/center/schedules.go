@@ -320,10 +320,10 @@ func (c *Center) setScheduleEnabled(ctx context.Context, name string, enabled bo
 			return api.Schedule{}, fmt.Errorf("schedule %s cannot be evaluated: %w; delete it and create it again", name, err)
 		}
 		if !d.Run && !d.Slot.IsZero() {
+			audit.Params(ctx, map[string]any{"skipped": d.Missed, "skipped_through": d.Slot.Format(time.RFC3339)})
 			if err := c.store.SkipScheduleSlots(ctx, name, d.Slot, d.Next); err != nil && !errors.Is(err, store.ErrScheduleSlotDone) {
 				return api.Schedule{}, err
 			}
-			audit.Params(ctx, map[string]any{"skipped": d.Missed, "skipped_through": d.Slot.Format(time.RFC3339)})
 		} else if err := c.store.SetScheduleNext(ctx, name, d.Next); err != nil {
 			return api.Schedule{}, err
 		}
