@@ -39,15 +39,31 @@ func truncate(s string, max int) string {
 	if len(s) <= max {
 		return s
 	}
-	m := marker(len(s))
-	keep := max - len(m)
+	return cutTo(s, max, len(s))
+}
+
+// cutTo returns the start of s, cut at a character boundary, followed by the marker of
+// a value n bytes long, in at most max bytes.
+func cutTo(s string, max, n int) string {
+	m := marker(n)
+	keep := min(max-len(m), len(s))
 	if keep < 0 {
 		keep = 0
 	}
-	for keep > 0 && !utf8.RuneStart(s[keep]) {
+	for keep > 0 && keep < len(s) && !utf8.RuneStart(s[keep]) {
 		keep--
 	}
 	return s[:keep] + m
+}
+
+// valueLen is a parameter's length as its marker gives it: a string's own length, or
+// the JSON text's.
+func valueLen(v json.RawMessage) int {
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return len(s)
+	}
+	return len(v)
 }
 
 // bound cuts the record's fields to their bounds (see MaxField and the others); params
@@ -96,7 +112,7 @@ func boundParams(in map[string]json.RawMessage) (json.RawMessage, error) {
 		if size <= MaxParams {
 			break
 		}
-		m, _ := json.Marshal(marker(len(out[k])))
+		m, _ := json.Marshal(marker(valueLen(out[k])))
 		if len(m) >= len(out[k]) {
 			break // the rest are no larger than their markers
 		}

@@ -166,7 +166,8 @@ func (l *Log) AppendHook(r Record) store.TxHook {
 // exact text the hash covers.
 func prepare(r Record) (Record, error) {
 	if r.Action == "" || r.Actor == "" || r.ActorKind == "" || r.Outcome == "" {
-		return Record{}, fmt.Errorf("audit record %+v lacks an action, actor, actor kind or outcome; this is a bug in the caller", r)
+		return Record{}, fmt.Errorf("audit record (action %q, actor %q, actor kind %q, outcome %q) lacks an action, actor, actor kind or outcome; this is a bug in the caller",
+			truncate(r.Action, MaxField), truncate(r.Actor, MaxField), truncate(r.ActorKind, MaxField), truncate(r.Outcome, MaxField))
 	}
 	if len(r.Params) == 0 {
 		r.Params = json.RawMessage("{}")

@@ -32,6 +32,9 @@ const maxParamBody = 64 << 10
 // maxErrorBody is how much of a refused request's answer is read for its error.
 const maxErrorBody = 8 << 10
 
+// maxPlainError is how much of an answer that is not an API error becomes the error.
+const maxPlainError = 500
+
 type noteKey struct{}
 
 // note is what the handler of a request tells the middleware about it, and what the
@@ -322,16 +325,16 @@ func outcomeOf(cw *captureWriter) (outcome, errText string) {
 	}
 	switch {
 	case status >= 500:
-		return Failed, errorText(status, cw.body.Bytes())
+		return Failed, errorText(status, cw.body.Bytes(), cw.n)
 	case status >= 400:
-		return Refused, errorText(status, cw.body.Bytes())
+		return Refused, errorText(status, cw.body.Bytes(), cw.n)
 	}
 	return Succeeded, ""
 }
 
 // errorText is the error a client was given: the API's error message, or the start of
-// whatever else the answer held.
-func errorText(status int, body []byte) string {
+// whatever else the answer held (body, of the total bytes it had).
+func errorText(status int, body []byte, total int) string {
 	var e api.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		return e.Error
@@ -340,8 +343,8 @@ func errorText(status int, body []byte) string {
 	if s == "" {
 		return http.StatusText(status)
 	}
-	if len(s) > 500 {
-		s = s[:500] + "…"
+	if len(s) > maxPlainError || total > len(body) {
+		return cutTo(s, maxPlainError, max(total, len(body)))
 	}
 	return s
 }
@@ -371,11 +374,13 @@ func (t *bodyTap) Read(p []byte) (int, error) {
 
 func (t *bodyTap) Close() error { return t.rc.Close() }
 
-// captureWriter notes the status of an answer and keeps the start of an error answer.
+// captureWriter notes the status of an answer and keeps the start of an error answer
+// (body) and its length (n).
 type captureWriter struct {
 	http.ResponseWriter
 	status int
 	body   bytes.Buffer
+	n      int
 }
 
 func (c *captureWriter) WriteHeader(code int) {
@@ -389,8 +394,9 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
-	if c.status >= 400 && c.body.Len() < maxErrorBody {
+	if c.status >= 400 {
 		c.body.Write(p[:min(len(p), maxErrorBody-c.body.Len())])
+		c.n += len(p)
 	}
 	return c.ResponseWriter.Write(p)
 }
