@@ -80,6 +80,8 @@ type Log struct {
 	mu sync.Mutex
 	// trimMu keeps Trim from removing records a Verify is walking.
 	trimMu sync.RWMutex
+	// anchors are the checkpoints that anchor the chain's head on the hosts.
+	anchors anchors
 }
 
 // Open prepares the audit trail's tables in db (the center's database) and returns the

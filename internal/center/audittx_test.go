@@ -2,10 +2,12 @@ package center
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
@@ -156,5 +158,50 @@ func TestAgentRefusalsAreBounded(t *testing.T) {
 		len(r.Params) > audit.MaxParams || size > 16<<10 || !strings.Contains(string(r.Params), "bytes)") {
 		t.Fatalf("an agent's refusal of a 600 KiB request is recorded in %d bytes (actor %d, from %d, error %d, params %d): %.300s",
 			size, len(r.Actor), len(r.From), len(r.Error), len(r.Params), r.Params)
+	}
+}
+
+// A heartbeat's reply carries the center's signed checkpoint of the trail's head, which
+// the host reports back; a host whose checkpoint the trail no longer holds gets none.
+func TestHeartbeatCarriesAuditCheckpoint(t *testing.T) {
+	f := newScheduleFixture(t)
+	f.now = time.Now() // checkpoints are signed while the center's certificate is valid
+	ctx := context.Background()
+	if status, body := f.do(t, http.MethodPost, "/api/v1/hosts/host-1/maintenance", `{"enter":true}`); status != http.StatusOK {
+		t.Fatalf("maintenance: %d %s", status, body)
+	}
+	facts := api.HostFacts{Name: "host-2", AgentURL: "https://198.18.0.12:7700"}
+	rep, err := f.c.heartbeat(ctx, facts)
+	if err != nil || rep.AuditCheckpoint == nil {
+		t.Fatalf("heartbeat: %+v %v; want a checkpoint", rep, err)
+	}
+	v, err := f.c.trail.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := rep.AuditCheckpoint
+	if cp.ID != v.HeadID || cp.Hash != v.HeadHash || audit.VerifyCheckpoint(*cp, f.c.ca.Pool()) != nil {
+		t.Fatalf("checkpoint %d %s; want the head %d %s, signed by the center", cp.ID, cp.Hash, v.HeadID, v.HeadHash)
+	}
+	facts.AuditCheckpoint = cp
+	if _, err := f.c.heartbeat(ctx, facts); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := f.c.store.Host(ctx, "host-2"); err != nil || h.Facts.AuditCheckpoint != nil {
+		t.Fatalf("the host's checkpoint was stored with its facts: %+v %v", h.Facts.AuditCheckpoint, err)
+	}
+	if v, _ := f.c.trail.Verify(ctx); !v.OK || len(v.Anchors) != 1 || v.Anchors[0].Host != "host-2" || v.Anchors[0].Status != audit.AnchorHolds {
+		t.Fatalf("verify: %+v", v)
+	}
+	ahead, err := audit.SignCheckpoint(cp.ID+5, cp.Hash, f.now, f.c.identity.Cert.PrivateKey.(crypto.Signer), f.c.identity.Leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	facts.AuditCheckpoint = &ahead
+	if rep, err := f.c.heartbeat(ctx, facts); err != nil || rep.AuditCheckpoint != nil {
+		t.Fatalf("a host holding a checkpoint past the head got %+v %v; want none, so that it keeps its evidence", rep.AuditCheckpoint, err)
+	}
+	if v, _ := f.c.trail.Verify(ctx); v.OK || v.Broken == nil || v.Broken.Problem != audit.ProblemCut {
+		t.Fatalf("verify with a checkpoint past the head: %+v", v)
 	}
 }

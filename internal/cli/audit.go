@@ -257,6 +257,26 @@ func printVerification(e *env, v audit.Verification) {
 	}
 	fmt.Fprintf(e.out, "audit trail intact: %d records checked (%s), %s\n", v.Checked, span, from)
 	fmt.Fprintf(e.out, "head: record %d, hash %s\n", v.HeadID, v.HeadHash)
+	printAnchors(e, v.Anchors)
+}
+
+// printAnchors says which hosts' checkpoints anchor the chain's head.
+func printAnchors(e *env, anchors []audit.Anchor) {
+	var holds []string
+	for _, a := range anchors {
+		switch a.Status {
+		case audit.AnchorHolds:
+			holds = append(holds, fmt.Sprintf("%s at record %d", a.Host, a.ID))
+		case audit.AnchorBroken:
+		default:
+			fmt.Fprintf(e.out, "checkpoint %s: %s\n", a.Status, a.Detail)
+		}
+	}
+	if len(holds) == 0 {
+		fmt.Fprintln(e.out, "anchored by no host's checkpoint yet (hosts report theirs with each heartbeat)")
+		return
+	}
+	fmt.Fprintf(e.out, "anchored by the checkpoints of %s\n", strings.Join(holds, ", "))
 }
 
 // retentionFlag is the center's --audit-retention: 90d, 12w, 720h or forever.
