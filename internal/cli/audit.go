@@ -210,7 +210,10 @@ func newAuditVerifyCmd(e *env) *cobra.Command {
 		Long: `Walk the audit trail from its start (or from the last record retention removed) to
 its newest record, recomputing each record's hash and checking that it links to the one
 before. The first record that was changed (hash mismatch), removed (gap in ids) or
-rewritten (prev link broken) is named. Exit status: 0 intact, 2 broken, 1 not checked.`,
+rewritten (prev link broken) is named. Then the checkpoints the hosts hold (the center's
+signed word on an earlier head) are checked: a checkpoint whose record is gone or differs
+means the newest records were deleted and the head rewritten (the chain was cut), and the
+host and checkpoint are named. Exit status: 0 intact, 2 broken, 1 not checked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
