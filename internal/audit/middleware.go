@@ -219,16 +219,16 @@ func (l *Log) recordChange(ctx context.Context, tx *sql.Tx, r *http.Request, n *
 	}
 	rec := requestRecordLocked(r, n, tap)
 	rec.Outcome = Succeeded
-	rec, err := prepare(rec)
+	stored, err := prepare(rec)
 	if err == nil {
-		rec, err = l.appendTx(ctx, tx, rec)
+		stored, err = l.appendTx(ctx, tx, stored)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("record %s in the audit trail: %w", rec.Action, err)
+		return nil, fmt.Errorf("record %s in the audit trail: %w", truncate(rec.Action, MaxField), err)
 	}
 	return func() {
 		n.mu.Lock()
-		n.recorded = &rec
+		n.recorded = &stored
 		n.mu.Unlock()
 	}, nil
 }

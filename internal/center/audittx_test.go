@@ -205,3 +205,28 @@ func TestHeartbeatCarriesAuditCheckpoint(t *testing.T) {
 		t.Fatalf("verify with a checkpoint past the head: %+v", v)
 	}
 }
+
+// The center's own changes commit with their records too: a schedule's missed run is
+// not skipped while the trail cannot say so, and is skipped, with its record, once it
+// can.
+func TestScheduleSkipCommitsWithItsRecord(t *testing.T) {
+	f := newScheduleFixture(t)
+	ctx := context.Background()
+	f.create(t, api.CreateScheduleRequest{Name: "brief", At: "+10s", Missed: "skip",
+		Migrate: api.BulkMigrateRequest{VMs: []string{"web-1"}, To: "host-2"}})
+	at := f.now.Add(10 * time.Second)
+	f.c.scheduleTick(ctx, f.now, at.Add(-time.Second))
+	start := at.Add(10 * time.Second)
+	f.now = start.Add(10 * time.Millisecond)
+
+	lift := failAudit(t, f.c)
+	f.c.scheduleTick(ctx, start, f.now)
+	if s := f.show(t, "brief"); s.Skipped != nil || s.LastTask != "" {
+		t.Fatalf("with the trail failing the missed run was settled: %+v", s)
+	}
+	lift()
+	f.c.scheduleTick(ctx, start, f.now)
+	if s := f.show(t, "brief"); s.Skipped == nil || !s.Skipped.Equal(at) || len(f.records(t, "schedule.missed")) != 1 {
+		t.Fatalf("once the trail works: %+v, %d schedule.missed records; want it skipped with one record", s, len(f.records(t, "schedule.missed")))
+	}
+}
