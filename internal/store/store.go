@@ -441,10 +441,11 @@ func (s *Store) EndMigration(ctx context.Context, m api.Migration, moved *api.VM
 		return fmt.Errorf("encode migration %s: %w", m.ID, err)
 	}
 	return s.write(ctx, "record the outcome of migration "+m.ID, func(tx *sql.Tx) error {
+		// A VM deleted meanwhile has nothing to move; the outcome is recorded all the same.
 		if moved != nil {
-			if err := execOne(ctx, tx, "move VM "+m.VM, moveVM, m.Destination, moved.State, moved.Error, moved.PID,
-				moved.Accel, ts(now), m.VM); err != nil {
-				return err
+			if _, err := tx.ExecContext(ctx, moveVM, m.Destination, moved.State, moved.Error, moved.PID, moved.Accel,
+				ts(now), m.VM); err != nil {
+				return fmt.Errorf("move VM %s: %w", m.VM, err)
 			}
 		}
 		return saveMigration(ctx, tx, m, b)
