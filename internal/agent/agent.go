@@ -83,6 +83,7 @@ type Agent struct {
 	center  *api.Client                  // set by Run, once the agent has its identity
 	id      atomic.Pointer[pki.Identity] // renewed in place (renewLoop)
 	trust   *trust
+	anchor  *auditAnchor
 	version string
 	boot    time.Time
 	metrics *metrics.Agent
@@ -174,6 +175,7 @@ func New(cfg Config, version string) (*Agent, error) {
 		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})}, peers: map[string]peerClient{},
 	}
 	a.trust = newTrust(a.pkiDir())
+	a.anchor = newAuditAnchor(filepath.Join(cfg.StateDir, auditAnchorFile), a.log.Warn)
 	var err error
 	a.metrics, err = metrics.NewAgent(metrics.AgentConfig{Registry: cfg.Registry, VMs: a.statuses, Accel: a.accelInUse, Log: a.log})
 	if err != nil {
@@ -446,11 +448,13 @@ func (a *Agent) kick() {
 	}
 }
 
-// sendHeartbeat sends one heartbeat, with the requests refused since the last one, and
-// takes the center's list of revoked certificates from the answer.
+// sendHeartbeat sends one heartbeat, with the requests refused since the last one and
+// the audit checkpoint held, and takes the center's list of revoked certificates and its
+// newest audit checkpoint from the answer.
 func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	f := a.Facts()
 	f.Refusals = a.trust.takeRefusals()
+	f.AuditCheckpoint = a.anchor.current()
 	var rep api.HeartbeatReply
 	if err := a.center.Do(ctx, http.MethodPost, "/api/v1/hosts/heartbeat", f, &rep); err != nil {
 		a.trust.putBack(f.Refusals)
@@ -463,6 +467,9 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	if changed {
 		a.forgetPeers()
 		a.center.CloseIdle()
+	}
+	if err := a.anchor.offer(rep.AuditCheckpoint, a.id.Load().Pool()); err != nil {
+		a.log.Warn("the center's audit checkpoint is not kept", "err", err)
 	}
 	return nil
 }

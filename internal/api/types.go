@@ -188,6 +188,9 @@ type HostFacts struct {
 	GuestCPU GuestCPU `json:"guest_cpu"`
 	// Refusals are the requests the agent refused since its last heartbeat.
 	Refusals []AgentRefusal `json:"refusals,omitempty"`
+	// AuditCheckpoint is the newest checkpoint of the audit trail the center sent this
+	// host, which the host keeps and reports back (see AuditCheckpoint).
+	AuditCheckpoint *AuditCheckpoint `json:"audit_checkpoint,omitempty"`
 }
 
 // GuestCPU is what a host can give guests' CPUs under its accelerator: the CPUID flags,
@@ -598,9 +601,26 @@ type RevokeRequest struct {
 }
 
 // HeartbeatReply is the center's answer to a heartbeat: the serials of the revoked
-// certificates, which agents refuse from then on.
+// certificates, which agents refuse from then on, and the newest checkpoint of the audit
+// trail (absent when there is nothing newer to send, or when the host's own checkpoint
+// shows that the trail lost records: the host then keeps its evidence).
 type HeartbeatReply struct {
-	RevokedSerials []string `json:"revoked_serials"`
+	RevokedSerials  []string         `json:"revoked_serials"`
+	AuditCheckpoint *AuditCheckpoint `json:"audit_checkpoint,omitempty"`
+}
+
+// AuditCheckpoint is the center's signed word that its audit trail held record ID, with
+// hash Hash, at Time. Hosts keep the newest one outside the center's database and report
+// it in heartbeats, so that `godwit audit verify` notices when the newest records were
+// deleted and the chain's head rewritten. See audit.SignCheckpoint for what is signed.
+type AuditCheckpoint struct {
+	ID   int64     `json:"id"`
+	Hash string    `json:"hash"`
+	Time time.Time `json:"time"`
+	// Certificate is the center's certificate (DER), whose key made Signature.
+	Certificate []byte `json:"certificate"`
+	// Signature is the center's ECDSA signature (ASN.1 DER) over the checkpoint.
+	Signature []byte `json:"signature"`
 }
 
 // AgentRefusal is a request an agent refused (a bad certificate, the wrong peer); agents

@@ -496,8 +496,10 @@ func TestMigrationEndedActsOnBehalfOfTheRequester(t *testing.T) {
 		Outcome: Succeeded, Params: params(t, map[string]any{"migration": "m1", "source": "host-1", "destination": "host-2"})}); err != nil {
 		t.Fatal(err)
 	}
-	l.MigrationEnded(ctx, api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2", Policy: "balanced",
-		State: api.MigrationSucceeded, TotalMS: 2100.5, DowntimeMS: 35.25, Bytes: 300 << 20, Passes: 3})
+	if _, err := l.Append(ctx, l.MigrationEnded(ctx, api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2",
+		Policy: "balanced", State: api.MigrationSucceeded, TotalMS: 2100.5, DowntimeMS: 35.25, Bytes: 300 << 20, Passes: 3})); err != nil {
+		t.Fatal(err)
+	}
 	l.MigrationResumed(ctx, api.Migration{ID: "m2", VM: "db-1", Source: "host-2", Destination: "host-1", State: api.MigrationRunning})
 	recs, err := l.List(ctx, Filter{Oldest: true})
 	if err != nil || len(recs) != 3 {

@@ -9,12 +9,12 @@ import (
 	"github.com/godwit/godwit/internal/api"
 )
 
-// MigrationEnded records the outcome of a migration the center followed to its end
-// (migration.finish): an action of the center, on behalf of whoever asked for the
-// migration, with its total time, downtime and bytes sent. A cancelled migration's
-// outcome is failed; its params say "state": "cancelled". What cannot be recorded is
-// logged.
-func (l *Log) MigrationEnded(ctx context.Context, m api.Migration) {
+// MigrationEnded returns the record of the outcome of a migration the center followed to
+// its end (migration.finish): an action of the center, on behalf of whoever asked for
+// the migration, with its total time, downtime and bytes sent. A cancelled migration's
+// outcome is failed; its params say "state": "cancelled". The center appends it in the
+// transaction that stores the outcome (AppendHook), so that neither is written alone.
+func (l *Log) MigrationEnded(ctx context.Context, m api.Migration) Record {
 	outcome := Failed
 	if m.State == api.MigrationSucceeded {
 		outcome = Succeeded
@@ -23,7 +23,8 @@ func (l *Log) MigrationEnded(ctx context.Context, m api.Migration) {
 	r := migrationRecord(m, "migration.finish", outcome, map[string]any{"state": m.State, "passes": m.Passes, "pause_ms": m.PauseMS})
 	r.Error = m.Error
 	r.DurationMS, r.DowntimeMS, r.Bytes = &total, &down, &sent
-	l.automation(ctx, r)
+	r.OnBehalfOf = l.onBehalfOf(ctx, r.Target)
+	return r
 }
 
 // MigrationResumed records that the center follows an unfinished migration again after
@@ -47,15 +48,20 @@ func migrationRecord(m api.Migration, action, outcome string, extra map[string]a
 func (l *Log) automation(ctx context.Context, r Record) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	by, err := l.requester(ctx, r.Target)
-	if err != nil {
-		l.log.Warn("the requester of a migration is not known", "migration", r.Target, "err", err)
-	}
-	r.OnBehalfOf = by
+	r.OnBehalfOf = l.onBehalfOf(ctx, r.Target)
 	if _, err := l.Append(ctx, r); err != nil {
 		l.log.Error("an action of the center could not be recorded in the audit trail", "action", r.Action,
 			"target", r.Target, "err", err)
 	}
+}
+
+// onBehalfOf is who asked for a migration, or "" (logged) when that is not known.
+func (l *Log) onBehalfOf(ctx context.Context, migration string) string {
+	by, err := l.requester(ctx, migration)
+	if err != nil {
+		l.log.Warn("the requester of a migration is not known", "migration", migration, "err", err)
+	}
+	return by
 }
 
 // requester returns who asked for a migration: the actor of its vm.migrate record.

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/godwit/godwit/internal/store"
 )
 
 // schema is the audit trail's part of the center's database. The triggers make the table
@@ -73,10 +75,13 @@ type Log struct {
 	log *slog.Logger
 	now func() time.Time
 
-	// mu serialises appends: each reads the chain's head and writes the next record.
+	// mu serialises Append and Trim's cut with each other. Appends inside a store write
+	// (appendTx) do not take it; their transaction orders them.
 	mu sync.Mutex
 	// trimMu keeps Trim from removing records a Verify is walking.
 	trimMu sync.RWMutex
+	// anchors are the checkpoints that anchor the chain's head on the hosts.
+	anchors anchors
 }
 
 // Open prepares the audit trail's tables in db (the center's database) and returns the
@@ -124,37 +129,72 @@ func readChain(ctx context.Context, q querier) (chainState, error) {
 
 // Append adds a record at the end of the chain and returns it as stored. It sets ID,
 // PrevHash and Hash, and Time when it is zero; Params must be a JSON object or empty.
+// Every field is cut to its bound first (see MaxField and the others).
 func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
-	if r.Action == "" || r.Actor == "" || r.ActorKind == "" || r.Outcome == "" {
-		return Record{}, fmt.Errorf("audit record %+v lacks an action, actor, actor kind or outcome; this is a bug in the caller", r)
-	}
-	if len(r.Params) == 0 {
-		r.Params = json.RawMessage("{}")
-	}
-	// Store the params the way json.Marshal writes them, so that exports (which go
-	// through json.Marshal) carry the exact text the hash covers.
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(r.Params, &obj); err != nil || obj == nil {
-		return Record{}, fmt.Errorf("audit record %s: params must be a JSON object: %s", r.Action, r.Params)
-	}
-	params, err := json.Marshal(r.Params)
+	r, err := prepare(r)
 	if err != nil {
-		return Record{}, fmt.Errorf("audit record %s: encode params: %w", r.Action, err)
+		return Record{}, err
 	}
-	r.Params = params
-
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// Stamped under the lock, so that times rise with ids.
-	if r.Time.IsZero() {
-		r.Time = l.now()
-	}
-	r.Time = r.Time.UTC().Truncate(time.Microsecond)
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return Record{}, fmt.Errorf("append audit record %s: %w", r.Action, err)
 	}
 	defer tx.Rollback()
+	if r, err = l.appendTx(ctx, tx, r); err != nil {
+		return Record{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return Record{}, fmt.Errorf("append audit record %d (%s): %w", r.ID, r.Action, err)
+	}
+	return r, nil
+}
+
+// AppendHook returns a store.TxHook that appends r in the transaction of a write, so
+// that the record and what it records commit together or not at all.
+func (l *Log) AppendHook(r Record) store.TxHook {
+	return func(ctx context.Context, tx *sql.Tx) (func(), error) {
+		p, err := prepare(r)
+		if err == nil {
+			_, err = l.appendTx(ctx, tx, p)
+		}
+		return nil, err
+	}
+}
+
+// prepare checks a record and brings it into its stored form: bounded, and its params
+// as json.Marshal writes them, so that exports (which go through json.Marshal) carry the
+// exact text the hash covers.
+func prepare(r Record) (Record, error) {
+	if r.Action == "" || r.Actor == "" || r.ActorKind == "" || r.Outcome == "" {
+		return Record{}, fmt.Errorf("audit record (action %q, actor %q, actor kind %q, outcome %q) lacks an action, actor, actor kind or outcome; this is a bug in the caller",
+			truncate(r.Action, MaxField), truncate(r.Actor, MaxField), truncate(r.ActorKind, MaxField), truncate(r.Outcome, MaxField))
+	}
+	if len(r.Params) == 0 {
+		r.Params = json.RawMessage("{}")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(r.Params, &obj); err != nil || obj == nil {
+		return Record{}, fmt.Errorf("audit record %s: params must be a JSON object: %s", r.Action, truncate(string(r.Params), MaxParamValue))
+	}
+	if err := bound(&r, obj); err != nil {
+		return Record{}, fmt.Errorf("audit record %s: encode params: %w", r.Action, err)
+	}
+	return r, nil
+}
+
+// appendTx writes a prepared record at the end of the chain inside tx. It takes no lock
+// of the Log: it may run inside a store write, which holds the database's only
+// connection, while an Append holds l.mu waiting for that connection. The transaction
+// is what orders it with other appends (and id being the primary key makes a racing
+// append fail rather than fork the chain).
+func (l *Log) appendTx(ctx context.Context, tx *sql.Tx, r Record) (Record, error) {
+	// Stamped inside the transaction, so that times rise with ids.
+	if r.Time.IsZero() {
+		r.Time = l.now()
+	}
+	r.Time = r.Time.UTC().Truncate(time.Microsecond)
 	st, err := readChain(ctx, tx)
 	if err != nil {
 		return Record{}, err
@@ -176,9 +216,6 @@ func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE audit_chain SET head_id = ?, head_hash = ? WHERE one = 1`, r.ID, r.Hash); err != nil {
 		return Record{}, fmt.Errorf("append audit record %d: move the chain's head: %w", r.ID, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Record{}, fmt.Errorf("append audit record %d (%s): %w", r.ID, r.Action, err)
 	}
 	return r, nil
 }

@@ -3,7 +3,9 @@ package audit
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/store"
 )
 
 // Actor is who makes a request: Name and Kind (KindUser, KindToken, …), and for
@@ -29,15 +32,23 @@ const maxParamBody = 64 << 10
 // maxErrorBody is how much of a refused request's answer is read for its error.
 const maxErrorBody = 8 << 10
 
+// maxPlainError is how much of an answer that is not an API error becomes the error.
+const maxPlainError = 500
+
 type noteKey struct{}
 
-// note is what the handler of a request tells the middleware about it.
+// note is what the handler of a request tells the middleware about it, and what the
+// request's first change recorded.
 type note struct {
 	mu     sync.Mutex
 	action string
 	target string
 	params map[string]any
 	actor  *Actor
+	// recorded is the record written with the request's first change, if any; ended is
+	// set once the handler has returned, after which changes are no longer the request's.
+	recorded *Record
+	ended    bool
 }
 
 func noteOf(ctx context.Context) *note {
@@ -132,14 +143,23 @@ func changesState(method string) bool {
 }
 
 // Middleware records every state-changing request (POST, PUT, PATCH, DELETE) that skip
-// does not exempt, once next has answered it: who made it and from where, the action and
-// target its handler described (Describe), its parameters, and its outcome — succeeded
-// (2xx, 3xx), refused (4xx) or failed (5xx) — with the error the client was given. The
-// record is written before the server sends the end of the answer, so a client that has
-// its answer finds the request in the trail. A record that cannot be written is logged.
+// does not exempt: who made it and from where, the action and target its handler
+// described (Describe), its parameters, and its outcome — succeeded (2xx, 3xx), refused
+// (4xx) or failed (5xx) — with the error the client was given.
+//
+// A request that changes the center's state is recorded in the same transaction as its
+// first change (a store.TxHook), with what is known by then and the outcome succeeded;
+// if that record cannot be written, the change is rolled back and fails, so the state
+// never changes without a record. When such a request then ends otherwise (a VM row
+// inserted, then the host refused the VM and the row was removed), or with other
+// parameters, a second record tells the end and names the first (param first_record).
+// A request that changed nothing (a refusal) is recorded once it is answered. Either
+// way the record is written before the server sends the end of the answer, so a client
+// that has its answer finds the request in the trail. A record of a request that changed
+// nothing and cannot be written is logged.
 //
 // Requests for which quiet returns true (routine traffic such as heartbeats) are
-// recorded only when they are refused or fail.
+// recorded only when they are refused or fail, after the answer.
 func (l *Log) Middleware(next http.Handler, quiet func(*http.Request) bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !changesState(r.Method) {
@@ -149,34 +169,109 @@ func (l *Log) Middleware(next http.Handler, quiet func(*http.Request) bool) http
 		hush := quiet != nil && quiet(r)
 		n := &note{}
 		tap := &bodyTap{rc: r.Body}
-		r2 := r.WithContext(context.WithValue(r.Context(), noteKey{}, n))
+		ctx := context.WithValue(r.Context(), noteKey{}, n)
+		var r2 *http.Request
+		if !hush {
+			ctx = store.WithTxHook(ctx, func(ctx context.Context, tx *sql.Tx) (func(), error) {
+				return l.recordChange(ctx, tx, r2, n, tap)
+			})
+		}
+		r2 = r.WithContext(ctx)
 		r2.Body = tap
 		cw := &captureWriter{ResponseWriter: w}
 		next.ServeHTTP(cw, r2)
+		n.mu.Lock()
+		n.ended = true
+		first := n.recorded
+		n.mu.Unlock()
 		if hush && cw.status < 400 {
 			return
 		}
 
-		rec := requestRecord(r2, n, tap, cw)
-		if rec.Actor == "" {
-			// e.g. a failed login naming no user: still recorded, as anonymous.
-			rec.Actor = "anonymous"
+		rec := requestRecord(r2, n, tap)
+		rec.Outcome, rec.Error = outcomeOf(cw)
+		if first != nil {
+			if p, err := prepare(rec); err == nil && sameRequestRecord(p, *first) {
+				return
+			}
+			rec.Params = withParam(rec.Params, "first_record", first.ID)
 		}
+		// Not canceled with the request: the client hanging up does not unwrite it.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 		defer cancel()
 		if _, err := l.Append(ctx, rec); err != nil {
-			l.log.Error("a request could not be recorded in the audit trail", "method", r.Method, "path", r.URL.Path,
-				"action", rec.Action, "target", rec.Target, "outcome", rec.Outcome, "err", err)
+			l.log.Error("a request could not be recorded in the audit trail", "method", r.Method, "path", truncate(r.URL.Path, MaxTarget),
+				"action", rec.Action, "target", truncate(rec.Target, MaxTarget), "outcome", rec.Outcome, "err", err)
 		}
 	})
 }
 
-// requestRecord builds the record of a request its handler has answered.
-func requestRecord(r *http.Request, n *note, tap *bodyTap, cw *captureWriter) Record {
+// recordChange is the store.TxHook of a request: the first time the request changes the
+// center's state, it appends the request's record, as known so far, in the transaction
+// of that change. It runs while the transaction holds the database's only connection, so
+// it takes only n's lock, which the middleware never holds while it waits for the
+// database.
+func (l *Log) recordChange(ctx context.Context, tx *sql.Tx, r *http.Request, n *note, tap *bodyTap) (func(), error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.recorded != nil || n.ended {
+		return nil, nil
+	}
+	rec := requestRecordLocked(r, n, tap)
+	rec.Outcome = Succeeded
+	stored, err := prepare(rec)
+	if err == nil {
+		stored, err = l.appendTx(ctx, tx, stored)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("record %s in the audit trail: %w", truncate(rec.Action, MaxField), err)
+	}
+	return func() {
+		n.mu.Lock()
+		n.recorded = &stored
+		n.mu.Unlock()
+	}, nil
+}
+
+// sameRequestRecord reports whether a request's final record says nothing that the
+// record written with its first change did not.
+func sameRequestRecord(a, b Record) bool {
+	return a.Actor == b.Actor && a.ActorKind == b.ActorKind && a.OnBehalfOf == b.OnBehalfOf && a.From == b.From &&
+		a.Action == b.Action && a.Target == b.Target && bytes.Equal(a.Params, b.Params) && a.Outcome == b.Outcome && a.Error == b.Error
+}
+
+// withParam adds one parameter to encoded params.
+func withParam(p json.RawMessage, key string, v any) json.RawMessage {
+	var obj map[string]any
+	dec := json.NewDecoder(bytes.NewReader(p))
+	dec.UseNumber()
+	if dec.Decode(&obj) != nil || obj == nil {
+		obj = map[string]any{}
+	}
+	obj[key] = v
+	out, err := encodeParams(obj)
+	if err != nil {
+		return p
+	}
+	return out
+}
+
+// requestRecord builds the record of a request from what its handler said, without an
+// outcome.
+func requestRecord(r *http.Request, n *note, tap *bodyTap) Record {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return requestRecordLocked(r, n, tap)
+}
+
+// requestRecordLocked is requestRecord with n locked by the caller.
+func requestRecordLocked(r *http.Request, n *note, tap *bodyTap) Record {
 	a := actorOf(r, n)
 	rec := Record{Actor: a.Name, ActorKind: a.Kind, OnBehalfOf: a.OnBehalfOf, From: r.RemoteAddr, Action: n.action, Target: n.target}
+	if rec.Actor == "" {
+		// e.g. a failed login naming no user: still recorded, as anonymous.
+		rec.Actor = Anonymous
+	}
 	if isLocal(r) {
 		rec.From = Local
 	}
@@ -219,28 +314,27 @@ func requestRecord(r *http.Request, n *note, tap *bodyTap, cw *captureWriter) Re
 		p, _ = encodeParams(map[string]any{"params_error": err.Error()})
 	}
 	rec.Params = p
+	return rec
+}
 
+// outcomeOf is the outcome of an answered request and the error its client was given.
+func outcomeOf(cw *captureWriter) (outcome, errText string) {
 	status := cw.status
 	if status == 0 {
 		status = http.StatusOK
 	}
 	switch {
 	case status >= 500:
-		rec.Outcome = Failed
+		return Failed, errorText(status, cw.body.Bytes(), cw.n)
 	case status >= 400:
-		rec.Outcome = Refused
-	default:
-		rec.Outcome = Succeeded
+		return Refused, errorText(status, cw.body.Bytes(), cw.n)
 	}
-	if status >= 400 {
-		rec.Error = errorText(status, cw.body.Bytes())
-	}
-	return rec
+	return Succeeded, ""
 }
 
 // errorText is the error a client was given: the API's error message, or the start of
-// whatever else the answer held.
-func errorText(status int, body []byte) string {
+// whatever else the answer held (body, of the total bytes it had).
+func errorText(status int, body []byte, total int) string {
 	var e api.Error
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		return e.Error
@@ -249,8 +343,8 @@ func errorText(status int, body []byte) string {
 	if s == "" {
 		return http.StatusText(status)
 	}
-	if len(s) > 500 {
-		s = s[:500] + "…"
+	if len(s) > maxPlainError || total > len(body) {
+		return cutTo(s, maxPlainError, max(total, len(body)))
 	}
 	return s
 }
@@ -280,11 +374,13 @@ func (t *bodyTap) Read(p []byte) (int, error) {
 
 func (t *bodyTap) Close() error { return t.rc.Close() }
 
-// captureWriter notes the status of an answer and keeps the start of an error answer.
+// captureWriter notes the status of an answer and keeps the start of an error answer
+// (body) and its length (n).
 type captureWriter struct {
 	http.ResponseWriter
 	status int
 	body   bytes.Buffer
+	n      int
 }
 
 func (c *captureWriter) WriteHeader(code int) {
@@ -298,8 +394,9 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 	if c.status == 0 {
 		c.status = http.StatusOK
 	}
-	if c.status >= 400 && c.body.Len() < maxErrorBody {
+	if c.status >= 400 {
 		c.body.Write(p[:min(len(p), maxErrorBody-c.body.Len())])
+		c.n += len(p)
 	}
 	return c.ResponseWriter.Write(p)
 }

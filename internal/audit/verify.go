@@ -46,7 +46,12 @@ type Verification struct {
 	// Keeping HeadHash elsewhere lets a later Verify show the chain was not rewritten.
 	HeadID   int64  `json:"head_id"`
 	HeadHash string `json:"head_hash"`
-	// Broken is the first break, when not OK.
+	// Anchors are the checkpoints the hosts hold (reported since the center started),
+	// each as checked against the chain; one that shows records deleted or rewritten is
+	// a break (ProblemCut, ProblemCheckpoint).
+	Anchors []Anchor `json:"anchors"`
+	// Broken is the first break, when not OK: in the chain itself, else the first
+	// checkpoint the chain does not hold.
 	Broken *Break `json:"broken,omitempty"`
 }
 
@@ -102,11 +107,15 @@ func short(h string) string {
 	return h
 }
 
-// Verify walks the chain from its anchor to its head and reports the first break.
-// Records appended while it runs are not checked; Trim waits for it.
+// Verify walks the chain from its anchor to its head and reports the first break, then
+// checks the checkpoints the hosts hold against it. Records appended while it runs are
+// not checked; Trim waits for it.
 func (l *Log) Verify(ctx context.Context) (Verification, error) {
 	l.trimMu.RLock()
 	defer l.trimMu.RUnlock()
+	// The checkpoints first: each was signed before the head read next, so none may be
+	// ahead of it.
+	held := l.heldAnchors()
 	st, err := readChain(ctx, l.db)
 	if err != nil {
 		return Verification{}, err
@@ -120,6 +129,14 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 	if b == nil {
 		b = checkHead(st, w)
 	}
+	anchors, ab, err := l.checkAnchors(ctx, st, held)
+	if err != nil {
+		return v, err
+	}
+	if b == nil {
+		b = ab
+	}
+	v.Anchors = anchors
 	v.Broken, v.OK = b, b == nil
 	return v, nil
 }

@@ -7,6 +7,7 @@ package center
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -187,6 +188,12 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		st.Close()
 		return nil, err
 	}
+	key, ok := c.identity.Cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		st.Close()
+		return nil, fmt.Errorf("the center's key (%T) cannot sign the audit trail's checkpoints", c.identity.Cert.PrivateKey)
+	}
+	c.trail.SetNotary(audit.Notary{Key: key, Cert: c.identity.Leaf, Roots: c.ca.Pool()})
 	return c, nil
 }
 

@@ -30,9 +30,13 @@ func hostName(s string) error {
 }
 
 // heartbeat records a host's facts, takes the VM states it reports as observed state,
-// and answers with the revoked certificates.
+// and answers with the revoked certificates and the audit trail's newest checkpoint.
 func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) (api.HeartbeatReply, error) {
 	var rep api.HeartbeatReply
+	// The host's checkpoint is the trail's (in memory), not stored with the facts: the
+	// database is what it vouches for.
+	held := f.AuditCheckpoint
+	f.AuditCheckpoint = nil
 	if err := c.heartbeat1(ctx, f); err != nil {
 		return rep, err
 	}
@@ -43,6 +47,9 @@ func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) (api.HeartbeatR
 	}
 	if rep.RevokedSerials == nil {
 		rep.RevokedSerials = []string{}
+	}
+	if rep.AuditCheckpoint, err = c.trail.Checkpoint(ctx, f.Name, held); err != nil {
+		c.log.Error("no audit checkpoint for a host this time", "host", f.Name, "err", err)
 	}
 	return rep, nil
 }

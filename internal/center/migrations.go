@@ -18,6 +18,10 @@ import (
 	"github.com/godwit/godwit/internal/ticket"
 )
 
+// recordRetry is how long follow waits before it tries again to record an outcome the
+// store (or the audit trail) refused.
+const recordRetry = 2 * time.Second
+
 func terminal(state string) bool {
 	return state == api.MigrationSucceeded || state == api.MigrationFailed || state == api.MigrationCancelled
 }
@@ -185,8 +189,16 @@ func (c *Center) follow(m api.Migration) {
 				c.migrationChanged(ctx, cur)
 			}
 			if terminal(cur.State) {
-				c.record1(ctx, cur)
-				return
+				if c.record1(ctx, cur) == nil {
+					return
+				}
+				// Not recorded: ask the source again, and record again, a moment later.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(recordRetry):
+				}
+				continue
 			}
 			if cur.State != m.State {
 				m.State = cur.State
@@ -211,24 +223,28 @@ func (c *Center) pollSource(ctx context.Context, m api.Migration) (api.Migration
 }
 
 // record1 stores a finished migration, moves the VM on success, and gives the
-// migration's slots back.
-func (c *Center) record1(ctx context.Context, m api.Migration) {
+// migration's slots back. Outcome, move and the outcome's audit record are one
+// transaction: when the record cannot be written, nothing is, and the error says so.
+func (c *Center) record1(ctx context.Context, m api.Migration) error {
 	defer c.release(m.ID)
+	var moved *api.VMStatus
 	if m.State == api.MigrationSucceeded {
 		// Host and state change together, so no reader sees the new host with the
 		// source's process.
-		if err := c.store.Move(ctx, m.VM, m.Destination, c.observe(ctx, m.Destination, m.VM), c.now()); err != nil {
-			c.log.Error("could not record the VM's new host", "vm", m.VM, "host", m.Destination, "err", err)
-		}
+		st := c.observe(ctx, m.Destination, m.VM)
+		moved = &st
 	}
-	if err := c.store.SaveMigration(ctx, m); err != nil {
-		c.log.Error("could not record the migration's outcome", "migration", m.ID, "err", err)
+	rec := c.trail.MigrationEnded(ctx, m)
+	if err := c.store.EndMigration(store.WithTxHook(ctx, c.trail.AppendHook(rec)), m, moved, c.now()); err != nil {
+		c.log.Error("could not record the migration's outcome; it stays unsettled", "migration", m.ID, "vm", m.VM,
+			"state", m.State, "err", err)
+		return err
 	}
 	c.migrationChanged(ctx, m)
-	c.trail.MigrationEnded(ctx, m)
 	c.metrics.RecordMigration(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,
 		"downtime_ms", m.DowntimeMS, "bytes", m.Bytes, "passes", m.Passes, "error", m.Error)
+	return nil
 }
 
 // settleUnknown ends a migration whose source no longer knows it (its agent restarted

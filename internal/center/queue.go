@@ -46,18 +46,20 @@ func (c *Center) submit(ctx context.Context, p plan, initiator string) (api.Migr
 		if err != nil {
 			return api.Migration{}, err
 		}
+		// Named before it is stored, so that the request's audit record, written with
+		// the migration, names it.
+		audit.Params(ctx, map[string]any{"migration": p.m.ID})
 		if err := c.store.SaveMigration(ctx, p.m); err != nil {
 			t.Release()
 			return api.Migration{}, err
 		}
-		audit.Params(ctx, map[string]any{"migration": p.m.ID})
 		c.startMigrationTask(ctx, p.m, initiator)
 		return c.launch(ctx, p, t, false)
 	}
+	audit.Params(ctx, map[string]any{"migration": p.m.ID})
 	if err := c.store.SaveMigration(ctx, p.m); err != nil {
 		return api.Migration{}, err
 	}
-	audit.Params(ctx, map[string]any{"migration": p.m.ID})
 	c.startMigrationTask(ctx, p.m, initiator)
 	first := make(chan submitted, 1)
 	c.enqueue(p, first)

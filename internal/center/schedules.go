@@ -320,10 +320,10 @@ func (c *Center) setScheduleEnabled(ctx context.Context, name string, enabled bo
 			return api.Schedule{}, fmt.Errorf("schedule %s cannot be evaluated: %w; delete it and create it again", name, err)
 		}
 		if !d.Run && !d.Slot.IsZero() {
+			audit.Params(ctx, map[string]any{"skipped": d.Missed, "skipped_through": d.Slot.Format(time.RFC3339)})
 			if err := c.store.SkipScheduleSlots(ctx, name, d.Slot, d.Next); err != nil && !errors.Is(err, store.ErrScheduleSlotDone) {
 				return api.Schedule{}, err
 			}
-			audit.Params(ctx, map[string]any{"skipped": d.Missed, "skipped_through": d.Slot.Format(time.RFC3339)})
 		} else if err := c.store.SetScheduleNext(ctx, name, d.Next); err != nil {
 			return api.Schedule{}, err
 		}
@@ -497,14 +497,14 @@ func (c *Center) dueSchedule(ctx context.Context, r store.ScheduleRecord, now ti
 	case d.Run:
 		c.runSchedule(ctx, r, d, now)
 	case !d.Slot.IsZero():
-		if err := c.store.SkipScheduleSlots(ctx, r.Name, d.Slot, d.Next); err != nil {
+		// The skip and its record commit together.
+		if err := c.store.SkipScheduleSlots(store.WithTxHook(ctx, c.trail.AppendHook(missedRecord(r, d))), r.Name, d.Slot, d.Next); err != nil {
 			if !errors.Is(err, store.ErrScheduleSlotDone) && !errors.Is(err, store.ErrNotFound) {
 				c.log.Error("schedules: could not record skipped runs; trying again at the next tick", "schedule", r.Name, "err", err)
 			}
 			return
 		}
 		c.log.Info("schedule skipped the runs missed while the center was down", "schedule", r.Name, "missed", d.Missed, "next_run", d.Next)
-		c.recordMissed(ctx, r, d)
 	case !d.Next.Equal(r.NextRun):
 		if err := c.store.SetScheduleNext(ctx, r.Name, d.Next); err != nil && !errors.Is(err, store.ErrNotFound) {
 			c.log.Error("schedules: could not record the next run", "schedule", r.Name, "err", err)
@@ -518,14 +518,16 @@ func (c *Center) dueSchedule(ctx context.Context, r store.ScheduleRecord, now ti
 func (c *Center) runSchedule(ctx context.Context, r store.ScheduleRecord, d schedule.Decision, now time.Time) {
 	who := scheduleRequester(r)
 	id := uuid.NewString()[:8]
-	if err := c.store.RecordScheduleRun(ctx, r.Name, d.Slot, now, id, d.Next); err != nil {
+	rctx := ctx
+	if d.Missed > 0 {
+		// The runs missed are recorded with the run that settles them.
+		rctx = store.WithTxHook(ctx, c.trail.AppendHook(missedRecord(r, d)))
+	}
+	if err := c.store.RecordScheduleRun(rctx, r.Name, d.Slot, now, id, d.Next); err != nil {
 		if !errors.Is(err, store.ErrScheduleSlotDone) && !errors.Is(err, store.ErrNotFound) {
 			c.log.Error("schedules: could not record a run; trying again at the next tick", "schedule", r.Name, "err", err)
 		}
 		return
-	}
-	if d.Missed > 0 {
-		c.recordMissed(ctx, r, d)
 	}
 	c.log.Info("schedule runs", "schedule", r.Name, "slot", d.Slot, "task", id, "missed", d.Missed)
 	started := now.UTC()
@@ -627,9 +629,9 @@ func (c *Center) runScheduledMigration(ctx context.Context, r store.ScheduleReco
 	return nil
 }
 
-// recordMissed writes the schedule.missed audit record of a decision that found missed
+// missedRecord is the schedule.missed audit record of a decision that found missed
 // runs: how many, the policy, and what was done.
-func (c *Center) recordMissed(ctx context.Context, r store.ScheduleRecord, d schedule.Decision) {
+func missedRecord(r store.ScheduleRecord, d schedule.Decision) audit.Record {
 	who := scheduleRequester(r)
 	policy := r.MissedPolicy
 	if policy == "" {
@@ -648,7 +650,7 @@ func (c *Center) recordMissed(ctx context.Context, r store.ScheduleRecord, d sch
 	rec := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf,
 		Action: "schedule.missed", Target: r.Name, Outcome: audit.Succeeded}
 	rec.Params, _ = audit.EncodeParams(params)
-	c.appendScheduleRecord(ctx, rec)
+	return rec
 }
 
 // nextText says when the next run is, or that there is none.
@@ -667,13 +669,6 @@ func (c *Center) settleScheduleOutcome(ctx context.Context, r store.ScheduleReco
 	if !ended {
 		return
 	}
-	if err := c.store.RecordScheduleOutcome(ctx, r.Name, r.LastTask, outcome, reason); err != nil {
-		if !errors.Is(err, store.ErrScheduleStaleTask) && !errors.Is(err, store.ErrNotFound) {
-			c.log.Error("schedules: could not record the outcome of a run; trying again at the next tick", "schedule", r.Name, "err", err)
-		}
-		return
-	}
-	c.log.Info("schedule run ended", "schedule", r.Name, "task", r.LastTask, "outcome", outcome, "error", reason)
 	who := scheduleRequester(r)
 	rec := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf,
 		Action: "schedule.outcome", Target: r.Name, Outcome: audit.Succeeded, Error: reason}
@@ -681,7 +676,14 @@ func (c *Center) settleScheduleOutcome(ctx context.Context, r store.ScheduleReco
 		rec.Outcome = audit.Failed
 	}
 	rec.Params, _ = audit.EncodeParams(map[string]any{"task": r.LastTask, "outcome": outcome})
-	c.appendScheduleRecord(ctx, rec)
+	// The outcome and its record commit together.
+	if err := c.store.RecordScheduleOutcome(store.WithTxHook(ctx, c.trail.AppendHook(rec)), r.Name, r.LastTask, outcome, reason); err != nil {
+		if !errors.Is(err, store.ErrScheduleStaleTask) && !errors.Is(err, store.ErrNotFound) {
+			c.log.Error("schedules: could not record the outcome of a run; trying again at the next tick", "schedule", r.Name, "err", err)
+		}
+		return
+	}
+	c.log.Info("schedule run ended", "schedule", r.Name, "task", r.LastTask, "outcome", outcome, "error", reason)
 }
 
 // runOutcome is the outcome of schedule r's last run, with the reason when it failed;

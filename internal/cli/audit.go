@@ -210,7 +210,10 @@ func newAuditVerifyCmd(e *env) *cobra.Command {
 		Long: `Walk the audit trail from its start (or from the last record retention removed) to
 its newest record, recomputing each record's hash and checking that it links to the one
 before. The first record that was changed (hash mismatch), removed (gap in ids) or
-rewritten (prev link broken) is named. Exit status: 0 intact, 2 broken, 1 not checked.`,
+rewritten (prev link broken) is named. Then the checkpoints the hosts hold (the center's
+signed word on an earlier head) are checked: a checkpoint whose record is gone or differs
+means the newest records were deleted and the head rewritten (the chain was cut), and the
+host and checkpoint are named. Exit status: 0 intact, 2 broken, 1 not checked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
@@ -257,6 +260,26 @@ func printVerification(e *env, v audit.Verification) {
 	}
 	fmt.Fprintf(e.out, "audit trail intact: %d records checked (%s), %s\n", v.Checked, span, from)
 	fmt.Fprintf(e.out, "head: record %d, hash %s\n", v.HeadID, v.HeadHash)
+	printAnchors(e, v.Anchors)
+}
+
+// printAnchors says which hosts' checkpoints anchor the chain's head.
+func printAnchors(e *env, anchors []audit.Anchor) {
+	var holds []string
+	for _, a := range anchors {
+		switch a.Status {
+		case audit.AnchorHolds:
+			holds = append(holds, fmt.Sprintf("%s at record %d", a.Host, a.ID))
+		case audit.AnchorBroken:
+		default:
+			fmt.Fprintf(e.out, "checkpoint %s: %s\n", a.Status, a.Detail)
+		}
+	}
+	if len(holds) == 0 {
+		fmt.Fprintln(e.out, "anchored by no host's checkpoint yet (hosts report theirs with each heartbeat)")
+		return
+	}
+	fmt.Fprintf(e.out, "anchored by the checkpoints of %s\n", strings.Join(holds, ", "))
 }
 
 // retentionFlag is the center's --audit-retention: 90d, 12w, 720h or forever.

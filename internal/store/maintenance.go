@@ -16,17 +16,12 @@ type Maintenance struct {
 // SetMaintenance puts host in maintenance mode (keeping the first time and reason if it
 // is already), or takes it out.
 func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, reason string, now time.Time) error {
-	var err error
+	what := "set maintenance mode of host " + host
 	if on {
-		_, err = s.db.ExecContext(ctx, `INSERT INTO host_maintenance (name, reason, since) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
+		return s.exec(ctx, what, `INSERT INTO host_maintenance (name, reason, since) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`,
 			host, reason, ts(now))
-	} else {
-		_, err = s.db.ExecContext(ctx, `DELETE FROM host_maintenance WHERE name = ?`, host)
 	}
-	if err != nil {
-		return fmt.Errorf("set maintenance mode of host %s: %w", host, err)
-	}
-	return nil
+	return s.exec(ctx, what, `DELETE FROM host_maintenance WHERE name = ?`, host)
 }
 
 // Maintenances returns the hosts in maintenance mode, by name.

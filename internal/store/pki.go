@@ -67,12 +67,8 @@ var ErrTokenUsed = errors.New("join token already used")
 
 // InsertJoinToken stores a new join token.
 func (s *Store) InsertJoinToken(ctx context.Context, t JoinTokenRecord) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO join_tokens (id, secret_sha256, host, created, created_by, expires) VALUES (?, ?, ?, ?, ?, ?)`,
+	return s.exec(ctx, "store join token", `INSERT INTO join_tokens (id, secret_sha256, host, created, created_by, expires) VALUES (?, ?, ?, ?, ?, ?)`,
 		t.ID, t.SecretSHA256, t.Host, ts(t.Created), t.CreatedBy, ts(t.Expires))
-	if err != nil {
-		return fmt.Errorf("store join token: %w", err)
-	}
-	return nil
 }
 
 const joinTokenCols = `id, secret_sha256, host, created, created_by, expires, used, used_by, revoked`
@@ -99,42 +95,31 @@ func (s *Store) JoinTokens(ctx context.Context) ([]JoinTokenRecord, error) {
 
 // RevokeJoinToken marks an unused join token revoked.
 func (s *Store) RevokeJoinToken(ctx context.Context, id string, now time.Time) error {
-	return s.exec1(ctx, id, `UPDATE join_tokens SET revoked = CASE WHEN revoked = '' THEN ? ELSE revoked END WHERE id = ?`, ts(now), id)
+	return s.exec1(ctx, "revoke join token "+id, `UPDATE join_tokens SET revoked = CASE WHEN revoked = '' THEN ? ELSE revoked END WHERE id = ?`, ts(now), id)
 }
 
 // ConsumeJoinToken marks a join token used by host and records the certificate issued
 // with it, in one transaction: a token that is already used (by a concurrent join, or
 // a replay) is ErrTokenUsed and nothing is written.
 func (s *Store) ConsumeJoinToken(ctx context.Context, id, host string, now time.Time, cert CertRecord) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("consume join token: %w", err)
-	}
-	defer tx.Rollback()
-	res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET used = ?, used_by = ? WHERE id = ? AND used = ''`, ts(now), host, id)
-	if err != nil {
-		return fmt.Errorf("consume join token: %w", err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrTokenUsed
-	}
-	if err := insertCert(ctx, tx, cert); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("consume join token: %w", err)
-	}
-	return nil
+	return s.write(ctx, "consume join token", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE join_tokens SET used = ?, used_by = ? WHERE id = ? AND used = ''`, ts(now), host, id)
+		if err != nil {
+			return fmt.Errorf("consume join token: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrTokenUsed
+		}
+		return insertCert(ctx, tx, cert)
+	})
 }
 
 // InsertCert records an issued certificate.
 func (s *Store) InsertCert(ctx context.Context, c CertRecord) error {
-	return insertCert(ctx, s.db, c)
+	return s.write(ctx, "record certificate "+c.Serial, func(tx *sql.Tx) error { return insertCert(ctx, tx, c) })
 }
 
-func insertCert(ctx context.Context, db interface {
-	ExecContext(context.Context, string, ...any) (sql.Result, error)
-}, c CertRecord) error {
+func insertCert(ctx context.Context, db execer, c CertRecord) error {
 	_, err := db.ExecContext(ctx, `INSERT INTO certificates (serial, name, kind, not_before, not_after, join_token) VALUES (?, ?, ?, ?, ?, ?)`,
 		c.Serial, c.Name, c.Kind, ts(c.NotBefore), ts(c.NotAfter), c.JoinToken)
 	if err != nil {
@@ -167,30 +152,30 @@ func (s *Store) Certs(ctx context.Context) ([]CertRecord, error) {
 
 // RevokeCerts revokes every unrevoked certificate of name and returns their serials.
 func (s *Store) RevokeCerts(ctx context.Context, name, reason string, now time.Time) ([]string, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("revoke certificates of %s: %w", name, err)
-	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT serial FROM certificates WHERE name = ? AND revoked = ''`, name)
-	if err != nil {
-		return nil, fmt.Errorf("revoke certificates of %s: %w", name, err)
-	}
 	var serials []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("revoke certificates of %s: %w", name, err)
+	err := s.write(ctx, "revoke certificates of "+name, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT serial FROM certificates WHERE name = ? AND revoked = ''`, name)
+		if err != nil {
+			return fmt.Errorf("revoke certificates of %s: %w", name, err)
 		}
-		serials = append(serials, s)
-	}
-	rows.Close()
-	if _, err := tx.ExecContext(ctx, `UPDATE certificates SET revoked = ?, revoked_reason = ? WHERE name = ? AND revoked = ''`, ts(now), reason, name); err != nil {
-		return nil, fmt.Errorf("revoke certificates of %s: %w", name, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("revoke certificates of %s: %w", name, err)
+		defer rows.Close()
+		for rows.Next() {
+			var s string
+			if err := rows.Scan(&s); err != nil {
+				return fmt.Errorf("revoke certificates of %s: %w", name, err)
+			}
+			serials = append(serials, s)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("revoke certificates of %s: %w", name, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE certificates SET revoked = ?, revoked_reason = ? WHERE name = ? AND revoked = ''`, ts(now), reason, name); err != nil {
+			return fmt.Errorf("revoke certificates of %s: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return serials, nil
 }

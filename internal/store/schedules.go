@@ -83,19 +83,21 @@ func (s *Store) InsertSchedule(ctx context.Context, r ScheduleRecord) error {
 	if err := checkScheduleRecord(r); err != nil {
 		return err
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO schedules (name, kind, at, cron, command, missed_policy, enabled,
+	return s.write(ctx, "store schedule "+r.Name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO schedules (name, kind, at, cron, command, missed_policy, enabled,
 		created_by, created, last_run, last_run_at, last_task, last_outcome, last_error, next_run)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.Name, r.Kind, scheduleTS(r.At), r.Cron, string(r.Command), r.MissedPolicy, r.Enabled,
-		r.CreatedBy, ts(r.Created), scheduleTS(r.LastRun), scheduleTS(r.LastRunAt), r.LastTask, r.LastOutcome,
-		r.LastError, scheduleTS(r.NextRun))
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
-		return &DuplicateError{Field: "schedule", Value: r.Name}
-	}
-	if err != nil {
-		return fmt.Errorf("store schedule %s: %w", r.Name, err)
-	}
-	return nil
+			r.Name, r.Kind, scheduleTS(r.At), r.Cron, string(r.Command), r.MissedPolicy, r.Enabled,
+			r.CreatedBy, ts(r.Created), scheduleTS(r.LastRun), scheduleTS(r.LastRunAt), r.LastTask, r.LastOutcome,
+			r.LastError, scheduleTS(r.NextRun))
+		if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+			return &DuplicateError{Field: "schedule", Value: r.Name}
+		}
+		if err != nil {
+			return fmt.Errorf("store schedule %s: %w", r.Name, err)
+		}
+		return nil
+	})
 }
 
 // checkScheduleRecord refuses what the table's constraints would, with a sentence.
@@ -208,15 +210,10 @@ func (s *Store) settleSlot(ctx context.Context, name string, slot time.Time, wha
 			return fmt.Errorf("%s schedule %s: slot %s is not after its last settled slot, %s: %w",
 				what, name, ts(slot), last, ErrScheduleSlotDone)
 		}
-		res, err := s.db.ExecContext(ctx, `UPDATE schedules SET last_run = ?, `+set+` WHERE name = ? AND last_run = ?`,
+		err = s.exec1(ctx, fmt.Sprintf("%s schedule %s", what, name), `UPDATE schedules SET last_run = ?, `+set+` WHERE name = ? AND last_run = ?`,
 			append(append([]any{ts(slot)}, args...), name, last)...)
-		if err != nil {
-			return fmt.Errorf("%s schedule %s: %w", what, name, err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return fmt.Errorf("%s schedule %s: %w", what, name, err)
-		} else if n == 1 {
-			return nil
+		if !errors.Is(err, ErrNotFound) {
+			return err
 		}
 	}
 	return fmt.Errorf("%s schedule %s: its last slot kept changing under other writers", what, name)
@@ -231,17 +228,10 @@ func (s *Store) RecordScheduleOutcome(ctx context.Context, name, taskID, outcome
 	if taskID == "" {
 		return fmt.Errorf("%s schedule %s: no task given", what, name)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE schedules SET last_outcome = ?, last_error = ? WHERE name = ? AND last_task = ?`,
+	err := s.exec1(ctx, fmt.Sprintf("%s schedule %s", what, name), `UPDATE schedules SET last_outcome = ?, last_error = ? WHERE name = ? AND last_task = ?`,
 		outcome, errText, name, taskID)
-	if err != nil {
-		return fmt.Errorf("%s schedule %s: %w", what, name, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("%s schedule %s: %w", what, name, err)
-	}
-	if n == 1 {
-		return nil
+	if !errors.Is(err, ErrNotFound) {
+		return err
 	}
 	var last string
 	err = s.db.QueryRowContext(ctx, `SELECT last_task FROM schedules WHERE name = ?`, name).Scan(&last)
@@ -256,18 +246,7 @@ func (s *Store) RecordScheduleOutcome(ctx context.Context, name, taskID, outcome
 
 // execSchedule runs a statement on one schedule; ErrNotFound when it touches none.
 func (s *Store) execSchedule(ctx context.Context, name, what, q string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("%s schedule %s: %w", what, name, err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("%s schedule %s: %w", what, name, err)
-	}
-	if n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.exec1(ctx, fmt.Sprintf("%s schedule %s", what, name), q, args...)
 }
 
 // scheduleTS formats an optional time: empty when zero.

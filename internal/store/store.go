@@ -161,21 +161,22 @@ func (s *Store) SaveHeartbeat(ctx context.Context, f api.HostFacts, now time.Tim
 	if err != nil {
 		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
 	}
-	res, err := s.db.ExecContext(ctx,
-		`UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, string(b), ts(now), f.Name)
-	if err != nil {
-		return false, fmt.Errorf("save heartbeat of host %s: %w", f.Name, err)
-	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return false, nil
-	}
-	_, err = s.db.ExecContext(ctx,
-		`INSERT INTO hosts (name, facts, registered, last_heartbeat) VALUES (?, ?, ?, ?)`,
-		f.Name, string(b), ts(now), ts(now))
-	if err != nil {
-		return false, fmt.Errorf("register host %s: %w", f.Name, err)
-	}
-	return true, nil
+	err = s.write(ctx, "save heartbeat of host "+f.Name, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, string(b), ts(now), f.Name)
+		if err != nil {
+			return fmt.Errorf("save heartbeat of host %s: %w", f.Name, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, facts, registered, last_heartbeat) VALUES (?, ?, ?, ?)`,
+			f.Name, string(b), ts(now), ts(now)); err != nil {
+			return fmt.Errorf("register host %s: %w", f.Name, err)
+		}
+		registered = true
+		return nil
+	})
+	return registered, err
 }
 
 // Hosts returns every host, by name.
@@ -240,31 +241,25 @@ func (s *Store) InsertVM(ctx context.Context, r VMRecord) error {
 	if err != nil {
 		return fmt.Errorf("encode spec of %s: %w", r.Spec.Name, err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
-	}
-	defer tx.Rollback()
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (name, uuid, host, spec, desired, state, error, pid, accel, created, updated)
+	return s.write(ctx, "insert VM "+r.Spec.Name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO vms (name, uuid, host, spec, desired, state, error, pid, accel, created, updated)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.Spec.Name, r.Spec.UUID, r.Host, string(spec), r.Desired, r.State, r.Error, r.PID, r.Accel, ts(r.Created), ts(r.Updated))
-	if err != nil {
-		return s.duplicate(ctx, tx, err, r)
-	}
-	for i, n := range r.Spec.NICs {
-		var ip any
-		if n.IP != "" {
-			ip = ipOnly(n.IP)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO nics (vm, idx, network, mac, ip) VALUES (?, ?, ?, ?, ?)`,
-			r.Spec.Name, i, n.Network, strings.ToLower(n.MAC), ip); err != nil {
+			r.Spec.Name, r.Spec.UUID, r.Host, string(spec), r.Desired, r.State, r.Error, r.PID, r.Accel, ts(r.Created), ts(r.Updated))
+		if err != nil {
 			return s.duplicate(ctx, tx, err, r)
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("insert VM %s: %w", r.Spec.Name, err)
-	}
-	return nil
+		for i, n := range r.Spec.NICs {
+			var ip any
+			if n.IP != "" {
+				ip = ipOnly(n.IP)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO nics (vm, idx, network, mac, ip) VALUES (?, ?, ?, ?, ?)`,
+				r.Spec.Name, i, n.Network, strings.ToLower(n.MAC), ip); err != nil {
+				return s.duplicate(ctx, tx, err, r)
+			}
+		}
+		return nil
+	})
 }
 
 func ipOnly(cidr string) string {
@@ -336,29 +331,18 @@ func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
 
 // SetDesired records what the user wants: api.VMRunning or api.VMStopped.
 func (s *Store) SetDesired(ctx context.Context, name, desired string, now time.Time) error {
-	return s.exec1(ctx, name, `UPDATE vms SET desired = ?, updated = ? WHERE name = ?`, desired, ts(now), name)
+	return s.exec1(ctx, "update VM "+name, `UPDATE vms SET desired = ?, updated = ? WHERE name = ?`, desired, ts(now), name)
 }
 
 // SetState records what the VM's host reports (or what an operation observed).
 func (s *Store) SetState(ctx context.Context, name string, st api.VMStatus, now time.Time) error {
-	return s.exec1(ctx, name, `UPDATE vms SET state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`,
+	return s.exec1(ctx, "update VM "+name, `UPDATE vms SET state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`,
 		st.State, st.Error, st.PID, st.Accel, ts(now), name)
 }
 
 // DeleteVM removes a VM and its NICs' addresses.
 func (s *Store) DeleteVM(ctx context.Context, name string) error {
-	return s.exec1(ctx, name, `DELETE FROM vms WHERE name = ?`, name)
-}
-
-func (s *Store) exec1(ctx context.Context, name, q string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("update VM %s: %w", name, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.exec1(ctx, "delete VM "+name, `DELETE FROM vms WHERE name = ?`, name)
 }
 
 // UsedIPs returns the addresses in use on a network.
@@ -414,20 +398,17 @@ func (s *Store) LastIP(ctx context.Context, network string) (string, error) {
 
 // SetLastIP records the address last handed out on a network.
 func (s *Store) SetLastIP(ctx context.Context, network, ip string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO ip_cursor (network, last) VALUES (?, ?)
+	return s.exec(ctx, "save address cursor of "+network, `INSERT INTO ip_cursor (network, last) VALUES (?, ?)
 		ON CONFLICT(network) DO UPDATE SET last = excluded.last`, network, ipOnly(ip))
-	if err != nil {
-		return fmt.Errorf("save address cursor of %s: %w", network, err)
-	}
-	return nil
 }
 
 // Move records that a VM now lives on another host (after a migration), with the state
 // that host reports, in one update.
 func (s *Store) Move(ctx context.Context, name, host string, st api.VMStatus, now time.Time) error {
-	return s.exec1(ctx, name, `UPDATE vms SET host = ?, state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`,
-		host, st.State, st.Error, st.PID, st.Accel, ts(now), name)
+	return s.exec1(ctx, "move VM "+name, moveVM, host, st.State, st.Error, st.PID, st.Accel, ts(now), name)
 }
+
+const moveVM = `UPDATE vms SET host = ?, state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`
 
 // SaveMigration inserts or updates a migration record.
 func (s *Store) SaveMigration(ctx context.Context, m api.Migration) error {
@@ -435,13 +416,40 @@ func (s *Store) SaveMigration(ctx context.Context, m api.Migration) error {
 	if err != nil {
 		return fmt.Errorf("encode migration %s: %w", m.ID, err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO migrations (id, vm, state, record, started) VALUES (?, ?, ?, ?, ?)
+	return s.write(ctx, "save migration "+m.ID, func(tx *sql.Tx) error {
+		return saveMigration(ctx, tx, m, b)
+	})
+}
+
+func saveMigration(ctx context.Context, e execer, m api.Migration, record []byte) error {
+	_, err := e.ExecContext(ctx, `INSERT INTO migrations (id, vm, state, record, started) VALUES (?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record`,
-		m.ID, m.VM, m.State, string(b), ts(m.Started))
+		m.ID, m.VM, m.State, string(record), ts(m.Started))
 	if err != nil {
 		return fmt.Errorf("save migration %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// EndMigration records a migration's outcome and, when moved is not nil (it succeeded),
+// that its VM now lives on the destination with the state moved says, in one
+// transaction: no reader sees the outcome without the move, and the hooks of ctx (the
+// outcome's audit record) commit with both or neither.
+func (s *Store) EndMigration(ctx context.Context, m api.Migration, moved *api.VMStatus, now time.Time) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode migration %s: %w", m.ID, err)
+	}
+	return s.write(ctx, "record the outcome of migration "+m.ID, func(tx *sql.Tx) error {
+		// A VM deleted meanwhile has nothing to move; the outcome is recorded all the same.
+		if moved != nil {
+			if _, err := tx.ExecContext(ctx, moveVM, m.Destination, moved.State, moved.Error, moved.PID, moved.Accel,
+				ts(now), m.VM); err != nil {
+				return fmt.Errorf("move VM %s: %w", m.VM, err)
+			}
+		}
+		return saveMigration(ctx, tx, m, b)
+	})
 }
 
 // Migration returns one migration record.

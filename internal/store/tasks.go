@@ -22,9 +22,11 @@ type TaskFilter struct {
 	Limit int
 }
 
-// SaveTask inserts a task or updates every field of a stored one.
+// SaveTask inserts a task or updates every field of a stored one. It runs no hooks
+// (WithTxHook): a task is the journal of a request, written for refused requests too,
+// not a change the audit trail vouches for.
 func (s *Store) SaveTask(ctx context.Context, t api.Task) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tasks
+	return s.exec(withoutTxHooks(ctx), "save task "+t.ID, `INSERT INTO tasks
 		(id, kind, target, initiator, state, percent, phase, queued, started, finished, result, error)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, target = excluded.target,
@@ -33,10 +35,6 @@ func (s *Store) SaveTask(ctx context.Context, t api.Task) error {
 			finished = excluded.finished, result = excluded.result, error = excluded.error`,
 		t.ID, t.Kind, t.Target, t.Initiator, t.State, t.Progress.Percent, t.Progress.Phase,
 		ts(t.Queued), optTS(t.Started), optTS(t.Finished), string(t.Result), t.Error)
-	if err != nil {
-		return fmt.Errorf("save task %s: %w", t.ID, err)
-	}
-	return nil
 }
 
 // Task returns one task, or ErrNotFound.

@@ -31,15 +31,17 @@ type TokenRecord struct {
 
 // InsertUser adds a user; a user of that name already existing is a *DuplicateError.
 func (s *Store) InsertUser(ctx context.Context, u UserRecord) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO users (name, role, password_hash, created) VALUES (?, ?, ?, ?)`,
-		u.Name, u.Role, u.PasswordHash, ts(u.Created))
-	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
-		return &DuplicateError{Field: "user", Value: u.Name}
-	}
-	if err != nil {
-		return fmt.Errorf("store user %s: %w", u.Name, err)
-	}
-	return nil
+	return s.write(ctx, "store user "+u.Name, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO users (name, role, password_hash, created) VALUES (?, ?, ?, ?)`,
+			u.Name, u.Role, u.PasswordHash, ts(u.Created))
+		if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+			return &DuplicateError{Field: "user", Value: u.Name}
+		}
+		if err != nil {
+			return fmt.Errorf("store user %s: %w", u.Name, err)
+		}
+		return nil
+	})
 }
 
 // User returns the user called name, or ErrNotFound.
@@ -80,17 +82,13 @@ func (s *Store) Users(ctx context.Context) ([]UserRecord, error) {
 
 // DeleteUser removes a user and, with it, every token of the user.
 func (s *Store) DeleteUser(ctx context.Context, name string) error {
-	return s.exec1(ctx, name, `DELETE FROM users WHERE name = ?`, name)
+	return s.exec1(ctx, "delete user "+name, `DELETE FROM users WHERE name = ?`, name)
 }
 
 // InsertToken adds a token.
 func (s *Store) InsertToken(ctx context.Context, t TokenRecord) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, user, secret_sha256, created, expires, revoked) VALUES (?, ?, ?, ?, ?, ?)`,
+	return s.exec(ctx, "store a token for "+t.User, `INSERT INTO tokens (id, user, secret_sha256, created, expires, revoked) VALUES (?, ?, ?, ?, ?, ?)`,
 		t.ID, t.User, t.SecretSHA256, ts(t.Created), optTS(nonZero(t.Expires)), optTS(nonZero(t.Revoked)))
-	if err != nil {
-		return fmt.Errorf("store a token for %s: %w", t.User, err)
-	}
-	return nil
 }
 
 // Token returns the token with this id, or ErrNotFound.
@@ -117,14 +115,7 @@ func (s *Store) Token(ctx context.Context, id string) (TokenRecord, error) {
 
 // RevokeToken marks a token revoked at now; revoking a revoked token keeps the first time.
 func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked = CASE WHEN revoked = '' THEN ? ELSE revoked END WHERE id = ?`, ts(now), id)
-	if err != nil {
-		return fmt.Errorf("revoke token %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ErrNotFound
-	}
-	return nil
+	return s.exec1(ctx, "revoke token "+id, `UPDATE tokens SET revoked = CASE WHEN revoked = '' THEN ? ELSE revoked END WHERE id = ?`, ts(now), id)
 }
 
 func nonZero(t time.Time) *time.Time {
