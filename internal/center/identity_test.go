@@ -72,4 +72,15 @@ func TestHostIdentity(t *testing.T) {
 	if !c.isRevoked(first.Serial) {
 		t.Error("the superseded certificate is not refused on the center's own connections")
 	}
+
+	// What a host reports of itself: an agent URL that is not https is refused.
+	for _, url := range []string{"http://198.18.1.11:7700", "ftp://x", ""} {
+		_, err := c.heartbeat(ctx, api.HostFacts{Name: "host-1", AgentURL: url})
+		if se, ok := err.(*api.StatusError); !ok || se.Status != 400 || !strings.Contains(se.Msg, "https://") {
+			t.Errorf("a heartbeat with agent_url %q: %v; want 400 asking for https://", url, err)
+		}
+	}
+	if _, err := c.heartbeat(ctx, api.HostFacts{Name: "HOST-1", AgentURL: "https://198.18.1.11:7700"}); err == nil {
+		t.Error("a heartbeat in the name HOST-1 was accepted")
+	}
 }
