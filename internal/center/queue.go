@@ -46,19 +46,17 @@ func (c *Center) submit(ctx context.Context, p plan, initiator string) (api.Migr
 		if err != nil {
 			return api.Migration{}, err
 		}
-		if err := c.store.SaveMigration(ctx, p.m); err != nil {
+		if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
 			t.Release()
 			return api.Migration{}, err
 		}
 		audit.Params(ctx, map[string]any{"migration": p.m.ID})
-		c.startMigrationTask(ctx, p.m, initiator)
 		return c.launch(ctx, p, t, false)
 	}
-	if err := c.store.SaveMigration(ctx, p.m); err != nil {
+	if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
 		return api.Migration{}, err
 	}
 	audit.Params(ctx, map[string]any{"migration": p.m.ID})
-	c.startMigrationTask(ctx, p.m, initiator)
 	first := make(chan submitted, 1)
 	c.enqueue(p, first)
 	select {
@@ -131,7 +129,7 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 	m := p.m
 	m.State, m.Waiting = api.MigrationPreparing, ""
 	c.live.Store(m.ID, m)
-	if err := c.store.SaveMigration(ctx, m); err != nil {
+	if err := c.store.UpdateMigration(ctx, m); err != nil {
 		c.release(m.ID)
 		c.live.Delete(m.ID)
 		return api.Migration{}, err
@@ -144,7 +142,7 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 			c.record1(context.WithoutCancel(ctx), m)
 		} else {
 			c.release(m.ID)
-			_ = c.store.SaveMigration(context.WithoutCancel(ctx), m)
+			_ = c.store.UpdateMigration(context.WithoutCancel(ctx), m)
 			c.migrationChanged(context.WithoutCancel(ctx), m)
 			c.metrics.RecordMigration(m)
 		}
