@@ -82,8 +82,10 @@ func (a *Agent) vmDir(uuid string) (string, error) {
 // claimLocked refuses a VM that would share something on this host with another VM:
 // its UUID, its run directory (where its sockets, pid file and definition live) or the
 // name of a TAP. Sharing any of them would let one VM overwrite the other's files or
-// tear down its network. A run directory left on disk by no known VM is not taken over
-// either. a.mu must be held; the caller checks the name.
+// tear down its network. Run directories are named by the whole UUID, so the directory
+// of a VM that is not known here exists only as a leftover (or as a VM whose state
+// could not be read at all): it is not taken over either. a.mu must be held; the
+// caller checks the name.
 func (a *Agent) claimLocked(spec api.VMSpec, dir string) error {
 	taps := map[string]int{}
 	for i := range spec.NICs {
@@ -92,9 +94,6 @@ func (a *Agent) claimLocked(spec api.VMSpec, dir string) error {
 	for _, o := range a.vms {
 		if strings.EqualFold(o.spec.UUID, spec.UUID) {
 			return api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, spec.UUID, o.spec.Name)
-		}
-		if o.dir == dir {
-			return api.Conflict("VM %s would use run directory %s on host %s, which VM %s uses; give the VM another UUID", spec.Name, dir, a.cfg.Name, o.spec.Name)
 		}
 		for j := range o.spec.NICs {
 			tap := netdev.TapName(o.spec.UUID, j)
@@ -625,19 +624,34 @@ func (a *Agent) recoverVM(ctx context.Context, dir string, cause error) (*vm, er
 	return v, nil
 }
 
+// inDatastore finds the datastore that holds the host path p, and p's path in it.
+func (a *Agent) inDatastore(p string) (ds, rel string, ok bool) {
+	for _, name := range a.datastoreNames() {
+		if r, err := filepath.Rel(a.cfg.Datastores[name], p); err == nil && filepath.IsLocal(r) {
+			return name, r, true
+		}
+	}
+	return "", "", false
+}
+
+// datastoreRef writes a host path as "[datastore] path" when a datastore holds it.
+func (a *Agent) datastoreRef(p string) string {
+	if ds, rel, ok := a.inDatastore(p); ok {
+		return "[" + ds + "] " + rel
+	}
+	return p
+}
+
 // specFromQEMU turns the Spec read from a QEMU command line back into the VM's
 // definition: disks as paths in this host's datastores, NICs on the networks whose
 // bridges hold their TAPs. What the command line does not say (the migration policy,
 // the disks this host created) is left empty.
 func (a *Agent) specFromQEMU(q qemu.Spec) api.VMSpec {
 	s := api.VMSpec{Name: q.Name, UUID: q.UUID, CPUs: q.CPUs, MemoryMiB: q.MemoryMiB, CPUModel: q.CPUModel,
-		Boot: api.Boot{Kernel: q.Kernel, Initrd: q.Initrd, Cmdline: q.Cmdline, FromDisk: q.BootFromDisk}}
+		Boot: api.Boot{Kernel: a.datastoreRef(q.Kernel), Initrd: a.datastoreRef(q.Initrd), Cmdline: q.Cmdline, FromDisk: q.BootFromDisk}}
 	for _, d := range q.Disks {
-		for _, ds := range a.datastoreNames() {
-			if rel, err := filepath.Rel(a.cfg.Datastores[ds], d.Path); err == nil && filepath.IsLocal(rel) {
-				s.Disks = append(s.Disks, api.Disk{Datastore: ds, Path: rel, Format: d.Format})
-				break
-			}
+		if ds, rel, ok := a.inDatastore(d.Path); ok {
+			s.Disks = append(s.Disks, api.Disk{Datastore: ds, Path: rel, Format: d.Format})
 		}
 	}
 	for _, n := range q.NICs {
