@@ -165,3 +165,30 @@ func TestTornStateFileRecovered(t *testing.T) {
 		t.Fatalf("the directory of the unreadable VM was removed: %v", err)
 	}
 }
+
+// A VM defined before run directories were named by the whole UUID keeps its
+// directory (16 hex digits) across restarts; a VM whose UUID starts the same gets its
+// own.
+func TestLegacyRunDirectoryKept(t *testing.T) {
+	a := stateAgent(t)
+	ctx := context.Background()
+	old := "0190b1c2-d3e4-7f00-8000-00000000000a"
+	legacy := filepath.Join(a.cfg.StateDir, "vms", "0190b1c2d3e47f00")
+	v := &vm{spec: stateSpec("old", old, 0), dir: legacy}
+	if err := v.save(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.adoptAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.get("old")
+	if err != nil || got.dir != legacy {
+		t.Fatalf("VM in a legacy directory after a restart: %+v, %v; want it known, in %s", got, err, legacy)
+	}
+	if _, _, err := a.Define(ctx, stateSpec("new", "0190b1c2-d3e4-7f00-8000-00000000000b", 0)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := a.get("new"); n.dir == legacy {
+		t.Fatal("the new VM was given the old VM's directory")
+	}
+}
