@@ -43,9 +43,11 @@ func newEvidenceFixture(t *testing.T) *evidenceFixture {
 	return f
 }
 
-// beat sends host's heartbeat now, reporting web-1 in state (none when "").
+// beat sends host's heartbeat a second after the last one, reporting web-1 in state
+// (none when "").
 func (f *evidenceFixture) beat(t *testing.T, host, state string) {
 	t.Helper()
+	f.now = f.now.Add(time.Second)
 	facts := api.HostFacts{Name: host, AgentURL: f.dead}
 	if state != "" {
 		facts.VMs = []api.VMStatus{{Name: "web-1", UUID: f.uuid, State: state, PID: 200}}
@@ -185,6 +187,13 @@ func TestHeartbeatCorrectsTheVMsHost(t *testing.T) {
 		t.Fatalf("corrections recorded on doubt: %+v", rs)
 	}
 
+	// host-1 reports again without it (its first report only marks the VM in error,
+	// which changes the record: a report must be newer than the record to count).
+	f.beat(t, "host-1", "")
+	f.beat(t, "host-2", api.VMRunning)
+	if h := f.host(t); h != "host-1" {
+		t.Fatalf("VM moved to %s on a report of host-1 no newer than the VM's record", h)
+	}
 	f.beat(t, "host-1", "")
 	f.beat(t, "host-2", api.VMRunning)
 	r, err := f.c.store.VM(ctx, "web-1")

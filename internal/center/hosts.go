@@ -87,9 +87,11 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 
 // reconcileHosts corrects the host of each VM that host f reports running while the
 // center records it on another host, when the evidence leaves no doubt: no migration of
-// the VM is under way, and the recorded host is connected and does not run it. This is
-// how the inventory comes to match where QEMU really runs after a partition or a lost
-// outcome. Each correction is logged and recorded in the audit trail.
+// the VM is under way, and the recorded host is connected, has reported since the VM's
+// record last changed (so a report sent before a migration moved the VM is not taken
+// for news) and does not run it. This is how the inventory comes to match where QEMU
+// really runs after a partition or a lost outcome. Each correction is logged and
+// recorded in the audit trail.
 func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []store.VMRecord, now time.Time) error {
 	byName := make(map[string]store.VMRecord, len(vms))
 	for _, r := range vms {
@@ -107,7 +109,7 @@ func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []stor
 		if len(active) > 0 {
 			continue // the migration's outcome moves the VM
 		}
-		there, known := c.reports(ctx, r.Host, r.Spec.UUID)
+		there, known := c.reports(ctx, r.Host, r.Spec.UUID, r.Updated)
 		if !known || there != nil && there.State != api.VMStopped && there.State != api.VMError {
 			continue // the recorded host is silent, or has the VM too: no correction on doubt
 		}

@@ -256,7 +256,8 @@ func (c *Center) record1(ctx context.Context, m api.Migration) {
 
 // settleByEvidence decides a migration whose source does not answer, or answers that
 // it has no record of it (unknown), from what the hosts report in their heartbeats —
-// only from hosts that are connected, and only when the evidence leaves no doubt:
+// only from hosts that are connected and have reported since the migration started,
+// and only when the evidence leaves no doubt:
 //
 //   - the destination runs the VM and the source no longer has it: succeeded;
 //   - the source has no record of the migration and runs the VM, and the destination
@@ -269,8 +270,8 @@ func (c *Center) settleByEvidence(ctx context.Context, m api.Migration, unknown 
 	if err != nil {
 		return m, false
 	}
-	src, srcOK := c.reports(ctx, m.Source, r.Spec.UUID)
-	dst, dstOK := c.reports(ctx, m.Destination, r.Spec.UUID)
+	src, srcOK := c.reports(ctx, m.Source, r.Spec.UUID, m.Started)
+	dst, dstOK := c.reports(ctx, m.Destination, r.Spec.UUID, m.Started)
 	if !srcOK || !dstOK {
 		return m, false
 	}
@@ -292,11 +293,11 @@ func (c *Center) settleByEvidence(ctx context.Context, m api.Migration, unknown 
 }
 
 // reports returns what a connected host last reported of the VM with uuid (nil when it
-// does not have it); ok is false when the host is unknown or disconnected, so that its
-// report may be stale.
-func (c *Center) reports(ctx context.Context, host, uuid string) (st *api.VMStatus, ok bool) {
+// does not have it); ok is false when the host is unknown, disconnected, or has not
+// reported since since, so that its report may be stale.
+func (c *Center) reports(ctx context.Context, host, uuid string, since time.Time) (st *api.VMStatus, ok bool) {
 	h, err := c.store.Host(ctx, host)
-	if err != nil || !c.connected(h) {
+	if err != nil || !c.connected(h) || !h.LastHeartbeat.After(since) {
 		return nil, false
 	}
 	for _, v := range h.Facts.VMs {
