@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qmp"
 )
 
@@ -28,7 +29,9 @@ func WriteTLSDir(dir string, certPEM, keyPEM, caPEM []byte) error {
 	files := map[string][]byte{"ca-cert.pem": caPEM, "server-cert.pem": certPEM, "client-cert.pem": certPEM,
 		"server-key.pem": keyPEM, "client-key.pem": keyPEM}
 	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+		// Replaced whole, so that a QEMU loading them during a renewal never reads a
+		// torn key.
+		if err := pki.WriteFileAtomic(filepath.Join(dir, name), b, 0o600); err != nil {
 			return fmt.Errorf("write QEMU's TLS credentials: %w", err)
 		}
 	}
