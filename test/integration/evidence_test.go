@@ -129,7 +129,8 @@ func runsOn(pid int, host string) bool {
 // forgotten), report the VM with an error that says what happened, write a definition
 // rebuilt from QEMU's command line, and go on managing the VM: stop it and start it
 // again. The lab's agents also must not carry their join tokens on their command lines,
-// where every local user can read them.
+// where every local user can read them, and every secret file of the cluster — the
+// center's database and credentials, keys, join tokens — is readable by its owner only.
 func TestAgentKeepsVMWhoseStateIsTorn(t *testing.T) {
 	l := newLab(t, 1)
 	rec := l.Lab()
@@ -190,4 +191,35 @@ func TestAgentKeepsVMWhoseStateIsTorn(t *testing.T) {
 		t.Fatalf("vm start after the recovery: %+v; want a new QEMU running, no error", again)
 	}
 	l.WaitHTTP("client", "http://"+vm.IP+"/healthz", 90*time.Second)
+
+	secrets := map[string]int{}
+	err = filepath.WalkDir(l.Dir(), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		name := d.Name()
+		kind := ""
+		switch {
+		case strings.HasPrefix(name, "godwit.db"):
+			kind = "database"
+		case name == "admin-credentials" || strings.HasSuffix(name, ".join-token"):
+			kind = "credentials"
+		case strings.Contains(name, "key") || name == "host.pem":
+			kind = "keys"
+		default:
+			return nil
+		}
+		secrets[kind]++
+		st, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("secret file %s has mode %v; want 0600", path, st.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil || secrets["database"] < 2 || secrets["credentials"] < 2 || secrets["keys"] < 3 {
+		t.Fatalf("secret files found: %v (%v); want the database with its journal, the credentials and the keys", secrets, err)
+	}
 }
