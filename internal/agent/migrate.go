@@ -21,6 +21,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/migration"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qemu"
 	"github.com/godwit/godwit/internal/qmp"
 	"github.com/godwit/godwit/internal/ticket"
@@ -545,11 +546,9 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 			return api.IncomingReply{}, api.Conflict("host %s already has a VM named %s", a.cfg.Name, s.Name)
 		}
 	}
-	for _, o := range a.vms {
-		if o.spec.UUID == s.UUID {
-			a.mu.Unlock()
-			return api.IncomingReply{}, api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, s.UUID, o.spec.Name)
-		}
+	if err := a.claimLocked(s, dir); err != nil {
+		a.mu.Unlock()
+		return api.IncomingReply{}, err
 	}
 	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk}
 	for _, i := range req.OwnedDisks {
@@ -968,10 +967,7 @@ func (a *Agent) keepRecord(o *outgoing) {
 	a.metrics.OutgoingEnded(m.State)
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err == nil {
-		dir := filepath.Join(a.cfg.StateDir, "migrations")
-		if err = os.MkdirAll(dir, 0o755); err == nil {
-			err = os.WriteFile(filepath.Join(dir, m.ID+".json"), b, 0o644)
-		}
+		err = pki.WriteFileAtomic(filepath.Join(a.cfg.StateDir, "migrations", m.ID+".json"), b, 0o644)
 	}
 	if err != nil {
 		a.log.Warn("could not keep the migration's record", "migration", m.ID, "err", err)

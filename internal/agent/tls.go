@@ -378,7 +378,7 @@ func (a *Agent) ensureIdentity(ctx context.Context) error {
 		return fmt.Errorf("this host's identity in %s: %w", dir, err)
 	}
 	if a.cfg.JoinToken == "" {
-		return fmt.Errorf("host %s has not joined the cluster yet: start the agent with --join-token (from `godwit host join-token create` on the center) and --ca-fingerprint or --ca-file", a.cfg.Name)
+		return fmt.Errorf("host %s has not joined the cluster yet: start the agent with its join token (from `godwit host join-token create` on the center) in --join-token-file or $GODWIT_JOIN_TOKEN and --ca-fingerprint or --ca-file", a.cfg.Name)
 	}
 	if err := a.join(ctx, dir); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/netdev"
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qemu"
 )
 
@@ -62,18 +64,59 @@ type persisted struct {
 
 const maxSocketPath = 107
 
+// The VM's definition is kept twice in its run directory, each copy written
+// crash-safely: should one be torn or lost, the other still names the VM and its QEMU.
+const (
+	stateFile  = "vm.json"
+	backupFile = "vm.json.bak"
+)
+
+// vmDir is a VM's run directory: the whole UUID (32 hex digits), so that no two VMs
+// share one. Directories of VMs defined before used 16 digits; they are found by
+// adoptAll whatever their name, and kept.
 func (a *Agent) vmDir(uuid string) (string, error) {
-	id := strings.ReplaceAll(uuid, "-", "")
-	if len(id) > 16 {
-		id = id[:16]
-	}
-	dir := filepath.Join(a.cfg.StateDir, "vms", id)
+	dir := filepath.Join(a.cfg.StateDir, "vms", strings.ToLower(strings.ReplaceAll(uuid, "-", "")))
 	if len(filepath.Join(dir, "console.sock")) > maxSocketPath {
-		return "", fmt.Errorf("state directory %s is too long for QEMU's unix sockets (max %d bytes); choose a shorter --state-dir", a.cfg.StateDir, maxSocketPath)
+		return "", fmt.Errorf("state directory %s is too long for QEMU's unix sockets (a VM's socket path must fit in %d bytes, and the VM's directory adds %d); choose a shorter --state-dir",
+			a.cfg.StateDir, maxSocketPath, len(dir)-len(a.cfg.StateDir)+len("/console.sock"))
 	}
 	return dir, nil
 }
 
+// claimLocked refuses a VM that would share something on this host with another VM:
+// its UUID, its run directory (where its sockets, pid file and definition live) or the
+// name of a TAP. Sharing any of them would let one VM overwrite the other's files or
+// tear down its network. Run directories are named by the whole UUID, so the directory
+// of a VM that is not known here exists only as a leftover (or as a VM whose state
+// could not be read at all): it is not taken over either. a.mu must be held; the
+// caller checks the name.
+func (a *Agent) claimLocked(spec api.VMSpec, dir string) error {
+	taps := map[string]int{}
+	for i := range spec.NICs {
+		taps[netdev.TapName(spec.UUID, i)] = i
+	}
+	for _, o := range a.vms {
+		if strings.EqualFold(o.spec.UUID, spec.UUID) {
+			return api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, spec.UUID, o.spec.Name)
+		}
+		for j := range o.spec.NICs {
+			tap := netdev.TapName(o.spec.UUID, j)
+			if i, ok := taps[tap]; ok {
+				return api.Conflict("NIC %d of VM %s would use TAP %s on host %s, which NIC %d of VM %s uses; give the VM another UUID",
+					i, spec.Name, tap, a.cfg.Name, j, o.spec.Name)
+			}
+		}
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return api.Conflict("run directory %s of VM %s already exists on host %s, though no VM there uses it; look inside, and remove it if it is a leftover",
+			dir, spec.Name, a.cfg.Name)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("check run directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// save writes the VM's definition and state to both of its state files.
 func (v *vm) save() error {
 	v.saveMu.Lock()
 	defer v.saveMu.Unlock()
@@ -84,11 +127,43 @@ func (v *vm) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(v.dir, "vm.json.tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("save VM %s: %w", v.spec.Name, err)
+	for _, f := range []string{stateFile, backupFile} {
+		// 0600: while a migration runs, its ticket (which carries the stream's key) is here.
+		if err := pki.WriteFileAtomic(filepath.Join(v.dir, f), b, 0o600); err != nil {
+			return fmt.Errorf("save VM %s: %w", v.spec.Name, err)
+		}
 	}
-	return os.Rename(tmp, filepath.Join(v.dir, "vm.json"))
+	return nil
+}
+
+// loadPersisted reads a VM's definition from its run directory: from vm.json, or, when
+// that is torn or missing, from its copy, in which case note says so.
+func loadPersisted(dir string) (p persisted, note string, err error) {
+	p, err = readPersisted(filepath.Join(dir, stateFile))
+	if err == nil {
+		return p, "", nil
+	}
+	p, berr := readPersisted(filepath.Join(dir, backupFile))
+	if berr != nil {
+		return persisted{}, "", fmt.Errorf("%w; and its copy: %w", err, berr)
+	}
+	return p, fmt.Sprintf("the VM's definition %s could not be read (%v); the agent used its copy %s", stateFile, err, backupFile), nil
+}
+
+// readPersisted reads one state file; a file that does not name a VM is an error.
+func readPersisted(path string) (persisted, error) {
+	var p persisted
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return p, err
+	}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return p, fmt.Errorf("%s is not valid JSON: %w", path, err)
+	}
+	if p.Spec.Name == "" || !canonicalUUID(p.Spec.UUID) {
+		return p, fmt.Errorf("%s names no VM (no name or UUID)", path)
+	}
+	return p, nil
 }
 
 // removeDir deletes the VM's state directory for good: no save that races with it (the
@@ -149,13 +224,10 @@ func (a *Agent) Define(ctx context.Context, spec api.VMSpec) (api.VMStatus, bool
 		}
 		return api.VMStatus{}, false, api.Conflict("host %s already has a VM named %s (UUID %s)", a.cfg.Name, spec.Name, old.spec.UUID)
 	}
-	for _, o := range a.vms {
-		if o.spec.UUID == spec.UUID {
-			a.mu.Unlock()
-			return api.VMStatus{}, false, api.Conflict("host %s already has a VM with UUID %s (%s)", a.cfg.Name, spec.UUID, o.spec.Name)
-		}
-	}
 	dir, err := a.vmDir(spec.UUID)
+	if err == nil {
+		err = a.claimLocked(spec, dir)
+	}
 	if err != nil {
 		a.mu.Unlock()
 		return api.VMStatus{}, false, err
@@ -458,22 +530,34 @@ func (a *Agent) Console(name string, max int64) ([]byte, error) {
 }
 
 // adoptAll loads the VMs in the state directory and re-attaches to those still running.
+// A VM whose definition cannot be read at all is not forgotten while its QEMU runs
+// (see recoverVM).
 func (a *Agent) adoptAll(ctx context.Context) error {
-	dirs, err := filepath.Glob(filepath.Join(a.cfg.StateDir, "vms", "*", "vm.json"))
+	entries, err := os.ReadDir(filepath.Join(a.cfg.StateDir, "vms"))
 	if err != nil {
-		return err
+		return fmt.Errorf("read the VMs' state: %w", err)
 	}
-	for _, f := range dirs {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", f, err)
-		}
-		var p persisted
-		if err := json.Unmarshal(b, &p); err != nil {
-			a.log.Warn("skipping unreadable VM state", "file", f, "err", err)
+	for _, e := range entries {
+		if !e.IsDir() {
 			continue
 		}
-		v := &vm{spec: p.Spec, dir: filepath.Dir(f), owned: p.Owned, state: api.VMStopped,
+		dir := filepath.Join(a.cfg.StateDir, "vms", e.Name())
+		p, note, err := loadPersisted(dir)
+		if err != nil {
+			v, rerr := a.recoverVM(ctx, dir, err)
+			if rerr != nil {
+				a.log.Warn("a VM directory holds no readable definition and no running QEMU; it is left as it is", "dir", dir, "err", err, "qemu", rerr)
+				continue
+			}
+			a.mu.Lock()
+			a.vms[v.spec.Name] = v
+			a.mu.Unlock()
+			continue
+		}
+		if note != "" {
+			a.log.Warn("VM state recovered from its copy", "dir", dir, "vm", p.Spec.Name, "note", note)
+		}
+		v := &vm{spec: p.Spec, dir: dir, owned: p.Owned, state: api.VMStopped,
 			incoming: p.Incoming, ticket: p.Ticket, outgoing: p.Outgoing}
 		proc, err := qemu.Adopt(ctx, v.dir, p.Spec.UUID)
 		switch {
@@ -504,9 +588,85 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 		default:
 			return fmt.Errorf("re-adopt VM %s: %w", p.Spec.Name, err)
 		}
+		if note != "" {
+			a.mu.Lock()
+			v.errMsg = note
+			a.mu.Unlock()
+			if err := v.save(); err != nil {
+				a.log.Warn("could not write the recovered VM state back", "vm", v.spec.Name, "err", err)
+			}
+		}
 		a.mu.Lock()
 		a.vms[v.spec.Name] = v
 		a.mu.Unlock()
 	}
 	return nil
+}
+
+// recoverVM keeps a VM whose definition (both state files) cannot be read but whose
+// QEMU still runs in dir: it re-adopts the QEMU, rebuilds the definition from QEMU's
+// command line, writes it back, and reports the VM with an error that says what
+// happened. Killing or forgetting a running VM because a file was damaged would lose
+// the guest. It fails when no QEMU of this directory runs.
+func (a *Agent) recoverVM(ctx context.Context, dir string, cause error) (*vm, error) {
+	proc, q, err := qemu.AdoptRunDir(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	spec := a.specFromQEMU(q)
+	v := &vm{spec: spec, dir: dir, proc: proc, state: api.VMRunning, accel: q.Accel}
+	if q.Incoming != "" {
+		v.state = api.VMIncoming // its migration's id is lost: only the source can settle it
+	}
+	v.errMsg = fmt.Sprintf("the VM's definition could not be read (%v); the agent found its QEMU (pid %d) running and keeps it, "+
+		"with the definition rebuilt from QEMU's command line (compare it with the center's)", cause, proc.PID)
+	if err := v.save(); err != nil {
+		a.log.Warn("could not write the rebuilt VM definition", "vm", spec.Name, "err", err)
+	}
+	a.watch(v, proc)
+	a.log.Error("VM definition lost; re-adopted its running QEMU from its command line", "vm", spec.Name, "uuid", spec.UUID,
+		"pid", proc.PID, "dir", dir, "err", cause)
+	return v, nil
+}
+
+// inDatastore finds the datastore that holds the host path p, and p's path in it.
+func (a *Agent) inDatastore(p string) (ds, rel string, ok bool) {
+	for _, name := range a.datastoreNames() {
+		if r, err := filepath.Rel(a.cfg.Datastores[name], p); err == nil && filepath.IsLocal(r) {
+			return name, r, true
+		}
+	}
+	return "", "", false
+}
+
+// datastoreRef writes a host path as "[datastore] path" when a datastore holds it.
+func (a *Agent) datastoreRef(p string) string {
+	if ds, rel, ok := a.inDatastore(p); ok {
+		return "[" + ds + "] " + rel
+	}
+	return p
+}
+
+// specFromQEMU turns the Spec read from a QEMU command line back into the VM's
+// definition: disks as paths in this host's datastores, NICs on the networks whose
+// bridges hold their TAPs. What the command line does not say (the migration policy,
+// the disks this host created) is left empty.
+func (a *Agent) specFromQEMU(q qemu.Spec) api.VMSpec {
+	s := api.VMSpec{Name: q.Name, UUID: q.UUID, CPUs: q.CPUs, MemoryMiB: q.MemoryMiB, CPUModel: q.CPUModel,
+		Boot: api.Boot{Kernel: a.datastoreRef(q.Kernel), Initrd: a.datastoreRef(q.Initrd), Cmdline: q.Cmdline, FromDisk: q.BootFromDisk}}
+	for _, d := range q.Disks {
+		if ds, rel, ok := a.inDatastore(d.Path); ok {
+			s.Disks = append(s.Disks, api.Disk{Datastore: ds, Path: rel, Format: d.Format})
+		}
+	}
+	for _, n := range q.NICs {
+		nic := api.NIC{MAC: n.MAC}
+		for name, br := range a.cfg.Networks {
+			if b, err := netdev.BridgeInfo(br); err == nil && slices.Contains(b.Ports, n.Tap) {
+				nic.Network = name
+			}
+		}
+		s.NICs = append(s.NICs, nic)
+	}
+	return s
 }

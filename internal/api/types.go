@@ -370,7 +370,9 @@ type Migration struct {
 	// QEMU's migration thread.
 	BandwidthCap int64 `json:"bandwidth_cap,omitempty"`
 	ThreadNice   *int  `json:"thread_nice,omitempty"`
-	// Waiting says what a queued migration waits for (a host's or a network's slots).
+	// Waiting says what a queued migration waits for (a host's or a network's slots),
+	// or, for a started one, why its outcome is not known yet (its source does not
+	// answer).
 	Waiting string `json:"waiting,omitempty"`
 	// Initiator is who asked for it: a user, or "schedule NAME (created by USER)".
 	Initiator string `json:"initiator,omitempty"`

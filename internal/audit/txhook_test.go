@@ -188,7 +188,7 @@ func TestInTransactionAppendsDoNotDeadlock(t *testing.T) {
 			defer wg.Done()
 			hooked := store.WithTxHook(ctx, l.AppendHook(Record{Actor: CenterActor, ActorKind: KindAutomation,
 				Action: "test.move", Target: fmt.Sprintf("m%d", i), Outcome: Succeeded}))
-			if err := st.SaveMigration(hooked, api.Migration{ID: fmt.Sprintf("m%d", i), VM: "web-1", State: api.MigrationSucceeded}); err != nil {
+			if err := st.InsertMigration(hooked, api.Migration{ID: fmt.Sprintf("m%d", i), VM: "web-1", State: api.MigrationSucceeded}); err != nil {
 				errs <- err
 			}
 		}()

@@ -104,7 +104,7 @@ func TestMigrationOutcomeCommitsWithItsRecord(t *testing.T) {
 	ctx := context.Background()
 	m := api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2", Policy: "balanced",
 		State: api.MigrationRunning, Started: f.now}
-	if err := f.c.store.SaveMigration(ctx, m); err != nil {
+	if err := f.c.store.InsertMigration(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 	m.State, m.TotalMS, m.Bytes = api.MigrationSucceeded, 1500, 64<<20

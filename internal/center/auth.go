@@ -76,6 +76,9 @@ type principal struct {
 	role  string
 	kind  string // audit.KindUser or audit.KindToken
 	token string // the id of the token used, if any
+	// local is the center's local administrator: root on the unix socket, or the
+	// in-process caller. No stored user stands behind it.
+	local bool
 	err   error
 	tried string
 }
@@ -237,7 +240,7 @@ func (c *Center) authenticate(r *http.Request) principal {
 		return principal{err: errors.New("the Authorization header is neither Bearer nor Basic"), tried: audit.Anonymous, kind: audit.KindUser}
 	}
 	if p := audit.Peer(r); p != nil && p.UID == 0 {
-		return principal{name: p.User, role: api.RoleAdmin, kind: audit.KindUser}
+		return principal{name: p.User, role: api.RoleAdmin, kind: audit.KindUser, local: true}
 	}
 	return principal{}
 }
@@ -246,7 +249,7 @@ func (c *Center) authenticate(r *http.Request) principal {
 // trusted, every request is the in-process administrator (Handler, for tests).
 func (c *Center) withAuthentication(next http.Handler, trusted bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := principal{role: api.RoleAdmin}
+		p := principal{role: api.RoleAdmin, local: true}
 		if !trusted {
 			p = c.authenticate(r)
 		}

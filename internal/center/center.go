@@ -73,6 +73,8 @@ type Center struct {
 	log   *slog.Logger
 	store *store.Store
 	now   func() time.Time
+	// newID makes the ids of tasks and migrations (randomID).
+	newID func() string
 	// trail is the audit trail, in the store's database.
 	trail *audit.Log
 
@@ -165,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster(), limiter: lim, agents: map[string]agentClient{}}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, agents: map[string]agentClient{}}
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err

@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/store"
 )
@@ -78,6 +80,9 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	if err != nil {
 		return err
 	}
+	if err := c.reconcileHosts(ctx, f, vms, now); err != nil {
+		return err
+	}
 	reported := map[string]api.VMStatus{}
 	for _, s := range f.VMs {
 		reported[s.Name] = s
@@ -100,6 +105,52 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 			if err := c.store.SetState(ctx, r.Spec.Name, api.VMStatus{State: api.VMError, Error: msg}, now); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// reconcileHosts corrects the host of each VM that host f reports running while the
+// center records it on another host, when the evidence leaves no doubt: no migration of
+// the VM is under way, and the recorded host is connected, has reported since the VM's
+// record last changed (so a report sent before a migration moved the VM is not taken
+// for news) and does not run it. This is how the inventory comes to match where QEMU
+// really runs after a partition or a lost outcome. Each correction is logged and
+// recorded in the audit trail.
+func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []store.VMRecord, now time.Time) error {
+	byName := make(map[string]store.VMRecord, len(vms))
+	for _, r := range vms {
+		byName[r.Spec.Name] = r
+	}
+	for _, s := range f.VMs {
+		r, ok := byName[s.Name]
+		if !ok || s.State != api.VMRunning || r.Host == f.Name || !strings.EqualFold(r.Spec.UUID, s.UUID) || c.migrating(s.Name) {
+			continue
+		}
+		active, err := c.store.Migrations(ctx, s.Name, true, 1)
+		if err != nil {
+			return err
+		}
+		if len(active) > 0 {
+			continue // the migration's outcome moves the VM
+		}
+		there, known := c.reports(ctx, r.Host, r.Spec.UUID, r.Updated)
+		if !known || there != nil && there.State != api.VMStopped && there.State != api.VMError {
+			continue // the recorded host is silent, or has the VM too: no correction on doubt
+		}
+		if err := c.store.Move(ctx, s.Name, f.Name, s, now); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			return fmt.Errorf("correct the host of VM %s: %w", s.Name, err)
+		}
+		c.log.Warn("VM runs on another host than recorded; record corrected", "vm", s.Name, "recorded", r.Host, "runs_on", f.Name, "pid", s.PID)
+		rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindSystem, Action: "vm.reconcile", Target: s.Name,
+			Outcome: audit.Succeeded}
+		rec.Params, _ = audit.EncodeParams(map[string]any{"recorded_host": r.Host, "runs_on": f.Name, "uuid": s.UUID, "pid": s.PID,
+			"reason": fmt.Sprintf("host %s reports VM %s running, host %s does not, and no migration of it is under way", f.Name, s.Name, r.Host)})
+		if _, err := c.trail.Append(ctx, rec); err != nil {
+			c.log.Error("the correction of a VM's host could not be recorded in the audit trail", "vm", s.Name, "err", err)
 		}
 	}
 	return nil

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/api"
@@ -112,7 +111,7 @@ func (c *Center) planMigration(ctx context.Context, name string, req api.Migrate
 		return plan{}, hostError(dst.Facts.Name, "check the migration of "+name, err)
 	}
 	m := api.Migration{
-		ID: uuid.NewString()[:8], VM: name, Source: src.Facts.Name, Destination: dst.Facts.Name,
+		ID: c.newID(), VM: name, Source: src.Facts.Name, Destination: dst.Facts.Name,
 		Policy: policy.Name, State: api.MigrationQueued, Started: c.now().UTC(), Encryption: encryption,
 		Priority: string(priority),
 	}
@@ -146,6 +145,22 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 	return c.submit(ctx, p, initiator)
 }
 
+// Following a migration. The source agent owns a migration once it started it, so its
+// record is the truth: the center polls it and records what it says. When the source
+// cannot be reached, or no longer knows the migration, the outcome is never guessed
+// from a timeout: the migration keeps its last known state, its task says what the
+// center waits for, and the outcome is recorded when a host that knows answers — the
+// source's record, or the hosts' heartbeats (settleByEvidence).
+const (
+	// followEvery is how often the source is asked while it answers, and retryEvery
+	// while it does not.
+	followEvery = 100 * time.Millisecond
+	retryEvery  = time.Second
+	// quietPolls is how many unanswered polls in a row make the task say that the
+	// center waits for the source.
+	quietPolls = 3
+)
+
 // follow polls the source agent for a migration's progress until it ends, then records
 // the outcome and, on success, the VM's new host. It runs until the center stops; a
 // restarted center follows the unfinished migrations again.
@@ -156,24 +171,41 @@ func (c *Center) follow(m api.Migration) {
 		defer c.wg.Done()
 		defer c.live.Delete(m.ID)
 		ctx := c.runCtx
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
+		last := m // the latest view: the source's, or the center's own at first
 		misses := 0
 		for {
+			wait := followEvery
+			if misses > 0 {
+				wait = retryEvery
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-tick.C:
+			case <-time.After(wait):
 			}
 			cur, err := c.pollSource(ctx, m)
 			if err != nil {
-				misses++
-				var se *api.StatusError
-				if errors.As(err, &se) && se.Status == http.StatusNotFound || misses > 600 {
-					c.settleUnknown(ctx, m, err)
+				if ctx.Err() != nil {
 					return
 				}
+				misses++
+				var se *api.StatusError
+				unknown := errors.As(err, &se) && se.Status == http.StatusNotFound
+				if end, ok := c.settleByEvidence(ctx, last, unknown, err); ok {
+					c.record1(ctx, end)
+					return
+				}
+				if note := waitingFor(m, unknown, err); (misses >= quietPolls || unknown) && note != last.Waiting {
+					last.Waiting = note
+					c.live.Store(m.ID, last)
+					c.migrationChanged(ctx, last)
+					c.log.Warn("migration outcome pending: waiting for a host that knows it", "migration", m.ID, "vm", m.VM,
+						"source", m.Source, "err", err)
+				}
 				continue
+			}
+			if misses >= quietPolls {
+				c.log.Info("the source answers again", "migration", m.ID, "vm", m.VM, "source", m.Source, "unanswered", misses)
 			}
 			misses = 0
 			// The center's own record knows when and how the migration began, should
@@ -184,10 +216,8 @@ func (c *Center) follow(m api.Migration) {
 			if cur.Policy == "" {
 				cur.Policy = m.Policy
 			}
+			last = cur
 			c.live.Store(m.ID, cur)
-			if !terminal(cur.State) {
-				c.migrationChanged(ctx, cur)
-			}
 			if terminal(cur.State) {
 				if c.record1(ctx, cur) == nil {
 					return
@@ -200,12 +230,22 @@ func (c *Center) follow(m api.Migration) {
 				}
 				continue
 			}
+			c.migrationChanged(ctx, cur)
 			if cur.State != m.State {
 				m.State = cur.State
-				_ = c.store.SaveMigration(ctx, cur)
+				_ = c.store.UpdateMigration(ctx, cur)
 			}
 		}
 	}()
+}
+
+// waitingFor says, for a migration's task, why its outcome is not known yet.
+func waitingFor(m api.Migration, unknown bool, err error) string {
+	if unknown {
+		return fmt.Sprintf("source host %s has no record of this migration; the outcome is recorded when the hosts' heartbeats show where the VM runs", m.Source)
+	}
+	return fmt.Sprintf("the center cannot reach source host %s (%v); the outcome is recorded when %s answers or the hosts' heartbeats show where the VM runs",
+		m.Source, err, m.Source)
 }
 
 func (c *Center) pollSource(ctx context.Context, m api.Migration) (api.Migration, error) {
@@ -227,6 +267,7 @@ func (c *Center) pollSource(ctx context.Context, m api.Migration) (api.Migration
 // transaction: when the record cannot be written, nothing is, and the error says so.
 func (c *Center) record1(ctx context.Context, m api.Migration) error {
 	defer c.release(m.ID)
+	m.Waiting = ""
 	var moved *api.VMStatus
 	if m.State == api.MigrationSucceeded {
 		// Host and state change together, so no reader sees the new host with the
@@ -247,26 +288,58 @@ func (c *Center) record1(ctx context.Context, m api.Migration) error {
 	return nil
 }
 
-// settleUnknown ends a migration whose source no longer knows it (its agent restarted
-// after the end): the outcome is read from where the hosts report the VM running.
-func (c *Center) settleUnknown(ctx context.Context, m api.Migration, cause error) {
+// settleByEvidence decides a migration whose source does not answer, or answers that
+// it has no record of it (unknown), from what the hosts report in their heartbeats —
+// only from hosts that are connected and have reported since the migration started,
+// and only when the evidence leaves no doubt:
+//
+//   - the destination runs the VM and the source no longer has it: succeeded;
+//   - the source has no record of the migration and runs the VM, and the destination
+//     does not have it: failed, the VM stays on the source.
+//
+// Anything else (a host disconnected, a copy still incoming, both running it) leaves
+// the outcome pending (ok false).
+func (c *Center) settleByEvidence(ctx context.Context, m api.Migration, unknown bool, cause error) (api.Migration, bool) {
+	r, err := c.store.VM(ctx, m.VM)
+	if err != nil {
+		return m, false
+	}
+	src, srcOK := c.reports(ctx, m.Source, r.Spec.UUID, m.Started)
+	dst, dstOK := c.reports(ctx, m.Destination, r.Spec.UUID, m.Started)
+	if !srcOK || !dstOK {
+		return m, false
+	}
 	now := c.now().UTC()
 	m.Finished = &now
-	hosts, err := c.store.Hosts(ctx)
-	if err == nil {
-		for _, h := range hosts {
-			for _, v := range h.Facts.VMs {
-				if v.Name == m.VM && v.State == api.VMRunning && h.Facts.Name == m.Destination {
-					m.State, m.Error = api.MigrationSucceeded, ""
-					c.record1(ctx, m)
-					return
-				}
-			}
+	switch {
+	case dst != nil && dst.State == api.VMRunning && src == nil:
+		m.State, m.Error = api.MigrationSucceeded, ""
+		c.log.Info("migration settled by the hosts' heartbeats: the destination runs the VM and the source no longer has it",
+			"migration", m.ID, "vm", m.VM, "source_error", cause)
+		return m, true
+	case unknown && src != nil && src.State == api.VMRunning && dst == nil:
+		m.State = api.MigrationFailed
+		m.Error = fmt.Sprintf("source host %s has no record of the migration (%v); the VM runs on %s and %s does not have it",
+			m.Source, cause, m.Source, m.Destination)
+		return m, true
+	}
+	return m, false
+}
+
+// reports returns what a connected host last reported of the VM with uuid (nil when it
+// does not have it); ok is false when the host is unknown, disconnected, or has not
+// reported since since, so that its report may be stale.
+func (c *Center) reports(ctx context.Context, host, uuid string, since time.Time) (st *api.VMStatus, ok bool) {
+	h, err := c.store.Host(ctx, host)
+	if err != nil || !c.connected(h) || !h.LastHeartbeat.After(since) {
+		return nil, false
+	}
+	for _, v := range h.Facts.VMs {
+		if strings.EqualFold(v.UUID, uuid) {
+			return &v, true
 		}
 	}
-	m.State = api.MigrationFailed
-	m.Error = fmt.Sprintf("the source host lost track of the migration (%v); the VM stays on %s", cause, m.Source)
-	c.record1(ctx, m)
+	return nil, true
 }
 
 // resumeFollowing follows again the migrations that were unfinished when the center

@@ -49,18 +49,16 @@ func (c *Center) submit(ctx context.Context, p plan, initiator string) (api.Migr
 		// Named before it is stored, so that the request's audit record, written with
 		// the migration, names it.
 		audit.Params(ctx, map[string]any{"migration": p.m.ID})
-		if err := c.store.SaveMigration(ctx, p.m); err != nil {
+		if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
 			t.Release()
 			return api.Migration{}, err
 		}
-		c.startMigrationTask(ctx, p.m, initiator)
 		return c.launch(ctx, p, t, false)
 	}
 	audit.Params(ctx, map[string]any{"migration": p.m.ID})
-	if err := c.store.SaveMigration(ctx, p.m); err != nil {
+	if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
 		return api.Migration{}, err
 	}
-	c.startMigrationTask(ctx, p.m, initiator)
 	first := make(chan submitted, 1)
 	c.enqueue(p, first)
 	select {
@@ -133,7 +131,7 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 	m := p.m
 	m.State, m.Waiting = api.MigrationPreparing, ""
 	c.live.Store(m.ID, m)
-	if err := c.store.SaveMigration(ctx, m); err != nil {
+	if err := c.store.UpdateMigration(ctx, m); err != nil {
 		c.release(m.ID)
 		c.live.Delete(m.ID)
 		return api.Migration{}, err
@@ -146,7 +144,7 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 			c.record1(context.WithoutCancel(ctx), m)
 		} else {
 			c.release(m.ID)
-			_ = c.store.SaveMigration(context.WithoutCancel(ctx), m)
+			_ = c.store.UpdateMigration(context.WithoutCancel(ctx), m)
 			c.migrationChanged(context.WithoutCancel(ctx), m)
 			c.metrics.RecordMigration(m)
 		}

@@ -68,7 +68,11 @@ func (c *Center) buildMux() (*api.Mux, error) {
 			return
 		}
 		audit.SetTarget(r.Context(), req.Name)
-		t := c.beginTask(w, r, "vm.create", req.Name)
+		t, err := c.beginTask(w, r, "vm.create", req.Name)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
 		vm, err := c.createVM(r.Context(), req)
 		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusCreated, vm, err)
@@ -78,21 +82,33 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
-		t := c.beginTask(w, r, "vm.start", r.PathValue("name"))
+		t, err := c.beginTask(w, r, "vm.start", r.PathValue("name"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
 		vm, err := c.startVM(r.Context(), r.PathValue("name"))
 		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		t := c.beginTask(w, r, "vm.stop", r.PathValue("name"))
+		t, err := c.beginTask(w, r, "vm.stop", r.PathValue("name"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
 		vm, err := c.stopVM(r.Context(), r.PathValue("name"), q.Get("force") == "true", q.Get("grace"))
 		c.endTask(r.Context(), t, vmResult(vm), err)
 		writeResult(w, http.StatusOK, vm, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
-		t := c.beginTask(w, r, "vm.delete", r.PathValue("name"))
-		err := c.deleteVM(r.Context(), r.PathValue("name"))
+		t, err := c.beginTask(w, r, "vm.delete", r.PathValue("name"))
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		err = c.deleteVM(r.Context(), r.PathValue("name"))
 		c.endTask(r.Context(), t, map[string]any{"vm": r.PathValue("name")}, err)
 		if err != nil {
 			api.WriteError(w, err)

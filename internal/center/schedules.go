@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/godwit/godwit/internal/admission"
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
@@ -143,7 +141,7 @@ func (c *Center) createSchedule(ctx context.Context, req api.CreateScheduleReque
 	if err != nil {
 		return api.Schedule{}, err
 	}
-	rec.CreatedBy, rec.Created, rec.Enabled = by, now, true
+	rec.CreatedBy, rec.CreatorLocal, rec.Created, rec.Enabled = by, principalOf(ctx).local, now, true
 	audit.Params(ctx, map[string]any{"kind": rec.Kind, "missed": rec.MissedPolicy, "next_run": rec.NextRun.Format(time.RFC3339)})
 	if err := c.store.InsertSchedule(ctx, rec); err != nil {
 		var dup *store.DuplicateError
@@ -517,7 +515,7 @@ func (c *Center) dueSchedule(ctx context.Context, r store.ScheduleRecord, now ti
 // task of kind schedule.run and records what it started and refused.
 func (c *Center) runSchedule(ctx context.Context, r store.ScheduleRecord, d schedule.Decision, now time.Time) {
 	who := scheduleRequester(r)
-	id := uuid.NewString()[:8]
+	id := c.newID()
 	rctx := ctx
 	if d.Missed > 0 {
 		// The runs missed are recorded with the run that settles them.
@@ -533,11 +531,23 @@ func (c *Center) runSchedule(ctx context.Context, r store.ScheduleRecord, d sche
 	started := now.UTC()
 	task := api.Task{ID: id, Kind: kindScheduleRun, Target: r.Name, Initiator: who.initiator, State: api.TaskRunning,
 		Queued: started, Started: &started}
-	c.updateTask(ctx, task, true)
+	rec := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf,
+		Action: "schedule.run", Target: r.Name, Outcome: audit.Succeeded}
+	if err := c.createTask(ctx, task); err != nil {
+		c.log.Error("schedules: the task of a run could not be recorded; the run does not start", "schedule", r.Name, "task", id, "err", err)
+		rec.Outcome, rec.Error = audit.Failed, "the run did not start: "+err.Error()
+		rec.Params, _ = audit.EncodeParams(map[string]any{"task": id, "slot": d.Slot.UTC().Format(time.RFC3339Nano)})
+		c.appendScheduleRecord(ctx, rec)
+		return
+	}
 
 	res := api.ScheduleRunResult{Schedule: r.Name, Slot: d.Slot.UTC(), Missed: d.Missed,
 		Migrations: []api.ScheduledMigration{}, Refused: []api.BulkRefusal{}}
-	if err := c.runScheduledMigration(ctx, r, who, &res); err != nil {
+	refused := c.creatorMayMigrate(ctx, r)
+	if refused != nil {
+		res.Error = refused.Error()
+		c.log.Warn("schedule run refused: its creator may no longer migrate", "schedule", r.Name, "creator", r.CreatedBy, "reason", refused)
+	} else if err := c.runScheduledMigration(ctx, r, who, &res); err != nil {
 		res.Error = err.Error()
 	}
 	// What the run did is recorded even when the center is stopping meanwhile.
@@ -553,14 +563,38 @@ func (c *Center) runSchedule(ctx context.Context, r store.ScheduleRecord, d sche
 	}
 	c.updateTask(ctx, task, true)
 
-	rec := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf,
-		Action: "schedule.run", Target: r.Name, Outcome: audit.Succeeded}
-	if len(problems) > 0 {
+	switch {
+	case refused != nil:
+		rec.Outcome, rec.Error = audit.Refused, task.Error
+	case len(problems) > 0:
 		rec.Outcome, rec.Error = audit.Failed, task.Error
 	}
 	rec.Params, _ = audit.EncodeParams(map[string]any{"task": id, "slot": d.Slot.UTC().Format(time.RFC3339Nano),
 		"missed": d.Missed, "command": json.RawMessage(r.Command), "migrations": res.Migrations, "refused": res.Refused})
 	c.appendScheduleRecord(ctx, rec)
+}
+
+// creatorMayMigrate checks that schedule r's creator may migrate VMs now: a schedule
+// acts with its creator's current rights, never with rights taken away since it was
+// made. A creator who was deleted, or whose role no longer allows migrations, makes the
+// run refused with that reason.
+func (c *Center) creatorMayMigrate(ctx context.Context, r store.ScheduleRecord) error {
+	if r.CreatorLocal {
+		return nil // root on the center's own socket: no user management takes that away
+	}
+	const need = api.RoleOperator // what POST /api/v1/vms/{name}/migrate needs
+	u, err := c.store.User(ctx, r.CreatedBy)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return api.Errorf(http.StatusForbidden, "forbidden",
+			"refused: schedule %s runs with the rights of its creator, user %s, who no longer exists; an operator or admin may create it again", r.Name, r.CreatedBy)
+	case err != nil:
+		return fmt.Errorf("refused: the rights of user %s, who created schedule %s, cannot be read: %w", r.CreatedBy, r.Name, err)
+	case !allows(u.Role, need):
+		return api.Errorf(http.StatusForbidden, "forbidden",
+			"refused: schedule %s runs with the rights of its creator, user %s, who now has the %s role; migrating VMs needs the %s role", r.Name, r.CreatedBy, u.Role, need)
+	}
+	return nil
 }
 
 // runProblems are the sentences that say what a run could not do: the command as a
@@ -697,6 +731,8 @@ func (c *Center) runOutcome(ctx context.Context, r store.ScheduleRecord) (outcom
 	case err != nil:
 		c.log.Warn("schedules: could not read the task of a run", "schedule", r.Name, "task", r.LastTask, "err", err)
 		return "", "", false
+	case t.Kind != kindScheduleRun || t.Target != r.Name:
+		return api.ScheduleFailed, fmt.Sprintf("task %s is not a run of schedule %s but %s of %s", r.LastTask, r.Name, t.Kind, t.Target), true
 	case !api.TaskEnded(t.State):
 		return "", "", false
 	}

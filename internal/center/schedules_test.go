@@ -445,3 +445,89 @@ func TestScheduleMissedWhileBrieflyDown(t *testing.T) {
 		t.Fatalf("schedule.missed records: %+v; want one saying 1 run was skipped", rs)
 	}
 }
+
+// A schedule runs with its creator's rights as they are when it runs: a creator who was
+// deleted, or demoted below the role migrations need, makes the run refused with that
+// reason — in the run's task, the schedule's outcome and the audit trail — and nothing
+// is migrated. A schedule of the center's local administrator runs as before.
+func TestScheduleRunsWithCreatorsCurrentRights(t *testing.T) {
+	f := newScheduleFixture(t)
+	ctx := context.Background()
+	for _, u := range []string{"olga", "dave"} {
+		if _, err := f.c.createUser(ctx, api.CreateUserRequest{Name: u, Role: api.RoleOperator, Password: u + "-password"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each operator creates a schedule through the authenticated API; root on the
+	// center (the in-process caller here) creates a third.
+	authed := httptest.NewServer(f.c.routes(false))
+	defer authed.Close()
+	mv := `"at": "+10s", "missed": "skip", "migrate": {"vms": ["web-1"], "to": "host-2"}`
+	for _, u := range []string{"olga", "dave"} {
+		req, _ := http.NewRequest(http.MethodPost, authed.URL+"/api/v1/schedules", strings.NewReader(`{"name": "by-`+u+`", `+mv+`}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.SetBasicAuth(u, u+"-password")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("%s creates a schedule: %d", u, resp.StatusCode)
+		}
+	}
+	f.create(t, api.CreateScheduleRequest{Name: "by-root", At: "+10s", Missed: "skip", Migrate: api.BulkMigrateRequest{VMs: []string{"web-1"}, To: "host-2"}})
+
+	// olga is deleted; dave is demoted to viewer.
+	if err := f.c.deleteUser(ctx, "olga"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.c.deleteUser(ctx, "dave"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.createUser(ctx, api.CreateUserRequest{Name: "dave", Role: api.RoleViewer, Password: "dave-password"}); err != nil {
+		t.Fatal(err)
+	}
+
+	since := f.now
+	f.now = f.now.Add(time.Minute)
+	f.c.scheduleTick(ctx, since, f.now)
+	since = f.now
+	f.now = f.now.Add(time.Second)
+	f.c.scheduleTick(ctx, since, f.now)
+
+	want := map[string]string{
+		"by-olga": "schedule by-olga runs with the rights of its creator, user olga, who no longer exists",
+		"by-dave": "schedule by-dave runs with the rights of its creator, user dave, who now has the viewer role; migrating VMs needs the operator role",
+	}
+	runs := map[string]audit.Record{}
+	for _, r := range f.records(t, "schedule.run") {
+		runs[r.Target] = r
+	}
+	for name, reason := range want {
+		s := f.show(t, name)
+		task, err := f.c.getTask(ctx, s.LastTask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if task.State != api.TaskFailed || !strings.Contains(task.Error, reason) || len(s.LastMigrations) != 0 || len(s.LastRefused) != 0 {
+			t.Errorf("%s: run task %+v; want failed saying %q, nothing attempted", name, task, reason)
+		}
+		if s.LastOutcome != api.ScheduleFailed || !strings.Contains(s.LastError, reason) {
+			t.Errorf("%s: outcome %q %q; want failed saying %q", name, s.LastOutcome, s.LastError, reason)
+		}
+		if r := runs[name]; r.Outcome != audit.Refused || !strings.Contains(r.Error, reason) {
+			t.Errorf("%s: schedule.run record %+v; want refused saying %q", name, r, reason)
+		}
+	}
+	// The local administrator's schedule ran: web-1 was refused for its own reason.
+	root := f.show(t, "by-root")
+	if root.LastOutcome != api.ScheduleFailed || len(root.LastRefused) != 1 || !strings.Contains(root.LastError, "VM web-1 is stopped") ||
+		strings.Contains(root.LastError, "rights") {
+		t.Errorf("by-root: %+v; want it run, web-1 refused because it is stopped", root)
+	}
+	// Only that run tried to migrate anything.
+	if ms := f.records(t, "vm.migrate"); len(ms) != 1 || ms[0].OnBehalfOf != "anonymous" {
+		t.Errorf("vm.migrate records: %+v; want only the local administrator's schedule's", ms)
+	}
+}

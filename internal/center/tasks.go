@@ -31,15 +31,39 @@ const restartedError = "the center restarted while it ran"
 
 const kindMigrate = "vm.migrate"
 
+// randomID is a new task or migration id: a random UUID, so that ids do not repeat by
+// chance; the store refuses one that does rather than overwrite history.
+func randomID() string { return uuid.NewString() }
+
 // beginTask records that the request r starts an operation of kind on target, run by
-// the request itself, and names the task in the answer's X-Godwit-Task header.
-func (c *Center) beginTask(w http.ResponseWriter, r *http.Request, kind, target string) api.Task {
+// the request itself, and names the task in the answer's X-Godwit-Task header. If the
+// task cannot be recorded the operation must not run (409 for an id already taken).
+func (c *Center) beginTask(w http.ResponseWriter, r *http.Request, kind, target string) (api.Task, error) {
 	now := c.now().UTC()
-	t := api.Task{ID: uuid.NewString()[:8], Kind: kind, Target: target, Initiator: audit.ActorOf(r).Name,
+	t := api.Task{ID: c.newID(), Kind: kind, Target: target, Initiator: audit.ActorOf(r).Name,
 		State: api.TaskRunning, Queued: now, Started: &now}
+	if err := c.createTask(context.WithoutCancel(r.Context()), t); err != nil {
+		return t, err
+	}
 	w.Header().Set(api.TaskHeader, t.ID)
-	c.updateTask(context.WithoutCancel(r.Context()), t, true)
-	return t
+	return t, nil
+}
+
+// createTask records a new task and publishes it. An id that is already taken is a 409
+// and changes nothing: the other task's history stays as it is.
+func (c *Center) createTask(ctx context.Context, t api.Task) error {
+	if err := c.store.InsertTask(ctx, t); err != nil {
+		var dup *store.DuplicateError
+		if errors.As(err, &dup) {
+			return api.Conflict("task id %s is already taken by another task, whose record is kept; nothing was done: ask again", t.ID)
+		}
+		return fmt.Errorf("record task %s (%s of %s): %w", t.ID, t.Kind, t.Target, err)
+	}
+	if !api.TaskEnded(t.State) {
+		c.activeTasks.Store(t.ID, t)
+	}
+	c.tasks.publish(t)
+	return nil
 }
 
 // endTask records how the operation of task t ended: with result, or with err.
@@ -64,15 +88,15 @@ func vmResult(vm api.VM) map[string]any {
 	return map[string]any{"vm": vm.Name, "host": vm.Host, "state": vm.State}
 }
 
-// updateTask publishes a task's new state, keeping the live view of an active task in
-// memory and storing it if persist (a final state is always stored).
+// updateTask publishes the new state of a recorded task, keeping the live view of an
+// active task in memory and storing it if persist (a final state is always stored).
 func (c *Center) updateTask(ctx context.Context, t api.Task, persist bool) {
 	ended := api.TaskEnded(t.State)
 	if !ended {
 		c.activeTasks.Store(t.ID, t)
 	}
 	if persist || ended {
-		if err := c.store.SaveTask(ctx, t); err != nil {
+		if err := c.store.UpdateTask(ctx, t); err != nil {
 			c.log.Error("could not record a task", "task", t.ID, "kind", t.Kind, "target", t.Target, "state", t.State, "err", err)
 		}
 	}
@@ -106,8 +130,12 @@ func migrationTask(base api.Task, m api.Migration, now time.Time) api.Task {
 	if t.Progress.Phase == "" && !terminal(m.State) {
 		t.Progress.Phase = m.State
 	}
-	if m.State == api.MigrationQueued && m.Waiting != "" {
+	switch {
+	case m.Waiting == "" || terminal(m.State):
+	case m.State == api.MigrationQueued:
 		t.Progress.Phase = "queued: " + m.Waiting
+	default:
+		t.Progress.Phase = "waiting: " + m.Waiting
 	}
 	t.Error = m.Error
 	if terminal(m.State) {
@@ -139,17 +167,39 @@ func (c *Center) migrationChanged(ctx context.Context, m api.Migration) {
 		return
 	}
 	t := migrationTask(base, m, c.now())
-	if base.ID != "" && t.State == base.State && t.Progress == base.Progress && t.Error == base.Error {
+	if base.ID == "" {
+		// A migration stored without its task (by an older center): record it now.
+		if err := c.createTask(ctx, t); err != nil {
+			c.log.Error("could not record the task of a migration", "migration", m.ID, "err", err)
+		}
 		return
 	}
-	persist := base.ID == "" || t.State != base.State || t.Progress.Phase != base.Progress.Phase
+	if t.State == base.State && t.Progress == base.Progress && t.Error == base.Error {
+		return
+	}
+	persist := t.State != base.State || t.Progress.Phase != base.Progress.Phase
 	c.updateTask(ctx, t, persist)
 }
 
-// startMigrationTask records the task of a migration the center has just stored.
-func (c *Center) startMigrationTask(ctx context.Context, m api.Migration, initiator string) {
+// recordNewMigration records a new migration and its task, under the migration's id;
+// an id already taken by either is a 409 and changes nothing of the other's record.
+func (c *Center) recordNewMigration(ctx context.Context, m api.Migration, initiator string) error {
+	ctx = context.WithoutCancel(ctx)
 	t := migrationTask(api.Task{Initiator: initiator, Queued: m.Started.UTC()}, m, c.now())
-	c.updateTask(context.WithoutCancel(ctx), t, true)
+	if err := c.createTask(ctx, t); err != nil {
+		return err
+	}
+	if err := c.store.InsertMigration(ctx, m); err != nil {
+		var dup *store.DuplicateError
+		if errors.As(err, &dup) {
+			err = api.Conflict("migration id %s is already taken by a migration of VM %s, whose record is kept; nothing was started: ask again", m.ID, dup.Owner)
+		}
+		now := c.now().UTC()
+		t.State, t.Error, t.Finished = api.TaskFailed, err.Error(), &now
+		c.updateTask(ctx, t, true)
+		return err
+	}
+	return nil
 }
 
 // recoverTasks settles the tasks that were active when the center stopped: a

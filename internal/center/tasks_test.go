@@ -39,11 +39,11 @@ func TestRecoverTasksAfterRestart(t *testing.T) {
 		{ID: "s1", Kind: "vm.start", Target: "web-1", Initiator: "alice", State: api.TaskRunning, Queued: start, Started: &start},
 		{ID: "m1", Kind: kindMigrate, Target: "web-1", Initiator: "bob", State: api.TaskRunning, Queued: start, Started: &start},
 	} {
-		if err := c.store.SaveTask(ctx, tk); err != nil {
+		if err := c.store.InsertTask(ctx, tk); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.store.SaveMigration(ctx, api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2",
+	if err := c.store.InsertMigration(ctx, api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2",
 		State: api.MigrationSucceeded, Started: start, Finished: &fin, TotalMS: 10000}); err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +127,12 @@ func TestTaskAPIAndStream(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	m := api.Migration{ID: "mig1", VM: "web-1", State: api.MigrationPreparing, Started: time.Now()}
-	c.startMigrationTask(ctx, m, "carol")
-	c.updateTask(ctx, api.Task{ID: "other", Kind: "vm.stop", State: api.TaskRunning}, false) // filtered out
+	if err := c.recordNewMigration(ctx, m, "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.createTask(ctx, api.Task{ID: "other", Kind: "vm.stop", State: api.TaskRunning}); err != nil { // filtered out
+		t.Fatal(err)
+	}
 	m.State, m.Progress = api.MigrationRunning, api.MigrationProgress{Phase: "precopy", PercentSent: 50}
 	c.migrationChanged(ctx, m)
 	c.migrationChanged(ctx, m) // no change: no event

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,5 +64,41 @@ func TestUnknownCommandFails(t *testing.T) {
 	}
 	if code := Main([]string{"nosuch"}); code == 0 {
 		t.Fatal("an unknown command exited 0")
+	}
+}
+
+// The agent's join token comes from exactly one place: a file, the environment, or the
+// command line.
+func TestJoinTokenSources(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("gwjoin_0123456789abcdef_secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		flag, file, env, want, err string
+	}{
+		{file: file, want: "gwjoin_0123456789abcdef_secret"},
+		{env: "gwjoin_env_secret", want: "gwjoin_env_secret"},
+		{flag: "gwjoin_flag_secret", want: "gwjoin_flag_secret"},
+		{},
+		{file: file, env: "gwjoin_env_secret", err: "give it one way only"},
+		{flag: "x", env: "y", err: "give it one way only"},
+		{file: empty, err: "is empty"},
+		{file: filepath.Join(t.TempDir(), "missing"), err: "no such file"},
+	} {
+		got, err := joinToken(c.flag, c.file, c.env)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("joinToken(%+v) = %q, %v; want an error saying %q", c, got, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("joinToken(%+v) = %q, %v; want %q", c, got, err, c.want)
+		}
 	}
 }

@@ -65,11 +65,10 @@ func saveConfig(path string, cfg config) error {
 		return fmt.Errorf("save CLI config: %w", err)
 	}
 	b, _ := json.MarshalIndent(cfg, "", "  ")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := pki.WriteFileAtomic(path, b, 0o600); err != nil {
 		return fmt.Errorf("save CLI config: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // setContext records a context and makes it current; caPEM is the CA trusted for an

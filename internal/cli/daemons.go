@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -59,9 +60,13 @@ func newCenterCmd(e *env) *cobra.Command {
 	return cmd
 }
 
+// joinTokenEnv is the environment variable that may carry an agent's join token.
+const joinTokenEnv = "GODWIT_JOIN_TOKEN"
+
 func newAgentCmd(e *env) *cobra.Command {
 	var cfg agent.Config
 	var datastores, networks []string
+	var joinTokenFile string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the daemon of a hypervisor host (VMs as QEMU processes, bridges, TAPs, datastores)",
@@ -72,6 +77,9 @@ func newAgentCmd(e *env) *cobra.Command {
 				return err
 			}
 			if cfg.Networks, err = namedPairs("--network", "NAME=BRIDGE", networks); err != nil {
+				return err
+			}
+			if cfg.JoinToken, err = joinToken(cfg.JoinToken, joinTokenFile, os.Getenv(joinTokenEnv)); err != nil {
 				return err
 			}
 			cfg.Log = e.logger()
@@ -87,7 +95,8 @@ func newAgentCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "", "address of the agent's API, e.g. 198.18.1.11:7700")
 	f.StringVar(&cfg.Advertise, "advertise", "", "URL the center uses to reach this agent (default https://LISTEN)")
 	f.StringVar(&cfg.Center, "center", "", "the center's URL, e.g. https://198.18.1.2:7443")
-	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time token to join the cluster (first start only; `godwit host join-token create`)")
+	f.StringVar(&joinTokenFile, "join-token-file", "", "file holding the one-time token to join the cluster (first start only; `godwit host join-token create`); or set $"+joinTokenEnv)
+	f.StringVar(&cfg.JoinToken, "join-token", "", "the join token itself; every user of the host can read it in the process list, so prefer --join-token-file or $"+joinTokenEnv)
 	f.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "the cluster CA's fingerprint, sha256:… (first start only; printed with the join token)")
 	f.StringVar(&cfg.CAFile, "ca-file", "", "the cluster CA's certificate (first start only; instead of --ca-fingerprint)")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/godwit/agent", "directory for VM state")
@@ -100,6 +109,32 @@ func newAgentCmd(e *env) *cobra.Command {
 	f.StringVar(&cfg.CPULimit, "cpu-limit", "", "advertise only what this QEMU CPU model offers (e.g. Nehalem), as an older generation would, and refuse VMs whose CPU model needs more")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", 2*time.Second, "interval between heartbeats")
 	return cmd
+}
+
+// joinToken is the agent's join token from the one place it was given: a file, the
+// environment, or (readable by every local user in the process list) the command line.
+func joinToken(flag, file, env string) (string, error) {
+	given := 0
+	for _, s := range []string{flag, file, env} {
+		if s != "" {
+			given++
+		}
+	}
+	if given > 1 {
+		return "", fmt.Errorf("the join token is given more than once (--join-token-file, $%s, --join-token): give it one way only", joinTokenEnv)
+	}
+	if file == "" {
+		return strings.TrimSpace(flag + env), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--join-token-file %s is empty: put the token from `godwit host join-token create` in it", file)
+	}
+	return tok, nil
 }
 
 // limitFlag sets one kind's limit in a map of migration limits.

@@ -34,8 +34,8 @@ func addHostPKICmds(e *env, host *cobra.Command) {
 			if name == "" {
 				name = "NAME"
 			}
-			fmt.Fprintf(e.out, "Join token %s (works once, until %s):\n  %s\nCA fingerprint:\n  %s\nOn the new host:\n  godwit agent --name %s --center https://CENTER:7443 --join-token %s --ca-fingerprint %s ...\n",
-				t.ID, t.Expires.UTC().Format(time.RFC3339), t.Secret, t.CAFingerprint, name, t.Secret, t.CAFingerprint)
+			fmt.Fprintf(e.out, "Join token %s (works once, until %s):\n  %s\nCA fingerprint:\n  %s\nOn the new host (the token in the environment, not on the command line, where every user sees it):\n  GODWIT_JOIN_TOKEN=%s godwit agent --name %s --center https://CENTER:7443 --ca-fingerprint %s ...\n",
+				t.ID, t.Expires.UTC().Format(time.RFC3339), t.Secret, t.CAFingerprint, t.Secret, name, t.CAFingerprint)
 			return nil
 		},
 	}

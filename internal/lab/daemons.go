@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/godwit/godwit/internal/pki"
 )
 
 const (
@@ -332,15 +334,17 @@ func centerHosts(ctx context.Context, client *http.Client) (map[string]string, e
 }
 
 // issueJoinTokens asks the center for a one-time join token for each host that has not
-// joined yet, and adds it with the CA's fingerprint to the host agent's command line.
-// A host that has joined keeps its certificate in its state directory and ignores them.
+// joined yet, writes it to a file only root can read, and adds that file and the CA's
+// fingerprint to the host agent's command line: the secret itself never appears in a
+// command line (which every local user can read) or in lab.json. A host that has joined
+// keeps its certificate in its state directory and ignores them.
 func (l *Lab) issueJoinTokens(ctx context.Context) error {
 	client := unixClient(l.CenterSocket)
 	defer client.CloseIdleConnections()
 	return l.modify(func() error {
 		for i := range l.Daemons {
 			d := &l.Daemons[i]
-			if d.Target == "center" || slices.Contains(d.Argv, "--join-token") {
+			if d.Target == "center" || slices.Contains(d.Argv, "--join-token-file") {
 				continue
 			}
 			body := fmt.Sprintf(`{"host":%q,"expires":"1h"}`, d.Target)
@@ -365,7 +369,11 @@ func (l *Lab) issueJoinTokens(ctx context.Context) error {
 			if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &tok) != nil || tok.Secret == "" {
 				return fmt.Errorf("ask the center for a join token for %s: %s: %.300s", d.Target, resp.Status, b)
 			}
-			d.Argv = append(d.Argv, "--join-token", tok.Secret, "--ca-fingerprint", tok.CAFingerprint)
+			file := filepath.Join(l.Dir, d.Target+".join-token")
+			if err := pki.WriteFileAtomic(file, []byte(tok.Secret+"\n"), 0o600); err != nil {
+				return fmt.Errorf("keep the join token of %s: %w", d.Target, err)
+			}
+			d.Argv = append(d.Argv, "--join-token-file", file, "--ca-fingerprint", tok.CAFingerprint)
 		}
 		return nil
 	})

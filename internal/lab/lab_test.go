@@ -213,6 +213,13 @@ func TestLab(t *testing.T) {
 				t.Errorf("host-2 was not started with %s:\n%s", want, log)
 			}
 		}
+		// The join tokens went to the agents in files; neither the lab's record nor the
+		// logs that quote the command lines hold one.
+		for _, f := range []string{stateFile, "logs/host-1.log", "logs/host-2.log"} {
+			if b, err := os.ReadFile(filepath.Join(a.Dir, f)); err != nil || bytes.Contains(b, []byte("gwjoin_")) {
+				t.Errorf("%s holds a join token (or cannot be read: %v):\n%s", f, err, b)
+			}
+		}
 		log, _ = os.ReadFile(filepath.Join(a.Dir, "logs", "center.log"))
 		wantPool := fmt.Sprintf(`"--ip-pool" "lab=198.18.%d.0/24,198.18.%d.100-198.18.%d.199"`, a.Index, a.Index, a.Index)
 		if !bytes.Contains(log, []byte(wantPool)) || !bytes.Contains(log, []byte(`"--socket" "`+a.CenterSocket+`"`)) {

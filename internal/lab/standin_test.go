@@ -172,13 +172,28 @@ func standInAgent(ctx context.Context, args []string) error {
 	stateDir := fs.String("state-dir", "", "")
 	datastore := fs.String("datastore", "", "")
 	network := fs.String("network", "", "")
-	joinToken := fs.String("join-token", "", "")
+	joinTokenFile := fs.String("join-token-file", "", "")
 	caFingerprint := fs.String("ca-fingerprint", "", "")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *joinToken != "gwjoin_standin_"+*name || *caFingerprint != "sha256:standin" {
-		return fmt.Errorf("the lab did not pass this host's join token and the CA fingerprint: %q %q", *joinToken, *caFingerprint)
+	// The secret is in a file only root can read, never on the command line.
+	for _, a := range args {
+		if strings.Contains(a, "gwjoin_") {
+			return fmt.Errorf("the lab put a join token on the agent's command line: %q", a)
+		}
+	}
+	tok, err := os.ReadFile(*joinTokenFile)
+	if err != nil {
+		return fmt.Errorf("the lab did not pass this host's join token in a file: %w", err)
+	}
+	if st, err := os.Stat(*joinTokenFile); err != nil {
+		return err
+	} else if st.Mode().Perm() != 0o600 {
+		return fmt.Errorf("join token file %s has mode %v; want 0600", *joinTokenFile, st.Mode().Perm())
+	}
+	if strings.TrimSpace(string(tok)) != "gwjoin_standin_"+*name || *caFingerprint != "sha256:standin" {
+		return fmt.Errorf("the lab did not pass this host's join token and the CA fingerprint: %q %q", tok, *caFingerprint)
 	}
 	// The stand-in center serves plain HTTP on its TCP address too.
 	*center = strings.Replace(*center, "https://", "http://", 1)

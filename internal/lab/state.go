@@ -12,6 +12,8 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/godwit/godwit/internal/pki"
 )
 
 const (
@@ -142,12 +144,7 @@ func (l *Lab) saveLocked() error {
 	if err != nil {
 		return fmt.Errorf("encode lab state: %w", err)
 	}
-	path := filepath.Join(l.Dir, stateFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("record lab state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := pki.WriteFileAtomic(filepath.Join(l.Dir, stateFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("record lab state: %w", err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/godwit/godwit/internal/pki"
 	"github.com/godwit/godwit/internal/qmp"
 )
 
@@ -38,7 +39,7 @@ func WritePSK(dir string, key []byte) error {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	line := PSKUser + ":" + hex.EncodeToString(key) + "\n"
-	if err := os.WriteFile(filepath.Join(dir, PSKFile), []byte(line), 0o600); err != nil {
+	if err := pki.WriteFileAtomic(filepath.Join(dir, PSKFile), []byte(line), 0o600); err != nil {
 		return fmt.Errorf("write the migration key: %w", err)
 	}
 	return nil

@@ -165,7 +165,8 @@ func randomMAC() (net.HardwareAddr, error) {
 // The name is "gw", 8 hex digits of a hash of the UUID, "n" and the NIC number, so it is
 // at most 15 characters, the same on every host and after every restart, and different
 // for different VMs with overwhelming probability even when their UUIDs share a prefix
-// (as time-ordered UUIDs created together do). Case, dashes and braces in the UUID do
+// (as time-ordered UUIDs created together do); the agent refuses, with a 409, a VM
+// whose TAP name another VM on the host has. Case, dashes and braces in the UUID do
 // not change the name. It panics if nic is out of range, a programming error since no
 // VM has that many NICs.
 func TapName(vmUUID string, nic int) string {

@@ -659,7 +659,7 @@ func loadCPUCaps(path string, key cpuCapsKey) (caps CPUCaps, ok bool, err error)
 
 // saveCPUCaps writes caps under key to path atomically.
 func saveCPUCaps(path string, key cpuCapsKey, caps CPUCaps) error {
-	return writeJSONFile(path, ".cpucaps-*", "the CPU capabilities cache", cpuCapsCache{Key: key, Caps: caps, ProbedAt: time.Now().UTC()})
+	return writeJSONFile(path, "the CPU capabilities cache", cpuCapsCache{Key: key, Caps: caps, ProbedAt: time.Now().UTC()})
 }
 
 // CachedProbeCPUCaps returns the CPUCaps cached in the file cachePath when

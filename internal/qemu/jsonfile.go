@@ -5,28 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"github.com/godwit/godwit/internal/pki"
 )
 
-// writeJSONFile writes v as indented JSON to path atomically: into a temporary file
-// beside it (named prefix*), then renamed over it. what names the file in errors.
-func writeJSONFile(path, prefix, what string, v any) error {
+// writeJSONFile writes v as indented JSON to path crash-safely (pki.WriteFileAtomic).
+// what names the file in errors.
+func writeJSONFile(path, what string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save %s: %w", what, err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), prefix)
-	if err != nil {
-		return fmt.Errorf("save %s (is its directory there and writable?): %w", what, err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save %s: %w", what, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := pki.WriteFileAtomic(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("save %s: %w", what, err)
 	}
 	return nil

@@ -285,7 +285,7 @@ type probeCache struct {
 
 // SaveProbe stores p under key in the file at path (written atomically).
 func SaveProbe(path string, key ProbeKey, p Probe) error {
-	return writeJSONFile(path, ".probe-*", "probe", probeCache{Key: key, Probe: p, ProbedAt: time.Now().UTC()})
+	return writeJSONFile(path, "probe", probeCache{Key: key, Probe: p, ProbedAt: time.Now().UTC()})
 }
 
 // LoadProbe returns the Probe stored at path if it was made under key.

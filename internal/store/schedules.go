@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS schedules (
 	missed_policy TEXT NOT NULL DEFAULT '',
 	enabled INTEGER NOT NULL DEFAULT 1,
 	created_by TEXT NOT NULL DEFAULT '',
+	creator_local INTEGER NOT NULL DEFAULT 0,
 	created TEXT NOT NULL,
 	last_run TEXT NOT NULL DEFAULT '',
 	last_run_at TEXT NOT NULL DEFAULT '',
@@ -58,6 +59,10 @@ type ScheduleRecord struct {
 	MissedPolicy string
 	Enabled      bool
 	CreatedBy    string
+	// CreatorLocal says the creator is the center's local administrator (root on its
+	// unix socket, or the in-process caller), whose rights no user management can take
+	// away; otherwise CreatedBy is a stored user, whose current role each run checks.
+	CreatorLocal bool
 	Created      time.Time
 	// LastRun is the last slot settled: the slot LastTask ran for, or a later one skipped
 	// under the skip policy (SkipScheduleSlots). No slot at or before it runs again.
@@ -85,10 +90,10 @@ func (s *Store) InsertSchedule(ctx context.Context, r ScheduleRecord) error {
 	}
 	return s.write(ctx, "store schedule "+r.Name, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO schedules (name, kind, at, cron, command, missed_policy, enabled,
-		created_by, created, last_run, last_run_at, last_task, last_outcome, last_error, next_run)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		created_by, creator_local, created, last_run, last_run_at, last_task, last_outcome, last_error, next_run)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			r.Name, r.Kind, scheduleTS(r.At), r.Cron, string(r.Command), r.MissedPolicy, r.Enabled,
-			r.CreatedBy, ts(r.Created), scheduleTS(r.LastRun), scheduleTS(r.LastRunAt), r.LastTask, r.LastOutcome,
+			r.CreatedBy, r.CreatorLocal, ts(r.Created), scheduleTS(r.LastRun), scheduleTS(r.LastRunAt), r.LastTask, r.LastOutcome,
 			r.LastError, scheduleTS(r.NextRun))
 		if err != nil && strings.Contains(err.Error(), "UNIQUE") {
 			return &DuplicateError{Field: "schedule", Value: r.Name}
@@ -123,13 +128,13 @@ func checkScheduleRecord(r ScheduleRecord) error {
 	return nil
 }
 
-const scheduleCols = `name, kind, at, cron, command, missed_policy, enabled, created_by, created,
+const scheduleCols = `name, kind, at, cron, command, missed_policy, enabled, created_by, creator_local, created,
 	last_run, last_run_at, last_task, last_outcome, last_error, next_run`
 
 func scanSchedule(sc scanner) (ScheduleRecord, error) {
 	var r ScheduleRecord
 	var at, command, created, lastRun, lastRunAt, nextRun string
-	if err := sc.Scan(&r.Name, &r.Kind, &at, &r.Cron, &command, &r.MissedPolicy, &r.Enabled, &r.CreatedBy, &created,
+	if err := sc.Scan(&r.Name, &r.Kind, &at, &r.Cron, &command, &r.MissedPolicy, &r.Enabled, &r.CreatedBy, &r.CreatorLocal, &created,
 		&lastRun, &lastRunAt, &r.LastTask, &r.LastOutcome, &r.LastError, &nextRun); err != nil {
 		return ScheduleRecord{}, err
 	}

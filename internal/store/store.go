@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -117,8 +118,12 @@ CREATE TABLE IF NOT EXISTS host_maintenance (
 );
 `
 
-// Open opens (creating if needed) the database at path.
+// Open opens (creating if needed) the database at path. The database and its -wal and
+// -shm files are readable by their owner only (mode 0600).
 func Open(ctx context.Context, path string) (*Store, error) {
+	if err := restrictFiles(path); err != nil {
+		return nil, err
+	}
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -131,7 +136,47 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("create schema in %s: %w", path, err)
 	}
+	// Columns added after their table: a database made by an older center gets them.
+	if err := addColumn(ctx, db, "schedules", "creator_local", "INTEGER NOT NULL DEFAULT 0"); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("update schema in %s: %w", path, err)
+	}
 	return &Store{db: db}, nil
+}
+
+// restrictFiles creates the database file at path with mode 0600 if it is missing, and
+// sets that mode on it and on its -wal and -shm files if they exist (made by an older
+// center). The database holds password and token hashes and the audit trail; SQLite
+// gives the files it creates beside it the database's own mode.
+func restrictFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("make database file %s private (mode 0600): %w", p, err)
+		}
+	}
+	return nil
+}
+
+// addColumn adds a column to a table unless it has it.
+func addColumn(ctx context.Context, db *sql.DB, table, column, def string) error {
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, table, column).Scan(&n); err != nil {
+		return fmt.Errorf("read the columns of %s: %w", table, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := db.ExecContext(ctx, `ALTER TABLE `+table+` ADD COLUMN `+column+` `+def); err != nil {
+		return fmt.Errorf("add column %s to %s: %w", column, table, err)
+	}
+	return nil
 }
 
 // Close closes the database.
@@ -410,31 +455,60 @@ func (s *Store) Move(ctx context.Context, name, host string, st api.VMStatus, no
 
 const moveVM = `UPDATE vms SET host = ?, state = ?, error = ?, pid = ?, accel = ?, updated = ? WHERE name = ?`
 
-// SaveMigration inserts or updates a migration record.
-func (s *Store) SaveMigration(ctx context.Context, m api.Migration) error {
+// InsertMigration stores a new migration record. An id already taken is a
+// *DuplicateError (Field "migration"): a migration's history is never overwritten by
+// another's.
+func (s *Store) InsertMigration(ctx context.Context, m api.Migration) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode migration %s: %w", m.ID, err)
 	}
-	return s.write(ctx, "save migration "+m.ID, func(tx *sql.Tx) error {
-		return saveMigration(ctx, tx, m, b)
+	err = s.write(ctx, "store migration "+m.ID, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO migrations (id, vm, state, record, started) VALUES (?, ?, ?, ?, ?)`,
+			m.ID, m.VM, m.State, string(b), ts(m.Started))
+		return err
 	})
-}
-
-func saveMigration(ctx context.Context, e execer, m api.Migration, record []byte) error {
-	_, err := e.ExecContext(ctx, `INSERT INTO migrations (id, vm, state, record, started) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record`,
-		m.ID, m.VM, m.State, string(record), ts(m.Started))
+	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+		return &DuplicateError{Field: "migration", Value: m.ID, Owner: s.migrationVM(ctx, m.ID)}
+	}
 	if err != nil {
-		return fmt.Errorf("save migration %s: %w", m.ID, err)
+		return fmt.Errorf("store migration %s: %w", m.ID, err)
 	}
 	return nil
 }
 
-// EndMigration records a migration's outcome and, when moved is not nil (it succeeded),
-// that its VM now lives on the destination with the state moved says, in one
-// transaction: no reader sees the outcome without the move, and the hooks of ctx (the
-// outcome's audit record) commit with both or neither.
+// UpdateMigration records a new state of a stored migration of the same VM;
+// ErrNotFound when there is none, so an update never creates a record.
+func (s *Store) UpdateMigration(ctx context.Context, m api.Migration) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode migration %s: %w", m.ID, err)
+	}
+	return s.write(ctx, "update migration "+m.ID, func(tx *sql.Tx) error {
+		return updateMigration(ctx, tx, m, b)
+	})
+}
+
+func updateMigration(ctx context.Context, e execer, m api.Migration, record []byte) error {
+	err := execOne(ctx, e, "update migration "+m.ID, `UPDATE migrations SET state = ?, record = ? WHERE id = ? AND vm = ?`,
+		m.State, string(record), m.ID, m.VM)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("update migration %s of VM %s: %w", m.ID, m.VM, ErrNotFound)
+	}
+	return err
+}
+
+// migrationVM is the VM of a stored migration, or "" when it cannot be read.
+func (s *Store) migrationVM(ctx context.Context, id string) string {
+	var vm string
+	_ = s.db.QueryRowContext(ctx, `SELECT vm FROM migrations WHERE id = ?`, id).Scan(&vm)
+	return vm
+}
+
+// EndMigration records a stored migration's outcome and, when moved is not nil (it
+// succeeded), that its VM now lives on the destination with the state moved says, in
+// one transaction: no reader sees the outcome without the move, and the hooks of ctx
+// (the outcome's audit record) commit with both or neither.
 func (s *Store) EndMigration(ctx context.Context, m api.Migration, moved *api.VMStatus, now time.Time) error {
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -448,7 +522,7 @@ func (s *Store) EndMigration(ctx context.Context, m api.Migration, moved *api.VM
 				return fmt.Errorf("move VM %s: %w", m.VM, err)
 			}
 		}
-		return saveMigration(ctx, tx, m, b)
+		return updateMigration(ctx, tx, m, b)
 	})
 }
 

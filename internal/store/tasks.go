@@ -22,19 +22,33 @@ type TaskFilter struct {
 	Limit int
 }
 
-// SaveTask inserts a task or updates every field of a stored one. It runs no hooks
+// InsertTask stores a new task. An id already taken is a *DuplicateError (Field
+// "task"): a task's history is never overwritten by another's. Task writes run no hooks
 // (WithTxHook): a task is the journal of a request, written for refused requests too,
 // not a change the audit trail vouches for.
-func (s *Store) SaveTask(ctx context.Context, t api.Task) error {
-	return s.exec(withoutTxHooks(ctx), "save task "+t.ID, `INSERT INTO tasks
+func (s *Store) InsertTask(ctx context.Context, t api.Task) error {
+	err := s.exec(withoutTxHooks(ctx), "store task "+t.ID, `INSERT INTO tasks
 		(id, kind, target, initiator, state, percent, phase, queued, started, finished, result, error)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, target = excluded.target,
-			initiator = excluded.initiator, state = excluded.state, percent = excluded.percent,
-			phase = excluded.phase, queued = excluded.queued, started = excluded.started,
-			finished = excluded.finished, result = excluded.result, error = excluded.error`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		t.ID, t.Kind, t.Target, t.Initiator, t.State, t.Progress.Percent, t.Progress.Phase,
 		ts(t.Queued), optTS(t.Started), optTS(t.Finished), string(t.Result), t.Error)
+	if err != nil && strings.Contains(err.Error(), "UNIQUE") {
+		return &DuplicateError{Field: "task", Value: t.ID}
+	}
+	return err
+}
+
+// UpdateTask records the new state of a stored task of the same kind and target;
+// ErrNotFound when there is none, so an update never creates a task.
+func (s *Store) UpdateTask(ctx context.Context, t api.Task) error {
+	err := s.exec1(withoutTxHooks(ctx), "update task "+t.ID, `UPDATE tasks SET initiator = ?, state = ?, percent = ?, phase = ?,
+		queued = ?, started = ?, finished = ?, result = ?, error = ? WHERE id = ? AND kind = ? AND target = ?`,
+		t.Initiator, t.State, t.Progress.Percent, t.Progress.Phase,
+		ts(t.Queued), optTS(t.Started), optTS(t.Finished), string(t.Result), t.Error, t.ID, t.Kind, t.Target)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("update task %s (%s of %s): %w", t.ID, t.Kind, t.Target, ErrNotFound)
+	}
+	return err
 }
 
 // Task returns one task, or ErrNotFound.

@@ -20,14 +20,14 @@ func TestTasksSaveListAndSurviveReopen(t *testing.T) {
 	mig := api.Task{ID: "m1", Kind: "vm.migrate", Target: "web-1", Initiator: "bob", State: api.TaskRunning,
 		Progress: api.TaskProgress{Percent: 42.5, Phase: "precopy"}, Queued: base.Add(time.Minute), Started: &started}
 	for _, tk := range []api.Task{create, mig} {
-		if err := s.SaveTask(ctx, tk); err != nil {
+		if err := s.InsertTask(ctx, tk); err != nil {
 			t.Fatal(err)
 		}
 	}
 	fin := base.Add(2 * time.Second)
 	create.State, create.Finished, create.Result = api.TaskSucceeded, &fin, json.RawMessage(`{"vm":"web-1"}`)
 	create.Progress = api.TaskProgress{Percent: 100}
-	if err := s.SaveTask(ctx, create); err != nil {
+	if err := s.UpdateTask(ctx, create); err != nil {
 		t.Fatal(err)
 	}
 

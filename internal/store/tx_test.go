@@ -52,14 +52,14 @@ func TestWriteRunsHooksWithChanges(t *testing.T) {
 	if err := s.SetMaintenance(hook(true), "host-1", false, "", now); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SaveTask(hook(true), api.Task{ID: "t1", Kind: "vm.start", State: api.TaskRunning, Queued: now}); err != nil {
+	if err := s.InsertTask(hook(true), api.Task{ID: "t1", Kind: "vm.start", State: api.TaskRunning, Queued: now}); err != nil {
 		t.Fatal(err)
 	}
 	if calls != 0 {
 		t.Fatalf("hooks ran %d times for writes that changed nothing or the task journal", calls)
 	}
 	// A migration's outcome and the VM's move are one write.
-	if err := s.SaveMigration(context.Background(), api.Migration{ID: "m1", VM: "a", State: api.MigrationRunning, Started: now}); err != nil {
+	if err := s.InsertMigration(context.Background(), api.Migration{ID: "m1", VM: "a", State: api.MigrationRunning, Started: now}); err != nil {
 		t.Fatal(err)
 	}
 	m := api.Migration{ID: "m1", VM: "a", Destination: "host-2", State: api.MigrationSucceeded, Started: now}

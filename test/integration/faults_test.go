@@ -341,8 +341,7 @@ func (r *faultRun) verify(m api.Migration, mayComplete bool) {
 	// Nothing of the VM is left on the other host: no TAP, no state, not in its agent's list.
 	// The copy is torn down in steps (TAP, then state), so wait for all of them.
 	tap := netdev.TapName(r.vm.UUID, 0)
-	id16 := strings.ReplaceAll(r.vm.UUID, "-", "")[:16]
-	stateDir := filepath.Join(r.l.Dir(), off, "vms", id16)
+	stateDir := filepath.Join(r.l.Dir(), off, "vms", strings.ReplaceAll(r.vm.UUID, "-", ""))
 	var links string
 	var statErr error
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
