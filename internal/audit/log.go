@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/godwit/godwit/internal/store"
@@ -160,6 +161,26 @@ func (l *Log) AppendHook(r Record) store.TxHook {
 			_, err = l.appendTx(ctx, tx, p)
 		}
 		return nil, err
+	}
+}
+
+// AppendOnceHook is AppendHook for work that makes several writes with the same
+// context (a migration is stored, then updated as it starts): r is appended in the
+// transaction of the first write that commits, and not again.
+func (l *Log) AppendOnceHook(r Record) store.TxHook {
+	var done atomic.Bool
+	return func(ctx context.Context, tx *sql.Tx) (func(), error) {
+		if done.Load() {
+			return nil, nil
+		}
+		p, err := prepare(r)
+		if err == nil {
+			_, err = l.appendTx(ctx, tx, p)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return func() { done.Store(true) }, nil
 	}
 }
 

@@ -218,3 +218,28 @@ func TestInTransactionAppendsDoNotDeadlock(t *testing.T) {
 		}
 	}
 }
+
+// AppendOnceHook: work that writes several times with one context (a migration stored,
+// then updated) gets its record once, in the first write that commits; a write that
+// rolls back leaves the record for the next.
+func TestAppendOnceHook(t *testing.T) {
+	st, l := openStoreTest(t)
+	ctx := store.WithTxHook(context.Background(), l.AppendOnceHook(Record{Actor: CenterActor, ActorKind: KindAutomation,
+		Action: "test.once", Target: "m1", Outcome: Succeeded}))
+	m := api.Migration{ID: "m1", VM: "web-1", State: api.MigrationQueued}
+	// An update of a migration not yet stored fails and rolls back: no record.
+	if err := st.UpdateMigration(ctx, m); err == nil {
+		t.Fatal("updating a migration that does not exist succeeded")
+	}
+	if err := st.InsertMigration(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	m.State = api.MigrationRunning
+	if err := st.UpdateMigration(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.List(context.Background(), Filter{Action: "test.once"})
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records: %+v, %v; want exactly one", recs, err)
+	}
+}

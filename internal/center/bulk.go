@@ -11,6 +11,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/placement"
+	"github.com/godwit/godwit/internal/store"
 )
 
 // maxBulk bounds the VMs of one bulk request.
@@ -49,12 +50,13 @@ func (c *Center) bulkMigrate(ctx context.Context, req api.BulkMigrateRequest, wh
 		}
 		p, err := c.planMigration(ctx, vm, api.MigrateRequest{To: to, Policy: req.Policy, Encryption: req.Encryption, Priority: req.Priority})
 		if err == nil {
+			// The VM's record commits with its migration's.
+			hooked := store.WithTxHook(ctx, c.trail.AppendOnceHook(bulkItemRecord(who, vm, &p.m, nil)))
 			var m api.Migration
-			if m, err = c.submit(ctx, p, who.initiator); err == nil {
+			if m, err = c.submit(hooked, p, who.initiator); err == nil {
 				rep.Migrations = append(rep.Migrations, m)
 				plannedMiB[to] += p.memoryMiB
 				plannedMoves[to]++
-				c.recordBulkItem(ctx, who, vm, &m, nil)
 				continue
 			}
 		}
@@ -134,8 +136,16 @@ func refusal(vm string, err error) api.BulkRefusal {
 	return r
 }
 
-// recordBulkItem writes the vm.migrate record of one VM of a bulk request.
+// recordBulkItem writes the vm.migrate record of one VM of a bulk request that could not
+// move (a VM that moves gets its record with its migration's, see bulkMigrate).
 func (c *Center) recordBulkItem(ctx context.Context, who requester, vm string, m *api.Migration, err error) {
+	if _, aerr := c.trail.Append(context.WithoutCancel(ctx), bulkItemRecord(who, vm, m, err)); aerr != nil {
+		c.log.Error("a migration of a bulk request could not be recorded in the audit trail", "vm", vm, "err", fmt.Errorf("append: %w", aerr))
+	}
+}
+
+// bulkItemRecord is the vm.migrate record of one VM of a bulk request.
+func bulkItemRecord(who requester, vm string, m *api.Migration, err error) audit.Record {
 	params := map[string]any{"bulk": true}
 	rec := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf, From: who.from,
 		Action: "vm.migrate", Target: vm, Outcome: audit.Succeeded}
@@ -151,7 +161,5 @@ func (c *Center) recordBulkItem(ctx context.Context, who requester, vm string, m
 		}
 	}
 	rec.Params, _ = audit.EncodeParams(params)
-	if _, aerr := c.trail.Append(context.WithoutCancel(ctx), rec); aerr != nil {
-		c.log.Error("a migration of a bulk request could not be recorded in the audit trail", "vm", vm, "err", fmt.Errorf("append: %w", aerr))
-	}
+	return rec
 }

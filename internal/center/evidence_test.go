@@ -195,6 +195,17 @@ func TestHeartbeatCorrectsTheVMsHost(t *testing.T) {
 		t.Fatalf("VM moved to %s on a report of host-1 no newer than the VM's record", h)
 	}
 	f.beat(t, "host-1", "")
+	// The correction commits with its record or not at all.
+	lift := failAudit(t, f.c)
+	f.now = f.now.Add(time.Second)
+	if _, err := f.c.heartbeat(ctx, api.HostFacts{Name: "host-2", AgentURL: f.dead,
+		VMs: []api.VMStatus{{Name: "web-1", UUID: f.uuid, State: api.VMRunning, PID: 200}}}); err == nil || !strings.Contains(err.Error(), "audit") {
+		t.Fatalf("a correction with the audit trail failing: %v; want an error naming the audit trail", err)
+	}
+	if h := f.host(t); h != "host-1" {
+		t.Fatalf("the VM moved to %s though the correction's record could not be written", h)
+	}
+	lift()
 	f.beat(t, "host-2", api.VMRunning)
 	r, err := f.c.store.VM(ctx, "web-1")
 	if err != nil || r.Host != "host-2" || r.State != api.VMRunning || r.PID != 200 {

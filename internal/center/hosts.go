@@ -138,20 +138,18 @@ func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []stor
 		if !known || there != nil && there.State != api.VMStopped && there.State != api.VMError {
 			continue // the recorded host is silent, or has the VM too: no correction on doubt
 		}
-		if err := c.store.Move(ctx, s.Name, f.Name, s, now); err != nil {
+		rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindSystem, Action: "vm.reconcile", Target: s.Name,
+			Outcome: audit.Succeeded}
+		rec.Params, _ = audit.EncodeParams(map[string]any{"recorded_host": r.Host, "runs_on": f.Name, "uuid": s.UUID, "pid": s.PID,
+			"reason": fmt.Sprintf("host %s reports VM %s running, host %s does not, and no migration of it is under way", f.Name, s.Name, r.Host)})
+		// The correction and its record commit together.
+		if err := c.store.Move(store.WithTxHook(ctx, c.trail.AppendHook(rec)), s.Name, f.Name, s, now); err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				continue
 			}
 			return fmt.Errorf("correct the host of VM %s: %w", s.Name, err)
 		}
 		c.log.Warn("VM runs on another host than recorded; record corrected", "vm", s.Name, "recorded", r.Host, "runs_on", f.Name, "pid", s.PID)
-		rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindSystem, Action: "vm.reconcile", Target: s.Name,
-			Outcome: audit.Succeeded}
-		rec.Params, _ = audit.EncodeParams(map[string]any{"recorded_host": r.Host, "runs_on": f.Name, "uuid": s.UUID, "pid": s.PID,
-			"reason": fmt.Sprintf("host %s reports VM %s running, host %s does not, and no migration of it is under way", f.Name, s.Name, r.Host)})
-		if _, err := c.trail.Append(ctx, rec); err != nil {
-			c.log.Error("the correction of a VM's host could not be recorded in the audit trail", "vm", s.Name, "err", err)
-		}
 	}
 	return nil
 }

@@ -516,10 +516,14 @@ func (c *Center) dueSchedule(ctx context.Context, r store.ScheduleRecord, now ti
 func (c *Center) runSchedule(ctx context.Context, r store.ScheduleRecord, d schedule.Decision, now time.Time) {
 	who := scheduleRequester(r)
 	id := c.newID()
-	rctx := ctx
+	// The run is recorded (schedule.start) in the transaction that claims its slot, with
+	// the runs missed, if any; what it did follows in its schedule.run record.
+	start := audit.Record{Actor: who.actor.Name, ActorKind: who.actor.Kind, OnBehalfOf: who.actor.OnBehalfOf,
+		Action: "schedule.start", Target: r.Name, Outcome: audit.Succeeded}
+	start.Params, _ = audit.EncodeParams(map[string]any{"task": id, "slot": d.Slot.UTC().Format(time.RFC3339Nano), "missed": d.Missed})
+	rctx := store.WithTxHook(ctx, c.trail.AppendHook(start))
 	if d.Missed > 0 {
-		// The runs missed are recorded with the run that settles them.
-		rctx = store.WithTxHook(ctx, c.trail.AppendHook(missedRecord(r, d)))
+		rctx = store.WithTxHook(rctx, c.trail.AppendHook(missedRecord(r, d)))
 	}
 	if err := c.store.RecordScheduleRun(rctx, r.Name, d.Slot, now, id, d.Next); err != nil {
 		if !errors.Is(err, store.ErrScheduleSlotDone) && !errors.Is(err, store.ErrNotFound) {
