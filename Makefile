@@ -32,7 +32,7 @@ lint:
 # a worker is mid-input and fail the run).
 test: deps guest build lint
 	$(GO) test -count=1 -timeout 15m ./internal/... ./cmd/...
-	fail=0; for pkg in ./internal/api ./internal/center ./internal/agent ./internal/audit ./internal/ticket; do for fz in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do $(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime 3000x -fuzzminimizetime 1x $$pkg || fail=1; done; done; exit $$fail
+	fail=0; for pkg in ./internal/api ./internal/center ./internal/agent ./internal/audit ./internal/ticket ./internal/qemu; do for fz in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do $(GO) test -run '^$$' -fuzz "^$$fz\$$" -fuzztime 3000x -fuzzminimizetime 1x $$pkg || fail=1; done; done; exit $$fail
 	GODWIT_BIN=$(CURDIR)/$(BIN) GODWIT_GUEST_DIR=$(CURDIR)/$(GUEST) $(GO) test -count=1 -timeout 20m ./test/integration/...
 
 unit: build

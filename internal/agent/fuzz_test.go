@@ -470,3 +470,24 @@ func FuzzQueryParams(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadPersisted: a state file torn or written by anyone does not make the agent
+// panic when it starts, and what it accepts names a VM by a name and a canonical UUID
+// (the UUID names directories).
+func FuzzReadPersisted(f *testing.F) {
+	f.Add([]byte(`{"spec":{"name":"web","uuid":"0f8fad5b-d9cb-469f-a165-70867728950e","cpus":1,"memory_mib":64},"incoming":"m1","ticket":"gwticket.x.y"}`))
+	f.Add([]byte(`{"spec":{"name":"web","uuid":"../../../../etc"}}`))
+	f.Add([]byte(`{"spec":{"name":"web","uuid":"0f8fad5b-d9cb-469f-a165-7086772895`))
+	f.Add([]byte{})
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path := filepath.Join(dir, "vm.json")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := readPersisted(path)
+		if err == nil && (p.Spec.Name == "" || !canonicalUUID(p.Spec.UUID)) {
+			t.Fatalf("accepted a state file that names no VM: %q → %+v", b, p.Spec)
+		}
+	})
+}
