@@ -60,6 +60,9 @@ type Config struct {
 	// TLSNames are further DNS names or addresses for the center's certificate, for API
 	// clients that reach it by a name or address it does not listen on.
 	TLSNames []string
+	// HTTP bounds what one client may hold of the center's API server (api.ServerLimits;
+	// the defaults when zero).
+	HTTP api.ServerLimits
 	// Registry receives the center's metrics, served at GET /metrics; nil: a new one
 	// with the process's Go and process metrics.
 	Registry *prometheus.Registry
@@ -227,7 +230,7 @@ func (c *Center) Run(ctx context.Context) error {
 		c.rebalance(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
-	runErr := api.Serve(ctx, c.routes(false), lns...)
+	runErr := c.cfg.HTTP.Serve(ctx, c.routes(false), lns...)
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
 	}

@@ -1,0 +1,155 @@
+package center
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/pki"
+)
+
+// runningCenter is a center served by Run on a TCP port (TLS) and a unix socket, as
+// `godwit center` serves it.
+type runningCenter struct {
+	*Center
+	addr, socket string
+}
+
+// startCenter runs a center with the given HTTP limits until the test ends.
+func startCenter(t *testing.T, limits api.ServerLimits) *runningCenter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "center.sock")
+	c, err := New(context.Background(), Config{Listen: addr, Socket: sock, DataDir: dir, HTTP: limits,
+		Registry: prometheus.NewRegistry(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("center: %v", err)
+		}
+	})
+	rc := &runningCenter{Center: c, addr: addr, socket: sock}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if conn, err := rc.dialTLS(); err == nil {
+			conn.Close()
+			return rc
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the center did not start serving")
+		}
+	}
+}
+
+// dialTLS connects to the center's TCP port as a client that trusts the cluster's CA.
+func (rc *runningCenter) dialTLS() (*tls.Conn, error) {
+	return tls.Dial("tcp", rc.addr, &tls.Config{RootCAs: rc.ca.Pool(), ServerName: pki.CenterName, MinVersion: tls.VersionTLS13})
+}
+
+// httpsClient is an HTTPS client of the center that presents no certificate.
+func (rc *runningCenter) httpsClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: rc.ca.Pool(), ServerName: pki.CenterName, MinVersion: tls.VersionTLS13}}}
+}
+
+// Over the center's real listener, a client that sends the header of a login or a join
+// and then trickles the body is cut off at the read timeout, and the attempt is in the
+// audit trail; meanwhile the center answers others; a huge header is answered 431.
+func TestCenterCutsOffSlowLoginAndJoin(t *testing.T) {
+	const read = 1500 * time.Millisecond
+	rc := startCenter(t, api.ServerLimits{Read: read})
+	var wg sync.WaitGroup
+	for _, path := range []string{"/api/v1/login", "/api/v1/hosts/join"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := rc.dialTLS()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			start := time.Now()
+			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: godwit-center\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"user\":\"", path)
+			go func() {
+				for range 40 {
+					time.Sleep(250 * time.Millisecond)
+					if _, err := conn.Write([]byte("a")); err != nil {
+						return
+					}
+				}
+			}()
+			_ = conn.SetReadDeadline(start.Add(read + 5*time.Second))
+			_, err = io.Copy(io.Discard, conn)
+			took := time.Since(start)
+			var ne net.Error
+			switch {
+			case errors.As(err, &ne) && ne.Timeout():
+				t.Errorf("%s: a trickled body held the connection for %s", path, took)
+			case took < read-100*time.Millisecond:
+				t.Errorf("%s: cut off after %s, before the read timeout %s", path, took, read)
+			}
+		}()
+	}
+	// While the two hang on, the center answers others at once.
+	time.Sleep(300 * time.Millisecond)
+	hc := rc.httpsClient()
+	start := time.Now()
+	resp, err := hc.Get("https://" + rc.addr + "/api/v1/pki/ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || time.Since(start) > time.Second {
+		t.Errorf("GET /api/v1/pki/ca while slow clients hang on: %s after %s", resp.Status, time.Since(start))
+	}
+	wg.Wait()
+
+	req, _ := http.NewRequest(http.MethodPost, "https://"+rc.addr+"/api/v1/login", strings.NewReader(`{"user":"admin","password":"x"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Pad", strings.Repeat("a", 2*api.MaxHeaderBytes))
+	resp, err = hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a login with a %d-byte header: %s; want 431", 2*api.MaxHeaderBytes, resp.Status)
+	}
+
+	// Each cut-off attempt is recorded as refused.
+	for _, action := range []string{"user.login", "host.join"} {
+		recs, err := rc.trail.List(context.Background(), audit.Filter{Action: action})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) != 1 || recs[0].Outcome != audit.Refused || !strings.Contains(recs[0].Error, "did not arrive in time") {
+			t.Errorf("%s records: %+v; want the one cut-off attempt, refused because its body came too slowly", action, recs)
+		}
+	}
+}
