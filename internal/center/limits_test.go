@@ -3,6 +3,7 @@ package center
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -151,5 +152,108 @@ func TestCenterCutsOffSlowLoginAndJoin(t *testing.T) {
 		if len(recs) != 1 || recs[0].Outcome != audit.Refused || !strings.Contains(recs[0].Error, "did not arrive in time") {
 			t.Errorf("%s records: %+v; want the one cut-off attempt, refused because its body came too slowly", action, recs)
 		}
+	}
+}
+
+// unixClient is an HTTP client of the center's unix socket (as root: the administrator).
+func (rc *runningCenter) unixClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", rc.socket)
+	}}}
+}
+
+// Task streams through the served API: one user holds at most maxStreamsPerPrincipal
+// (then 429 with a sentence); a stream whose client stops reading while tasks change
+// rapidly is dropped, publishing stays fast, and a stream that reads gets every task's
+// latest state.
+func TestTaskStreamsBoundedAndStuckReaderDropped(t *testing.T) {
+	rc := startCenter(t, api.ServerLimits{Write: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hc := rc.unixClient()
+	open := func() (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://godwit/api/v1/tasks/stream", nil)
+		return hc.Do(req)
+	}
+
+	// The stuck client: it sends its request and never reads a byte.
+	stuck, err := net.Dial("unix", rc.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	fmt.Fprint(stuck, "GET /api/v1/tasks/stream HTTP/1.1\r\nHost: godwit\r\n\r\n")
+	reader, err := open()
+	if err != nil || reader.StatusCode != http.StatusOK {
+		t.Fatalf("a task stream: %v %v", reader, err)
+	}
+	defer reader.Body.Close()
+	latest := map[string]string{}
+	readDone := make(chan error, 1)
+	go func() {
+		readDone <- api.ReadEvents(reader.Body, func(data []byte) error {
+			var tk api.Task
+			if err := json.Unmarshal(data, &tk); err != nil {
+				return err
+			}
+			latest[tk.ID] = tk.Progress.Phase
+			if tk.ID == "end" {
+				return io.EOF
+			}
+			return nil
+		})
+	}()
+	for rc.tasks.subscribers() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Tasks change rapidly, with large states, for longer than the write timeout.
+	pad := strings.Repeat("x", 4<<10)
+	start := time.Now()
+	var slowest time.Duration
+	for i := 0; time.Since(start) < 3*time.Second; i++ {
+		t0 := time.Now()
+		rc.updateTask(ctx, api.Task{ID: fmt.Sprintf("t%d", i%200), Kind: "vm.start", State: api.TaskRunning,
+			Progress: api.TaskProgress{Phase: fmt.Sprint(i)}, Error: pad}, false)
+		slowest = max(slowest, time.Since(t0))
+		if i%200 == 199 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if slowest > 100*time.Millisecond {
+		t.Errorf("publishing a task change took up to %s with a stuck stream open", slowest)
+	}
+	rc.updateTask(ctx, api.Task{ID: "end", Kind: "vm.start", State: api.TaskRunning}, false)
+	for deadline := time.Now().Add(10 * time.Second); rc.tasks.subscribers() != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d task streams open %s after a client stopped reading; want the stuck one dropped", rc.tasks.subscribers(), time.Since(start))
+		}
+	}
+	select {
+	case err := <-readDone:
+		if !errors.Is(err, io.EOF) || len(latest) != 201 {
+			t.Fatalf("the stream that reads: %d tasks seen, %v", len(latest), err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stream that reads did not see the last task")
+	}
+
+	// One user holds at most maxStreamsPerPrincipal streams.
+	for i := range maxStreamsPerPrincipal - 1 {
+		resp, err := open()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("stream %d of root: %v %v", i+2, resp, err)
+		}
+		defer resp.Body.Close()
+	}
+	resp, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already holds") {
+		t.Fatalf("stream %d of root: %s %s; want 429 with the reason", maxStreamsPerPrincipal+1, resp.Status, body)
 	}
 }
