@@ -601,7 +601,8 @@ type HeartbeatReply struct {
 }
 
 // AgentRefusal is a request an agent refused (a bad certificate, the wrong peer); agents
-// report them in heartbeats and the center writes them to the audit trail.
+// report them in heartbeats and the center writes them to the audit trail. Both bound
+// them (see MaxAgentRefusals and Bounded).
 type AgentRefusal struct {
 	Time   time.Time `json:"time"`
 	From   string    `json:"from"`
@@ -610,6 +611,9 @@ type AgentRefusal struct {
 	// Subject is the name the client's certificate claimed, if any.
 	Subject string `json:"subject,omitempty"`
 	Reason  string `json:"reason"`
+	// Dropped counts the refusals just before this one that were not kept because
+	// more than MaxAgentRefusals waited to be reported.
+	Dropped int `json:"dropped,omitempty"`
 }
 
 // MigrationSlots is GET /api/v1/migration-slots: the concurrent-migration limits in use.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -255,5 +256,54 @@ func TestTaskStreamsBoundedAndStuckReaderDropped(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "already holds") {
 		t.Fatalf("stream %d of root: %s %s; want 429 with the reason", maxStreamsPerPrincipal+1, resp.Status, body)
+	}
+}
+
+// A heartbeat that carries more refusals than an agent may send, with fields larger than
+// an agent keeps, is recorded bounded: at most api.MaxAgentRefusals records, every field
+// cut, and the rest counted.
+func TestHeartbeatRefusalsRecordedBounded(t *testing.T) {
+	c := newTestCenter(t)
+	huge := strings.Repeat("p", 600)
+	f := fuzzHostFacts("host-1", "https://127.0.0.1:7700")
+	const sent = 300
+	for range sent {
+		f.Refusals = append(f.Refusals, api.AgentRefusal{Time: time.Now(), From: huge, Method: "GET", Path: "/" + huge, Subject: huge, Reason: huge})
+	}
+	f.Refusals[0].Dropped = 7
+	body, _ := json.Marshal(f)
+	if len(body) > api.MaxBodyBytes {
+		t.Fatalf("the test's heartbeat is %d bytes, over the body limit", len(body))
+	}
+	req := httptest.NewRequest(http.MethodPost, "/api/v1/hosts/heartbeat", strings.NewReader(string(body)))
+	req.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	c.Handler().ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("heartbeat: %d %s", w.Code, w.Body)
+	}
+	recs, err := c.trail.List(context.Background(), audit.Filter{Action: "agent.request", Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != api.MaxAgentRefusals {
+		t.Fatalf("%d refusals recorded; want %d", len(recs), api.MaxAgentRefusals)
+	}
+	dropped := 0
+	for _, r := range recs {
+		var p map[string]any
+		if err := json.Unmarshal(r.Params, &p); err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := p["dropped"].(float64); ok {
+			dropped += int(n)
+		}
+		path, _ := p["path"].(string)
+		if len(path) > api.MaxRefusalField || len(r.Actor) > api.MaxRefusalField || len(r.From) > api.MaxRefusalField || len(r.Error) > api.MaxRefusalField {
+			t.Fatalf("a refusal recorded unbounded: path %d, actor %d, from %d, error %d bytes", len(path), len(r.Actor), len(r.From), len(r.Error))
+		}
+	}
+	if want := 7 + sent - api.MaxAgentRefusals; dropped != want {
+		t.Fatalf("the records count %d dropped refusals; want %d", dropped, want)
 	}
 }
