@@ -224,12 +224,18 @@ func (c *Center) authenticate(r *http.Request) principal {
 		return principal{name: u.Name, role: u.Role, kind: audit.KindToken, token: t.ID}
 	}
 	if name, pw, ok := r.BasicAuth(); ok {
-		u, err := c.store.User(r.Context(), name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return principal{err: err, tried: name, kind: audit.KindUser}
-		}
-		if !checkPassword(u.PasswordHash, pw) {
-			return principal{err: errors.New("the user or the password is wrong"), tried: name, kind: audit.KindUser}
+		var u store.UserRecord
+		err := c.checkLogin(loginSource(r), name, func() (bool, error) {
+			var err error
+			u, err = c.store.User(r.Context(), name)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return false, err
+			}
+			return checkPassword(u.PasswordHash, pw), nil
+		})
+		if err != nil {
+			c.recordFailedLogin(r, name, err)
+			return principal{err: err, tried: api.Truncate(name, maxLoginName), kind: audit.KindUser}
 		}
 		return principal{name: u.Name, role: u.Role, kind: audit.KindUser}
 	}
@@ -269,6 +275,11 @@ func (c *Center) authorize(next http.Handler) http.Handler {
 		need := requiredRole(r.Method, r.URL.Path)
 		if need == "" {
 			next.ServeHTTP(w, r)
+			return
+		}
+		if tm := (*tooManyLogins)(nil); errors.As(p.err, &tm) {
+			setRetryAfter(w, tm)
+			api.WriteError(w, tm)
 			return
 		}
 		if p.err != nil || p.role == "" {

@@ -109,6 +109,8 @@ type Center struct {
 	caps sync.Map
 	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
 	cpuCatalogs sync.Map
+	// logins limits failed logins per source and per user.
+	logins *loginLimiter
 }
 
 // New opens the center's database.
@@ -154,7 +156,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster(), limiter: lim}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter()}
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err
