@@ -469,6 +469,12 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 			a.log.Warn("skipping unreadable VM state", "file", f, "err", err)
 			continue
 		}
+		if err := p.Spec.CheckBounds(); err != nil {
+			// Only an older agent could have stored it; it cannot run, and handling its
+			// TAPs could not end well.
+			a.log.Warn("skipping a VM whose definition is beyond the limits; remove its state directory", "file", f, "err", err)
+			continue
+		}
 		v := &vm{spec: p.Spec, dir: filepath.Dir(f), owned: p.Owned, state: api.VMStopped,
 			incoming: p.Incoming, outgoing: p.Outgoing}
 		proc, err := qemu.Adopt(ctx, v.dir, p.Spec.UUID)

@@ -43,3 +43,62 @@ func Truncate(s string, n int) string {
 	}
 	return s[:cut] + note
 }
+
+// Bounds on a VM's spec, checked by the center when it creates a VM and again by the
+// agent that defines or receives it (which does not take the center's word for it).
+const (
+	MaxVMName    = 63
+	MaxNICs      = 8
+	MaxDisks     = 16
+	MaxPath      = 1024 // a kernel, initrd or disk path
+	MaxCmdline   = 2047 // the x86 kernel's command line, without its terminating NUL
+	MaxShortName = 128  // a CPU model, datastore, network or policy name; a MAC or an IP
+	// MaxDiskMiB bounds the size of a disk the host creates: 64 TiB.
+	MaxDiskMiB = 64 << 20
+)
+
+// CheckBounds says which bound of the above s exceeds, if any, in a sentence.
+func (s VMSpec) CheckBounds() error {
+	long := func(what, v string, n int) error {
+		if len(v) > n {
+			return fmt.Errorf("%s is %d bytes long; at most %d are allowed", what, len(v), n)
+		}
+		return nil
+	}
+	switch {
+	case len(s.Name) > MaxVMName:
+		return long("the VM's name", s.Name, MaxVMName)
+	case len(s.NICs) > MaxNICs:
+		return fmt.Errorf("VM %s has %d NICs; a VM may have at most %d", s.Name, len(s.NICs), MaxNICs)
+	case len(s.Disks) > MaxDisks:
+		return fmt.Errorf("VM %s has %d disks; a VM may have at most %d", s.Name, len(s.Disks), MaxDisks)
+	}
+	errs := []error{
+		long("the CPU model", s.CPUModel, MaxShortName),
+		long("the migration policy", s.MigrationPolicy, MaxShortName),
+		long("the kernel's path", s.Boot.Kernel, MaxPath),
+		long("the initrd's path", s.Boot.Initrd, MaxPath),
+		long("the kernel command line", s.Boot.Cmdline, MaxCmdline),
+	}
+	for i, d := range s.Disks {
+		errs = append(errs,
+			long(fmt.Sprintf("disk %d's datastore name", i), d.Datastore, MaxShortName),
+			long(fmt.Sprintf("disk %d's path", i), d.Path, MaxPath),
+			long(fmt.Sprintf("disk %d's format", i), d.Format, MaxShortName))
+		if d.SizeMiB > MaxDiskMiB {
+			errs = append(errs, fmt.Errorf("disk %d asks for %d MiB; at most %d MiB (64 TiB) are allowed", i, d.SizeMiB, MaxDiskMiB))
+		}
+	}
+	for i, n := range s.NICs {
+		errs = append(errs,
+			long(fmt.Sprintf("NIC %d's network name", i), n.Network, MaxShortName),
+			long(fmt.Sprintf("NIC %d's MAC", i), n.MAC, MaxShortName),
+			long(fmt.Sprintf("NIC %d's IP address", i), n.IP, MaxShortName))
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

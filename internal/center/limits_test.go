@@ -307,3 +307,43 @@ func TestHeartbeatRefusalsRecordedBounded(t *testing.T) {
 		t.Fatalf("the records count %d dropped refusals; want %d", dropped, want)
 	}
 }
+
+// The center refuses, with 422 and the bound, a VM beyond the spec's limits, before it
+// places or records anything.
+func TestCreateVMRefusesOversizedSpecs(t *testing.T) {
+	c := newTestCenter(t)
+	h := c.Handler()
+	nics := make([]api.NIC, 10000)
+	for i := range nics {
+		nics[i] = api.NIC{Network: "lab"}
+	}
+	disks := make([]api.Disk, 17)
+	for i := range disks {
+		disks[i] = api.Disk{Datastore: "shared", Path: fmt.Sprintf("d%d.raw", i), Format: "raw"}
+	}
+	for name, c := range map[string]struct {
+		req  api.CreateVMRequest
+		want string
+	}{
+		"10,000 NICs":       {api.CreateVMRequest{Name: "big", NICs: nics}, "10000 NICs; a VM may have at most 8"},
+		"17 disks":          {api.CreateVMRequest{Name: "big", Disks: disks, Boot: api.Boot{FromDisk: true}}, "17 disks"},
+		"long name":         {api.CreateVMRequest{Name: strings.Repeat("n", 200)}, "name is 200 bytes long; at most 63"},
+		"long command line": {api.CreateVMRequest{Name: "big", Boot: api.Boot{Kernel: "/k", Cmdline: strings.Repeat("c", 3000)}}, "command line is 3000 bytes"},
+		"long initrd path":  {api.CreateVMRequest{Name: "big", Boot: api.Boot{Kernel: "/k", Initrd: "/" + strings.Repeat("i", 2000)}}, "initrd's path"},
+		"long image name":   {api.CreateVMRequest{Name: "big", Image: strings.Repeat("i", 300)}, "image name"},
+		"huge data disk": {api.CreateVMRequest{Name: "big", Disks: []api.Disk{{Datastore: "shared", Path: "d.qcow2", Format: "qcow2", SizeMiB: 1 << 40}}},
+			"64 TiB"},
+	} {
+		body, _ := json.Marshal(c.req)
+		r := httptest.NewRequest(http.MethodPost, "/api/v1/vms", strings.NewReader(string(body)))
+		r.Header.Set("Content-Type", "application/json")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != http.StatusUnprocessableEntity || !strings.Contains(w.Body.String(), c.want) {
+			t.Errorf("%s: %d %s; want 422 saying %q", name, w.Code, w.Body, c.want)
+		}
+	}
+	if vms, err := c.store.VMs(context.Background()); err != nil || len(vms) != 0 {
+		t.Fatalf("VMs after the refusals: %v, %v; want none", vms, err)
+	}
+}

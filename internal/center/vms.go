@@ -102,11 +102,17 @@ func invalid(format string, args ...any) error {
 // createVM validates a request, places the VM, reserves its name and addresses, and has
 // the host define it. When anything fails, nothing is left behind.
 func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM, error) {
+	spec := api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: defaultCPUs, MemoryMiB: defaultMemoryMiB,
+		CPUModel: req.CPUModel, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs, MigrationPolicy: req.MigrationPolicy}
+	if err := spec.CheckBounds(); err != nil {
+		return api.VM{}, invalid("%v", err)
+	}
+	if len(req.Image) > api.MaxShortName {
+		return api.VM{}, invalid("the image name is %d bytes long; at most %d are allowed", len(req.Image), api.MaxShortName)
+	}
 	if err := vmName(req.Name); err != nil {
 		return api.VM{}, err
 	}
-	spec := api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: defaultCPUs, MemoryMiB: defaultMemoryMiB,
-		CPUModel: req.CPUModel, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs}
 	if req.CPUs != nil {
 		spec.CPUs = *req.CPUs
 	}
@@ -188,6 +194,11 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 		if useImage && len(spec.NICs) > 0 && spec.NICs[0].IP != "" && spec.Boot.Kernel != "" {
 			spec.Boot.Cmdline = strings.TrimSpace(fmt.Sprintf("%s godwit.ip=%s godwit.hostname=%s", spec.Boot.Cmdline, spec.NICs[0].IP, spec.Name))
 		}
+		if berr := spec.CheckBounds(); berr != nil { // the image and the addresses added to it
+			err = invalid("%v", berr)
+		}
+	}
+	if err == nil {
 		err = c.store.InsertVM(ctx, store.VMRecord{Spec: spec, Host: host.Facts.Name, Desired: api.VMStopped,
 			State: api.VMStopped, Created: now, Updated: now})
 	}
