@@ -508,7 +508,8 @@ type LoginRequest struct {
 }
 
 // CreateTokenRequest is the body of POST /api/v1/tokens. User empty: the caller.
-// Expires is a Go duration ("12h"); empty: 12h; "0" or "never": the token does not expire.
+// Expires is a Go duration ("12h") or a number of days ("30d"); empty: 12h. Every token
+// expires: at most 365 days for an admin, 90 days for anyone else.
 type CreateTokenRequest struct {
 	User    string `json:"user,omitempty"`
 	Expires string `json:"expires,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
@@ -181,6 +182,14 @@ func (c *Center) createToken(ctx context.Context, p principal, req api.CreateTok
 	life, err := parseLifetime(req.Expires, defaultTokenLifetime)
 	if err != nil {
 		return api.Token{}, err
+	}
+	limit, who := maxUserTokenLifetime, "a user who is not an admin"
+	if p.role == api.RoleAdmin {
+		limit, who = maxTokenLifetime, "an admin"
+	}
+	if life == 0 || life > limit {
+		return api.Token{}, api.BadRequest("every API token expires, and %s may create one for at most %d days; ask for less (e.g. --expires 30d)",
+			who, limit/(24*time.Hour))
 	}
 	u, err := c.store.User(ctx, req.User)
 	if errors.Is(err, store.ErrNotFound) {
