@@ -423,36 +423,6 @@ func (a *Agent) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
-// Console returns the last max bytes of a VM's serial console log.
-func (a *Agent) Console(name string, max int64) ([]byte, error) {
-	v, err := a.get(name)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(filepath.Join(v.dir, "console.log"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open console log of %s: %w", name, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := int64(0)
-	if max > 0 && st.Size() > max {
-		off = st.Size() - max
-	}
-	buf := make([]byte, st.Size()-off)
-	n, err := f.ReadAt(buf, off)
-	if err != nil && n == 0 && len(buf) > 0 {
-		return nil, fmt.Errorf("read console log of %s: %w", name, err)
-	}
-	return buf[:n], nil
-}
-
 // adoptAll loads the VMs in the state directory and re-attaches to those still running.
 func (a *Agent) adoptAll(ctx context.Context) error {
 	dirs, err := filepath.Glob(filepath.Join(a.cfg.StateDir, "vms", "*", "vm.json"))

@@ -102,3 +102,7 @@ func (s VMSpec) CheckBounds() error {
 	}
 	return nil
 }
+
+// MaxConsoleBytes bounds an answer of GET …/console (the end of a VM's serial console
+// output) and each of the two console log files an agent keeps per VM.
+const MaxConsoleBytes = 1 << 20

@@ -580,6 +580,8 @@ func (c *Center) deleteVM(ctx context.Context, name string) error {
 	return nil
 }
 
+// console returns the newest output of a VM's serial console from its host: tail bytes,
+// at most api.MaxConsoleBytes ("" or 0: that many), whatever the host answers.
 func (c *Center) console(ctx context.Context, name, tail string) ([]byte, error) {
 	r, err := c.record(ctx, name)
 	if err != nil {
@@ -591,15 +593,19 @@ func (c *Center) console(ctx context.Context, name, tail string) ([]byte, error)
 	}
 	var out []byte
 	p := "/agent/v1/vms/" + name + "/console"
+	limit := int64(api.MaxConsoleBytes)
 	if tail != "" {
 		n, err := strconv.ParseInt(tail, 10, 64)
 		if err != nil || n < 0 {
 			return nil, api.BadRequest("tail %q must be a number of bytes", tail)
 		}
-		p += "?tail=" + strconv.FormatInt(n, 10)
+		if n > 0 {
+			limit = min(n, limit)
+		}
+		p += "?tail=" + strconv.FormatInt(limit, 10)
 	}
 	if err := cl.Do(ctx, http.MethodGet, p, nil, &out); err != nil {
 		return nil, hostError(h.Facts.Name, "read the console of "+name, err)
 	}
-	return out, nil
+	return out[max(int64(len(out))-limit, 0):], nil
 }
