@@ -3,6 +3,7 @@ package center
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -94,4 +95,29 @@ func TestTokenLifetimesCapped(t *testing.T) {
 			t.Errorf("a token without expiry, %s old: %v", age, err)
 		}
 	}
+}
+
+// FuzzParseLifetime: any lifetime a client asks for is parsed to a duration of at most
+// 100000 days, or refused with a 400 that says what to send; never a panic or overflow.
+func FuzzParseLifetime(f *testing.F) {
+	for _, s := range []string{"", "0", "never", "12h", "30d", "90d", "100000d", "100001d", "9223372036854775807d",
+		"-1d", "0d", "1.5d", "9999999h", "1h30m", "-1h", "soon", "d", "١d", "+5d", " 5d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := parseLifetime(s, defaultTokenLifetime)
+		if err != nil {
+			var se *api.StatusError
+			if !errors.As(err, &se) || se.Status != http.StatusBadRequest || !strings.Contains(se.Msg, "such as 12h or 30d") {
+				t.Fatalf("parseLifetime(%q): %v; want a 400 that says what to send", s, err)
+			}
+			return
+		}
+		if d < 0 || d > 100000*24*time.Hour && strings.HasSuffix(s, "d") {
+			t.Fatalf("parseLifetime(%q) = %s", s, d)
+		}
+		if d == 0 && s != "0" && s != "never" {
+			t.Fatalf("parseLifetime(%q) = 0, which means no expiry", s)
+		}
+	})
 }
