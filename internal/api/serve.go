@@ -2,11 +2,14 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Limits of the HTTP servers (the center's and the agents'): how long one client may take
@@ -22,7 +25,9 @@ const (
 	// off WriteTimeout after the write that blocks. It bounds each write, not the whole
 	// answer as http.Server.WriteTimeout would, so that long-lived streams (the task
 	// stream) and requests that take long by design (a VM stop with a grace period) go
-	// on for as long as their client reads.
+	// on for as long as their client reads. A client that vanished (its host gone, its
+	// link cut) is let go once data sent to it stays unacknowledged for WriteTimeout,
+	// even while the writes still fit the socket's buffer (TCP_USER_TIMEOUT).
 	WriteTimeout = 30 * time.Second
 	// IdleTimeout bounds how long a kept-alive connection waits for its next request.
 	IdleTimeout = 2 * time.Minute
@@ -70,6 +75,11 @@ func (l ServerLimits) Serve(ctx context.Context, h http.Handler, lns ...net.List
 		ReadTimeout:       l.Read,
 		IdleTimeout:       l.Idle,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				letGoUnacknowledged(c, l.Write)
+			}
+		},
 	}
 	errc := make(chan error, len(lns))
 	var wg sync.WaitGroup
@@ -132,3 +142,23 @@ func (w *deadlineWriter) FlushError() error {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// letGoUnacknowledged makes the kernel close a TCP connection (under TLS or not) whose
+// data stays unacknowledged for d (TCP_USER_TIMEOUT). It is best effort: where the
+// option cannot be set, the connection is only bounded by the write deadlines.
+func letGoUnacknowledged(c net.Conn, d time.Duration) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	raw, err := tcp.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+	})
+}

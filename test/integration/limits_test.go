@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
+	"github.com/godwit/godwit/internal/pki"
 )
 
 // A stranger floods an agent with refused requests whose paths are as large as a header
@@ -97,4 +99,69 @@ func TestAgentRefusalFloodKeepsHostConnected(t *testing.T) {
 func intParam(r audit.Record, key string) int {
 	n, _ := strconv.Atoi(param(r, key))
 	return n
+}
+
+// Task streams whose client vanished — its link cut, so nothing is acknowledged and
+// nothing is closed — end within about a minute, and give back their places: a user who
+// held the most streams may open one again.
+func TestDeadTaskStreamClientsLetGo(t *testing.T) {
+	l := newLab(t, 1)
+	if code, body := l.RawAPI("POST", "/api/v1/users", `{"name":"watcher","role":"viewer","password":"watcher-pw"}`); code != http.StatusCreated {
+		t.Fatalf("create user: %d %s", code, body)
+	}
+	code, body := l.RawAPI("POST", "/api/v1/tokens", `{"user":"watcher","expires":"1h"}`)
+	var tok api.Token
+	if code != http.StatusCreated || json.Unmarshal([]byte(body), &tok) != nil {
+		t.Fatalf("create token: %d %s", code, body)
+	}
+	center := l.Lab().CenterURL
+	stream := func(from string) (*http.Response, error) {
+		hc := l.HTTPS(from, pki.CenterName, nil)
+		hc.Timeout = 0
+		req, _ := http.NewRequest(http.MethodGet, center+"/api/v1/tasks/stream", nil)
+		req.Header.Set("Authorization", "Bearer "+tok.Secret)
+		return hc.Do(req)
+	}
+	// The client opens as many streams as one user may.
+	var open []*http.Response
+	defer func() {
+		for _, r := range open {
+			r.Body.Close()
+		}
+	}()
+	for i := 0; ; i++ {
+		resp, err := stream("client")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode == http.StatusTooManyRequests {
+			resp.Body.Close()
+			break
+		}
+		if resp.StatusCode != http.StatusOK || i > 100 {
+			t.Fatalf("stream %d: %s", i+1, resp.Status)
+		}
+		open = append(open, resp)
+	}
+	t.Logf("watcher holds %d streams", len(open))
+
+	// The client's link is cut: its streams can neither be read nor closed.
+	l.LinkDown("client")
+	defer l.LinkUp("client")
+	start := time.Now()
+	for {
+		resp, err := stream("center")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if resp.StatusCode != http.StatusTooManyRequests || time.Since(start) > 2*time.Minute {
+			t.Fatalf("a stream %s after the client's link was cut: %s; want its dead streams let go", time.Since(start), resp.Status)
+		}
+		time.Sleep(5 * time.Second)
+	}
+	t.Logf("the dead client's streams were let go within %s", time.Since(start).Round(time.Second))
 }
