@@ -70,6 +70,9 @@ type Config struct {
 	CPULimit string
 	// Heartbeat is the interval between heartbeats.
 	Heartbeat time.Duration
+	// ConsoleLogMax is the size at which a VM's console log is rotated (see
+	// keepConsoles); api.MaxConsoleBytes when zero.
+	ConsoleLogMax int64
 	// Registry receives the agent's metrics, served at GET /metrics; nil: a new one
 	// with the process's Go and process metrics.
 	Registry *prometheus.Registry
@@ -154,6 +157,9 @@ func New(cfg Config, version string) (*Agent, error) {
 	}
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 2 * time.Second
+	}
+	if cfg.ConsoleLogMax <= 0 {
+		cfg.ConsoleLogMax = api.MaxConsoleBytes
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -245,8 +251,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing(nil)
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); a.renewLoop(bgCtx) }()
+	go func() { defer wg.Done(); a.keepConsoles(bgCtx) }()
 	go func() {
 		defer wg.Done()
 		if err := a.probeHost(bgCtx); err != nil {

@@ -13,9 +13,16 @@ import (
 func testAgent(t *testing.T) (*Agent, string) {
 	t.Helper()
 	ds := t.TempDir()
+	// Short, as on a real host: a VM's QEMU sockets live below the state directory and
+	// their paths must fit in 107 bytes (t.TempDir's names are long).
+	state, err := os.MkdirTemp("", "gwa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
 	a, err := New(Config{
 		Name: "host-1", Center: "https://198.18.1.2:7443", Listen: "198.18.1.11:7700",
-		StateDir: t.TempDir(), Datastores: map[string]string{"shared": ds}, Networks: map[string]string{"lab": "br0"},
+		StateDir: state, Datastores: map[string]string{"shared": ds}, Networks: map[string]string{"lab": "br0"},
 	}, "test")
 	if err != nil {
 		t.Fatal(err)

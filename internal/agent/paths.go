@@ -113,8 +113,13 @@ func mustExist(what, p string) error {
 	return nil
 }
 
-// validateSpec checks a spec against this host; it changes nothing.
+// validateSpec checks a spec against this host; it changes nothing. The spec's bounds
+// (api.VMSpec.CheckBounds) come first: the center checked them too, but this host does
+// not take its word for it.
 func (a *Agent) validateSpec(s api.VMSpec) error {
+	if err := s.CheckBounds(); err != nil {
+		return err
+	}
 	switch {
 	case s.Name == "":
 		return fmt.Errorf("the VM has no name")

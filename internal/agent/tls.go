@@ -37,8 +37,6 @@ import (
 // GET /metrics stays readable without a client certificate (over TLS), as Prometheus'
 // node exporters are.
 
-// maxRefusals bounds the refusals kept between heartbeats.
-const maxRefusals = 100
 
 // trust holds what the agent knows about other certificates: the revoked serials the
 // center sent, and the refusals not yet reported.
@@ -98,13 +96,13 @@ func (t *trust) isRevoked(serial string) bool {
 	return t.revoked[serial]
 }
 
+// refuse keeps a refused request, bounded (api.AgentRefusal.Bounded), for the next
+// heartbeat. Beyond api.MaxAgentRefusals waiting, the oldest are dropped and counted, so
+// that a heartbeat always fits the center's body limit.
 func (t *trust) refuse(r api.AgentRefusal) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if len(t.refusals) >= maxRefusals {
-		t.refusals = t.refusals[1:]
-	}
-	t.refusals = append(t.refusals, r)
+	t.refusals = keepNewest(append(t.refusals, r.Bounded()))
 }
 
 // takeRefusals returns the refusals to report and forgets them; putBack returns them
@@ -120,10 +118,23 @@ func (t *trust) takeRefusals() []api.AgentRefusal {
 func (t *trust) putBack(rs []api.AgentRefusal) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.refusals = append(rs, t.refusals...)
-	if len(t.refusals) > maxRefusals {
-		t.refusals = t.refusals[len(t.refusals)-maxRefusals:]
+	t.refusals = keepNewest(append(rs, t.refusals...))
+}
+
+// keepNewest drops the oldest refusals beyond api.MaxAgentRefusals, adding their number
+// (and what they had dropped) to the oldest one kept.
+func keepNewest(rs []api.AgentRefusal) []api.AgentRefusal {
+	over := len(rs) - api.MaxAgentRefusals
+	if over <= 0 {
+		return rs
 	}
+	dropped := over
+	for _, r := range rs[:over] {
+		dropped += r.Dropped
+	}
+	kept := slices.Clone(rs[over:])
+	kept[0].Dropped += dropped
+	return kept
 }
 
 // callerKey marks a request's context with who made it (a caller).
@@ -226,8 +237,9 @@ func (a *Agent) refuse(w http.ResponseWriter, r *http.Request, status int, err e
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		subject = r.TLS.PeerCertificates[0].Subject.CommonName
 	}
-	a.trust.refuse(api.AgentRefusal{Time: time.Now().UTC(), From: r.RemoteAddr, Method: r.Method, Path: r.URL.Path, Subject: subject, Reason: err.Error()})
-	a.log.Warn("refused a request", "from", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "subject", subject, "reason", err)
+	ref := api.AgentRefusal{Time: time.Now().UTC(), From: r.RemoteAddr, Method: r.Method, Path: r.URL.Path, Subject: subject, Reason: err.Error()}.Bounded()
+	a.trust.refuse(ref)
+	a.log.Warn("refused a request", "from", ref.From, "method", ref.Method, "path", ref.Path, "subject", ref.Subject, "reason", ref.Reason)
 	code := "unauthorized"
 	if status == http.StatusForbidden {
 		code = "forbidden"

@@ -499,36 +499,6 @@ func (a *Agent) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
-// Console returns the last max bytes of a VM's serial console log.
-func (a *Agent) Console(name string, max int64) ([]byte, error) {
-	v, err := a.get(name)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(filepath.Join(v.dir, "console.log"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open console log of %s: %w", name, err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	off := int64(0)
-	if max > 0 && st.Size() > max {
-		off = st.Size() - max
-	}
-	buf := make([]byte, st.Size()-off)
-	n, err := f.ReadAt(buf, off)
-	if err != nil && n == 0 && len(buf) > 0 {
-		return nil, fmt.Errorf("read console log of %s: %w", name, err)
-	}
-	return buf[:n], nil
-}
-
 // adoptAll loads the VMs in the state directory and re-attaches to those still running.
 // A VM whose definition cannot be read at all is not forgotten while its QEMU runs
 // (see recoverVM).
@@ -556,6 +526,12 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 		}
 		if note != "" {
 			a.log.Warn("VM state recovered from its copy", "dir", dir, "vm", p.Spec.Name, "note", note)
+		}
+		if err := p.Spec.CheckBounds(); err != nil {
+			// Only an older agent could have stored it; it cannot run, and handling its
+			// TAPs could not end well.
+			a.log.Warn("skipping a VM whose definition is beyond the limits; remove its state directory", "dir", dir, "err", err)
+			continue
 		}
 		v := &vm{spec: p.Spec, dir: dir, owned: p.Owned, state: api.VMStopped,
 			incoming: p.Incoming, ticket: p.Ticket, outgoing: p.Outgoing}

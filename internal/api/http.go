@@ -66,7 +66,11 @@ func DecodeJSON(r io.Reader, v any) error {
 		var mbe *http.MaxBytesError
 		var se *json.SyntaxError
 		var te *json.UnmarshalTypeError
+		var ne net.Error
 		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			return Errorf(http.StatusRequestTimeout, "timeout",
+				"the request body did not arrive in time (a whole request must arrive within %s); send it at once", ReadTimeout)
 		case errors.As(err, &mbe):
 			return Errorf(http.StatusRequestEntityTooLarge, "too_large",
 				"the request body is larger than %d bytes", mbe.Limit)

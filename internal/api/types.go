@@ -516,7 +516,8 @@ type LoginRequest struct {
 }
 
 // CreateTokenRequest is the body of POST /api/v1/tokens. User empty: the caller.
-// Expires is a Go duration ("12h"); empty: 12h; "0" or "never": the token does not expire.
+// Expires is a Go duration ("12h") or a number of days ("30d"); empty: 12h. Every token
+// expires: at most 365 days for an admin, 90 days for anyone else.
 type CreateTokenRequest struct {
 	User    string `json:"user,omitempty"`
 	Expires string `json:"expires,omitempty"`
@@ -626,7 +627,8 @@ type AuditCheckpoint struct {
 }
 
 // AgentRefusal is a request an agent refused (a bad certificate, the wrong peer); agents
-// report them in heartbeats and the center writes them to the audit trail.
+// report them in heartbeats and the center writes them to the audit trail. Both bound
+// them (see MaxAgentRefusals and Bounded).
 type AgentRefusal struct {
 	Time   time.Time `json:"time"`
 	From   string    `json:"from"`
@@ -635,6 +637,9 @@ type AgentRefusal struct {
 	// Subject is the name the client's certificate claimed, if any.
 	Subject string `json:"subject,omitempty"`
 	Reason  string `json:"reason"`
+	// Dropped counts the refusals just before this one that were not kept because
+	// more than MaxAgentRefusals waited to be reported.
+	Dropped int `json:"dropped,omitempty"`
 }
 
 // MigrationSlots is GET /api/v1/migration-slots: the concurrent-migration limits in use.

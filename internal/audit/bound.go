@@ -4,7 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
-	"unicode/utf8"
+
+	"github.com/godwit/godwit/internal/api"
 )
 
 // Bounds of a record, so that no request — however long its path, query or body, and
@@ -30,32 +31,6 @@ const (
 	MaxParams = 8192
 )
 
-// marker ends a value cut short; n is its length before the cut.
-func marker(n int) string { return fmt.Sprintf("…(%d bytes)", n) }
-
-// truncate returns s if it has at most max bytes; otherwise its start, cut at a
-// character boundary, followed by the marker, in at most max bytes.
-func truncate(s string, max int) string {
-	if len(s) <= max {
-		return s
-	}
-	return cutTo(s, max, len(s))
-}
-
-// cutTo returns the start of s, cut at a character boundary, followed by the marker of
-// a value n bytes long, in at most max bytes.
-func cutTo(s string, max, n int) string {
-	m := marker(n)
-	keep := min(max-len(m), len(s))
-	if keep < 0 {
-		keep = 0
-	}
-	for keep > 0 && keep < len(s) && !utf8.RuneStart(s[keep]) {
-		keep--
-	}
-	return s[:keep] + m
-}
-
 // valueLen is a parameter's length as its marker gives it: a string's own length, or
 // the JSON text's.
 func valueLen(v json.RawMessage) int {
@@ -70,10 +45,10 @@ func valueLen(v json.RawMessage) int {
 // must be a JSON object, which it returns encoded as it is stored.
 func bound(r *Record, params map[string]json.RawMessage) error {
 	for _, f := range []*string{&r.Actor, &r.ActorKind, &r.OnBehalfOf, &r.From, &r.Action, &r.Outcome} {
-		*f = truncate(*f, MaxField)
+		*f = api.Truncate(*f, MaxField)
 	}
-	r.Target = truncate(r.Target, MaxTarget)
-	r.Error = truncate(r.Error, MaxError)
+	r.Target = api.Truncate(r.Target, MaxTarget)
+	r.Error = api.Truncate(r.Error, MaxError)
 	p, err := boundParams(params)
 	if err != nil {
 		return err
@@ -89,7 +64,7 @@ func boundParams(in map[string]json.RawMessage) (json.RawMessage, error) {
 		if len(v) > MaxParamValue {
 			v = cutValue(v, MaxParamValue)
 		}
-		out[truncate(k, MaxParamKey)] = v
+		out[api.Truncate(k, MaxParamKey)] = v
 	}
 	b, err := json.Marshal(out)
 	if err != nil || len(b) <= MaxParams {
@@ -112,7 +87,7 @@ func boundParams(in map[string]json.RawMessage) (json.RawMessage, error) {
 		if size <= MaxParams {
 			break
 		}
-		m, _ := json.Marshal(marker(valueLen(out[k])))
+		m, _ := json.Marshal(api.TruncationNote(valueLen(out[k])))
 		if len(m) >= len(out[k]) {
 			break // the rest are no larger than their markers
 		}
@@ -155,7 +130,7 @@ func cutValue(v json.RawMessage, max int) json.RawMessage {
 	}
 	// Escaping can lengthen the text; cut shorter until the JSON fits.
 	for limit := max - 2; ; limit = limit * 3 / 4 {
-		b, _ := json.Marshal(truncate(text, limit))
+		b, _ := json.Marshal(api.Truncate(text, limit))
 		if len(b) <= max || limit == 0 {
 			return b
 		}

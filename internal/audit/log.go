@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/godwit/godwit/internal/store"
+
+	"github.com/godwit/godwit/internal/api"
 )
 
 // schema is the audit trail's part of the center's database. The triggers make the table
@@ -190,14 +192,14 @@ func (l *Log) AppendOnceHook(r Record) store.TxHook {
 func prepare(r Record) (Record, error) {
 	if r.Action == "" || r.Actor == "" || r.ActorKind == "" || r.Outcome == "" {
 		return Record{}, fmt.Errorf("audit record (action %q, actor %q, actor kind %q, outcome %q) lacks an action, actor, actor kind or outcome; this is a bug in the caller",
-			truncate(r.Action, MaxField), truncate(r.Actor, MaxField), truncate(r.ActorKind, MaxField), truncate(r.Outcome, MaxField))
+			api.Truncate(r.Action, MaxField), api.Truncate(r.Actor, MaxField), api.Truncate(r.ActorKind, MaxField), api.Truncate(r.Outcome, MaxField))
 	}
 	if len(r.Params) == 0 {
 		r.Params = json.RawMessage("{}")
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(r.Params, &obj); err != nil || obj == nil {
-		return Record{}, fmt.Errorf("audit record %s: params must be a JSON object: %s", r.Action, truncate(string(r.Params), MaxParamValue))
+		return Record{}, fmt.Errorf("audit record %s: params must be a JSON object: %s", r.Action, api.Truncate(string(r.Params), MaxParamValue))
 	}
 	if err := bound(&r, obj); err != nil {
 		return Record{}, fmt.Errorf("audit record %s: encode params: %w", r.Action, err)

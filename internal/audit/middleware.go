@@ -200,8 +200,8 @@ func (l *Log) Middleware(next http.Handler, quiet func(*http.Request) bool) http
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 10*time.Second)
 		defer cancel()
 		if _, err := l.Append(ctx, rec); err != nil {
-			l.log.Error("a request could not be recorded in the audit trail", "method", r.Method, "path", truncate(r.URL.Path, MaxTarget),
-				"action", rec.Action, "target", truncate(rec.Target, MaxTarget), "outcome", rec.Outcome, "err", err)
+			l.log.Error("a request could not be recorded in the audit trail", "method", r.Method, "path", api.Truncate(r.URL.Path, MaxTarget),
+				"action", rec.Action, "target", api.Truncate(rec.Target, MaxTarget), "outcome", rec.Outcome, "err", err)
 		}
 	})
 }
@@ -224,7 +224,7 @@ func (l *Log) recordChange(ctx context.Context, tx *sql.Tx, r *http.Request, n *
 		stored, err = l.appendTx(ctx, tx, stored)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("record %s in the audit trail: %w", truncate(rec.Action, MaxField), err)
+		return nil, fmt.Errorf("record %s in the audit trail: %w", api.Truncate(rec.Action, MaxField), err)
 	}
 	return func() {
 		n.mu.Lock()
@@ -344,7 +344,7 @@ func errorText(status int, body []byte, total int) string {
 		return http.StatusText(status)
 	}
 	if len(s) > maxPlainError || total > len(body) {
-		return cutTo(s, maxPlainError, max(total, len(body)))
+		return api.TruncateNoting(s, maxPlainError, max(total, len(body)))
 	}
 	return s
 }

@@ -52,6 +52,14 @@ const (
 	// defaultTokenLifetime is how long a token from POST /api/v1/tokens lasts unless
 	// the request says otherwise.
 	defaultTokenLifetime = 12 * time.Hour
+	// Every API token expires, so that a leaked one is worth something only for so long:
+	// an administrator may create one for at most maxTokenLifetime, anyone else for at
+	// most maxUserTokenLifetime.
+	maxTokenLifetime     = 365 * 24 * time.Hour
+	maxUserTokenLifetime = 90 * 24 * time.Hour
+	// bootstrapTokenLifetime is how long the token in admin-credentials lasts: long enough
+	// to set the cluster up, after which the password logs in.
+	bootstrapTokenLifetime = 24 * time.Hour
 	// minPassword and maxPassword bound a password's length in bytes (bcrypt reads 72).
 	minPassword, maxPassword = 8, 72
 	// passwordCost is bcrypt's work factor.
@@ -148,8 +156,8 @@ func splitSecret(tok, prefix string) (id, secret string, ok bool) {
 	return id, secret, true
 }
 
-// issueToken creates a token for user, valid for life (0: forever), and returns it with
-// its secret, which is not stored.
+// issueToken creates a token for user, valid for life, and returns it with its secret,
+// which is not stored.
 func (c *Center) issueToken(ctx context.Context, u store.UserRecord, life time.Duration) (api.Token, error) {
 	idb := make([]byte, 8)
 	if _, err := rand.Read(idb); err != nil {
@@ -161,16 +169,21 @@ func (c *Center) issueToken(ctx context.Context, u store.UserRecord, life time.D
 		return api.Token{}, err
 	}
 	now := c.now().UTC()
-	rec := store.TokenRecord{ID: id, User: u.Name, SecretSHA256: hashSecret(secret), Created: now}
-	t := api.Token{ID: id, User: u.Name, Role: u.Role, Created: now, Secret: tokenPrefix + id + "_" + secret}
-	if life > 0 {
-		rec.Expires = now.Add(life)
-		t.Expires = &rec.Expires
-	}
+	rec := store.TokenRecord{ID: id, User: u.Name, SecretSHA256: hashSecret(secret), Created: now, Expires: now.Add(life)}
+	t := api.Token{ID: id, User: u.Name, Role: u.Role, Created: now, Secret: tokenPrefix + id + "_" + secret, Expires: &rec.Expires}
 	if err := c.store.InsertToken(ctx, rec); err != nil {
 		return api.Token{}, err
 	}
 	return t, nil
+}
+
+// tokenExpiry is when a token expires. Tokens that an older center issued without an
+// expiry (its bootstrap token among them) last maxTokenLifetime from their creation.
+func tokenExpiry(t store.TokenRecord) time.Time {
+	if t.Expires.IsZero() {
+		return t.Created.Add(maxTokenLifetime)
+	}
+	return t.Expires
 }
 
 // verifyToken returns the user a bearer token belongs to, or an error saying why it is
@@ -198,7 +211,7 @@ func (c *Center) verifyToken(ctx context.Context, tok string) (store.UserRecord,
 		return u, t, err
 	case !t.Revoked.IsZero():
 		return u, t, errors.New("the API token has been revoked")
-	case !t.Expires.IsZero() && !c.now().Before(t.Expires):
+	case !c.now().Before(tokenExpiry(t)):
 		return u, t, errors.New("the API token has expired")
 	}
 	return u, t, nil
@@ -227,12 +240,18 @@ func (c *Center) authenticate(r *http.Request) principal {
 		return principal{name: u.Name, role: u.Role, kind: audit.KindToken, token: t.ID}
 	}
 	if name, pw, ok := r.BasicAuth(); ok {
-		u, err := c.store.User(r.Context(), name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return principal{err: err, tried: name, kind: audit.KindUser}
-		}
-		if !checkPassword(u.PasswordHash, pw) {
-			return principal{err: errors.New("the user or the password is wrong"), tried: name, kind: audit.KindUser}
+		var u store.UserRecord
+		err := c.checkLogin(loginSource(r), name, func() (bool, error) {
+			var err error
+			u, err = c.store.User(r.Context(), name)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return false, err
+			}
+			return checkPassword(u.PasswordHash, pw), nil
+		})
+		if err != nil {
+			c.recordFailedLogin(r, name, err)
+			return principal{err: err, tried: api.Truncate(name, maxLoginName), kind: audit.KindUser}
 		}
 		return principal{name: u.Name, role: u.Role, kind: audit.KindUser}
 	}
@@ -289,6 +308,7 @@ func (c *Center) guard(rt api.Route, h http.Handler) http.Handler {
 			if se, ok := err.(*api.StatusError); ok && se.Status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="godwit", Basic realm="godwit"`)
 			}
+			setRetryAfter(w, err)
 			api.WriteError(w, err)
 			return
 		}
@@ -300,6 +320,9 @@ func (c *Center) guard(rt api.Route, h http.Handler) http.Handler {
 func permit(p principal, r *http.Request, rt api.Route) error {
 	if rt.Access == api.AccessPublic {
 		return nil
+	}
+	if tm := (*tooManyLogins)(nil); errors.As(p.err, &tm) {
+		return tm // 429, before anything else: the password was not even checked
 	}
 	if p.err != nil || p.role == "" {
 		why := "this request needs credentials"
@@ -339,7 +362,8 @@ func allows(role, need string) bool {
 }
 
 // bootstrap creates the first administrator when there are no users: admin, with a
-// random password and an API token, written to DATA_DIR/admin-credentials (mode 0600).
+// random password and an API token that lasts bootstrapTokenLifetime, written to
+// DATA_DIR/admin-credentials (mode 0600).
 // If the file cannot be written it removes the user again, so that the next start tries
 // anew rather than leave an administrator whose password nobody knows. It does nothing
 // once any user exists, so the file is never rewritten. (Hosts need no credential from
@@ -364,11 +388,12 @@ func (c *Center) bootstrap(ctx context.Context) error {
 	if err := c.store.InsertUser(ctx, admin); err != nil {
 		return fmt.Errorf("create the first administrator: %w", err)
 	}
-	adminTok, err := c.issueToken(ctx, admin, 0)
+	adminTok, err := c.issueToken(ctx, admin, bootstrapTokenLifetime)
 	if err == nil {
 		creds := fmt.Sprintf("# Godwit center: the first administrator, written once on first start.\n"+
-			"# Keep this file secret; log in with `godwit login --user admin`.\n"+
-			"user: %s\npassword: %s\ntoken: %s\n", admin.Name, pw, adminTok.Secret)
+			"# Keep this file secret. The token expires %s; from then on log in with\n"+
+			"# `godwit login --user admin` and the password.\n"+
+			"user: %s\npassword: %s\ntoken: %s\n", adminTok.Expires.Format(time.RFC3339), admin.Name, pw, adminTok.Secret)
 		err = writeSecretFile(filepath.Join(c.cfg.DataDir, AdminCredentialsFile), creds)
 	}
 	if err != nil {
@@ -387,7 +412,7 @@ func writeSecretFile(path, data string) error {
 }
 
 // parseLifetime parses a token's lifetime: a Go duration, or a number of days ("30d");
-// "" is def, "0" and "never" mean no expiry.
+// "" is def, "0" and "never" mean no expiry, which the callers refuse with their limits.
 func parseLifetime(s string, def time.Duration) (time.Duration, error) {
 	switch s {
 	case "":
@@ -397,13 +422,13 @@ func parseLifetime(s string, def time.Duration) (time.Duration, error) {
 	}
 	if d, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(d)
-		if err == nil && n > 0 {
+		if err == nil && n > 0 && n <= 100000 { // beyond, the duration would overflow
 			return time.Duration(n) * 24 * time.Hour, nil
 		}
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, api.BadRequest("expires %q is not a duration: use 12h, 30d or never", s)
+		return 0, api.BadRequest("expires %q is not a duration such as 12h or 30d (at most 100000d)", s)
 	}
 	return d, nil
 }

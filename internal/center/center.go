@@ -61,6 +61,9 @@ type Config struct {
 	// TLSNames are further DNS names or addresses for the center's certificate, for API
 	// clients that reach it by a name or address it does not listen on.
 	TLSNames []string
+	// HTTP bounds what one client may hold of the center's API server (api.ServerLimits;
+	// the defaults when zero).
+	HTTP api.ServerLimits
 	// Registry receives the center's metrics, served at GET /metrics; nil: a new one
 	// with the process's Go and process metrics.
 	Registry *prometheus.Registry
@@ -122,6 +125,9 @@ type Center struct {
 	openapiOnce sync.Once
 	openapi     []byte
 	openapiErr  error
+
+	// logins limits failed logins per source and per user.
+	logins *loginLimiter
 }
 
 // New opens the center's database.
@@ -167,7 +173,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, agents: map[string]agentClient{}}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, agents: map[string]agentClient{}, logins: newLoginLimiter()}
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err
@@ -253,7 +259,7 @@ func (c *Center) Run(ctx context.Context) error {
 		c.rebalance(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
-	runErr := api.Serve(ctx, c.routes(false), lns...)
+	runErr := c.cfg.HTTP.Serve(ctx, c.routes(false), lns...)
 	if c.cfg.Socket != "" {
 		_ = os.Remove(c.cfg.Socket)
 	}

@@ -504,15 +504,26 @@ func (c *Center) revokeHost(ctx context.Context, name, reason string) ([]api.Cer
 	return out, nil
 }
 
-// recordRefusals writes the requests an agent refused to the audit trail.
+// recordRefusals writes the requests an agent refused to the audit trail. The agent is
+// not trusted to have bounded them: at most api.MaxAgentRefusals are recorded per
+// heartbeat, each bounded (api.AgentRefusal.Bounded), and the rest are counted in the
+// last one's "dropped" parameter.
 func (c *Center) recordRefusals(ctx context.Context, host string, rs []api.AgentRefusal) {
+	if over := len(rs) - api.MaxAgentRefusals; over > 0 {
+		rs = slices.Clone(rs[:api.MaxAgentRefusals])
+		rs[len(rs)-1].Dropped += over
+	}
 	for _, r := range rs {
+		r = r.Bounded()
 		actor := r.Subject
 		if actor == "" {
 			actor = audit.Anonymous
 		}
-		params, _ := audit.EncodeParams(map[string]any{"host": host, "method": r.Method, "path": r.Path,
-			"at": r.Time.UTC().Format(time.RFC3339Nano)})
+		p := map[string]any{"host": host, "method": r.Method, "path": r.Path, "at": r.Time.UTC().Format(time.RFC3339Nano)}
+		if r.Dropped > 0 {
+			p["dropped"] = r.Dropped // refusals the agent could not keep for lack of room
+		}
+		params, _ := audit.EncodeParams(p)
 		rec := audit.Record{Actor: actor, ActorKind: audit.KindHost, From: r.From, Action: "agent.request",
 			Target: host, Params: params, Outcome: audit.Refused, Error: r.Reason}
 		if _, err := c.trail.Append(ctx, rec); err != nil {

@@ -280,8 +280,9 @@ func (c *Center) cancelTask(ctx context.Context, id string) (api.Task, error) {
 
 // streamTasks answers GET /api/v1/tasks/stream with Server-Sent Events: one
 // `data: {task}` event per change of a task the query selects (id, kind, target), from
-// the task's current state when an id is given. It ends when the client goes away or
-// the center stops.
+// the task's current state when an id is given. It ends when the client goes away, stops
+// reading (a write blocks beyond api.WriteTimeout, or it falls maxPendingTasks tasks
+// behind), or the center stops. The streams open at once are bounded (see subscribe).
 func (c *Center) streamTasks(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id, kind, target := q.Get("id"), q.Get("kind"), q.Get("target")
@@ -291,7 +292,13 @@ func (c *Center) streamTasks(w http.ResponseWriter, r *http.Request) {
 		stop := context.AfterFunc(c.runCtx, cancel)
 		defer stop()
 	}
-	sub := c.tasks.subscribe()
+	sub, err := c.tasks.subscribe(principalOf(ctx).name, func(t api.Task) bool {
+		return (id == "" || t.ID == id) && (kind == "" || t.Kind == kind) && (target == "" || t.Target == target)
+	})
+	if err != nil {
+		api.WriteError(w, err)
+		return
+	}
 	defer sub.close()
 	var first *api.Task
 	if id != "" {
@@ -340,11 +347,11 @@ func (c *Center) streamTasks(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			continue
+		case errors.Is(err, errDropped):
+			c.log.Info("a task stream's client fell behind; the stream is ended", "from", r.RemoteAddr, "user", principalOf(ctx).name)
+			return
 		case err != nil:
 			return
-		}
-		if id != "" && t.ID != id || kind != "" && t.Kind != kind || target != "" && t.Target != target {
-			continue
 		}
 		if send(t) != nil {
 			return

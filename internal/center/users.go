@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
@@ -26,9 +27,11 @@ func (c *Center) registerUsers(mux *api.Mux) {
 			api.WriteError(w, err)
 			return
 		}
-		audit.SetTarget(r.Context(), req.User)
-		audit.SetActor(r.Context(), audit.Actor{Name: req.User, Kind: audit.KindUser})
-		t, err := c.login(r.Context(), req)
+		name := api.Truncate(req.User, maxLoginName)
+		audit.SetTarget(r.Context(), name)
+		audit.SetActor(r.Context(), audit.Actor{Name: name, Kind: audit.KindUser})
+		t, err := c.login(r.Context(), loginSource(r), req)
+		setRetryAfter(w, err)
 		writeResult(w, http.StatusCreated, t, err)
 	})
 	mux.HandleFunc("GET /api/v1/users", func(w http.ResponseWriter, r *http.Request) {
@@ -83,14 +86,23 @@ func userView(u store.UserRecord) api.User {
 	return api.User{Name: u.Name, Role: u.Role, Created: u.Created}
 }
 
-// login checks a user's password and issues a token.
-func (c *Center) login(ctx context.Context, req api.LoginRequest) (api.Token, error) {
-	u, err := c.store.User(ctx, req.User)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return api.Token{}, err
+// login checks a user's password, within the limits on failed logins from source and
+// for the user (checkLogin), and issues a token.
+func (c *Center) login(ctx context.Context, source string, req api.LoginRequest) (api.Token, error) {
+	var u store.UserRecord
+	err := c.checkLogin(source, req.User, func() (bool, error) {
+		var err error
+		u, err = c.store.User(ctx, req.User)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return false, err
+		}
+		return checkPassword(u.PasswordHash, req.Password), nil
+	})
+	if errors.Is(err, errWrongPassword) {
+		return api.Token{}, api.Errorf(http.StatusUnauthorized, "unauthorized", "%v; check both and try again", err)
 	}
-	if !checkPassword(u.PasswordHash, req.Password) {
-		return api.Token{}, api.Errorf(http.StatusUnauthorized, "unauthorized", "the user or the password is wrong; check both and try again")
+	if err != nil {
+		return api.Token{}, err
 	}
 	return c.issueToken(ctx, u, loginTokenLifetime)
 }
@@ -170,6 +182,14 @@ func (c *Center) createToken(ctx context.Context, p principal, req api.CreateTok
 	life, err := parseLifetime(req.Expires, defaultTokenLifetime)
 	if err != nil {
 		return api.Token{}, err
+	}
+	limit, who := maxUserTokenLifetime, "a user who is not an admin"
+	if p.role == api.RoleAdmin {
+		limit, who = maxTokenLifetime, "an admin"
+	}
+	if life == 0 || life > limit {
+		return api.Token{}, api.BadRequest("every API token expires, and %s may create one for at most %d days; ask for less (e.g. --expires 30d)",
+			who, limit/(24*time.Hour))
 	}
 	u, err := c.store.User(ctx, req.User)
 	if errors.Is(err, store.ErrNotFound) {

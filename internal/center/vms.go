@@ -102,11 +102,17 @@ func invalid(format string, args ...any) error {
 // createVM validates a request, places the VM, reserves its name and addresses, and has
 // the host define it. When anything fails, nothing is left behind.
 func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM, error) {
+	spec := api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: defaultCPUs, MemoryMiB: defaultMemoryMiB,
+		CPUModel: req.CPUModel, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs, MigrationPolicy: req.MigrationPolicy}
+	if err := spec.CheckBounds(); err != nil {
+		return api.VM{}, invalid("%v", err)
+	}
+	if len(req.Image) > api.MaxShortName {
+		return api.VM{}, invalid("the image name is %d bytes long; at most %d are allowed", len(req.Image), api.MaxShortName)
+	}
 	if err := vmName(req.Name); err != nil {
 		return api.VM{}, err
 	}
-	spec := api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: defaultCPUs, MemoryMiB: defaultMemoryMiB,
-		CPUModel: req.CPUModel, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs}
 	if req.CPUs != nil {
 		spec.CPUs = *req.CPUs
 	}
@@ -188,6 +194,11 @@ func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM,
 		if useImage && len(spec.NICs) > 0 && spec.NICs[0].IP != "" && spec.Boot.Kernel != "" {
 			spec.Boot.Cmdline = strings.TrimSpace(fmt.Sprintf("%s godwit.ip=%s godwit.hostname=%s", spec.Boot.Cmdline, spec.NICs[0].IP, spec.Name))
 		}
+		if berr := spec.CheckBounds(); berr != nil { // the image and the addresses added to it
+			err = invalid("%v", berr)
+		}
+	}
+	if err == nil {
 		err = c.store.InsertVM(ctx, store.VMRecord{Spec: spec, Host: host.Facts.Name, Desired: api.VMStopped,
 			State: api.VMStopped, Created: now, Updated: now})
 	}
@@ -569,6 +580,8 @@ func (c *Center) deleteVM(ctx context.Context, name string) error {
 	return nil
 }
 
+// console returns the newest output of a VM's serial console from its host: tail bytes,
+// at most api.MaxConsoleBytes ("" or 0: that many), whatever the host answers.
 func (c *Center) console(ctx context.Context, name, tail string) ([]byte, error) {
 	r, err := c.record(ctx, name)
 	if err != nil {
@@ -580,15 +593,19 @@ func (c *Center) console(ctx context.Context, name, tail string) ([]byte, error)
 	}
 	var out []byte
 	p := "/agent/v1/vms/" + name + "/console"
+	limit := int64(api.MaxConsoleBytes)
 	if tail != "" {
 		n, err := strconv.ParseInt(tail, 10, 64)
 		if err != nil || n < 0 {
 			return nil, api.BadRequest("tail %q must be a number of bytes", tail)
 		}
-		p += "?tail=" + strconv.FormatInt(n, 10)
+		if n > 0 {
+			limit = min(n, limit)
+		}
+		p += "?tail=" + strconv.FormatInt(limit, 10)
 	}
 	if err := cl.Do(ctx, http.MethodGet, p, nil, &out); err != nil {
 		return nil, hostError(h.Facts.Name, "read the console of "+name, err)
 	}
-	return out, nil
+	return out[max(int64(len(out))-limit, 0):], nil
 }

@@ -215,7 +215,7 @@ func newTokenCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Create and revoke API tokens"}
 	var user, expires string
 	create := &cobra.Command{
-		Use:   "create [--user NAME] [--expires 12h|30d|never]",
+		Use:   "create [--user NAME] [--expires 12h|30d]",
 		Short: "Create an API token (for yourself, or as admin for another user); it is shown once",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -239,7 +239,7 @@ func newTokenCmd(e *env) *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&user, "user", "", "the user the token acts as (default: you)")
-	create.Flags().StringVar(&expires, "expires", "", "lifetime: 12h (default), 30d, or never")
+	create.Flags().StringVar(&expires, "expires", "", "lifetime: 12h (default) or 30d; at most 90d (365d for an admin)")
 	cmd.AddCommand(create)
 	cmd.AddCommand(&cobra.Command{
 		Use: "revoke ID", Short: "Revoke an API token", Args: cobra.ExactArgs(1),
