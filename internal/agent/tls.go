@@ -37,7 +37,6 @@ import (
 // GET /metrics stays readable without a client certificate (over TLS), as Prometheus'
 // node exporters are.
 
-
 // trust holds what the agent knows about other certificates: the revoked serials the
 // center sent, and the refusals not yet reported.
 type trust struct {
