@@ -104,9 +104,8 @@ type Agent struct {
 	migMu      sync.Mutex
 	migrations map[string]*outgoing // by id, this host being the source
 
-	// peers pools the connections to other hosts' agents, by host name.
-	peerMu sync.Mutex
-	peers  map[string]peerClient
+	// peers pools the connections to other hosts' agents.
+	peers *api.HostClients
 
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
@@ -178,9 +177,10 @@ func New(cfg Config, version string) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
-		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})}, peers: map[string]peerClient{},
+		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})},
 	}
 	a.trust = newTrust(a.pkiDir())
+	a.peers = api.NewHostClients(func(host string) *tls.Config { return pki.ClientTLSFrom(a.id.Load, host, a.trust.isRevoked) })
 	a.anchor = newAuditAnchor(filepath.Join(cfg.StateDir, auditAnchorFile), a.log.Warn)
 	var err error
 	a.metrics, err = metrics.NewAgent(metrics.AgentConfig{Registry: cfg.Registry, VMs: a.statuses, Accel: a.accelInUse, Log: a.log})
@@ -472,7 +472,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 		a.log.Warn("could not keep the revoked certificates on disk", "err", err)
 	}
 	if changed {
-		a.forgetPeers()
+		a.peers.ForgetAll()
 		a.center.CloseIdle()
 	}
 	if err := a.anchor.offer(rep.AuditCheckpoint, a.id.Load().Pool()); err != nil {

@@ -334,44 +334,13 @@ func (a *Agent) checkCopyTicket(ctx context.Context, name, id string) error {
 }
 
 // peer returns a client for another host's agent, over mutual TLS, that expects the
-// host's own certificate, not revoked. Calls to one host share a pool of keep-alive
-// connections, so a migration does not cost a handshake per request.
+// host's own certificate, not revoked; calls to one host share its keep-alive
+// connections (a.peers).
 func (a *Agent) peer(name, url string, timeout time.Duration) (*api.Client, error) {
 	if name == "" {
 		return nil, errors.New("the other host's name is not known, so its certificate cannot be checked")
 	}
-	a.peerMu.Lock()
-	defer a.peerMu.Unlock()
-	p, ok := a.peers[name]
-	if !ok || p.url != url {
-		c, err := api.NewClient(url, 0, api.WithTLS(pki.ClientTLSFrom(a.id.Load, name, a.trust.isRevoked)))
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			p.client.CloseIdle()
-		}
-		p = peerClient{url: url, client: c}
-		a.peers[name] = p
-	}
-	return p.client.WithTimeout(timeout), nil
-}
-
-// peerClient is the pooled client of another host's agent.
-type peerClient struct {
-	url    string
-	client *api.Client
-}
-
-// forgetPeers closes the pooled connections to other hosts (after the revoked
-// certificates changed), so that every later call verifies its peer anew.
-func (a *Agent) forgetPeers() {
-	a.peerMu.Lock()
-	defer a.peerMu.Unlock()
-	for name, p := range a.peers {
-		p.client.CloseIdle()
-		delete(a.peers, name)
-	}
+	return a.peers.Get(name, url, timeout)
 }
 
 // ensureIdentity loads the agent's identity, joining the cluster first when it has none.

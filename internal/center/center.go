@@ -113,9 +113,8 @@ type Center struct {
 	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
 	cpuCatalogs sync.Map
 
-	// agents pools the connections to each host's agent, by host name.
-	agentsMu sync.Mutex
-	agents   map[string]agentClient
+	// agents pools the connections to each host's agent.
+	agents *api.HostClients
 	// revoked holds the serials of revoked certificates (serial → true): connections
 	// the center opens refuse them too.
 	revoked sync.Map
@@ -173,7 +172,8 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, agents: map[string]agentClient{}, logins: newLoginLimiter()}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter()}
+	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
 		return nil, err
@@ -271,38 +271,7 @@ func (c *Center) Run(ctx context.Context) error {
 // (one TLS handshake, not one per call); the pool is replaced when the host's URL
 // changes and dropped when its certificates are revoked.
 func (c *Center) agent(h store.HostRecord, timeout time.Duration) (*api.Client, error) {
-	name, url := h.Facts.Name, h.Facts.AgentURL
-	c.agentsMu.Lock()
-	defer c.agentsMu.Unlock()
-	p, ok := c.agents[name]
-	if !ok || p.url != url {
-		cl, err := api.NewClient(url, 0, api.WithTLS(c.agentTLS(name)))
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			p.client.CloseIdle()
-		}
-		p = agentClient{url: url, client: cl}
-		c.agents[name] = p
-	}
-	return p.client.WithTimeout(timeout), nil
-}
-
-// agentClient is the pooled client of one host's agent.
-type agentClient struct {
-	url    string
-	client *api.Client
-}
-
-// forgetAgent closes the pooled connections to a host (its certificates were revoked).
-func (c *Center) forgetAgent(name string) {
-	c.agentsMu.Lock()
-	defer c.agentsMu.Unlock()
-	if p, ok := c.agents[name]; ok {
-		p.client.CloseIdle()
-		delete(c.agents, name)
-	}
+	return c.agents.Get(h.Facts.Name, h.Facts.AgentURL, timeout)
 }
 
 // CAFingerprint is the fingerprint of the cluster's CA.

@@ -174,7 +174,7 @@ func (c *Center) noteRevoked(host string, serials []string) {
 		c.revoked.Store(s, true)
 	}
 	if len(serials) > 0 {
-		c.forgetAgent(host)
+		c.agents.Forget(host)
 	}
 }
 
