@@ -223,7 +223,6 @@ func (c *Center) registerPKI(mux *api.Mux) {
 		api.WriteJSON(w, http.StatusOK, api.CAInfo{Certificate: string(c.ca.CertPEM), Fingerprint: c.ca.Fingerprint()})
 	})
 	mux.HandleFunc("POST /api/v1/join-tokens", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.join-token.create", "")
 		var req api.CreateJoinTokenRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -238,7 +237,6 @@ func (c *Center) registerPKI(mux *api.Mux) {
 		writeResult(w, http.StatusOK, ts, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/join-tokens/{id}", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.join-token.revoke", r.PathValue("id"))
 		err := c.store.RevokeJoinToken(r.Context(), r.PathValue("id"), c.now())
 		if errors.Is(err, store.ErrNotFound) {
 			err = api.NotFound("no join token %s; `godwit host join-token list` shows them", r.PathValue("id"))
@@ -250,7 +248,6 @@ func (c *Center) registerPKI(mux *api.Mux) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /api/v1/hosts/join", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.join", "")
 		var req api.JoinRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -264,7 +261,6 @@ func (c *Center) registerPKI(mux *api.Mux) {
 		writeResult(w, http.StatusCreated, rep, err)
 	})
 	mux.HandleFunc("POST /api/v1/hosts/renew", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.renew", "")
 		var req api.RenewRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -281,7 +277,6 @@ func (c *Center) registerPKI(mux *api.Mux) {
 		writeResult(w, http.StatusOK, cs, err)
 	})
 	mux.HandleFunc("POST /api/v1/hosts/{name}/revoke", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "host.revoke", r.PathValue("name"))
 		audit.Params(r.Context(), map[string]any{"host": r.PathValue("name")})
 		var req api.RevokeRequest
 		if r.ContentLength != 0 {

@@ -94,7 +94,6 @@ func (c *Center) registerSchedules(mux *api.Mux) {
 		writeResult(w, http.StatusOK, ss, err)
 	})
 	mux.HandleFunc("POST /api/v1/schedules", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "schedule.create", "")
 		var req api.CreateScheduleRequest
 		if err := api.Decode(w, r, &req); err != nil {
 			api.WriteError(w, err)
@@ -109,7 +108,6 @@ func (c *Center) registerSchedules(mux *api.Mux) {
 		writeResult(w, http.StatusOK, s, err)
 	})
 	mux.HandleFunc("DELETE /api/v1/schedules/{name}", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "schedule.delete", r.PathValue("name"))
 		if err := c.deleteSchedule(r.Context(), r.PathValue("name")); err != nil {
 			api.WriteError(w, err)
 			return
@@ -117,12 +115,10 @@ func (c *Center) registerSchedules(mux *api.Mux) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST /api/v1/schedules/{name}/disable", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "schedule.disable", r.PathValue("name"))
 		s, err := c.setScheduleEnabled(r.Context(), r.PathValue("name"), false)
 		writeResult(w, http.StatusOK, s, err)
 	})
 	mux.HandleFunc("POST /api/v1/schedules/{name}/enable", func(w http.ResponseWriter, r *http.Request) {
-		audit.Describe(r.Context(), "schedule.enable", r.PathValue("name"))
 		s, err := c.setScheduleEnabled(r.Context(), r.PathValue("name"), true)
 		writeResult(w, http.StatusOK, s, err)
 	})
