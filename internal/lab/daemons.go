@@ -97,6 +97,16 @@ func (l *Lab) DaemonRunning(target string) (pid int, running bool) {
 	return d.PID, d.running()
 }
 
+// DaemonLogTail is the end of target's daemon log, for a test or a user to see why it
+// did what it did.
+func (l *Lab) DaemonLogTail(target string) string {
+	i, err := l.daemonIndex(target)
+	if err != nil {
+		return err.Error()
+	}
+	return logTail(l.daemon(i).Log)
+}
+
 // StopDaemon stops target's daemon (center or host-N) with SIGTERM and waits for it to
 // exit; the QEMU processes an agent started keep running. A daemon that ignores SIGTERM
 // for 30 s is killed and reported. Stopping a stopped daemon does nothing.

@@ -137,20 +137,20 @@ func TestAuthUsersRolesTokens(t *testing.T) {
 	expect("expired token", 401, code, body)
 
 	// Each refusal is in the trail, with the actor tried; refused before any handler ran,
-	// a request is recorded as http.METHOD on its path.
+	// a request is recorded with its route's action and target (the route table's).
 	var recs []audit.Record
 	l.RunJSON(&recs, "audit", "list", "--limit", "200")
 	refused := map[string]int{}
 	for _, r := range recs {
 		if r.Outcome == audit.Refused {
-			refused[r.Actor+" "+r.Target]++
+			refused[r.Actor+" "+r.Action+" "+r.Target]++
 		}
 		if strings.Contains(string(r.Params), "operator-pw") || strings.Contains(string(r.Params), "viewer-pw-1") {
 			t.Errorf("record %d holds a password: %s", r.ID, r.Params)
 		}
 	}
-	for key, n := range map[string]int{"vi /api/v1/vms/auth-1/stop": 1, "op /api/v1/vms": 1,
-		"anonymous /api/v1/vms/auth-1/stop": 1, "op /api/v1/vms/auth-1/stop": 2} {
+	for key, n := range map[string]int{"vi vm.stop auth-1": 1, "op vm.create ": 1,
+		"anonymous vm.stop auth-1": 1, "op vm.stop auth-1": 2} {
 		if refused[key] < n {
 			t.Errorf("the trail has %d refused %q; want %d (refusals: %v)", refused[key], key, n, refused)
 		}

@@ -77,11 +77,17 @@ func TestMigrationOutcomeSurvivesPartition(t *testing.T) {
 	}
 	t.Logf("the hosts completed the migration %.1f s into the partition", time.Since(cut).Seconds())
 
-	// The center does not know, and says so: the task waits for the source.
+	// The center does not know, and says so: the task waits for the source (once its
+	// calls on the kept-alive connection have timed out).
 	var task api.Task
-	l.RunJSON(&task, "task", "show", m.ID)
-	if task.State != api.TaskRunning || !strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
-		t.Fatalf("task of the migration during the partition: %+v; want running, waiting for host-1", task)
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		l.RunJSON(&task, "task", "show", m.ID)
+		if task.State == api.TaskRunning && strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
+			break
+		}
+		if task.State != api.TaskRunning || time.Now().After(end) {
+			t.Fatalf("task of the migration during the partition: %+v; want running, waiting for host-1", task)
+		}
 	}
 	time.Sleep(time.Until(cut.Add(partitionFor)))
 	var pending api.Migration

@@ -116,7 +116,9 @@ func TestVMLifecycle(t *testing.T) {
 	hc.Timeout = time.Minute
 	resp, err := hc.Post(agentURL, "application/json", nil)
 	if err != nil {
-		t.Fatalf("stop web-1 on its host while the center is down: %v", err)
+		pid, running := l.Lab().DaemonRunning("host-1")
+		t.Fatalf("stop web-1 on its host while the center is down: %v (host-1's agent: pid %d, running %v)\n%s",
+			err, pid, running, l.Lab().DaemonLogTail("host-1"))
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
