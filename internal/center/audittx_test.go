@@ -212,12 +212,7 @@ func TestHeartbeatCarriesAuditCheckpoint(t *testing.T) {
 func TestScheduleSkipCommitsWithItsRecord(t *testing.T) {
 	f := newScheduleFixture(t)
 	ctx := context.Background()
-	f.create(t, api.CreateScheduleRequest{Name: "brief", At: "+10s", Missed: "skip",
-		Migrate: api.BulkMigrateRequest{VMs: []string{"web-1"}, To: "host-2"}})
-	at := f.now.Add(10 * time.Second)
-	f.c.scheduleTick(ctx, f.now, at.Add(-time.Second))
-	start := at.Add(10 * time.Second)
-	f.now = start.Add(10 * time.Millisecond)
+	at, start := f.missBriefly(t)
 
 	lift := failAudit(t, f.c)
 	f.c.scheduleTick(ctx, start, f.now)

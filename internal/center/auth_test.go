@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -199,16 +200,7 @@ func TestAuthenticatedAPI(t *testing.T) {
 	h := c.routes(false)
 	creds := credentials(t, dir)
 	do := func(method, path, auth, body string) *httptest.ResponseRecorder {
-		r := httptest.NewRequest(method, path, strings.NewReader(body))
-		if body != "" {
-			r.Header.Set("Content-Type", "application/json")
-		}
-		if auth != "" {
-			r.Header.Set("Authorization", auth)
-		}
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w
+		return serveAs(h, "", method, path, auth, body)
 	}
 	if w := do("GET", "/api/v1/vms", "", ""); w.Code != 401 || !strings.Contains(w.Body.String(), "godwit login") {
 		t.Fatalf("no credentials: %d %s", w.Code, w.Body)
@@ -248,4 +240,22 @@ func TestAuthenticatedAPI(t *testing.T) {
 	if !found["vi"] {
 		t.Errorf("the refused stops are not recorded with actor vi: %+v", recs)
 	}
+}
+
+// serveAs serves one request to h from the address from ("" for httptest's), with an
+// Authorization header auth (when not "") and a JSON body (when not "").
+func serveAs(h http.Handler, from, method, path, auth, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	if from != "" {
+		r.RemoteAddr = from + ":40000"
+	}
+	if body != "" {
+		r.Header.Set("Content-Type", "application/json")
+	}
+	if auth != "" {
+		r.Header.Set("Authorization", auth)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
 }

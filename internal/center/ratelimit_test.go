@@ -27,17 +27,7 @@ func TestFailedLoginsRateLimited(t *testing.T) {
 	c.now = func() time.Time { return clock }
 	admin := "Bearer " + credentials(t, dir)["token"]
 	do := func(from, method, path, auth, body string) *httptest.ResponseRecorder {
-		r := httptest.NewRequest(method, path, strings.NewReader(body))
-		r.RemoteAddr = from + ":40000"
-		if body != "" {
-			r.Header.Set("Content-Type", "application/json")
-		}
-		if auth != "" {
-			r.Header.Set("Authorization", auth)
-		}
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w
+		return serveAs(h, from, method, path, auth, body)
 	}
 	login := func(from, user, pw string) *httptest.ResponseRecorder {
 		b, _ := json.Marshal(api.LoginRequest{User: user, Password: pw})

@@ -428,14 +428,7 @@ func TestScheduleDisableEnable(t *testing.T) {
 func TestScheduleMissedWhileBrieflyDown(t *testing.T) {
 	f := newScheduleFixture(t)
 	ctx := context.Background()
-	f.create(t, api.CreateScheduleRequest{Name: "brief", At: "+10s", Missed: "skip",
-		Migrate: api.BulkMigrateRequest{VMs: []string{"web-1"}, To: "host-2"}})
-	at := f.now.Add(10 * time.Second)
-	// The last tick of the center that stops, a second before the slot.
-	f.c.scheduleTick(ctx, f.now, at.Add(-time.Second))
-	// The next center starts 10 seconds after the slot.
-	start := at.Add(10 * time.Second)
-	f.now = start.Add(10 * time.Millisecond)
+	at, start := f.missBriefly(t)
 	f.c.scheduleTick(ctx, start, f.now)
 	s := f.show(t, "brief")
 	if s.LastTask != "" || s.Skipped == nil || !s.Skipped.Equal(at) {
@@ -530,4 +523,18 @@ func TestScheduleRunsWithCreatorsCurrentRights(t *testing.T) {
 	if ms := f.records(t, "vm.migrate"); len(ms) != 1 || ms[0].OnBehalfOf != "anonymous" {
 		t.Errorf("vm.migrate records: %+v; want only the local administrator's schedule's", ms)
 	}
+}
+
+// missBriefly creates the one-shot schedule "brief" (missed runs skipped) and lets its
+// slot at fall due while no center runs: the last tick of the center that stops comes a
+// second before it, and the next center starts 10 seconds after it (f.now just after).
+func (f *scheduleFixture) missBriefly(t *testing.T) (at, start time.Time) {
+	t.Helper()
+	f.create(t, api.CreateScheduleRequest{Name: "brief", At: "+10s", Missed: "skip",
+		Migrate: api.BulkMigrateRequest{VMs: []string{"web-1"}, To: "host-2"}})
+	at = f.now.Add(10 * time.Second)
+	f.c.scheduleTick(context.Background(), f.now, at.Add(-time.Second))
+	start = at.Add(10 * time.Second)
+	f.now = start.Add(10 * time.Millisecond)
+	return at, start
 }

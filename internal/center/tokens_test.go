@@ -26,14 +26,7 @@ func TestTokenLifetimesCapped(t *testing.T) {
 	clock := time.Now()
 	c.now = func() time.Time { return clock }
 	do := func(method, path, auth, body string) *httptest.ResponseRecorder {
-		r := httptest.NewRequest(method, path, strings.NewReader(body))
-		r.Header.Set("Content-Type", "application/json")
-		if auth != "" {
-			r.Header.Set("Authorization", auth)
-		}
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w
+		return serveAs(h, "", method, path, auth, body)
 	}
 	admin := "Bearer " + credentials(t, dir)["token"]
 	if w := do("POST", "/api/v1/users", admin, `{"name":"vi","role":"viewer","password":"viewer-pw"}`); w.Code != 201 {

@@ -94,7 +94,7 @@ type Policy struct {
 	// is not implemented yet, so Validate refuses a policy that sets it.
 	AllowPostcopy bool `json:"allow_postcopy"`
 	// Encryption says whether the memory stream is encrypted with TLS (QEMU's
-	// tls-creds-x509, with the hosts' cluster certificates): EncryptionRequired,
+	// tls-creds-psk, keyed with the migration's own key; see tls.go): EncryptionRequired,
 	// EncryptionOpportunistic or EncryptionOff. Empty means opportunistic.
 	Encryption string `json:"encryption"`
 }
