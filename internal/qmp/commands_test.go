@@ -202,10 +202,20 @@ func TestLocalMigration(t *testing.T) {
 	} else {
 		t.Logf("migrated: total %d ms, downtime %d ms, %d bytes, %d syncs", *info.TotalTime, *info.Downtime, info.RAM.Transferred, info.RAM.DirtySyncCount)
 	}
-	ev := waitEvent(t, md, EventMigration, 5*time.Second)
-	var d MigrationEventData
-	if err := ev.Decode(&d); err != nil || d.Status == "" {
-		t.Errorf("MIGRATION event = %s, %v", ev.Data, err)
+	// The source completes before the destination has loaded the last
+	// section; the destination's own "completed" event says it has.
+	for {
+		ev := waitEvent(t, md, EventMigration, 10*time.Second)
+		var d MigrationEventData
+		if err := ev.Decode(&d); err != nil || d.Status == "" {
+			t.Fatalf("MIGRATION event = %s, %v", ev.Data, err)
+		}
+		if d.Status == MigrationFailed {
+			t.Fatalf("destination reports the migration failed: %s", ev.Data)
+		}
+		if d.Status == MigrationCompleted {
+			break
+		}
 	}
 	// The run state travels with the migration: a source that was never
 	// started arrives as "prelaunch"; the source ends in "postmigrate".
