@@ -361,15 +361,21 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 
 	// The destination runs the VM now (QEMU resumes it there on completion); this QEMU is
 	// paused in postmigrate and must never run again.
-	resumedAt := a.finishDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+	fin := a.finishDestination(context.WithoutCancel(ctx), dest, v.spec.Name, req.ID, log)
+	// Read before release removes the run directory with QEMU's log.
+	srcTrace, err := qemu.ReadSwitchover(qemu.Spec{RunDir: p.RunDir}.LogPath(), start)
+	if err != nil {
+		log.Warn("cannot read the source QEMU's switch-over checkpoints", "err", err)
+	}
 	a.release(v, p)
 	stop := stoppedAt()
 	o.update(func(m *api.Migration) {
 		now := time.Now().UTC()
 		m.State, m.Finished, m.TotalMS = api.MigrationSucceeded, &now, ms(time.Since(start))
-		if !stop.IsZero() && resumedAt.After(stop) {
-			m.PauseMS = ms(resumedAt.Sub(stop))
+		if !stop.IsZero() && fin.ResumedAt.After(stop) {
+			m.PauseMS = ms(fin.ResumedAt.Sub(stop))
 		}
+		m.Pause = pauseBreakdown(srcTrace, fin.Switchover)
 		m.Progress.Phase = string(migration.PhaseCompleted)
 		m.Progress.PercentSent = 100
 	})
@@ -438,14 +444,15 @@ func (a *Agent) abortDestination(dest *api.Client, name, id string, log interfac
 	}()
 }
 
-// finishDestination has the destination take the VM as its own, and returns when the
-// destination resumed it (zero if it could not say).
-func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) time.Time {
+// finishDestination has the destination take the VM as its own, and returns its
+// answer: when it resumed the VM (zero if it could not say) and what its QEMU traced of
+// the switch-over.
+func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) api.FinishReply {
 	var rep api.FinishReply
 	a.retry(ctx, func(ctx context.Context) error {
 		return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/finish", nil, &rep)
 	}, func(err error) { log.Warn("destination did not confirm it runs the VM; retrying", "err", err) })
-	return rep.ResumedAt
+	return rep
 }
 
 // lastEvent reads a monitor's events in the background and returns a function that
@@ -731,6 +738,7 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 		rep.ResumedAt = v.resumedAt()
 		v.resumedAt = nil
 	}
+	rep.Switchover = switchoverTrace(p)
 	a.mu.Lock()
 	v.incoming, v.state, v.errMsg, v.ticket = "", api.VMRunning, "", ""
 	a.mu.Unlock()

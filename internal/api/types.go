@@ -357,8 +357,11 @@ type Migration struct {
 	// PauseMS is the switch-over as the hosts saw it: from QEMU's STOP event on the
 	// source to its RESUME event on the destination (host clocks).
 	PauseMS float64 `json:"pause_ms,omitempty"`
-	Bytes   uint64  `json:"bytes"`
-	Passes  int     `json:"passes"`
+	// Pause is where the pause went, from QEMU's own switch-over checkpoints on both
+	// hosts; nil when they could not be read.
+	Pause  *PauseBreakdown `json:"pause,omitempty"`
+	Bytes  uint64          `json:"bytes"`
+	Passes int             `json:"passes"`
 	// Encryption is the mode asked for (required, opportunistic, off); Encrypted says
 	// whether the memory stream was in fact encrypted (TLS).
 	Encryption string `json:"encryption,omitempty"`
@@ -378,10 +381,53 @@ type Migration struct {
 	Initiator string `json:"initiator,omitempty"`
 }
 
+// PauseBreakdown divides a migration's pause, from the moment the source began to stop
+// the VM to the moment the destination ran it, into its parts (milliseconds). The parts
+// add up to TotalMS. Times on the two hosts are compared by their clocks (in a lab they
+// are one clock; across machines, as good as their time synchronisation).
+type PauseBreakdown struct {
+	TotalMS float64 `json:"total_ms"`
+	// StopMS: the source stops the vCPUs and drains and flushes the disks.
+	StopMS float64 `json:"stop_ms"`
+	// LastPassMS: the last pass of memory, sent while the VM is stopped.
+	LastPassMS float64 `json:"last_pass_ms"`
+	// DeviceStateMS: the source saves and sends the devices' state.
+	DeviceStateMS float64 `json:"device_state_ms"`
+	// DiskHandoverMS: the source lets go of the disks (inactivates them) and the
+	// destination takes them (activates them).
+	DiskHandoverMS float64 `json:"disk_handover_ms"`
+	// DestinationLoadMS: the destination still loads the state after the source is done.
+	DestinationLoadMS float64 `json:"destination_load_ms"`
+	// ResumeMS: from the state loaded to the VM running on the destination.
+	ResumeMS float64 `json:"resume_ms"`
+	// AnnounceMS is when the first frame announcing the VM's MACs left the new port,
+	// relative to the resume (negative: before it); nil when not traced.
+	AnnounceMS *float64 `json:"announce_ms,omitempty"`
+	// SlowestSave and SlowestLoad name the device whose state took longest to save on
+	// the source and to load on the destination, with the time ("virtio-net (…) 10.2 ms").
+	SlowestSave string `json:"slowest_save,omitempty"`
+	SlowestLoad string `json:"slowest_load,omitempty"`
+}
+
+// SwitchoverTrace is what the destination's QEMU traced of a switch-over: its
+// checkpoints (QEMU's names, e.g. "dst-precopy-bh-vm-started") and when it passed
+// them, when it first announced the VM's MACs, and its slowest device load.
+type SwitchoverTrace struct {
+	Checkpoints   map[string]time.Time `json:"checkpoints,omitempty"`
+	FirstAnnounce *time.Time           `json:"first_announce,omitempty"`
+	SlowestLoad   string               `json:"slowest_load,omitempty"`
+	// DisksTaken is when the destination began to activate the disks, Running when
+	// its vCPUs started.
+	DisksTaken *time.Time `json:"disks_taken,omitempty"`
+	Running    *time.Time `json:"running,omitempty"`
+}
+
 // FinishReply is the destination's answer when it takes over a migrated VM.
 type FinishReply struct {
 	// ResumedAt is when the destination QEMU resumed the VM (its RESUME event).
 	ResumedAt time.Time `json:"resumed_at"`
+	// Switchover is what the destination's QEMU traced of the switch-over.
+	Switchover *SwitchoverTrace `json:"switchover,omitempty"`
 }
 
 // AgentMigrateRequest is what the center asks of the source agent.

@@ -148,7 +148,7 @@ func migrationTask(base api.Task, m api.Migration, now time.Time) api.Task {
 			t.Progress.Percent = 100
 			t.Result, _ = json.Marshal(map[string]any{"vm": m.VM, "source": m.Source, "destination": m.Destination,
 				"policy": m.Policy, "total_ms": m.TotalMS, "downtime_ms": m.DowntimeMS, "pause_ms": m.PauseMS,
-				"bytes": m.Bytes, "passes": m.Passes})
+				"pause": m.Pause, "bytes": m.Bytes, "passes": m.Passes})
 		}
 	}
 	return t

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"strings"
@@ -26,16 +27,18 @@ type migrationSummary struct {
 	TotalMS     float64 `json:"total_ms"`
 	DowntimeMS  float64 `json:"downtime_ms"`
 	PauseMS     float64 `json:"pause_ms,omitempty"`
-	Bytes       uint64  `json:"bytes"`
-	Passes      int     `json:"passes"`
-	Encrypted   bool    `json:"encrypted"`
-	Priority    string  `json:"priority,omitempty"`
-	Error       string  `json:"error,omitempty"`
+	// Pause is where the pause went (see api.PauseBreakdown).
+	Pause     *api.PauseBreakdown `json:"pause,omitempty"`
+	Bytes     uint64              `json:"bytes"`
+	Passes    int                 `json:"passes"`
+	Encrypted bool                `json:"encrypted"`
+	Priority  string              `json:"priority,omitempty"`
+	Error     string              `json:"error,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Pause: m.Pause, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error}
 }
 
 // watchMigration shows a migration's progress until it ends and prints its summary. A
@@ -135,6 +138,7 @@ func printMigration(e *env, m api.Migration) {
 		"State", state,
 		"Total time", fmt.Sprintf("%.0f ms", m.TotalMS),
 		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
+		"Pause", pauseStr(m.Pause),
 		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes), "Encrypted", encryptedStr(m),
 		"Started", m.Started.UTC().Format(time.RFC3339))
 }
@@ -253,4 +257,27 @@ func encryptedStr(m api.Migration) string {
 		return "yes (TLS, " + orDash(m.Encryption) + ")"
 	}
 	return "no (" + orDash(m.Encryption) + ")"
+}
+
+// pauseStr says where a migration's pause went, part by part.
+func pauseStr(b *api.PauseBreakdown) string {
+	if b == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%.1f ms: stop %.1f, last memory pass %.1f, device state %.1f, disk hand-over %.1f, destination load %.1f, resume %.1f",
+		b.TotalMS, b.StopMS, b.LastPassMS, b.DeviceStateMS, b.DiskHandoverMS, b.DestinationLoadMS, b.ResumeMS)
+	if b.AnnounceMS != nil {
+		when := "after"
+		if *b.AnnounceMS < 0 {
+			when = "before"
+		}
+		s += fmt.Sprintf("; first announce %.1f ms %s the resume", math.Abs(*b.AnnounceMS), when)
+	}
+	if b.SlowestLoad != "" {
+		s += "; slowest device load: " + b.SlowestLoad
+	}
+	if b.SlowestSave != "" {
+		s += "; slowest device save: " + b.SlowestSave
+	}
+	return s
 }

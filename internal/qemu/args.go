@@ -37,11 +37,14 @@ func Args(s Spec) []string {
 		"-daemonize",
 		"-pidfile", s.PIDPath(),
 		"-D", s.LogPath(),
-		"-qmp", "unix:" + esc(s.QMPPath()) + ",server=on,wait=off",
-		"-chardev", "socket,id=ser0,path=" + esc(s.ConsoleSocketPath()) +
-			",server=on,wait=off,logfile=" + esc(s.ConsoleLogPath()) + ",logappend=on",
-		"-serial", "chardev:ser0",
 	}
+	a = append(a, traceArgs...)
+	a = append(a,
+		"-qmp", "unix:"+esc(s.QMPPath())+",server=on,wait=off",
+		"-chardev", "socket,id=ser0,path="+esc(s.ConsoleSocketPath())+
+			",server=on,wait=off,logfile="+esc(s.ConsoleLogPath())+",logappend=on",
+		"-serial", "chardev:ser0",
+	)
 	if s.Paused {
 		a = append(a, "-S")
 	}

@@ -118,7 +118,7 @@ func Start(ctx context.Context, binary string, s Spec) (*Process, error) {
 func qemuMessage(stderr []byte, logPath string) string {
 	parts := []string{strings.TrimSpace(string(stderr))}
 	if b, err := os.ReadFile(logPath); err == nil {
-		parts = append(parts, strings.TrimSpace(string(b)))
+		parts = append(parts, logMessage(string(b)))
 	}
 	var kept []string
 	for _, p := range parts {
