@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -187,27 +188,73 @@ func (l *Lab) NS(target string) string {
 // Dial opens a connection from inside a lab namespace: the socket is created while the
 // goroutine's thread is in that namespace, and stays there.
 func (l *Lab) Dial(ctx context.Context, target, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := l.inNS(target, func() error {
+		var d net.Dialer
+		var err error
+		conn, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// TCPRetransmits is the number of TCP segments the target namespace's kernel has
+// retransmitted (RetransSegs in its /proc/net/snmp).
+func (l *Lab) TCPRetransmits(target string) int64 {
+	l.t.Helper()
+	var n int64 = -1
+	err := l.inNS(target, func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] != "Tcp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i, name := range names {
+				if name == "RetransSegs" && i < len(f) {
+					n, err = strconv.ParseInt(f[i], 10, 64)
+					return err
+				}
+			}
+		}
+		return fmt.Errorf("no RetransSegs in /proc/net/snmp")
+	})
+	if err != nil {
+		l.t.Fatalf("TCP retransmissions in %s: %v", target, err)
+	}
+	return n
+}
+
+// inNS runs f on a thread inside the target's network namespace.
+func (l *Lab) inNS(target string, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return nil, fmt.Errorf("current namespace: %w", err)
+		return fmt.Errorf("current namespace: %w", err)
 	}
 	defer orig.Close()
 	h, err := netns.GetFromName(l.NS(target))
 	if err != nil {
-		return nil, fmt.Errorf("namespace of %s: %w", target, err)
+		return fmt.Errorf("namespace of %s: %w", target, err)
 	}
 	defer h.Close()
 	if err := netns.Set(h); err != nil {
-		return nil, fmt.Errorf("enter namespace of %s: %w", target, err)
+		return fmt.Errorf("enter namespace of %s: %w", target, err)
 	}
-	var d net.Dialer
-	conn, derr := d.DialContext(ctx, network, addr)
+	ferr := f()
 	if err := netns.Set(orig); err != nil {
 		panic(fmt.Sprintf("cannot return to the original network namespace: %v", err))
 	}
-	return conn, derr
+	return ferr
 }
 
 // HTTP returns an HTTP client whose connections start in the target namespace.

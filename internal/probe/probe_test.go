@@ -138,3 +138,31 @@ func TestHTTPStreamCountsFailures(t *testing.T) {
 		t.Fatalf("HTTPStream = %+v", res)
 	}
 }
+
+// TestICMPStream pings the loopback address every millisecond from two streams at once:
+// the kernel answers every request, and each stream counts only its own replies.
+func TestICMPStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	results := make(chan UDPResult, 2)
+	for id := range 2 {
+		conn, err := net.Dial("ip4:icmp", "127.0.0.1")
+		if err != nil {
+			t.Fatalf("raw ICMP socket (the tests run as root): %v", err)
+		}
+		defer conn.Close()
+		go func() {
+			res, err := ICMPStream(ctx, conn, uint16(0x4700+id), time.Millisecond)
+			if err != nil {
+				t.Error(err)
+			}
+			results <- res
+		}()
+	}
+	for range 2 {
+		res := <-results
+		if res.Sent < 50 || res.Received != res.Sent || res.Lost() != 0 {
+			t.Errorf("ICMPStream = %+v; want every one of at least 50 echo requests answered once", res)
+		}
+	}
+}
