@@ -31,6 +31,9 @@ const (
 	// PolicyQEMUDefaults is the untuned baseline (see QEMUDefaultsPolicy); it is
 	// not one of DefaultPolicies.
 	PolicyQEMUDefaults = "qemu-defaults"
+	// PolicyQEMUTuned is the hand-tuned baseline (see QEMUTunedPolicy); it is not
+	// one of DefaultPolicies either.
+	PolicyQEMUTuned = "qemu-tuned"
 )
 
 // DefaultPolicyName is the policy used when none is named.
@@ -97,6 +100,28 @@ type Policy struct {
 	// tls-creds-psk, keyed with the migration's own key; see tls.go): EncryptionRequired,
 	// EncryptionOpportunistic or EncryptionOff. Empty means opportunistic.
 	Encryption string `json:"encryption"`
+
+	// The baselines' knobs (see QEMUTunedPolicy), which Godwit's own policies leave
+	// alone:
+	//
+	// QEMUAutoConverge turns on QEMU's own auto-converge with QEMU's default throttle
+	// steps (20% first, +10% up to 99%) instead of the controller's.
+	QEMUAutoConverge bool `json:"qemu_auto_converge,omitempty"`
+	// NoReturnPath runs the migration without QEMU's return path: the source does not
+	// wait for the destination to confirm it loaded the state (and cannot learn that
+	// it failed to).
+	NoReturnPath bool `json:"no_return_path,omitempty"`
+	// Announce replaces the destination's announce timing (AnnounceInitial and the
+	// rest) when set.
+	Announce *AnnounceTiming `json:"announce,omitempty"`
+}
+
+// AnnounceTiming is when the destination announces the VM's MACs from its new port:
+// the first round after Initial, then rounds Step further apart each time (at most
+// Max apart), Rounds in all (QEMU's announce-* parameters).
+type AnnounceTiming struct {
+	Initial, Step, Max time.Duration
+	Rounds             int
 }
 
 // Encryption modes of the migration stream. As in vCenter, the default is
@@ -218,6 +243,30 @@ func DefaultPolicies() []Policy {
 //     5 rounds. So on the network this baseline is announced faster than a
 //     truly untuned QEMU would be, which flatters it, not Godwit.
 func QEMUDefaultsPolicy() Policy {
+	return qemuDefaults()
+}
+
+// QEMUTunedPolicy returns "qemu-tuned", the baseline of a user who read QEMU's manual
+// and drives it by hand (what a Proxmox or libvirt user sets): downtime-limit 5 ms,
+// max-bandwidth 10 GiB/s, QEMU's own auto-converge, no return path, no pause before
+// switch-over, and on the destination the first announce after 1 ms, then every 10 ms
+// more, 5 rounds. The controller only observes, as for qemu-defaults. It is a
+// benchmark baseline: without the return path a destination that fails at the very
+// end leaves the VM on neither host.
+func QEMUTunedPolicy() Policy {
+	return Policy{
+		Name:             PolicyQEMUTuned,
+		DowntimeTarget:   5 * time.Millisecond,
+		MaxBandwidth:     10 << 30,
+		TimeBudget:       24 * time.Hour,
+		Encryption:       EncryptionOff,
+		QEMUAutoConverge: true,
+		NoReturnPath:     true,
+		Announce:         &AnnounceTiming{Initial: time.Millisecond, Step: 10 * time.Millisecond, Max: 50 * time.Millisecond, Rounds: 5},
+	}
+}
+
+func qemuDefaults() Policy {
 	return Policy{
 		Name:           PolicyQEMUDefaults,
 		DowntimeTarget: QEMUDefaultDowntimeLimit,
@@ -237,19 +286,20 @@ func PolicyNames() []string {
 }
 
 // LookupPolicy returns the built-in policy called name; "" selects the default
-// ("balanced"). It also finds the benchmark baseline "qemu-defaults" (see
-// QEMUDefaultsPolicy). An unknown name is an error that lists the known ones.
+// ("balanced"). It also finds the benchmark baselines "qemu-defaults" and "qemu-tuned"
+// (see QEMUDefaultsPolicy, QEMUTunedPolicy). An unknown name is an error that lists the
+// known ones.
 func LookupPolicy(name string) (Policy, error) {
 	if name == "" {
 		name = DefaultPolicyName
 	}
-	for _, p := range append(DefaultPolicies(), QEMUDefaultsPolicy()) {
+	for _, p := range append(DefaultPolicies(), QEMUDefaultsPolicy(), QEMUTunedPolicy()) {
 		if p.Name == name {
 			return p, nil
 		}
 	}
-	return Policy{}, fmt.Errorf("there is no migration policy called %q; the policies are %s (and %s, QEMU's untuned defaults, for comparison)",
-		name, strings.Join(PolicyNames(), ", "), PolicyQEMUDefaults)
+	return Policy{}, fmt.Errorf("there is no migration policy called %q; the policies are %s (and %s and %s, QEMU untuned and hand-tuned, for comparison)",
+		name, strings.Join(PolicyNames(), ", "), PolicyQEMUDefaults, PolicyQEMUTuned)
 }
 
 // Validate checks that the policy can be applied to QEMU and reports every

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/godwit/godwit/internal/qmp"
 )
 
 func TestDefaultPoliciesAreValidAndFresh(t *testing.T) {
@@ -156,5 +158,34 @@ func TestQEMUDefaultsPolicyLeavesQEMUsDefaults(t *testing.T) {
 	}
 	if p.TimeBudget < 24*time.Hour {
 		t.Errorf("time budget %v; the baseline should practically never cancel", p.TimeBudget)
+	}
+}
+
+// TestQEMUTunedPolicy checks the hand-tuned baseline sets exactly what its user would.
+func TestQEMUTunedPolicy(t *testing.T) {
+	p, err := LookupPolicy(PolicyQEMUTuned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	sc, dc := SourceCapabilities(p), DestinationCapabilities(p)
+	if sc[qmp.CapReturnPath] || dc[qmp.CapReturnPath] || !sc[qmp.CapAutoConverge] || sc[qmp.CapPauseBeforeSwitchover] {
+		t.Errorf("capabilities: source %v, destination %v; want no return path, QEMU's auto-converge", sc, dc)
+	}
+	sp := SourceParameters(p)
+	if *sp.DowntimeLimit != 5 || *sp.MaxBandwidth != 10<<30 || *sp.CPUThrottleInitial != 20 ||
+		*sp.CPUThrottleIncrement != 10 || *sp.MaxCPUThrottle != 99 || *sp.ThrottleTriggerThreshold != 50 {
+		t.Errorf("source parameters %+v", sp)
+	}
+	dp := DestinationParameters(p)
+	if *dp.AnnounceInitial != 1 || *dp.AnnounceStep != 10 || *dp.AnnounceRounds != 5 {
+		t.Errorf("destination announce %d/%d/%d; want 1 ms, 10 ms, 5 rounds", *dp.AnnounceInitial, *dp.AnnounceStep, *dp.AnnounceRounds)
+	}
+	// Godwit's own policies keep the return path and their announce timing.
+	b, _ := LookupPolicy("")
+	if !SourceCapabilities(b)[qmp.CapReturnPath] || *DestinationParameters(b).AnnounceInitial != AnnounceInitial.Milliseconds() {
+		t.Error("the default policy lost the return path or its announce timing")
 	}
 }

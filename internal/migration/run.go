@@ -92,9 +92,9 @@ type Options struct {
 func SourceCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:                true,
-		qmp.CapReturnPath:            true,
+		qmp.CapReturnPath:            !p.NoReturnPath,
 		qmp.CapMultifd:               p.multifd(),
-		qmp.CapAutoConverge:          p.throttles(),
+		qmp.CapAutoConverge:          p.throttles() || p.QEMUAutoConverge,
 		qmp.CapPostcopyRAM:           false,
 		qmp.CapXBZRLE:                false,
 		qmp.CapPauseBeforeSwitchover: false,
@@ -107,7 +107,7 @@ func SourceCapabilities(p Policy) map[string]bool {
 func DestinationCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:      true,
-		qmp.CapReturnPath:  true,
+		qmp.CapReturnPath:  !p.NoReturnPath,
 		qmp.CapMultifd:     p.multifd(),
 		qmp.CapPostcopyRAM: false,
 	}
@@ -139,6 +139,14 @@ func SourceParameters(p Policy) qmp.MigrationParameters {
 	}
 	if p.multifd() {
 		mp.MultifdChannels = qmp.Ptr(int64(p.Channels))
+	}
+	if p.QEMUAutoConverge && !p.throttles() {
+		// QEMU's own defaults, set in case an earlier migration of this QEMU changed them.
+		mp.CPUThrottleInitial = qmp.Ptr(int64(20))
+		mp.MaxCPUThrottle = qmp.Ptr(int64(MaxThrottle))
+		mp.CPUThrottleIncrement = qmp.Ptr(int64(10))
+		mp.CPUThrottleTailslow = qmp.Ptr(false)
+		mp.ThrottleTriggerThreshold = qmp.Ptr(int64(50))
 	}
 	if p.throttles() {
 		mp.CPUThrottleInitial = qmp.Ptr(int64(1))
@@ -182,11 +190,15 @@ func DecisionParameters(dec Decision) (qmp.MigrationParameters, bool) {
 // sets for policy p: multifd-channels with multifd, and the announce timing
 // (AnnounceInitial and the rest).
 func DestinationParameters(p Policy) qmp.MigrationParameters {
+	a := AnnounceTiming{Initial: AnnounceInitial, Step: AnnounceStep, Max: AnnounceMax, Rounds: AnnounceRounds}
+	if p.Announce != nil {
+		a = *p.Announce
+	}
 	mp := qmp.MigrationParameters{
-		AnnounceInitial: qmp.Ptr(AnnounceInitial.Milliseconds()),
-		AnnounceStep:    qmp.Ptr(AnnounceStep.Milliseconds()),
-		AnnounceMax:     qmp.Ptr(AnnounceMax.Milliseconds()),
-		AnnounceRounds:  qmp.Ptr(int64(AnnounceRounds)),
+		AnnounceInitial: qmp.Ptr(a.Initial.Milliseconds()),
+		AnnounceStep:    qmp.Ptr(a.Step.Milliseconds()),
+		AnnounceMax:     qmp.Ptr(a.Max.Milliseconds()),
+		AnnounceRounds:  qmp.Ptr(int64(a.Rounds)),
 	}
 	if p.multifd() {
 		mp.MultifdChannels = qmp.Ptr(int64(p.Channels))
