@@ -293,7 +293,7 @@ func createDisk(ctx context.Context, path, format string, sizeMiB int) error {
 func (a *Agent) qemuSpec(v *vm, accel string) (qemu.Spec, error) {
 	s := v.spec
 	q := qemu.Spec{
-		Name: s.Name, UUID: s.UUID, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CPUModel: s.CPUModel,
+		Name: s.Name, UUID: s.UUID, CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, CPUModel: s.CPUModel, Machine: s.Machine,
 		Accel: accel, Cmdline: s.Boot.Cmdline, BootFromDisk: s.Boot.FromDisk, RunDir: v.dir,
 	}
 	var err error

@@ -83,6 +83,9 @@ func (s VMSpec) CheckBounds() error {
 	case len(s.Disks) > MaxDisks:
 		return fmt.Errorf("VM %s has %d disks; a VM may have at most %d", s.Name, len(s.Disks), MaxDisks)
 	}
+	if s.Machine != "" && s.Machine != MachineQ35 && s.Machine != MachineQ35Lean {
+		return fmt.Errorf("VM %s asks for machine %q; the machines are %s and %s", s.Name, Truncate(s.Machine, MaxShortName), MachineQ35Lean, MachineQ35)
+	}
 	errs := []error{
 		long("the CPU model", s.CPUModel, MaxShortName),
 		long("the migration policy", s.MigrationPolicy, MaxShortName),

@@ -124,3 +124,15 @@ func FuzzVMSpecBounds(f *testing.F) {
 		}
 	})
 }
+
+func TestSpecMachine(t *testing.T) {
+	for _, m := range []string{"", MachineQ35, MachineQ35Lean} {
+		if err := (VMSpec{Name: "v", Machine: m}).CheckBounds(); err != nil {
+			t.Errorf("machine %q refused: %v", m, err)
+		}
+	}
+	err := (VMSpec{Name: "v", Machine: "q35,sata=on"}).CheckBounds()
+	if err == nil || !strings.Contains(err.Error(), "the machines are q35-lean and q35") {
+		t.Errorf("an unknown machine = %v; want a refusal naming the machines", err)
+	}
+}

@@ -103,7 +103,10 @@ func invalid(format string, args ...any) error {
 // the host define it. When anything fails, nothing is left behind.
 func (c *Center) createVM(ctx context.Context, req api.CreateVMRequest) (api.VM, error) {
 	spec := api.VMSpec{Name: req.Name, UUID: uuid.NewString(), CPUs: defaultCPUs, MemoryMiB: defaultMemoryMiB,
-		CPUModel: req.CPUModel, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs, MigrationPolicy: req.MigrationPolicy}
+		CPUModel: req.CPUModel, Machine: req.Machine, Boot: req.Boot, Disks: req.Disks, NICs: req.NICs, MigrationPolicy: req.MigrationPolicy}
+	if spec.Machine == "" {
+		spec.Machine = api.MachineQ35Lean
+	}
 	if err := spec.CheckBounds(); err != nil {
 		return api.VM{}, invalid("%v", err)
 	}

@@ -67,3 +67,11 @@ func fetchAndPrint[T any](ctx context.Context, e *env, path string, human func(T
 	}
 	return human(v)
 }
+
+// orDefault is s, or def when s is empty.
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -105,6 +105,7 @@ or "[datastore] path/in/datastore".`,
 	f.IntVar(&memory, "memory", 512, "memory in MiB")
 	f.IntVar(&cpus, "cpus", 1, "number of vCPUs")
 	f.StringVar(&req.CPUModel, "cpu-model", "", "QEMU CPU model (default qemu64)")
+	f.StringVar(&req.Machine, "machine", "", "machine: q35-lean (default: q35 without the SATA and SMBus controllers a virtio guest does not use, for shorter migration pauses) or q35")
 	f.StringVar(&req.Image, "image", "", "image from a datastore's images/ folder (default: "+api.DefaultImage+")")
 	f.StringVar(&req.Boot.Kernel, "kernel", "", "kernel to boot")
 	f.StringVar(&req.Boot.Initrd, "initrd", "", "initrd for --kernel")
@@ -140,7 +141,7 @@ func (e *env) printVM(vm api.VM) error {
 		state += ": " + vm.Error
 	}
 	return kv(e.out, "Name", vm.Name, "UUID", vm.UUID, "Host", vm.Host, "State", state,
-		"IP", orDash(vm.IP), "MAC", orDash(vm.MAC), "CPUs", fmt.Sprintf("%d (%s)", vm.CPUs, vm.Spec.CPUModel),
+		"IP", orDash(vm.IP), "MAC", orDash(vm.MAC), "CPUs", fmt.Sprintf("%d (%s)", vm.CPUs, vm.Spec.CPUModel), "Machine", orDefault(vm.Spec.Machine, api.MachineQ35),
 		"Memory", mib(vm.MemoryMiB), "Boot", boot, "Disks", orDash(strings.Join(disks, "; ")),
 		"NICs", orDash(strings.Join(nics, "; ")), "Accelerator", orDash(vm.Accel),
 		"Created", vm.Created.UTC().Format(time.RFC3339))

@@ -27,17 +27,19 @@ func Args(s Spec) []string {
 	a := []string{
 		"-name", "guest=" + esc(s.Name) + ",process=" + esc(processName(s.Name)),
 		"-uuid", s.UUID,
-		"-machine", esc(machine),
+	}
+	a = append(a, machineArgs(machine)...)
+	a = append(a,
 		"-accel", accelOption(s.Accel),
 		"-cpu", esc(cpu),
 		"-smp", strconv.Itoa(s.CPUs),
-		"-m", strconv.Itoa(s.MemoryMiB) + "M",
+		"-m", strconv.Itoa(s.MemoryMiB)+"M",
 		"-nodefaults", "-no-user-config",
 		"-display", "none", "-vga", "none",
 		"-daemonize",
 		"-pidfile", s.PIDPath(),
 		"-D", s.LogPath(),
-	}
+	)
 	a = append(a, traceArgs...)
 	a = append(a,
 		"-qmp", "unix:"+esc(s.QMPPath())+",server=on,wait=off",
@@ -126,3 +128,18 @@ func processName(name string) string {
 // esc escapes a value for QEMU's key=value option syntax, where a comma
 // is written twice.
 func esc(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
+// MachineQ35Lean is q35 without the devices a virtio guest does not use, whose state
+// QEMU would otherwise restore during every migration's pause (see api.MachineQ35Lean).
+const MachineQ35Lean = "q35-lean"
+
+// leanMachine is how QEMU spells MachineQ35Lean; ParseArgs reads it back.
+var leanMachine = []string{"-machine", "q35,sata=off,smbus=off", "-global", "apic-common.vapic=off"}
+
+// machineArgs returns the options that give a VM the machine m.
+func machineArgs(m string) []string {
+	if m == MachineQ35Lean {
+		return leanMachine
+	}
+	return []string{"-machine", esc(m)}
+}

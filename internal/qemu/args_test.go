@@ -132,3 +132,16 @@ func TestArgsDetails(t *testing.T) {
 		t.Errorf("a kernel boot must not set a disk bootindex: %s", got)
 	}
 }
+
+// TestLeanMachine: q35-lean is q35 without its SATA and SMBus controllers and with the
+// vAPIC's TPR patching off.
+func TestLeanMachine(t *testing.T) {
+	a := strings.Join(Args(Spec{Name: "v", UUID: "u", CPUs: 1, MemoryMiB: 64, Machine: MachineQ35Lean, RunDir: "/r"}), " ")
+	if !strings.Contains(a, "-machine q35,sata=off,smbus=off -global apic-common.vapic=off") {
+		t.Errorf("q35-lean's options missing: %s", a)
+	}
+	a = strings.Join(Args(Spec{Name: "v", UUID: "u", CPUs: 1, MemoryMiB: 64, RunDir: "/r"}), " ")
+	if !strings.Contains(a, "-machine q35 ") || strings.Contains(a, "vapic") {
+		t.Errorf("the default machine changed: %s", a)
+	}
+}

@@ -35,6 +35,9 @@ func ParseArgs(args []string) (Spec, error) {
 			s.UUID = val
 		case "-machine":
 			s.Machine = unesc(val)
+			if val == leanMachine[1] {
+				s.Machine = MachineQ35Lean
+			}
 		case "-accel":
 			s.Accel, _, _ = strings.Cut(val, ",")
 		case "-cpu":

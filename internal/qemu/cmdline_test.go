@@ -16,7 +16,7 @@ func TestParseArgsReadsBackArgs(t *testing.T) {
 			Disks: []Disk{{ID: "disk0", Path: "/ds/vms/web,1/data.qcow2", Format: FormatQCOW2}, {ID: "disk1", Path: "/ds/iso.raw", Format: FormatRaw, ReadOnly: true}},
 			NICs:  []NIC{{ID: "net0", MAC: "02:67:77:00:00:01", Tap: "gw1a2b3c4dn0"}, {ID: "net1", MAC: "02:67:77:00:00:02", Tap: "gw1a2b3c4dn1"}}},
 		{Name: "disk-boot", UUID: "1f8fad5b-d9cb-469f-a165-70867728950e", CPUs: 1, MemoryMiB: 64, CPUModel: DefaultCPUModel,
-			Machine: DefaultMachine, Accel: AccelKVM, BootFromDisk: true, RunDir: "/run/x", Incoming: IncomingDefer,
+			Machine: MachineQ35Lean, Accel: AccelKVM, BootFromDisk: true, RunDir: "/run/x", Incoming: IncomingDefer,
 			Disks: []Disk{{ID: "disk0", Path: "/ds/disk.raw", Format: FormatRaw}}},
 	} {
 		got, err := ParseArgs(Args(s))
