@@ -295,7 +295,7 @@ func TestDecisionParameters(t *testing.T) {
 		t.Errorf("parameters %+v", mp)
 	}
 	sp := SourceParameters(mustPolicy(t, PolicyBalanced))
-	if *sp.MaxBandwidth != UnlimitedBandwidth || *sp.DowntimeLimit != 20 || *sp.MaxCPUThrottle != 1 || sp.MultifdChannels != nil {
+	if *sp.MaxBandwidth != UnlimitedBandwidth || *sp.DowntimeLimit != 5 || *sp.MaxCPUThrottle != 1 || sp.MultifdChannels != nil {
 		t.Errorf("source parameters %+v", sp)
 	}
 	caps := SourceCapabilities(Policy{Channels: 4})

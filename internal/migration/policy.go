@@ -157,10 +157,10 @@ func (p Policy) EncryptionMode() string {
 // DefaultPolicies returns the built-in policies, a fresh copy on every call
 // ("balanced" first, the default):
 //
-//	balanced         downtime 20 ms (raised up to 100 ms if that alone converges),
+//	balanced         downtime 5 ms (raised up to 100 ms if that alone converges),
 //	                 no bandwidth limit, budget 10 min, single stream,
 //	                 throttle 20% +10% per step up to 80%, no post-copy.
-//	fast-switchover  downtime 5 ms (up to 20 ms), no bandwidth limit, budget 10 min,
+//	fast-switchover  downtime 2 ms (up to 20 ms), no bandwidth limit, budget 10 min,
 //	                 single stream, throttle 30% +15% up to 95%: the shortest pause,
 //	                 at the cost of slowing a busy guest hard for a while.
 //	safe             downtime 50 ms (up to 300 ms, QEMU's own default limit), no
@@ -182,7 +182,7 @@ func DefaultPolicies() []Policy {
 	return []Policy{
 		{
 			Name:            PolicyBalanced,
-			DowntimeTarget:  20 * time.Millisecond,
+			DowntimeTarget:  5 * time.Millisecond,
 			DowntimeMax:     100 * time.Millisecond,
 			TimeBudget:      10 * time.Minute,
 			ThrottleInitial: 20,
@@ -192,7 +192,7 @@ func DefaultPolicies() []Policy {
 		},
 		{
 			Name:            PolicyFastSwitchover,
-			DowntimeTarget:  5 * time.Millisecond,
+			DowntimeTarget:  2 * time.Millisecond,
 			DowntimeMax:     20 * time.Millisecond,
 			TimeBudget:      10 * time.Minute,
 			ThrottleInitial: 30,

@@ -99,7 +99,7 @@ func TestPolicyJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{`"name":"balanced"`, `"downtime_target":20000000`, `"time_budget":`, `"throttle_max":80`, `"allow_postcopy":false`} {
+	for _, key := range []string{`"name":"balanced"`, `"downtime_target":5000000`, `"time_budget":`, `"throttle_max":80`, `"allow_postcopy":false`} {
 		if !strings.Contains(string(b), key) {
 			t.Errorf("%s lacks %s", b, key)
 		}
