@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,17 +19,18 @@ import (
 
 // migrationSummary is the JSON `vm migrate -o json` prints.
 type migrationSummary struct {
-	ID          string  `json:"id"`
-	State       string  `json:"state"`
-	Source      string  `json:"source"`
-	Destination string  `json:"destination"`
-	TotalMS     float64 `json:"total_ms"`
-	DowntimeMS  float64 `json:"downtime_ms"`
-	PauseMS     float64 `json:"pause_ms"`
-	Bytes       uint64  `json:"bytes"`
-	Passes      int     `json:"passes"`
-	Encrypted   bool    `json:"encrypted"`
-	Error       string  `json:"error"`
+	ID          string              `json:"id"`
+	State       string              `json:"state"`
+	Source      string              `json:"source"`
+	Destination string              `json:"destination"`
+	TotalMS     float64             `json:"total_ms"`
+	DowntimeMS  float64             `json:"downtime_ms"`
+	PauseMS     float64             `json:"pause_ms"`
+	Pause       *api.PauseBreakdown `json:"pause"`
+	Bytes       uint64              `json:"bytes"`
+	Passes      int                 `json:"passes"`
+	Encrypted   bool                `json:"encrypted"`
+	Error       string              `json:"error"`
 }
 
 // qemuProcesses returns the pids of QEMU processes whose command line carries uuid.
@@ -79,6 +81,7 @@ func TestLiveMigration(t *testing.T) {
 		if sum.State != api.MigrationSucceeded || sum.Source != from || sum.Destination != to || sum.TotalMS <= 0 || sum.Bytes == 0 || sum.Passes < 1 {
 			t.Fatalf("migration summary %+v; want a success %s → %s with times, bytes and passes", sum, from, to)
 		}
+		checkPause(t, sum)
 		moved := waitVM(t, l, "mig-1", func(v api.VM) bool { return v.Host == to && v.State == api.VMRunning })
 		if moved.IP != vm.IP || moved.MAC != vm.MAC || moved.UUID != vm.UUID {
 			t.Fatalf("the VM's identity changed: %+v, was %+v", moved, vm)
@@ -130,4 +133,32 @@ func TestLiveMigration(t *testing.T) {
 		t.Fatalf("refused migrations left records: %d, %v", len(after), err)
 	}
 	l.MustRun("vm", "delete", "mig-1")
+}
+
+// checkPause checks a migration's pause breakdown: every part there, none negative, the
+// parts adding up to the whole, which is the hosts' STOP→RESUME within a few ms (QEMU
+// emits the events and the checkpoints moments apart), the first announce near the resume
+// and the slowest device on each side named.
+func checkPause(t *testing.T, sum migrationSummary) {
+	t.Helper()
+	p := sum.Pause
+	if p == nil {
+		t.Fatalf("migration %s recorded no pause breakdown", sum.ID)
+	}
+	t.Logf("pause %.1f ms: stop %.1f, last pass %.1f, devices %.1f, disks %.1f, destination load %.1f, resume %.1f; slowest load %s, save %s",
+		p.TotalMS, p.StopMS, p.LastPassMS, p.DeviceStateMS, p.DiskHandoverMS, p.DestinationLoadMS, p.ResumeMS, p.SlowestLoad, p.SlowestSave)
+	parts := []float64{p.StopMS, p.LastPassMS, p.DeviceStateMS, p.DiskHandoverMS, p.DestinationLoadMS, p.ResumeMS}
+	sum2 := 0.0
+	for _, x := range parts {
+		if x < 0 {
+			t.Errorf("a part of the pause is negative: %+v", *p)
+		}
+		sum2 += x
+	}
+	if math.Abs(sum2-p.TotalMS) > 0.01 || p.TotalMS <= 0 || math.Abs(p.TotalMS-sum.PauseMS) > 5+0.2*sum.PauseMS {
+		t.Errorf("pause parts add up to %.3f ms, total %.3f ms, STOP→RESUME %.3f ms", sum2, p.TotalMS, sum.PauseMS)
+	}
+	if p.AnnounceMS == nil || math.Abs(*p.AnnounceMS) > 1000 || p.SlowestLoad == "" || p.SlowestSave == "" || p.DiskHandoverMS <= 0 {
+		t.Errorf("pause breakdown lacks the announce, the slowest devices or the disk hand-over (the VM has a disk): %+v", *p)
+	}
 }
