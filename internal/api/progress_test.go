@@ -38,11 +38,11 @@ func TestProgressStream(t *testing.T) {
 		t.Errorf("a callback's error: %v; want it returned", err)
 	}
 	for in, want := range map[string]string{
-		"[1]\n":                                    "not a JSON object",
-		"data: {}\n":                               "not a JSON object",
-		"{\"migration\":\n":                        "not an event",
-		`{"migration":{"state":"running"}}` + "\n": "without an id",
-		`{"migration":{"id":5}}` + "\n":            "not an event",
+		"[1]\n":             "not a JSON object",
+		"data: {}\n":        "not a JSON object",
+		"{\"migration\":\n": "not an event",
+		`{"migration":{"state":"running"}}` + "\n":                   "without an id",
+		`{"migration":{"id":5}}` + "\n":                              "not an event",
 		"{\"x\":\"" + strings.Repeat("a", MaxProgressLine) + "\"}\n": "longer than",
 	} {
 		err := ReadProgress(strings.NewReader(in), func(ProgressEvent) error { return nil })
