@@ -36,13 +36,13 @@ func TestProgressPushed(t *testing.T) {
 		addr[h.Name] = h.Address
 	}
 	var vm api.VM
-	l.RunJSON(&vm, "vm", "create", "push-1", "--host", "host-1", "--memory", "256")
+	l.RunJSON(&vm, "vm", "create", "push-1", "--host", "host-1", "--memory", "128")
 	l.WaitHTTP("client", "http://"+vm.IP+"/healthz", 90*time.Second)
 	// Slow links and a guest that rewrites memory make each migration last seconds,
 	// long enough that asking every 100 ms would show.
-	l.Shape("host-1", "100mbit")
-	l.Shape("host-2", "100mbit")
-	resp, err := l.HTTP("client").Post("http://"+vm.IP+"/dirty?mib=32&rate=6", "application/json", nil)
+	l.Shape("host-1", "200mbit")
+	l.Shape("host-2", "200mbit")
+	resp, err := l.HTTP("client").Post("http://"+vm.IP+"/dirty?mib=16&rate=3", "application/json", nil)
 	if err != nil {
 		t.Fatalf("POST /dirty: %v", err)
 	}
