@@ -21,9 +21,9 @@ import (
 // (GET /agent/v1/migrations/stream), not by asking: during a migration of several
 // seconds the source accepts only a few connections and the center reads the
 // migration's view by itself (GET /agent/v1/migrations/{id}) hardly ever — it used to
-// every 100 ms — while the source pushes many views and a watcher of the center's task
-// stream sees the progress step by step; the outcome is recorded, and the source's
-// stream closes once nothing is followed there. Then a migration back has every
+// every 100 ms — while the source pushes many views, a watcher of the center's task
+// stream sees the progress step by step and `migration watch` prints it; the outcome is
+// recorded, and the source's stream closes once nothing is followed there. Then a migration back has every
 // connection from the center to its source killed mid-copy: the center opens the
 // stream again, the watcher sees progress go on, and the outcome is recorded as it
 // happened.
@@ -52,10 +52,19 @@ func TestProgressPushed(t *testing.T) {
 	defer cancel()
 	w := watchMigrationTasks(ctx, t, l, "push-1")
 
-	// A migration followed by its stream.
+	// A migration followed by its stream, and by `migration watch` from the CLI.
 	before := agentSamples(t, l, "host-1")
 	var m api.Migration
 	l.RunJSON(&m, "vm", "migrate", "push-1", "--to", "host-2", "--detach")
+	type watched struct {
+		out, errOut string
+		err         error
+	}
+	cli := make(chan watched, 1)
+	go func() {
+		out, errOut, err := l.Run("migration", "watch", m.ID, "-o", "json")
+		cli <- watched{out, errOut, err}
+	}()
 	steps, final := w.until(t, m.ID, nil)
 	after := agentSamples(t, l, "host-1")
 	done := migrationShown(t, l, m.ID)
@@ -81,6 +90,15 @@ func TestProgressPushed(t *testing.T) {
 		t.Errorf("host-1 pushed %v views and the task stream showed %d progress steps (%v); want progress shown as it happens", pushed, len(steps), steps)
 	}
 	waitSample(t, l, "host-1", "godwit_agent_progress_streams", 0)
+	got := <-cli
+	var sum migrationSummary
+	if err := json.Unmarshal([]byte(got.out), &sum); got.err != nil || err != nil || sum.State != api.MigrationSucceeded {
+		t.Errorf("migration watch %s: %v\n%s%s; want the summary of a success", m.ID, got.err, got.out, got.errOut)
+	}
+	// Not at a terminal, it prints a progress line a second.
+	if n := strings.Count(got.errOut, "host-1 → host-2"); n < 2 {
+		t.Errorf("migration watch %s printed %d progress lines during %.1f s:\n%s", m.ID, n, done.TotalMS/1000, got.errOut)
+	}
 
 	// A migration back whose connections from the center to the source are killed
 	// mid-copy.
