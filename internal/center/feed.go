@@ -26,6 +26,10 @@ const (
 	feedBackoffMax = retryEvery
 	// feedConnect bounds opening the stream, up to its answer's header.
 	feedConnect = 5 * time.Second
+	// maxUnclaimed bounds the views a feed keeps of migrations it has no follower for
+	// yet: the source pushes a migration's first view as soon as it starts, which may
+	// be before the center follows it.
+	maxUnclaimed = 64
 )
 
 // feed is the progress stream of one source host and the followers it serves. Its
@@ -33,6 +37,10 @@ const (
 type feed struct {
 	host      string
 	followers map[string]*follower // by migration id
+	// unclaimed holds the latest view of each migration the current connection spoke
+	// of under way that no follower took yet (at most maxUnclaimed; not those that had
+	// ended when first spoken of, which the center has recorded or reads by itself).
+	unclaimed map[string]api.Migration
 	// restart ends the current connection, so that the next one is opened anew.
 	restart context.CancelFunc
 	stop    context.CancelFunc
@@ -90,7 +98,7 @@ func (c *Center) joinFeed(m api.Migration) *follower {
 	fd := c.feeds[m.Source]
 	if fd == nil {
 		ctx, stop := context.WithCancel(c.runCtx)
-		fd = &feed{host: m.Source, followers: map[string]*follower{}, stop: stop, restart: func() {}}
+		fd = &feed{host: m.Source, followers: map[string]*follower{}, unclaimed: map[string]api.Migration{}, stop: stop, restart: func() {}}
 		c.feeds[m.Source] = fd
 		c.wg.Add(1)
 		go func() {
@@ -99,6 +107,10 @@ func (c *Center) joinFeed(m api.Migration) *follower {
 		}()
 	}
 	fd.followers[m.ID] = f
+	if v, ok := fd.unclaimed[m.ID]; ok {
+		delete(fd.unclaimed, m.ID)
+		f.offer(v)
+	}
 	return f
 }
 
@@ -189,10 +201,11 @@ func (c *Center) readFeed(ctx context.Context, fd *feed) (heard bool, err error)
 			return nil // a heartbeat
 		}
 		c.feedMu.Lock()
-		f := fd.followers[ev.Migration.ID]
-		c.feedMu.Unlock()
-		if f != nil {
+		defer c.feedMu.Unlock()
+		if f := fd.followers[ev.Migration.ID]; f != nil {
 			f.offer(*ev.Migration)
+		} else if _, ok := fd.unclaimed[ev.Migration.ID]; ok || !terminal(ev.Migration.State) && len(fd.unclaimed) < maxUnclaimed {
+			fd.unclaimed[ev.Migration.ID] = *ev.Migration
 		}
 		return nil
 	})
@@ -206,10 +219,12 @@ func (c *Center) readFeed(ctx context.Context, fd *feed) (heard bool, err error)
 }
 
 // uncover marks every follower of the feed as not spoken of by a live stream, so that
-// each asks for its migration by itself until a stream speaks of it again.
+// each asks for its migration by itself until a stream speaks of it again, and forgets
+// the connection's unclaimed views.
 func (c *Center) uncover(fd *feed) {
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
+	clear(fd.unclaimed)
 	for _, f := range fd.followers {
 		f.mu.Lock()
 		f.covered = false

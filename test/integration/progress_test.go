@@ -16,12 +16,12 @@ import (
 	"github.com/godwit/godwit/internal/labtest"
 )
 
-// TestProgressPushed follows migrations of a small, busy guest over slow links and
-// checks that the center learns their progress from the source's progress stream
-// (GET /agent/v1/migrations/stream), not by asking: during a migration of several
-// seconds the source accepts only a few connections and the center reads the
-// migration's view by itself (GET /agent/v1/migrations/{id}) hardly ever — it used to
-// every 100 ms — while the source pushes many views, a watcher of the center's task
+// TestProgressPushed follows migrations of small guests over slow links and checks
+// that the center learns their progress from the source's progress stream
+// (GET /agent/v1/migrations/stream), not by asking: during a migration of a busy guest,
+// joined by a second from the same host, the source accepts only a few connections and
+// the center reads a migration's view by itself (GET /agent/v1/migrations/{id}) hardly
+// ever — it used to every 100 ms — while the source pushes many views, a watcher of the center's task
 // stream sees the progress step by step and `migration watch` prints it; the outcome is
 // recorded, and the source's stream closes once nothing is followed there. Then a migration back has every
 // connection from the center to its source killed mid-copy: the center opens the
@@ -35,9 +35,11 @@ func TestProgressPushed(t *testing.T) {
 	for _, h := range hosts {
 		addr[h.Name] = h.Address
 	}
-	var vm api.VM
+	var vm, idle api.VM
 	l.RunJSON(&vm, "vm", "create", "push-1", "--host", "host-1", "--memory", "128")
+	l.RunJSON(&idle, "vm", "create", "push-2", "--host", "host-1", "--memory", "128")
 	l.WaitHTTP("client", "http://"+vm.IP+"/healthz", 90*time.Second)
+	l.WaitHTTP("client", "http://"+idle.IP+"/healthz", 90*time.Second)
 	// Slow links and a guest that rewrites memory make each migration last seconds,
 	// long enough that asking every 100 ms would show.
 	l.Shape("host-1", "200mbit")
@@ -52,9 +54,10 @@ func TestProgressPushed(t *testing.T) {
 	defer cancel()
 	w := watchMigrationTasks(ctx, t, l, "push-1")
 
-	// A migration followed by its stream, and by `migration watch` from the CLI.
+	// A migration followed by its stream, and by `migration watch` from the CLI; once it
+	// is under way, a second one from the same host joins the stream.
 	before := agentSamples(t, l, "host-1")
-	var m api.Migration
+	var m, second api.Migration
 	l.RunJSON(&m, "vm", "migrate", "push-1", "--to", "host-2", "--detach")
 	type watched struct {
 		out, errOut string
@@ -65,26 +68,43 @@ func TestProgressPushed(t *testing.T) {
 		out, errOut, err := l.Run("migration", "watch", m.ID, "-o", "json")
 		cli <- watched{out, errOut, err}
 	}()
-	steps, final := w.until(t, m.ID, nil)
-	after := agentSamples(t, l, "host-1")
+	steps, final := w.until(t, m.ID, func(tk api.Task) {
+		if second.ID == "" && tk.State == api.TaskRunning && tk.Progress.Percent > 5 {
+			l.RunJSON(&second, "vm", "migrate", "push-2", "--to", "host-2", "--detach")
+		}
+	})
 	done := migrationShown(t, l, m.ID)
 	if final.State != api.TaskSucceeded || done.State != api.MigrationSucceeded {
 		t.Fatalf("the migration ended %s (task %s): %s", done.State, final.State, done.Error)
 	}
+	if second.ID == "" {
+		t.Fatalf("the migration ended before a second could join it (progress steps %v)", steps)
+	}
+	var secondDone api.Migration
+	for deadline := time.Now().Add(2 * time.Minute); !faultEnded(secondDone); time.Sleep(200 * time.Millisecond) {
+		if secondDone = migrationShown(t, l, second.ID); time.Now().After(deadline) {
+			t.Fatalf("the second migration did not end: %+v", secondDone)
+		}
+	}
+	after := agentSamples(t, l, "host-1")
+	if secondDone.State != api.MigrationSucceeded {
+		t.Fatalf("the second migration ended %s: %s", secondDone.State, secondDone.Error)
+	}
 	waitVM(t, l, "push-1", func(v api.VM) bool { return v.Host == "host-2" && v.State == api.VMRunning })
+	waitVM(t, l, "push-2", func(v api.VM) bool { return v.Host == "host-2" && v.State == api.VMRunning })
 	conns := after["godwit_agent_connections_accepted_total"] - before["godwit_agent_connections_accepted_total"]
 	reads := after[centerReads] - before[centerReads]
 	pushed := after["godwit_agent_progress_updates_total"] - before["godwit_agent_progress_updates_total"]
-	t.Logf("a migration of %.1f s: host-1 accepted %v connections, the center read the migration %v times by itself, host-1 pushed %v views, the task stream showed %d progress steps",
-		done.TotalMS/1000, conns, reads, pushed, len(steps))
+	t.Logf("migrations of %.1f s and %.1f s: host-1 accepted %v connections, the center read a migration %v times by itself, host-1 pushed %v views, the task stream showed %d progress steps of the first",
+		done.TotalMS/1000, secondDone.TotalMS/1000, conns, reads, pushed, len(steps))
 	if done.TotalMS < 2000 {
 		t.Fatalf("the migration took %.0f ms; this test needs one of seconds to tell pushed progress from asked", done.TotalMS)
 	}
 	if reads > 2 {
-		t.Errorf("the center read the migration's view %v times from host-1 during %.1f s; want its progress pushed, not asked for", reads, done.TotalMS/1000)
+		t.Errorf("the center read the migrations' views %v times from host-1 during %.1f s; want their progress pushed, not asked for", reads, done.TotalMS/1000)
 	}
-	if conns > 5 {
-		t.Errorf("host-1 accepted %v connections during the migration; want a few (one stream, a pooled connection or two)", conns)
+	if conns > 6 {
+		t.Errorf("host-1 accepted %v connections during two migrations; want a few (one stream for both, a pooled connection or two)", conns)
 	}
 	if pushed < 5 || len(steps) < 3 {
 		t.Errorf("host-1 pushed %v views and the task stream showed %d progress steps (%v); want progress shown as it happens", pushed, len(steps), steps)
