@@ -149,6 +149,7 @@ func (c *Center) runFeed(ctx context.Context, fd *feed) {
 		c.feedMu.Lock()
 		fd.restart = restart
 		c.feedMu.Unlock()
+		opened := time.Now()
 		heard, err := c.readFeed(conn, fd)
 		restart()
 		c.uncover(fd)
@@ -156,19 +157,21 @@ func (c *Center) runFeed(ctx context.Context, fd *feed) {
 			return
 		}
 		if heard {
-			backoff = feedBackoffMin
 			c.log.Info("the progress stream of a source host ended; opening it again", "host", fd.host, "err", err)
 		} else {
 			c.log.Debug("the progress stream of a source host cannot be opened", "host", fd.host, "err", err, "retry_in", backoff)
+		}
+		// A stream that served a while is opened again soon; one that keeps failing
+		// (or ending as soon as it opens) less and less often.
+		if heard && time.Since(opened) >= api.ProgressHeartbeat {
+			backoff = feedBackoffMin
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(backoff):
 		}
-		if !heard {
-			backoff = min(2*backoff, feedBackoffMax)
-		}
+		backoff = min(2*backoff, feedBackoffMax)
 	}
 }
 
@@ -186,15 +189,19 @@ func (c *Center) readFeed(ctx context.Context, fd *feed) (heard bool, err error)
 	if err != nil {
 		return false, err
 	}
-	silent := fmt.Errorf("no word from %s's progress stream for %s", fd.host, api.ProgressSilence)
-	watchdog := time.AfterFunc(feedConnect, func() { cancel(silent) })
-	defer watchdog.Stop()
+	slow := time.AfterFunc(feedConnect, func() {
+		cancel(fmt.Errorf("%s's agent did not answer the progress stream's request within %s", fd.host, feedConnect))
+	})
 	resp, err := cl.Stream(ctx, "/agent/v1/migrations/stream")
+	slow.Stop()
 	if err != nil {
 		return false, errors.Join(err, context.Cause(ctx))
 	}
 	defer resp.Body.Close()
-	watchdog.Reset(api.ProgressSilence)
+	watchdog := time.AfterFunc(api.ProgressSilence, func() {
+		cancel(fmt.Errorf("no word from %s's progress stream for %s", fd.host, api.ProgressSilence))
+	})
+	defer watchdog.Stop()
 	err = api.ReadProgress(resp.Body, func(ev api.ProgressEvent) error {
 		watchdog.Reset(api.ProgressSilence)
 		if ev.Migration == nil {
