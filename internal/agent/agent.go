@@ -103,6 +103,8 @@ type Agent struct {
 
 	migMu      sync.Mutex
 	migrations map[string]*outgoing // by id, this host being the source
+	// progress tells the progress streams which of them changed.
+	progress progressHub
 
 	// peers pools the connections to other hosts' agents.
 	peers *api.HostClients

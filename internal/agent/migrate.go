@@ -38,6 +38,9 @@ type outgoing struct {
 	// bandwidthCap is the cap on the stream the center set, in bytes/s (0: none); the
 	// migration's driver reads it at every poll (migration.Options.BandwidthCap).
 	bandwidthCap atomic.Int64
+	// hub hears of every change of m, for the progress streams (nil: a record read
+	// back from disk, which no longer changes).
+	hub *progressHub
 }
 
 func (o *outgoing) snapshot() api.Migration {
@@ -49,7 +52,11 @@ func (o *outgoing) snapshot() api.Migration {
 func (o *outgoing) update(f func(m *api.Migration)) {
 	o.mu.Lock()
 	f(&o.m)
+	id := o.m.ID
 	o.mu.Unlock()
+	if o.hub != nil {
+		o.hub.changed(id)
+	}
 }
 
 // outgoingRecord is kept in vm.json while a migration runs, so that a restarted source
@@ -113,6 +120,7 @@ func (a *Agent) SetMigrationBandwidth(id string, req api.BandwidthRequest) (api.
 	o.bandwidthCap.Store(req.MaxBandwidth)
 	m := o.m
 	o.mu.Unlock()
+	a.progress.changed(id)
 	if old != req.MaxBandwidth {
 		a.log.Info("migration bandwidth cap changed", "migration", id, "vm", m.VM, "from", old, "to", req.MaxBandwidth)
 	}
@@ -188,7 +196,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 		return api.Migration{}, api.Conflict("migration %s exists already", req.ID)
 	}
 	ctx, cancel := context.WithCancel(a.runCtx)
-	o := &outgoing{cancel: cancel, m: api.Migration{
+	o := &outgoing{cancel: cancel, hub: &a.progress, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
 		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
 		Priority: req.Priority, BandwidthCap: req.MaxBandwidth,
@@ -196,6 +204,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	o.bandwidthCap.Store(req.MaxBandwidth)
 	a.migrations[req.ID] = o
 	a.migMu.Unlock()
+	a.progress.changed(req.ID)
 
 	a.wg.Add(1)
 	go func() {
@@ -828,13 +837,14 @@ func (a *Agent) settleIncoming(ctx context.Context, v *vm, p *qemu.Process) {
 // recorded for the center.
 func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	rec := *v.outgoing
-	o := &outgoing{cancel: func() {}, m: api.Migration{
+	o := &outgoing{cancel: func() {}, hub: &a.progress, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
 		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started,
 	}}
 	a.migMu.Lock()
 	a.migrations[rec.ID] = o
 	a.migMu.Unlock()
+	a.progress.changed(rec.ID)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/metrics"
+	"github.com/godwit/godwit/internal/pki"
 )
 
 // buildMux registers every handler of the route table (Routes) behind the guard; a
@@ -109,7 +110,9 @@ func (a *Agent) buildMux(trusted bool) (*api.Mux, error) {
 		}
 		api.WriteJSON(w, http.StatusAccepted, m)
 	})
+	mux.HandleFunc("GET /agent/v1/migrations/stream", a.streamProgress)
 	mux.HandleFunc("GET /agent/v1/migrations/{id}", func(w http.ResponseWriter, r *http.Request) {
+		a.metrics.MigrationRead(callerOf(r.Context()).name == pki.CenterName)
 		m, err := a.Migration(r.PathValue("id"))
 		if err != nil {
 			api.WriteError(w, err)

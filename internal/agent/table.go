@@ -32,6 +32,7 @@ func Routes() []api.Route {
 		{Method: "POST", Path: "/agent/v1/vms/{name}/migrate", Access: center, Summary: "Migrate a VM to another host, with the center's ticket", Request: api.AgentMigrateRequest{}, Response: api.Migration{}, Status: http.StatusAccepted},
 		{Method: "POST", Path: "/agent/v1/preflight", Access: center, Summary: "Could this host take a VM?", Request: api.IncomingRequest{}, Status: http.StatusNoContent},
 		{Method: "GET", Path: "/agent/v1/cpu-models", Access: center, Summary: "The CPU models this host can give guests", Response: qemu.CPUCaps{}},
+		{Method: "GET", Path: "/agent/v1/migrations/stream", Access: center, Summary: "Every migration this host runs as the source, then each change (newline-delimited JSON)", Stream: true},
 		{Method: "GET", Path: "/agent/v1/migrations/{id}", Access: dest, CenterToo: true, Summary: "How a migration this host runs as the source goes", Response: api.Migration{}},
 		{Method: "POST", Path: "/agent/v1/migrations/{id}/bandwidth", Access: center, Summary: "Cap a running migration's stream", Request: api.BandwidthRequest{}, Response: api.Migration{}},
 		{Method: "POST", Path: "/agent/v1/migrations/{id}/cancel", Access: center, Summary: "Cancel a migration; the VM stays here", Response: api.Migration{}},

@@ -91,6 +91,10 @@ type Center struct {
 	live   sync.Map
 	runCtx context.Context
 	wg     sync.WaitGroup
+	// feeds holds the progress feed of each source host with migrations followed
+	// (feed.go).
+	feedMu sync.Mutex
+	feeds  map[string]*feed
 
 	// tasks publishes every change of a task to the subscribers of the task stream;
 	// activeTasks holds the live view of each queued or running task (id → api.Task).
@@ -172,7 +176,8 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter()}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(),
+		feeds: map[string]*feed{}}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()

@@ -146,89 +146,95 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 }
 
 // Following a migration. The source agent owns a migration once it started it, so its
-// record is the truth: the center polls it and records what it says. When the source
-// cannot be reached, or no longer knows the migration, the outcome is never guessed
-// from a timeout: the migration keeps its last known state, its task says what the
-// center waits for, and the outcome is recorded when a host that knows answers — the
-// source's record, or the hosts' heartbeats (settleByEvidence).
+// record is the truth: the center takes the views its source pushes on the host's
+// progress stream (feed.go), or asks for them while the stream cannot tell, and records
+// what they say. When the source cannot be reached, or no longer knows the migration,
+// the outcome is never guessed from a timeout: the migration keeps its last known
+// state, its task says what the center waits for, and the outcome is recorded when a
+// host that knows answers — the source's record, or the hosts' heartbeats
+// (settleByEvidence).
 const (
-	// followEvery is how often the source is asked while it answers, and retryEvery
-	// while it does not.
-	followEvery = 100 * time.Millisecond
-	retryEvery  = time.Second
-	// quietPolls is how many unanswered polls in a row make the task say that the
+	// retryEvery is how often a follower asks the source for its migration while the
+	// progress stream does not speak of it.
+	retryEvery = time.Second
+	// quietPolls is how many unanswered requests in a row make the task say that the
 	// center waits for the source.
 	quietPolls = 3
 )
 
-// follow polls the source agent for a migration's progress until it ends, then records
-// the outcome and, on success, the VM's new host. It runs until the center stops; a
+// follow takes a migration's views from its source until it ends, then records the
+// outcome and, on success, the VM's new host. It runs until the center stops; a
 // restarted center follows the unfinished migrations again.
 func (c *Center) follow(m api.Migration) {
 	c.live.Store(m.ID, m)
+	f := c.joinFeed(m)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		defer c.live.Delete(m.ID)
+		defer c.leaveFeed(m.Source, f)
 		ctx := c.runCtx
 		last := m // the latest view: the source's, or the center's own at first
 		misses := 0
+		ask := time.NewTicker(retryEvery)
+		defer ask.Stop()
 		for {
-			wait := followEvery
-			if misses > 0 {
-				wait = retryEvery
-			}
+			var cur api.Migration
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(wait):
-			}
-			cur, err := c.pollSource(ctx, m)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
+			case <-f.wake:
+				var ok bool
+				if cur, ok = f.take(); !ok {
+					continue
 				}
-				misses++
-				var se *api.StatusError
-				unknown := errors.As(err, &se) && se.Status == http.StatusNotFound
-				if end, ok := c.settleByEvidence(ctx, last, unknown, err); ok {
-					c.record1(ctx, end)
-					return
+			case <-ask.C:
+				if f.isCovered() {
+					continue
 				}
-				if note := waitingFor(m, unknown, err); (misses >= quietPolls || unknown) && note != last.Waiting {
-					last.Waiting = note
-					c.live.Store(m.ID, last)
-					c.migrationChanged(ctx, last)
-					c.log.Warn("migration outcome pending: waiting for a host that knows it", "migration", m.ID, "vm", m.VM,
-						"source", m.Source, "err", err)
+				var err error
+				if cur, err = c.pollSource(ctx, m); err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					misses++
+					var se *api.StatusError
+					unknown := errors.As(err, &se) && se.Status == http.StatusNotFound
+					if end, ok := c.settleByEvidence(ctx, last, unknown, err); ok {
+						c.record1(ctx, end)
+						return
+					}
+					if note := waitingFor(m, unknown, err); (misses >= quietPolls || unknown) && note != last.Waiting {
+						last.Waiting = note
+						c.live.Store(m.ID, last)
+						c.migrationChanged(ctx, last)
+						c.log.Warn("migration outcome pending: waiting for a host that knows it", "migration", m.ID, "vm", m.VM,
+							"source", m.Source, "err", err)
+					}
+					continue
 				}
-				continue
 			}
 			if misses >= quietPolls {
 				c.log.Info("the source answers again", "migration", m.ID, "vm", m.VM, "source", m.Source, "unanswered", misses)
 			}
 			misses = 0
-			// The center's own record knows when and how the migration began, should
-			// the source have had to rebuild its record after a restart.
-			if cur.Started.IsZero() || m.Started.Before(cur.Started) {
-				cur.Started = m.Started
-			}
-			if cur.Policy == "" {
-				cur.Policy = m.Policy
-			}
+			cur = withOrigin(cur, m)
 			last = cur
 			c.live.Store(m.ID, cur)
 			if terminal(cur.State) {
-				if c.record1(ctx, cur) == nil {
-					return
+				// Not recorded: record again a moment later, the newest view if the
+				// source sent one meanwhile.
+				for c.record1(ctx, cur) != nil {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(recordRetry):
+					}
+					if newer, ok := f.take(); ok && terminal(newer.State) {
+						cur = withOrigin(newer, m)
+					}
 				}
-				// Not recorded: ask the source again, and record again, a moment later.
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(recordRetry):
-				}
-				continue
+				return
 			}
 			c.migrationChanged(ctx, cur)
 			if cur.State != m.State {
@@ -237,6 +243,19 @@ func (c *Center) follow(m api.Migration) {
 			}
 		}
 	}()
+}
+
+// withOrigin is the source's view cur of migration m, with when and how the migration
+// began as the center's own record knows it, should the source have had to rebuild its
+// record after a restart.
+func withOrigin(cur, m api.Migration) api.Migration {
+	if cur.Started.IsZero() || m.Started.Before(cur.Started) {
+		cur.Started = m.Started
+	}
+	if cur.Policy == "" {
+		cur.Policy = m.Policy
+	}
+	return cur
 }
 
 // waitingFor says, for a migration's task, why its outcome is not known yet.

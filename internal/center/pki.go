@@ -175,6 +175,7 @@ func (c *Center) noteRevoked(host string, serials []string) {
 	}
 	if len(serials) > 0 {
 		c.agents.Forget(host)
+		c.restartFeed(host)
 	}
 }
 

@@ -42,6 +42,9 @@ type Agent struct {
 	incoming          *prometheus.CounterVec
 	heartbeatFailures prometheus.Counter
 	connections       prometheus.Counter
+	progressStreams   prometheus.Gauge
+	progressSent      prometheus.Counter
+	migrationReads    *prometheus.CounterVec
 	handler           http.Handler
 }
 
@@ -70,10 +73,24 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			Name: "godwit_agent_connections_accepted_total",
 			Help: "TCP connections the agent's API accepted (each one a TLS handshake); callers keep connections alive, so this grows slowly.",
 		}),
+		progressStreams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "godwit_agent_progress_streams",
+			Help: "Progress streams open now (GET /agent/v1/migrations/stream); the center holds one while it follows migrations this host runs.",
+		}),
+		progressSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "godwit_agent_progress_updates_total",
+			Help: "Views of migrations this host runs as the source that it pushed on progress streams.",
+		}),
+		migrationReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_agent_migration_reads_total",
+			Help: "Requests for one migration's view (GET /agent/v1/migrations/{id}), by caller (center, host); the center reads one only when its progress stream cannot tell it.",
+		}, []string{"caller"}),
 	}
 	for _, o := range []string{api.MigrationSucceeded, api.MigrationFailed, api.MigrationCancelled} {
 		a.outgoing.WithLabelValues(o)
 	}
+	a.migrationReads.WithLabelValues("center")
+	a.migrationReads.WithLabelValues("host")
 	for _, o := range []string{IncomingSucceeded, IncomingFailed, IncomingAborted} {
 		a.incoming.WithLabelValues(o)
 	}
@@ -86,7 +103,8 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		accel: prometheus.NewDesc("godwit_agent_accel_info",
 			"The accelerator VMs use on this host, as the label accel (kvm or tcg); absent while the KVM probe runs.", []string{"accel"}, nil),
 	}
-	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, a.connections, host); err != nil {
+	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, a.connections,
+		a.progressStreams, a.progressSent, a.migrationReads, host); err != nil {
 		return nil, err
 	}
 	a.handler = handler(cfg.Registry, cfg.Log)
@@ -135,6 +153,24 @@ func (a *Agent) IncomingEnded(outcome string) {
 
 // HeartbeatFailed counts a heartbeat to the center that failed.
 func (a *Agent) HeartbeatFailed() { a.heartbeatFailures.Inc() }
+
+// ProgressStreamOpened and ProgressStreamClosed count the progress streams open.
+func (a *Agent) ProgressStreamOpened() { a.progressStreams.Inc() }
+
+// ProgressStreamClosed: see ProgressStreamOpened.
+func (a *Agent) ProgressStreamClosed() { a.progressStreams.Dec() }
+
+// ProgressSent counts n migration views pushed on a progress stream.
+func (a *Agent) ProgressSent(n int) { a.progressSent.Add(float64(n)) }
+
+// MigrationRead counts a request for one migration's view, by the center or by a host.
+func (a *Agent) MigrationRead(byCenter bool) {
+	caller := "host"
+	if byCenter {
+		caller = "center"
+	}
+	a.migrationReads.WithLabelValues(caller).Inc()
+}
 
 // hostCollector reads, at each scrape, the host's VMs and its accelerator.
 type hostCollector struct {

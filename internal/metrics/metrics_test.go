@@ -328,6 +328,10 @@ func TestAgentMetrics(t *testing.T) {
 		`godwit_agent_outgoing_migrations_total{outcome="succeeded"}`: 0,
 		`godwit_agent_incoming_migrations_total{outcome="aborted"}`:   0,
 		`godwit_agent_heartbeat_failures_total`:                       0,
+		`godwit_agent_progress_streams`:                               0,
+		`godwit_agent_progress_updates_total`:                         0,
+		`godwit_agent_migration_reads_total{caller="center"}`:         0,
+		`godwit_agent_migration_reads_total{caller="host"}`:           0,
 	})
 	if strings.Contains(body, "godwit_agent_accel_info{") {
 		t.Error("an accelerator is reported while the probe runs")
@@ -343,6 +347,14 @@ func TestAgentMetrics(t *testing.T) {
 	a.IncomingEnded(IncomingAborted)
 	a.IncomingEnded("exploded") // not an outcome: ignored
 	a.HeartbeatFailed()
+	a.ProgressStreamOpened()
+	a.ProgressStreamOpened()
+	a.ProgressStreamClosed()
+	a.ProgressSent(3)
+	a.ProgressSent(0)
+	a.MigrationRead(true)
+	a.MigrationRead(false)
+	a.MigrationRead(false)
 	body, s = scrape(t, a.Handler())
 	want(t, s, map[string]float64{
 		`godwit_agent_accel_info{accel="tcg"}`:                        1,
@@ -356,6 +368,10 @@ func TestAgentMetrics(t *testing.T) {
 		`godwit_agent_incoming_migrations_total{outcome="aborted"}`:   2,
 		`godwit_agent_incoming_migrations_total{outcome="failed"}`:    0,
 		`godwit_agent_heartbeat_failures_total`:                       1,
+		`godwit_agent_progress_streams`:                               1,
+		`godwit_agent_progress_updates_total`:                         3,
+		`godwit_agent_migration_reads_total{caller="center"}`:         1,
+		`godwit_agent_migration_reads_total{caller="host"}`:           2,
 	})
 	for _, bad := range []string{`outcome="running"`, `outcome="exploded"`} {
 		if strings.Contains(body, bad) {

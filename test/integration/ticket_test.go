@@ -220,8 +220,8 @@ func TestHostsActOnTheCentersWord(t *testing.T) {
 	if !done.Encrypted {
 		t.Errorf("the migration was not encrypted: %+v", done)
 	}
-	// Following the migration (the center polls the source every 100 ms, the
-	// destination asks the source every 2 s) reuses kept-alive connections.
+	// Following the migration (the center on the source's progress stream, the
+	// destination asking the source every 2 s) reuses kept-alive connections.
 	if n := agentConnections(t, l, "host-1") - connsBefore; n > 10 {
 		t.Errorf("host-1 accepted %v connections during one migration; want a handful (pooled)", n)
 	} else {
