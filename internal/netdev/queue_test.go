@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,6 +23,26 @@ func testPacket(dst []byte, n uint32) []byte {
 	p = append(p, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xb5)
 	p = binary.BigEndian.AppendUint32(p, n)
 	return append(p, make([]byte, 46)...)
+}
+
+// waitUp waits until the kernel has set TAP name's link up after a queue attached: until
+// then it drops what is sent to it (its qdisc is attached a moment after the carrier).
+func waitUp(t *testing.T, name string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("TAP %s is %v, not up, with a queue attached", name, l.Attrs().OperState)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // readTestPacket reads the next packet of testPacket's kind, skipping what the kernel
@@ -66,6 +87,7 @@ func TestInjectorReachesTheQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	fd := attachQueue(t, name)
+	waitUp(t, name)
 	q, err := newTapQueue(fd, name)
 	if err != nil {
 		unix.Close(fd)
@@ -149,6 +171,7 @@ func TestTapQueueOfQEMU(t *testing.T) {
 	if _, err := TapQueueOf(cmd.Process.Pid, "gwnosuch0"); err == nil || !strings.Contains(err.Error(), "holds no queue") {
 		t.Errorf("TapQueueOf a TAP QEMU does not hold: err = %v", err)
 	}
+	waitUp(t, name)
 	q, err := TapQueueOf(cmd.Process.Pid, name)
 	if err != nil {
 		t.Fatal(err)
