@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,19 @@ func watchGuest(t *testing.T, l *labtest.Lab, ip string, id uint16) func() clien
 		v := clientView{icmp: <-icmpc, web: <-httpc}
 		v.retransmitted = l.TCPRetransmits("client") - retrans
 		return v
+	}
+}
+
+// tapLeft says whether host still has the TAP named tap 5 s after a VM left it: the
+// source keeps its TAPs for 2 s after a migration, carrying what still reaches them.
+func tapLeft(l *labtest.Lab, host, tap string) bool {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, _, err := l.Run("lab", "exec", "--name", l.Name, host, "--", "ip", "-o", "link", "show")
+		if err == nil && !strings.Contains(out, tap) {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
 	}
 }
