@@ -105,6 +105,8 @@ type Agent struct {
 	migrations map[string]*outgoing // by id, this host being the source
 	// progress tells the progress streams which of them changed.
 	progress progressHub
+	// lingering carries frames of VMs that just left, by UUID (see frameSender.linger).
+	lingering map[string]*frameSender
 
 	// peers pools the connections to other hosts' agents.
 	peers *api.HostClients
@@ -179,7 +181,7 @@ func New(cfg Config, version string) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
-		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})},
+		migrations: map[string]*outgoing{}, lingering: map[string]*frameSender{}, cpu: cpuState{ready: make(chan struct{})},
 	}
 	a.trust = newTrust(a.pkiDir())
 	a.peers = api.NewHostClients(func(host string) *tls.Config { return pki.ClientTLSFrom(a.id.Load, host, a.trust.isRevoked) })

@@ -329,7 +329,8 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	}
 	o.update(func(m *api.Migration) { m.State, m.Encrypted = api.MigrationRunning, creds != "" })
 	log.Info("migration started", "uri", rep.URI, "policy", policy.Name, "encrypted", creds != "")
-	stoppedAt := a.lastEvent(ctx, mon, "STOP")
+	frames := a.carryFrames(v, p, req.ID, req.DestinationAddr, rep.FramePort, key, log)
+	stoppedAt := a.lastEvent(ctx, mon, "STOP", frames.stopped)
 	stopRenice := a.reniceMigration(ctx, mon, p.PID, admission.Priority(req.Priority), o, log)
 	res, runErr := migration.Run(ctx, mon, migration.Options{
 		Policy: policy, URI: rep.URI, TLSCreds: creds,
@@ -349,6 +350,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	})
 	if runErr != nil || res.Status != migration.PhaseCompleted {
 		stoppedAt()
+		frames.giveBack()
 		a.resumeHere(context.WithoutCancel(ctx), p, log)
 		reason := res.Reason
 		if reason == "" && runErr != nil {
@@ -376,7 +378,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	if err != nil {
 		log.Warn("cannot read the source QEMU's switch-over checkpoints", "err", err)
 	}
-	a.release(v, p)
+	a.release(v, p, frames)
 	stop := stoppedAt()
 	o.update(func(m *api.Migration) {
 		now := time.Now().UTC()
@@ -393,8 +395,9 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 }
 
 // release lets go of a VM that now runs elsewhere: its QEMU ends, its TAPs and state go;
-// its disks stay (they belong to the VM, which lives on).
-func (a *Agent) release(v *vm, p *qemu.Process) {
+// its disks stay (they belong to the VM, which lives on). The TAPs go once frames is
+// done carrying what still reaches them.
+func (a *Agent) release(v *vm, p *qemu.Process, frames *frameSender) {
 	a.mu.Lock()
 	v.proc, v.state, v.stopping = nil, api.VMStopped, true
 	a.mu.Unlock()
@@ -402,7 +405,11 @@ func (a *Agent) release(v *vm, p *qemu.Process) {
 		a.log.Error("could not end the source QEMU after the migration", "vm", v.spec.Name, "pid", p.PID, "err", err)
 	}
 	_ = p.Close()
-	a.deleteTaps(v)
+	if frames != nil {
+		frames.linger(func() { a.deleteTaps(v) })
+	} else {
+		a.deleteTaps(v)
+	}
 	_ = v.removeDir()
 	a.mu.Lock()
 	if a.vms[v.spec.Name] == v {
@@ -466,8 +473,9 @@ func (a *Agent) finishDestination(ctx context.Context, dest *api.Client, name, i
 
 // lastEvent reads a monitor's events in the background and returns a function that
 // stops reading and gives the time of the last event of that name seen (zero if none).
-// It is the single reader of the monitor's events while it runs.
-func (a *Agent) lastEvent(ctx context.Context, mon *qmp.Monitor, name string) func() time.Time {
+// It is the single reader of the monitor's events while it runs. on, unless nil, is
+// called at each such event, by the reader: it must not wait.
+func (a *Agent) lastEvent(ctx context.Context, mon *qmp.Monitor, name string, on func()) func() time.Time {
 	ctx, cancel := context.WithCancel(ctx)
 	var last time.Time
 	done := make(chan struct{})
@@ -483,6 +491,9 @@ func (a *Agent) lastEvent(ctx context.Context, mon *qmp.Monitor, name string) fu
 				}
 				if ev.Name == name {
 					last = ev.Timestamp
+					if on != nil {
+						on()
+					}
 				}
 			}
 		}
@@ -580,6 +591,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 	defer v.op.Unlock()
 
 	undo := func(p *qemu.Process) {
+		a.takeFrames(v).close()
 		if p != nil {
 			_ = p.Kill()
 			_ = p.Close()
@@ -632,15 +644,27 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 	a.mu.Lock()
 	v.proc, v.accel = p, probe.Accel
 	a.mu.Unlock()
+	framePort := 0
+	if len(key) > 0 {
+		r, err := a.receiveFrames(v, req.Address, req.ID, key)
+		if err != nil {
+			undo(p)
+			return api.IncomingReply{}, fmt.Errorf("prepare to take the switch-over's frames: %w", err)
+		}
+		a.mu.Lock()
+		v.frames = r
+		a.mu.Unlock()
+		framePort = r.port()
+	}
 	if err := v.save(); err != nil {
 		undo(p)
 		return api.IncomingReply{}, err
 	}
-	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME")
+	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME", nil)
 	a.watch(v, p)
 	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL, tk)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "tls", tlsOn)
-	return api.IncomingReply{URI: uri, TLS: tlsOn, TLSNote: tlsNote}, nil
+	return api.IncomingReply{URI: uri, TLS: tlsOn, TLSNote: tlsNote, FramePort: framePort}, nil
 }
 
 // listenURI picks a free TCP port on addr for the incoming migration stream.
@@ -748,6 +772,7 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 		v.resumedAt = nil
 	}
 	rep.Switchover = switchoverTrace(p)
+	a.closeFramesAfter(a.takeFrames(v))
 	a.mu.Lock()
 	v.incoming, v.state, v.errMsg, v.ticket = "", api.VMRunning, "", ""
 	a.mu.Unlock()
@@ -805,6 +830,7 @@ func (a *Agent) dropIncoming(v *vm) {
 
 // forgetIncoming removes a VM copy that never ran here: its TAPs, state and record.
 func (a *Agent) forgetIncoming(v *vm) {
+	a.takeFrames(v).close()
 	a.deleteTaps(v)
 	_ = v.removeDir()
 	a.mu.Lock()
@@ -888,7 +914,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 		}
 		if info.Status == "completed" {
 			a.finishDestination(ctx, dest, v.spec.Name, rec.ID, log)
-			a.release(v, p)
+			a.release(v, p, nil)
 			done(api.MigrationSucceeded, "")
 			log.Info("migration had completed while the agent was away; the VM runs on the destination")
 			return
@@ -907,7 +933,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 			}
 			if info.Status == "completed" {
 				a.finishDestination(ctx, dest, v.spec.Name, rec.ID, log)
-				a.release(v, p)
+				a.release(v, p, nil)
 				done(api.MigrationSucceeded, "")
 				return
 			}

@@ -46,6 +46,9 @@ type vm struct {
 	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
 	// when QEMU resumed it.
 	resumedAt func() time.Time
+	// frames puts the frames the source carries across the switch-over on an incoming
+	// VM's TAPs.
+	frames *frameReceiver
 
 	// saveMu orders writes of vm.json with the removal of the directory (gone).
 	saveMu sync.Mutex
@@ -321,6 +324,7 @@ func (a *Agent) qemuSpec(v *vm, accel string) (qemu.Spec, error) {
 }
 
 func (a *Agent) createTaps(v *vm) error {
+	a.endLinger(v.spec.UUID)
 	for i, n := range v.spec.NICs {
 		br := a.cfg.Networks[n.Network]
 		if br == "" {

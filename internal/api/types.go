@@ -496,6 +496,9 @@ type IncomingReply struct {
 	URI     string `json:"uri"`
 	TLS     bool   `json:"tls"`
 	TLSNote string `json:"tls_note,omitempty"`
+	// FramePort is the UDP port on the destination's migration address that takes the
+	// frames reaching the source during the switch-over (0: none).
+	FramePort int `json:"frame_port,omitempty"`
 }
 
 // Task states. Queued and running tasks are active; the others are final.

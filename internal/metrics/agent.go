@@ -24,6 +24,34 @@ const (
 	IncomingAborted = "aborted"
 )
 
+// Frames carried across a migration's switch-over, the values of the direction label of
+// godwit_agent_frames_carried_total.
+const (
+	// FramesSent: read from the paused source VM's TAP and sent to the destination.
+	FramesSent = "sent"
+	// FramesDelivered: received from the source and queued on the destination VM's TAP.
+	FramesDelivered = "delivered"
+	// FramesReturned: given back to the source VM's TAP after the migration failed.
+	FramesReturned = "returned"
+)
+
+// Why a carried frame was dropped, the values of the reason label of
+// godwit_agent_frames_dropped_total.
+const (
+	// FrameMalformed: a datagram too short or too long, of another version or for a NIC
+	// the VM does not have.
+	FrameMalformed = "malformed"
+	// FrameUnauthenticated: a datagram whose tag the migration's key does not produce.
+	FrameUnauthenticated = "unauthenticated"
+	// FrameReplayed: an authentic datagram seen before, or older than the replay window.
+	FrameReplayed = "replayed"
+	// FrameUndeliverable: a frame the TAP refused, or that the source could not send.
+	FrameUndeliverable = "undeliverable"
+	// FrameNotKept: a frame that a failed migration could not give back to the source VM
+	// because the source's bound on frames kept was reached.
+	FrameNotKept = "not_kept"
+)
+
 // AgentConfig is what an agent's metrics need.
 type AgentConfig struct {
 	// Registry receives the metrics and is what GET /metrics serves.
@@ -40,6 +68,8 @@ type AgentConfig struct {
 type Agent struct {
 	outgoing          *prometheus.CounterVec
 	incoming          *prometheus.CounterVec
+	framesCarried     *prometheus.CounterVec
+	framesDropped     *prometheus.CounterVec
 	heartbeatFailures prometheus.Counter
 	connections       prometheus.Counter
 	progressStreams   prometheus.Gauge
@@ -65,6 +95,14 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 			Name: "godwit_agent_incoming_migrations_total",
 			Help: "Live migrations that brought a VM to this host and ended, by outcome (succeeded, failed, aborted).",
 		}, []string{"outcome"}),
+		framesCarried: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_agent_frames_carried_total",
+			Help: "Frames that reached a VM's source host during a migration's switch-over and were carried, by direction (sent by the source, delivered by the destination, returned to the source VM after a failure).",
+		}, []string{"direction"}),
+		framesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "godwit_agent_frames_dropped_total",
+			Help: "Frames of a migration's switch-over that were dropped, by reason (malformed, unauthenticated, replayed, undeliverable, not_kept).",
+		}, []string{"reason"}),
 		heartbeatFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "godwit_agent_heartbeat_failures_total",
 			Help: "Heartbeats to the center that failed.",
@@ -94,6 +132,12 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	for _, o := range []string{IncomingSucceeded, IncomingFailed, IncomingAborted} {
 		a.incoming.WithLabelValues(o)
 	}
+	for _, d := range []string{FramesSent, FramesDelivered, FramesReturned} {
+		a.framesCarried.WithLabelValues(d)
+	}
+	for _, r := range []string{FrameMalformed, FrameUnauthenticated, FrameReplayed, FrameUndeliverable, FrameNotKept} {
+		a.framesDropped.WithLabelValues(r)
+	}
 	host := &hostCollector{
 		vmsOf: cfg.VMs, accelOf: cfg.Accel,
 		vms: prometheus.NewDesc("godwit_agent_vms",
@@ -103,7 +147,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		accel: prometheus.NewDesc("godwit_agent_accel_info",
 			"The accelerator VMs use on this host, as the label accel (kvm or tcg); absent while the KVM probe runs.", []string{"accel"}, nil),
 	}
-	if err := register(cfg.Registry, a.outgoing, a.incoming, a.heartbeatFailures, a.connections,
+	if err := register(cfg.Registry, a.outgoing, a.incoming, a.framesCarried, a.framesDropped, a.heartbeatFailures, a.connections,
 		a.progressStreams, a.progressSent, a.migrationReads, host); err != nil {
 		return nil, err
 	}
@@ -150,6 +194,15 @@ func (a *Agent) IncomingEnded(outcome string) {
 		a.incoming.WithLabelValues(outcome).Inc()
 	}
 }
+
+// FramesCarried counts n frames carried in direction (FramesSent, FramesDelivered or
+// FramesReturned).
+func (a *Agent) FramesCarried(direction string, n int) {
+	a.framesCarried.WithLabelValues(direction).Add(float64(n))
+}
+
+// FrameDropped counts a dropped frame by reason (FrameMalformed, …).
+func (a *Agent) FrameDropped(reason string) { a.framesDropped.WithLabelValues(reason).Inc() }
 
 // HeartbeatFailed counts a heartbeat to the center that failed.
 func (a *Agent) HeartbeatFailed() { a.heartbeatFailures.Inc() }

@@ -138,6 +138,9 @@ func TestTapLifecycle(t *testing.T) {
 	if tap.MTU != 1400 {
 		t.Errorf("tap MTU = %d, want 1400", tap.MTU)
 	}
+	if tap.TxQLen != TapQueueLen {
+		t.Errorf("tap queue length = %d, want %d (room for a switch-over's frames)", tap.TxQLen, TapQueueLen)
+	}
 	info, err := BridgeInfo("br0")
 	if err != nil {
 		t.Fatal(err)

@@ -15,8 +15,8 @@ import (
 const tapFlags = netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR
 
 // CreateTap creates the persistent TAP device name (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR,
-// single queue), sets its MTU (mtu <= 0 means the bridge's MTU), enslaves it to bridge
-// and sets it up. QEMU can later attach with
+// single queue), sets its MTU (mtu <= 0 means the bridge's MTU) and its transmit queue
+// length (TapQueueLen), enslaves it to bridge and sets it up. QEMU can later attach with
 // -netdev tap,ifname=NAME,script=no,downscript=no.
 //
 // It is idempotent so that a restarted agent can replay its VMs: a TAP of that name that
@@ -85,12 +85,18 @@ func adoptTap(link, br netlink.Link, mtu int) error {
 	return configureTap(link, br, mtu)
 }
 
-// configureTap sets the MTU, the bridge and the up flag, each only when needed.
+// configureTap sets the MTU, the queue length, the bridge and the up flag, each only
+// when needed.
 func configureTap(link, br netlink.Link, mtu int) error {
 	attrs := link.Attrs()
 	if attrs.MTU != mtu {
 		if err := netlink.LinkSetMTU(link, mtu); err != nil {
 			return fmt.Errorf("set MTU %d on TAP %s: %w; the bridge and the NIC must agree on a supported MTU", mtu, attrs.Name, err)
+		}
+	}
+	if attrs.TxQLen != TapQueueLen {
+		if err := netlink.LinkSetTxQLen(link, TapQueueLen); err != nil {
+			return fmt.Errorf("set the queue length of TAP %s to %d: %w", attrs.Name, TapQueueLen, err)
 		}
 	}
 	if attrs.MasterIndex != br.Attrs().Index {

@@ -428,7 +428,7 @@ func (r *faultRun) verifyMoved(host string) {
 	if pids := qemuProcesses(r.vm.UUID); len(pids) != 1 || pids[0] != v.PID || !r.inNamespace(v.PID, host) {
 		r.t.Errorf("QEMU processes of the VM after the move to %s: %v; want exactly %d there", host, pids, v.PID)
 	}
-	if out, _, _ := r.l.Run("lab", "exec", "--name", r.l.Name, faultOther(host), "--", "ip", "-o", "link", "show"); strings.Contains(out, netdev.TapName(r.vm.UUID, 0)) {
+	if tapLeft(r.l, faultOther(host), netdev.TapName(r.vm.UUID, 0)) {
 		r.t.Errorf("the VM's TAP is left on %s after the move", faultOther(host))
 	}
 	r.echo()

@@ -89,8 +89,7 @@ func TestLiveMigration(t *testing.T) {
 		if pids := qemuProcesses(vm.UUID); len(pids) != 1 || pids[0] != moved.PID {
 			t.Fatalf("QEMU processes of the VM after the migration: %v; want exactly the destination's %d", pids, moved.PID)
 		}
-		out, _, _ := l.Run("lab", "exec", from, "--", "ip", "-o", "link", "show")
-		if strings.Contains(out, netdev.TapName(vm.UUID, 0)) {
+		if tapLeft(l, from, netdev.TapName(vm.UUID, 0)) {
 			t.Fatalf("the VM's TAP is left on %s", from)
 		}
 		echoTCP(t, tcp, 16<<10) // the connection survived

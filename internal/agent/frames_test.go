@@ -1,0 +1,244 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/godwit/godwit/internal/api"
+	"github.com/godwit/godwit/internal/metrics"
+	"github.com/godwit/godwit/internal/netdev"
+)
+
+// framePacket is a packet as the source reads it from a TAP: a virtio-net header, then
+// an Ethernet frame (an experimental EtherType) carrying n.
+func framePacket(n uint32) []byte {
+	p := make([]byte, netdev.VnetHdrLen, 128)
+	p = append(p, 0x02, 0x67, 0x77, 0, 0, 9, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5)
+	p = binary.BigEndian.AppendUint32(p, n)
+	return append(p, make([]byte, 46)...)
+}
+
+// inNewNetns moves the test's goroutine, locked to its thread, into a throwaway network
+// namespace with loopback up.
+func inNewNetns(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("restore netns: %v", err) // the thread stays locked and dies
+			return
+		}
+		orig.Close()
+		runtime.UnlockOSThread()
+	})
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func frameCount(t *testing.T, a *Agent, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := a.cfg.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// TestFrameReceiverDropsForgeries sends datagrams to a destination's frame port, whose
+// VM's TAP is held as QEMU holds it: an authentic one reaches the TAP's queue; a replay,
+// one made with another key, a tampered one, a short one and one for a NIC the VM lacks
+// reach nothing and are counted by reason.
+func TestFrameReceiverDropsForgeries(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root for network namespaces and TAPs")
+	}
+	a, _ := testAgent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.runCtx = ctx
+	defer a.wg.Wait()
+	defer cancel()
+	inNewNetns(t)
+	if err := netdev.EnsureBridge("br0"); err != nil {
+		t.Fatal(err)
+	}
+	v := &vm{spec: api.VMSpec{Name: "f1", UUID: "5f0c1e2a-0000-4000-8000-00000000f001", NICs: []api.NIC{{Network: "lab"}}}}
+	if err := a.createTaps(v); err != nil {
+		t.Fatal(err)
+	}
+	// The VM's side of the TAP, opened as QEMU opens it.
+	tun, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(tun)
+	ifr, _ := unix.NewIfreq(netdev.TapName(v.spec.UUID, 0))
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(tun, unix.TUNSETIFF, ifr); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel drops what is sent to the TAP until it has set the link up.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		l, err := netlink.LinkByName(netdev.TapName(v.spec.UUID, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the TAP is %v, not up, with a queue attached", l.Attrs().OperState)
+		}
+	}
+	// received returns the frames of framePacket's kind that reached the VM within wait.
+	received := func(wait time.Duration) []uint32 {
+		var got []uint32
+		buf := make([]byte, 70000)
+		deadline := time.Now().Add(wait)
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return got
+			}
+			fds := []unix.PollFd{{Fd: int32(tun), Events: unix.POLLIN}}
+			if n, _ := unix.Poll(fds, int(left/time.Millisecond)+1); n <= 0 {
+				continue
+			}
+			n, err := unix.Read(tun, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := buf[netdev.VnetHdrLen:n]
+			if len(f) >= 18 && binary.BigEndian.Uint16(f[12:]) == 0x88b5 {
+				got = append(got, binary.BigEndian.Uint32(f[14:]))
+			}
+		}
+	}
+
+	stream := bytes.Repeat([]byte{7}, 32)
+	r, err := a.receiveFrames(v, "127.0.0.1", "mig-f1", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.close()
+	key, err := frameKey(stream, "mig-f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other, _ := frameKey(stream, "mig-f2"); bytes.Equal(key, other) || bytes.Equal(key, stream) {
+		t.Fatal("the frame key is the stream key, or the same for another migration")
+	}
+	c, err := net.Dial("udp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	send := func(d []byte) {
+		if _, err := c.Write(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	genuine := sealFrame(nil, key, 0, 1, framePacket(1))
+	send(genuine)
+	if got := received(time.Second); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("frames reaching the VM after an authentic datagram: %v, want [1]", got)
+	}
+	send(genuine) // replayed
+	otherKey, _ := frameKey(bytes.Repeat([]byte{8}, 32), "mig-f1")
+	send(sealFrame(nil, otherKey, 0, 2, framePacket(2))) // forged
+	tampered := sealFrame(nil, key, 0, 3, framePacket(3))
+	tampered[len(tampered)-frameTagLen-1] ^= 1
+	send(tampered)
+	send(genuine[:minFrameDatagram-1])                  // too short
+	send(sealFrame(nil, key, 5, 4, framePacket(4)))     // no NIC 5
+	send(sealFrame(nil, key, 0, 1<<40, framePacket(5))) // far ahead: accepted, and moves the window
+	send(sealFrame(nil, key, 0, 6, framePacket(6)))     // now too old
+	if got := received(time.Second); len(got) != 1 || got[0] != 5 {
+		t.Fatalf("frames reaching the VM after forgeries and replays: %v, want only [5]", got)
+	}
+	want := map[string]float64{
+		metrics.FrameReplayed: 2, metrics.FrameUnauthenticated: 2, metrics.FrameMalformed: 2, metrics.FrameUndeliverable: 0,
+	}
+	for reason, n := range want {
+		if got := frameCount(t, a, "godwit_agent_frames_dropped_total", "reason", reason); got != n {
+			t.Errorf("frames dropped as %s: %v, want %v", reason, got, n)
+		}
+	}
+	if got := frameCount(t, a, "godwit_agent_frames_carried_total", "direction", metrics.FramesDelivered); got != 2 {
+		t.Errorf("frames delivered: %v, want 2", got)
+	}
+	r.close()
+	if _, err := c.Write(sealFrame(nil, key, 0, 1<<41, framePacket(7))); err == nil {
+		if got := received(300 * time.Millisecond); len(got) != 0 {
+			t.Errorf("a closed frame port delivered %v", got)
+		}
+	}
+}
+
+func TestReplayWindow(t *testing.T) {
+	var w replayWindow
+	for _, c := range []struct {
+		seq  uint64
+		want bool
+	}{{1, true}, {1, false}, {3, true}, {2, true}, {2, false}, {70, true}, {6, false}, {7, true}, {7, false}, {200, true}, {137, true}, {136, false}} {
+		if got := w.accept(c.seq); got != c.want {
+			t.Fatalf("accept(%d) = %v, want %v", c.seq, got, c.want)
+		}
+	}
+}
+
+// FuzzOpenFrame: no datagram makes the destination's decoder fail other than by a
+// reason, and whatever it accepts is exactly what the key seals.
+func FuzzOpenFrame(f *testing.F) {
+	key, _ := frameKey(bytes.Repeat([]byte{7}, 32), "mig-fuzz")
+	f.Add(sealFrame(nil, key, 0, 1, framePacket(1)))
+	f.Add(sealFrame(nil, key, 3, 1<<63, framePacket(2)))
+	f.Add([]byte{1, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		nic, seq, pkt, reason := openFrame(key, b)
+		if reason != "" {
+			return
+		}
+		if !bytes.Equal(sealFrame(nil, key, uint8(nic), seq, pkt), b) {
+			t.Fatalf("accepted %x, which the key does not seal that way", b)
+		}
+	})
+}
