@@ -372,7 +372,9 @@ func watch(b *testing.B, l *labtest.Lab, ip string, id uint16, withHTTP bool) *w
 			w.http <- probe.HTTPResult{}
 			return
 		}
-		dial := func(ctx context.Context, network, addr string) (net.Conn, error) { return l.Dial(ctx, "client", network, addr) }
+		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return l.Dial(ctx, "client", network, addr)
+		}
 		w.http <- probe.HTTPStreamVia(ctx, dial, "http://"+ip+"/healthz", 20*time.Millisecond, 10*time.Second)
 	}()
 	return w
