@@ -339,3 +339,150 @@ func TestWatchdogCancelsAStalledStream(t *testing.T) {
 		t.Fatalf("a stream stalled for %v: %+v; want a cancel saying why", NoProgressTimeout, d)
 	}
 }
+
+func TestControllerSwitchesToPostcopyOnlyAtMaxThrottle(t *testing.T) {
+	// A guest rewriting 64 MiB at 2 GB/s over 100 MB/s: hopeless even at 80%.
+	p := mustPolicy(t, PolicyBalanced)
+	p.AllowPostcopy = true
+	if err := p.Validate(); err != nil {
+		t.Fatalf("a policy allowing post-copy: %v", err)
+	}
+	caps, dcaps := SourceCapabilities(p), DestinationCapabilities(p)
+	if !caps[qmp.CapPostcopyRAM] || !dcaps[qmp.CapPostcopyRAM] || !caps[qmp.CapReturnPath] {
+		t.Errorf("capabilities: source %v, destination %v; want postcopy-ram and return-path on both", caps, dcaps)
+	}
+	r := simulate(p, newSim(1024, 100*mb, 2000*mb, 64*mib), 2*time.Minute)
+	logRun(t, r)
+	last := r.decisions[len(r.decisions)-1]
+	if !last.StartPostcopy || !strings.Contains(last.Reason, "switching to post-copy") || !strings.Contains(last.Reason, "can no longer return to the source") {
+		t.Fatalf("last decision %+v; want the switch to post-copy, saying the VM cannot return", last.Decision)
+	}
+	if last.at >= p.TimeBudget {
+		t.Errorf("switched at %v, after the budget of %v", last.at, p.TimeBudget)
+	}
+	// Only once the throttle is at the policy's maximum, and judged there.
+	if steps := r.throttles(); !slices.Equal(steps, []int{20, 30, 40, 50, 60, 70, 80}) {
+		t.Errorf("throttle steps %v before post-copy, want 20 to 80 by 10", steps)
+	}
+	prev := r.decisions[len(r.decisions)-2]
+	if prev.Throttle == nil || *prev.Throttle != p.ThrottleMax || last.at-prev.at < 2*time.Second {
+		t.Errorf("the switch came %v after %+v; want it after the maximum throttle was applied and judged", last.at-prev.at, prev.Decision)
+	}
+	for _, d := range r.decisions[:len(r.decisions)-1] {
+		if d.StartPostcopy || d.Cancel {
+			t.Errorf("decision before the switch: %+v", d.Decision)
+		}
+	}
+
+	// Without post-copy the same migration waits at the limits (see
+	// TestControllerCancelsHopelessGuestAtBudget); a guest that converges once
+	// throttled never switches.
+	p.TimeBudget = time.Minute
+	r = simulate(p, newSim(1024, 200*mb, 400*mb, 64*mib), 5*time.Minute)
+	if r.result.Status != PhaseCompleted || r.result.Postcopy {
+		t.Errorf("a guest that converges when throttled: %+v; want completed in pre-copy", r.result)
+	}
+	for _, d := range r.decisions {
+		if d.StartPostcopy {
+			t.Errorf("switched to post-copy although throttling converges: %+v", d.Decision)
+		}
+	}
+}
+
+// postcopyObs is an observation of a migration in a post-copy status.
+func postcopyObs(at time.Duration, status string, sent int64) Observation {
+	return Observation{Elapsed: at, Info: qmp.MigrationInfo{Status: status, RAM: &qmp.MigrationRAMStats{
+		Transferred: sent, Remaining: 1<<30 - sent, Total: 1 << 30, PageSize: 4096, DirtySyncCount: 5}}}
+}
+
+func TestControllerPostcopyStallPauseRecoverAndGiveUp(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   Phase
+	}{
+		{qmp.MigrationPostcopyActive, PhasePostcopy}, {qmp.MigrationPostcopyPaused, PhasePostcopyPaused},
+		{qmp.MigrationPostcopyRecoverSetup, PhasePostcopyRecover}, {qmp.MigrationPostcopyRecover, PhasePostcopyRecover},
+	} {
+		if got := phaseOf(tc.status, PhasePrecopy); got != tc.want || !got.Postcopy() || got.Final() {
+			t.Errorf("phaseOf(%q) = %s, want %s, a post-copy phase", tc.status, got, tc.want)
+		}
+	}
+
+	p := mustPolicy(t, PolicyBalanced)
+	p.AllowPostcopy = true
+	c := NewController(p)
+	c.Observe(obs(time.Second, 100e6, 500e6, 5))
+	if c.Postcopy() {
+		t.Fatal("post-copy before the switch")
+	}
+	at, sent := time.Second, int64(100e6)
+	step := func(status string, moved int64) (Decision, Progress) {
+		at += DefaultPollInterval
+		sent += moved
+		return c.Observe(postcopyObs(at, status, sent))
+	}
+	// Flowing: nothing to do, whatever the time budget says.
+	for i := 0; i < 40; i++ {
+		if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || p.Phase != PhasePostcopy {
+			t.Fatalf("post-copy flowing: %+v, phase %s", d, p.Phase)
+		}
+	}
+	if !c.Postcopy() {
+		t.Fatal("the controller does not know it is in post-copy")
+	}
+	// Stalled: one pause, after PostcopyStallTimeout.
+	stalled := at
+	var pause Decision
+	for at-stalled < PostcopyStallTimeout+time.Second {
+		d, _ := step(qmp.MigrationPostcopyActive, 0)
+		switch {
+		case d.PausePostcopy && pause.PausePostcopy:
+			t.Fatalf("paused twice for one stall, at %v", at-stalled)
+		case d.PausePostcopy && at-stalled < PostcopyStallTimeout:
+			t.Fatalf("paused %v into the stall, before %v", at-stalled, PostcopyStallTimeout)
+		case d.PausePostcopy:
+			pause = d
+		}
+	}
+	if !pause.PausePostcopy || !strings.Contains(pause.Reason, "no data reached the destination") {
+		t.Fatalf("no pause of the stalled stream: %+v", pause)
+	}
+	// Paused: a recovery at once, then one every RecoverRetry.
+	var tries []time.Duration
+	pausedAt := at + DefaultPollInterval
+	for i := 0; i < 50; i++ {
+		if d, _ := step(qmp.MigrationPostcopyPaused, 0); d.RecoverPostcopy {
+			tries = append(tries, at-pausedAt)
+		}
+	}
+	if len(tries) < 2 || tries[0] != 0 || tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
+		t.Fatalf("recovery attempts at %v after the pause; want one at once, then every %v", tries, RecoverRetry)
+	}
+	// Recovered: the stream moves again and counts as one recovery.
+	step(qmp.MigrationPostcopyRecover, 0)
+	for i := 0; i < 10; i++ {
+		if d, _ := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() {
+			t.Fatalf("after the recovery: %+v", d)
+		}
+	}
+	if r := c.Result(); r.PostcopyRecoveries != 1 || !r.Postcopy {
+		t.Errorf("result %+v; want post-copy with one recovery", r)
+	}
+
+	// Given up while flowing: it goes on; once paused, no recovery: lost.
+	c.GiveUp("the caller cancelled the migration (context canceled)")
+	if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || !strings.Contains(p.Note, "cannot return to the source") {
+		t.Errorf("given up while flowing: %+v, note %q", d, p.Note)
+	}
+	if c.Lost() {
+		t.Fatal("lost while the stream flows")
+	}
+	if d, _ := step(qmp.MigrationPostcopyPaused, 0); d.RecoverPostcopy || !c.Lost() {
+		t.Fatalf("given up and paused: %+v, lost %v; want no recovery, lost", d, c.Lost())
+	}
+	r := c.Result()
+	if r.Status != PhaseFailed || !r.Postcopy || !strings.Contains(r.Reason, "the caller cancelled") ||
+		!strings.Contains(r.Reason, "cannot run on the source again") || !strings.Contains(r.Reason, "it is lost") {
+		t.Errorf("lost result %+v", r)
+	}
+}

@@ -47,6 +47,20 @@ var ErrCancelled = errors.New("migration cancelled")
 // failed.
 var ErrFailed = errors.New("migration failed")
 
+// ErrLost is wrapped by Run's error, with ErrFailed, when a migration that had
+// switched to post-copy did not complete: the VM must never run on the source
+// again, and its copy on the destination lacks memory that only the source had.
+var ErrLost = errors.New("the VM was lost in post-copy")
+
+// ErrNoDestination is wrapped by an Options.Recover error that means the
+// destination no longer has the VM's copy (its QEMU is gone): the stream can
+// never be recovered, and Run gives the migration up as lost.
+var ErrNoDestination = errors.New("the destination no longer has the VM's copy")
+
+// recoverTimeout bounds one attempt to recover a paused post-copy stream: the
+// destination listening again, then the source resuming to it.
+const recoverTimeout = 15 * time.Second
+
 // Options configure Run.
 type Options struct {
 	// Policy is the convergence policy (see LookupPolicy).
@@ -73,6 +87,15 @@ type Options struct {
 	// again whenever the cap changes; the controller's own bandwidth decisions
 	// stay within the cap (see Controller.SetBandwidthCap).
 	BandwidthCap func() int64
+	// Recover, when set, makes the destination listen again for a post-copy
+	// stream that broke (migrate-recover on the destination QEMU, which must
+	// first be paused itself if it has not noticed the break) and returns the
+	// URI to resume to. Run calls it, from its own goroutine, every
+	// RecoverRetry while the stream is paused and then resumes the source to
+	// the URI; an error (the destination cannot be reached yet) is tried again,
+	// except one wrapping ErrNoDestination, which ends the migration lost.
+	// Without it a paused post-copy migration stays paused until ctx is done.
+	Recover func(ctx context.Context) (uri string, err error)
 }
 
 // SourceCapabilities returns the migration capabilities Run sets on the
@@ -87,15 +110,18 @@ type Options struct {
 //   - multifd: when p.Channels > 1.
 //   - auto-converge: when the policy may throttle; the controller then drives
 //     the throttle itself (see SourceParameters).
-//   - postcopy-ram, xbzrle and pause-before-switchover: off (not used; the
-//     last would stop the migration before switch-over forever).
+//   - postcopy-ram: when the policy allows post-copy (both ends must have it
+//     before the migration starts; the migration stays pre-copy unless the
+//     controller switches).
+//   - xbzrle and pause-before-switchover: off (not used; the last would stop
+//     the migration before switch-over forever).
 func SourceCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:                true,
 		qmp.CapReturnPath:            true,
 		qmp.CapMultifd:               p.multifd(),
 		qmp.CapAutoConverge:          p.throttles(),
-		qmp.CapPostcopyRAM:           false,
+		qmp.CapPostcopyRAM:           p.AllowPostcopy,
 		qmp.CapXBZRLE:                false,
 		qmp.CapPauseBeforeSwitchover: false,
 	}
@@ -103,13 +129,14 @@ func SourceCapabilities(p Policy) map[string]bool {
 
 // DestinationCapabilities returns the migration capabilities
 // PrepareDestination sets for policy p: those that must match the source
-// (multifd, return-path, postcopy-ram off) and events.
+// (multifd, return-path, postcopy-ram) and events. QEMU refuses postcopy-ram
+// on a destination whose kernel lacks userfaultfd.
 func DestinationCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:      true,
 		qmp.CapReturnPath:  true,
 		qmp.CapMultifd:     p.multifd(),
-		qmp.CapPostcopyRAM: false,
+		qmp.CapPostcopyRAM: p.AllowPostcopy,
 	}
 }
 
@@ -228,8 +255,8 @@ func checkVersion(mon *qmp.Monitor) error {
 }
 
 // Run migrates the VM behind mon (the source QEMU) to the destination already
-// listening at o.URI, and returns when the migration completed, failed or was
-// cancelled. It sets the source's capabilities and parameters for the policy
+// listening at o.URI, and returns when the migration completed, failed, was
+// cancelled, or was lost in post-copy. It sets the source's capabilities and parameters for the policy
 // (SourceCapabilities, SourceParameters), starts the migration, polls
 // query-migrate every o.PollInterval, feeds each answer to a Controller,
 // applies its decisions and reports progress.
@@ -250,6 +277,14 @@ func checkVersion(mon *qmp.Monitor) error {
 // Result keeps the last phase seen (PhaseCancelling). Errors before the
 // migration started (a bad policy, an old QEMU, a migration already running,
 // QMP failures) leave the source as it was, apart from its migration settings.
+//
+// Post-copy (only under a policy with AllowPostcopy) changes this: once the
+// migration switched (Result.Postcopy), the VM runs on the destination and
+// QEMU cannot cancel the migration. Cancelling ctx then lets a flowing stream
+// complete (reported completed) but stops the recovery of a paused one; a
+// post-copy migration that does not complete is PhaseFailed and its error
+// wraps ErrLost: the caller must never resume the source QEMU. A stream that
+// stalls is paused and recovered through o.Recover (see PostcopyStallTimeout).
 //
 // Run reads nothing from mon.Events(): the monitor's single event consumer
 // stays the caller's.
@@ -295,7 +330,7 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 		return failed(fmt.Errorf("setting the migration capabilities on the source QEMU failed: %w", err))
 	}
 	c := NewController(p)
-	d := &driver{mon: mon, c: c, log: log, bwCap: o.BandwidthCap}
+	d := &driver{mon: mon, c: c, log: log, bwCap: o.BandwidthCap, recoverFn: o.Recover}
 	if d.bwCap != nil {
 		d.capSeen = max(d.bwCap(), 0)
 		c.SetBandwidthCap(d.capSeen)
@@ -322,6 +357,24 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 		return failed(fmt.Errorf("starting the migration to %s failed: %w", o.URI, err))
 	}
 
+	return d.loop(ctx, poll, o.OnProgress)
+}
+
+// Follow takes over a migration that already runs on the source QEMU behind
+// mon — one a restarted agent finds in post-copy, which cannot be cancelled —
+// and drives it like Run from its current state until it ends (o.URI is not
+// used). The Result's times count from the call.
+func Follow(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
+	poll := o.PollInterval
+	if poll <= 0 {
+		poll = DefaultPollInterval
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c := NewController(o.Policy)
+	d := &driver{mon: mon, c: c, log: log.With("policy", o.Policy.Name), recoverFn: o.Recover, start: time.Now()}
 	return d.loop(ctx, poll, o.OnProgress)
 }
 
@@ -406,6 +459,13 @@ type driver struct {
 	// bwCap is Options.BandwidthCap (nil: none); capSeen is the cap last read.
 	bwCap   func() int64
 	capSeen int64
+
+	// recoverFn is Options.Recover; lastRecoverErr the last failure it logged.
+	recoverFn      func(ctx context.Context) (string, error)
+	lastRecoverErr string
+	// givingUp: the caller stopped a migration in post-copy (see
+	// Controller.GiveUp); QMP calls use cancelCtx, which then has no deadline.
+	givingUp bool
 }
 
 func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(Progress)) (Result, error) {
@@ -424,7 +484,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 		info, err := d.query(qctx)
 		if err != nil {
 			if d.cancelCtx == nil && ctx.Err() != nil {
-				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+				d.callerCancelled(ctx)
 				continue
 			}
 			if d.cancelCtx != nil && d.cancelCtx.Err() != nil {
@@ -439,21 +499,37 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 			}
 			r := d.c.Result()
 			r.Status, r.Reason = PhaseFailed, err.Error()
+			if r.Postcopy {
+				err = fmt.Errorf("%w: %w", ErrLost, err)
+			}
 			return r, err
 		}
 		dec, prog := d.c.Observe(Observation{Elapsed: time.Since(d.start), Info: info})
-		if d.c.Phase().Final() {
+		if d.c.Phase().Final() || d.c.Lost() {
 			if onProgress != nil {
 				onProgress(prog)
 			}
 			return d.finish()
 		}
+		if d.cancelCtx != nil && !d.givingUp && d.c.Postcopy() {
+			// A cancel sent during pre-copy met a migration that switched to
+			// post-copy, which QEMU does not cancel.
+			d.stopCancel()
+			why := "a cancel was under way (" + d.cancelReason + ")"
+			if d.byCaller != nil {
+				why = fmt.Sprintf("the caller cancelled the migration (%v)", d.byCaller)
+			}
+			d.giveUp(ctx, why, d.byCaller)
+		}
 		if dec.Reason != "" {
 			d.log.Info("migration decision", "decision", dec.Reason, "pass", prog.Pass, "elapsed", prog.Elapsed.Round(time.Millisecond))
 		}
-		if d.cancelCtx == nil {
+		switch {
+		case d.cancelCtx == nil:
 			d.apply(ctx, dec)
 			d.applyCap(ctx)
+		case d.givingUp:
+			d.apply(d.cancelCtx, dec)
 		}
 		if onProgress != nil {
 			onProgress(prog)
@@ -462,7 +538,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 		case <-ticker.C:
 		case <-ctx.Done():
 			if d.cancelCtx == nil {
-				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+				d.callerCancelled(ctx)
 			} else {
 				<-ticker.C
 			}
@@ -483,6 +559,20 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 	if dec.Cancel {
 		d.cancel(ctx, dec.Reason, nil)
 		return
+	}
+	switch {
+	case dec.StartPostcopy:
+		// From here the stream is not capped (QEMU's max-postcopy-bandwidth stays
+		// 0): the VM waits on the destination for every page it lacks.
+		if err := d.mon.MigrateStartPostcopy(ctx); err != nil {
+			d.log.Warn("switching to post-copy failed; the migration goes on in pre-copy", "err", err)
+		}
+	case dec.PausePostcopy:
+		if err := d.mon.MigratePause(ctx); err != nil {
+			d.log.Warn("breaking the stalled post-copy stream failed; it is tried again if it stays stalled", "err", err)
+		}
+	case dec.RecoverPostcopy:
+		d.recover(ctx)
 	}
 	mp, changed := DecisionParameters(dec)
 	if !changed {
@@ -512,6 +602,61 @@ func (d *driver) applyCap(ctx context.Context) {
 	d.apply(ctx, dec)
 }
 
+// recover has the destination listen again for a paused post-copy stream and
+// resumes the source to it. A failure is logged when it differs from the last
+// one: the next attempt comes RecoverRetry later.
+func (d *driver) recover(ctx context.Context) {
+	if d.recoverFn == nil {
+		d.logRecoverErr(errors.New("nothing can make the destination listen again (no Options.Recover); the stream stays paused"))
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+	defer cancel()
+	uri, err := d.recoverFn(rctx)
+	if errors.Is(err, ErrNoDestination) {
+		d.log.Warn("the post-copy stream cannot be recovered: the destination's copy is gone", "err", err)
+		d.c.GiveUp(fmt.Sprintf("the destination no longer has the VM's copy (%v)", err))
+		return
+	}
+	if err != nil {
+		d.logRecoverErr(fmt.Errorf("the destination cannot take the stream again yet: %w", err))
+		return
+	}
+	if err := d.mon.MigrateResume(rctx, uri); err != nil {
+		d.logRecoverErr(fmt.Errorf("resuming the post-copy stream to %s failed: %w", uri, err))
+		return
+	}
+	d.lastRecoverErr = ""
+	d.log.Info("resuming the post-copy stream", "uri", uri)
+}
+
+func (d *driver) logRecoverErr(err error) {
+	if msg := err.Error(); msg != d.lastRecoverErr {
+		d.lastRecoverErr = msg
+		d.log.Warn("post-copy recovery attempt failed; trying again", "err", err)
+	}
+}
+
+// callerCancelled handles the caller's ctx ending: a cancel in pre-copy, and in
+// post-copy, which QEMU cannot cancel, giving up the recovery of a paused stream.
+func (d *driver) callerCancelled(ctx context.Context) {
+	if d.c.Postcopy() {
+		d.giveUp(ctx, fmt.Sprintf("the caller cancelled the migration (%v)", ctx.Err()), ctx.Err())
+		return
+	}
+	d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+}
+
+// giveUp stops recovering a post-copy migration (see Controller.GiveUp); QMP
+// calls go on, without a deadline, until the stream completes or is paused.
+func (d *driver) giveUp(ctx context.Context, reason string, cause error) {
+	d.givingUp = true
+	d.byCaller, d.cancelReason = cause, reason
+	d.cancelCtx, d.stopCancel = context.WithCancel(context.WithoutCancel(ctx))
+	d.c.GiveUp(reason)
+	d.log.Info("migration cancelled in post-copy: it goes on while its stream flows, and is lost if the stream breaks", "reason", reason)
+}
+
 // cancel sends migrate_cancel once, on a context detached from the caller's
 // (which may be done) and bounded by cancelTimeout.
 func (d *driver) cancel(ctx context.Context, reason string, cause error) {
@@ -531,7 +676,7 @@ func (d *driver) cancel(ctx context.Context, reason string, cause error) {
 // finish turns the final state into Run's result.
 func (d *driver) finish() (Result, error) {
 	r := d.c.Result()
-	if r.Status == PhaseFailed && d.cancelReason != "" {
+	if r.Status == PhaseFailed && d.cancelReason != "" && !r.Postcopy {
 		// The cancel tore the stream down and QEMU saw the broken channel first (a
 		// destination that exits on error closes it): the migration ended because it
 		// was cancelled, and the VM runs on the source as after any cancel.
@@ -541,7 +686,7 @@ func (d *driver) finish() (Result, error) {
 	switch r.Status {
 	case PhaseCompleted:
 		d.log.Info("migration completed", "total", r.Total, "downtime", r.Downtime, "bytes", r.Bytes,
-			"passes", r.Passes, "max_throttle", r.MaxThrottle)
+			"passes", r.Passes, "max_throttle", r.MaxThrottle, "postcopy", r.Postcopy, "postcopy_recoveries", r.PostcopyRecoveries)
 		return r, nil
 	case PhaseCancelled:
 		d.log.Info("migration cancelled", "reason", r.Reason, "total", r.Total)
@@ -550,7 +695,13 @@ func (d *driver) finish() (Result, error) {
 		}
 		return r, fmt.Errorf("%w: %s", ErrCancelled, r.Reason)
 	default:
-		d.log.Warn("migration failed", "reason", r.Reason, "total", r.Total)
+		d.log.Warn("migration failed", "reason", r.Reason, "total", r.Total, "postcopy", r.Postcopy)
+		switch {
+		case r.Postcopy && d.byCaller != nil:
+			return r, fmt.Errorf("%w: %w: %s: %w", ErrFailed, ErrLost, r.Reason, d.byCaller)
+		case r.Postcopy:
+			return r, fmt.Errorf("%w: %w: %s", ErrFailed, ErrLost, r.Reason)
+		}
 		return r, fmt.Errorf("%w: %s", ErrFailed, r.Reason)
 	}
 }
