@@ -306,7 +306,7 @@ type Controller struct {
 
 	// Post-copy: whether the migration reached it and when, when the stream last
 	// became active, whether a pause was decided for the current stall, when
-	// the next recovery attempt is due and how many were made in the current
+	// the next recovery attempt is due and how many were decided in the current
 	// pause, how many pauses were recovered from, and whether the caller gave
 	// up recovering (lost: the migration ended paused).
 	postcopy      bool
@@ -838,8 +838,8 @@ func (c *Controller) duringPostcopy(o Observation) Decision {
 		}
 		c.recoverTries++
 		c.recoverDue = o.Elapsed + RecoverRetry
-		note := fmt.Sprintf("post-copy paused for %v (%s), %s still on the source: reconnecting, attempt %d; the VM runs on the destination and waits for every page it lacks",
-			(o.Elapsed - c.pausedSince).Round(time.Second), orWords(c.pausedBecause, "the stream broke"), left, c.recoverTries)
+		note := fmt.Sprintf("post-copy paused for %v (%s), %s still on the source: reconnecting; the VM runs on the destination and waits for every page it lacks",
+			(o.Elapsed - c.pausedSince).Round(time.Second), orWords(c.pausedBecause, "the stream broke"), left)
 		if c.recoverTries > 1 {
 			// Retries are noted, not logged again every second.
 			c.note = note

@@ -58,8 +58,10 @@ var ErrLost = errors.New("the VM was lost in post-copy")
 var ErrNoDestination = errors.New("the destination no longer has the VM's copy")
 
 // recoverTimeout bounds one attempt to recover a paused post-copy stream: the
-// destination listening again, then the source resuming to it.
-const recoverTimeout = 15 * time.Second
+// destination listening again, then the source resuming to it. Attempts run
+// beside the poll loop, one at a time; one that hangs (the destination
+// unreachable) delays the next by at most this.
+const recoverTimeout = 10 * time.Second
 
 // Options configure Run.
 type Options struct {
@@ -93,7 +95,9 @@ type Options struct {
 	// URI to resume to. Run calls it, from its own goroutine, every
 	// RecoverRetry while the stream is paused and then resumes the source to
 	// the URI; an error (the destination cannot be reached yet) is tried again,
-	// except one wrapping ErrNoDestination, which ends the migration lost.
+	// except one wrapping ErrNoDestination, which ends the migration lost. An
+	// attempt runs in a goroutine of Run's while the polls go on; Run waits for
+	// it before it returns.
 	// Without it a paused post-copy migration stays paused until ctx is done.
 	Recover func(ctx context.Context) (uri string, err error)
 }
@@ -460,8 +464,10 @@ type driver struct {
 	bwCap   func() int64
 	capSeen int64
 
-	// recoverFn is Options.Recover; lastRecoverErr the last failure it logged.
+	// recoverFn is Options.Recover; attempt the recovery under way, if any;
+	// lastRecoverErr the last failure logged.
 	recoverFn      func(ctx context.Context) (string, error)
+	attempt        *recoverAttempt
 	lastRecoverErr string
 	// givingUp: the caller stopped a migration in post-copy (see
 	// Controller.GiveUp); QMP calls use cancelCtx, which then has no deadline.
@@ -470,6 +476,7 @@ type driver struct {
 
 func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(Progress)) (Result, error) {
 	defer func() {
+		d.stopRecover()
 		if d.stopCancel != nil {
 			d.stopCancel()
 		}
@@ -504,6 +511,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 			}
 			return r, err
 		}
+		d.reapRecover()
 		dec, prog := d.c.Observe(Observation{Elapsed: time.Since(d.start), Info: info})
 		if d.c.Phase().Final() || d.c.Lost() {
 			if onProgress != nil {
@@ -572,7 +580,7 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 			d.log.Warn("breaking the stalled post-copy stream failed; it is tried again if it stays stalled", "err", err)
 		}
 	case dec.RecoverPostcopy:
-		d.recover(ctx)
+		d.startRecover(ctx)
 	}
 	mp, changed := DecisionParameters(dec)
 	if !changed {
@@ -602,32 +610,77 @@ func (d *driver) applyCap(ctx context.Context) {
 	d.apply(ctx, dec)
 }
 
-// recover has the destination listen again for a paused post-copy stream and
-// resumes the source to it. A failure is logged when it differs from the last
-// one: the next attempt comes RecoverRetry later.
-func (d *driver) recover(ctx context.Context) {
+// recoverAttempt is one attempt to recover a paused post-copy stream, running in
+// its own goroutine; done delivers its outcome.
+type recoverAttempt struct {
+	done   chan error
+	cancel context.CancelFunc
+}
+
+// startRecover starts an attempt to have the destination listen again for a
+// paused post-copy stream and to resume the source to it, unless one is under
+// way. Its outcome is taken by reapRecover.
+func (d *driver) startRecover(ctx context.Context) {
+	if d.attempt != nil {
+		return
+	}
 	if d.recoverFn == nil {
 		d.logRecoverErr(errors.New("nothing can make the destination listen again (no Options.Recover); the stream stays paused"))
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
-	defer cancel()
-	uri, err := d.recoverFn(rctx)
-	if errors.Is(err, ErrNoDestination) {
+	a := &recoverAttempt{done: make(chan error, 1), cancel: cancel}
+	d.attempt = a
+	go func() {
+		defer cancel()
+		uri, err := d.recoverFn(rctx)
+		switch {
+		case errors.Is(err, ErrNoDestination):
+		case err != nil:
+			err = fmt.Errorf("the destination cannot take the stream again yet: %w", err)
+		default:
+			if err = d.mon.MigrateResume(rctx, uri); err != nil {
+				err = fmt.Errorf("resuming the post-copy stream to %s failed: %w", uri, err)
+			} else {
+				d.log.Info("resuming the post-copy stream", "uri", uri)
+			}
+		}
+		a.done <- err
+	}()
+}
+
+// reapRecover takes the outcome of a finished recovery attempt: a failure is
+// logged when it differs from the last one (the controller decides the next
+// attempt), a destination without the copy gives the migration up.
+func (d *driver) reapRecover() {
+	if d.attempt == nil {
+		return
+	}
+	var err error
+	select {
+	case err = <-d.attempt.done:
+		d.attempt = nil
+	default:
+		return
+	}
+	switch {
+	case errors.Is(err, ErrNoDestination):
 		d.log.Warn("the post-copy stream cannot be recovered: the destination's copy is gone", "err", err)
 		d.c.GiveUp(fmt.Sprintf("the destination no longer has the VM's copy (%v)", err))
-		return
+	case err != nil:
+		d.logRecoverErr(err)
+	default:
+		d.lastRecoverErr = ""
 	}
-	if err != nil {
-		d.logRecoverErr(fmt.Errorf("the destination cannot take the stream again yet: %w", err))
-		return
+}
+
+// stopRecover ends a recovery attempt under way and waits for it.
+func (d *driver) stopRecover() {
+	if d.attempt != nil {
+		d.attempt.cancel()
+		<-d.attempt.done
+		d.attempt = nil
 	}
-	if err := d.mon.MigrateResume(rctx, uri); err != nil {
-		d.logRecoverErr(fmt.Errorf("resuming the post-copy stream to %s failed: %w", uri, err))
-		return
-	}
-	d.lastRecoverErr = ""
-	d.log.Info("resuming the post-copy stream", "uri", uri)
 }
 
 func (d *driver) logRecoverErr(err error) {
