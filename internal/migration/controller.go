@@ -173,12 +173,13 @@ type Decision struct {
 	// StartPostcopy asks to switch to post-copy (migrate-start-postcopy); only
 	// under a policy that allows it.
 	StartPostcopy bool
-	// PausePostcopy asks to break a stalled post-copy stream on purpose
-	// (migrate-pause), so that it can be recovered over a new connection.
+	// PausePostcopy asks to break the source's end of a stalled post-copy
+	// stream on purpose (migrate-pause): one the caller gave up, or a
+	// reconnection that made no progress.
 	PausePostcopy bool
-	// RecoverPostcopy asks to reconnect a paused post-copy stream: the
-	// destination listens again (migrate-recover), the source resumes to it
-	// (migrate with resume).
+	// RecoverPostcopy asks to reconnect a stalled or paused post-copy stream:
+	// the destination breaks its end and listens again (migrate-recover), then
+	// the source breaks its end and resumes to it (migrate with resume).
 	RecoverPostcopy bool
 	// Cancel asks to cancel the migration; the guest keeps running on the source.
 	Cancel bool
@@ -256,10 +257,10 @@ type passSample struct {
 //     post-copy instead: the downtime it would need is beyond DowntimeMax.
 //   - When the policy's TimeBudget is used up it cancels, saying why (never in
 //     post-copy, which cannot be cancelled).
-//   - In post-copy it pauses a stream that has moved nothing for
-//     PostcopyStallTimeout and asks for a recovery of a paused stream every
-//     RecoverRetry, until the stream moves again or the caller gives up (see
-//     GiveUp).
+//   - In post-copy it asks, every RecoverRetry, for a recovery of a stream
+//     that has moved nothing for PostcopyStallTimeout or is paused, until the
+//     stream moves again or the caller gives up (see GiveUp and
+//     duringPostcopy).
 type Controller struct {
 	policy Policy
 
@@ -307,8 +308,9 @@ type Controller struct {
 	// Post-copy: whether the migration reached it and when, when the stream last
 	// became active, whether a pause was decided for the current stall, when
 	// the next recovery attempt is due and how many were decided in the current
-	// pause, how many pauses were recovered from, and whether the caller gave
-	// up recovering (lost: the migration ended paused).
+	// stall or pause, whether the source was resumed since the stream was last
+	// active, how many recoveries succeeded, and whether the caller gave up
+	// recovering (lost: the migration ended paused).
 	postcopy      bool
 	postcopyAt    time.Duration
 	activeSince   time.Duration
@@ -316,6 +318,7 @@ type Controller struct {
 	pausedSince   time.Duration
 	recoverDue    time.Duration
 	recoverTries  int
+	resumed       bool
 	recoveries    int
 	giveUp        string
 	lost          bool
@@ -338,13 +341,13 @@ const (
 	SwitchoverNoProgressTimeout = 5 * time.Second
 )
 
-// A post-copy stream that moves no data for PostcopyStallTimeout is paused on
-// purpose (migrate-pause) and recovered over a new connection as soon as the
-// destination answers again, tried every RecoverRetry: the VM waits on the
-// destination for every page it lacks, and TCP alone would resume only at its
-// next retransmission, seconds to minutes after the link is back (or never, if
-// a host lost the connection). A recovery stuck reconnecting for
-// PostcopyStallTimeout is paused again.
+// A post-copy stream that moves no data for PostcopyStallTimeout is recovered
+// over a new connection as soon as the destination answers again, tried every
+// RecoverRetry: the VM waits on the destination for every page it lacks, and
+// TCP alone would resume only at its next retransmission, seconds to minutes
+// after the link is back (or never, if a host lost the connection). A
+// recovery stuck reconnecting for PostcopyStallTimeout is broken and tried
+// again.
 const (
 	PostcopyStallTimeout = 3 * time.Second
 	RecoverRetry         = time.Second
@@ -780,74 +783,96 @@ func (c *Controller) GiveUp(reason string) {
 	}
 }
 
+// Resumed tells the controller that the source was resumed to a destination
+// listening again (migrate with resume accepted): the next time the stream is
+// active counts as a recovery.
+func (c *Controller) Resumed() { c.resumed = true }
+
 // enterPostcopy keeps the books of post-copy's phases.
 func (c *Controller) enterPostcopy(o Observation, prev Phase) {
 	if !c.postcopy {
 		c.postcopy, c.postcopyAt, c.activeSince = true, o.Elapsed, o.Elapsed
+	}
+	if c.phase == PhasePostcopy && c.resumed {
+		c.resumed = false
+		c.recoveries++
 	}
 	if c.phase == prev {
 		return
 	}
 	c.pauseAsked = false
 	switch c.phase {
-	case PhasePostcopy:
+	case PhasePostcopy, PhasePostcopyRecover:
 		c.activeSince = o.Elapsed
-		if prev == PhasePostcopyPaused || prev == PhasePostcopyRecover {
-			c.recoveries++
-		}
 	case PhasePostcopyPaused:
 		c.pausedSince, c.recoverDue, c.recoverTries = o.Elapsed, o.Elapsed, 0
 		c.pausedBecause = o.Info.ErrorDesc
-	case PhasePostcopyRecover:
-		c.activeSince = o.Elapsed
 	}
 }
 
-// duringPostcopy watches a post-copy stream: it pauses one that stalled, asks
-// for recoveries of a paused one, and ends the migration lost when the caller
-// gave up while it is paused.
+// duringPostcopy watches a post-copy stream. One that stalls (no data moved
+// for PostcopyStallTimeout) or paused is reconnected: every RecoverRetry the
+// controller asks for a recovery, which has the destination break its end and
+// listen again, then the source break its end and resume — never the source
+// first: a destination still loading the switch-over's device state when its
+// stream breaks cannot recover, while a stream only stalled may still go on by
+// itself once the link is back. A reconnection that stalls is broken to be
+// tried again. Once the caller gave up, a stalled stream is broken and a paused
+// one ends the migration lost.
 func (c *Controller) duringPostcopy(o Observation) Decision {
 	left := "the rest of its memory"
 	if c.lastRAM != nil {
 		left = fmtBytes(float64(max(c.lastRAM.Remaining, 0)))
 	}
-	switch c.phase {
-	case PhasePostcopy, PhasePostcopyRecover:
-		since := max(c.movedAt, c.activeSince)
-		if c.pauseAsked || o.Elapsed-since < PostcopyStallTimeout {
-			if c.phase == PhasePostcopyRecover {
-				c.note = "post-copy: reconnecting the stream to the destination"
-			} else if c.giveUp == "" {
-				c.note = fmt.Sprintf("post-copy for %v: the VM runs on the destination, %s still to fetch from the source",
-					(o.Elapsed - c.postcopyAt).Round(100*time.Millisecond), left)
-			}
-			return Decision{}
-		}
-		c.pauseAsked = true
-		return Decision{PausePostcopy: true, Reason: fmt.Sprintf(
-			"post-copy: no data reached the destination for %v with %s still on the source: breaking the stream to reconnect it (the VM runs on the destination and waits for every page it lacks)",
-			PostcopyStallTimeout, left)}
-	case PhasePostcopyPaused:
+	if c.phase == PhasePostcopyPaused {
 		if c.giveUp != "" {
 			c.lost = true
 			c.note = c.lostReason(o)
 			return Decision{}
 		}
-		if o.Elapsed < c.recoverDue {
-			return Decision{}
-		}
-		c.recoverTries++
-		c.recoverDue = o.Elapsed + RecoverRetry
-		note := fmt.Sprintf("post-copy paused for %v (%s), %s still on the source: reconnecting; the VM runs on the destination and waits for every page it lacks",
-			(o.Elapsed - c.pausedSince).Round(time.Second), orWords(c.pausedBecause, "the stream broke"), left)
-		if c.recoverTries > 1 {
-			// Retries are noted, not logged again every second.
-			c.note = note
-			return Decision{RecoverPostcopy: true}
-		}
-		return Decision{RecoverPostcopy: true, Reason: note}
+		return c.reconnect(o, fmt.Sprintf("post-copy paused for %v (%s), %s still on the source: reconnecting; the VM runs on the destination and waits for every page it lacks",
+			(o.Elapsed-c.pausedSince).Round(time.Second), orWords(c.pausedBecause, "the stream broke"), left))
 	}
-	return Decision{}
+	stalled := o.Elapsed - max(c.movedAt, c.activeSince)
+	switch {
+	case stalled < PostcopyStallTimeout:
+		c.recoverDue, c.recoverTries = 0, 0
+		switch {
+		case c.phase == PhasePostcopyRecover:
+			c.note = "post-copy: reconnecting the stream to the destination"
+		case c.giveUp == "":
+			c.note = fmt.Sprintf("post-copy for %v: the VM runs on the destination, %s still to fetch from the source",
+				(o.Elapsed - c.postcopyAt).Round(100*time.Millisecond), left)
+		}
+		return Decision{}
+	case c.pauseAsked:
+		return Decision{}
+	case c.giveUp != "":
+		c.pauseAsked = true
+		return Decision{PausePostcopy: true, Reason: fmt.Sprintf(
+			"post-copy: no data reached the destination for %v, and the migration was given up: breaking the stream", stalled.Round(time.Second))}
+	case c.phase == PhasePostcopyRecover:
+		c.pauseAsked = true
+		return Decision{PausePostcopy: true, Reason: fmt.Sprintf(
+			"post-copy: reconnecting the stream made no progress for %v: breaking it to try again", stalled.Round(time.Second))}
+	}
+	return c.reconnect(o, fmt.Sprintf("post-copy: no data reached the destination for %v with %s still on the source: reconnecting the stream as soon as the destination answers (the VM runs on the destination and waits for every page it lacks)",
+		stalled.Round(time.Second), left))
+}
+
+// reconnect asks for a recovery attempt when one is due; the first of a
+// stall or pause is logged, later ones only noted.
+func (c *Controller) reconnect(o Observation, words string) Decision {
+	if o.Elapsed < c.recoverDue {
+		return Decision{}
+	}
+	c.recoverTries++
+	c.recoverDue = o.Elapsed + RecoverRetry
+	if c.recoverTries > 1 {
+		c.note = words
+		return Decision{RecoverPostcopy: true}
+	}
+	return Decision{RecoverPostcopy: true, Reason: words}
 }
 
 // lostReason explains a migration that ended paused in post-copy.

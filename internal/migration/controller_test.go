@@ -395,7 +395,7 @@ func postcopyObs(at time.Duration, status string, sent int64) Observation {
 		Transferred: sent, Remaining: 1<<30 - sent, Total: 1 << 30, PageSize: 4096, DirtySyncCount: 5}}}
 }
 
-func TestControllerPostcopyStallPauseRecoverAndGiveUp(t *testing.T) {
+func TestControllerPostcopyStallRecoverAndGiveUp(t *testing.T) {
 	for _, tc := range []struct {
 		status string
 		want   Phase
@@ -421,6 +421,22 @@ func TestControllerPostcopyStallPauseRecoverAndGiveUp(t *testing.T) {
 		sent += moved
 		return c.Observe(postcopyObs(at, status, sent))
 	}
+	// recoveries returns when recoveries were asked for while status lasted d,
+	// counted from the last observation before.
+	recoveries := func(status string, d time.Duration) []time.Duration {
+		var tries []time.Duration
+		from := at
+		for at+DefaultPollInterval-from <= d {
+			dec, _ := step(status, 0)
+			if dec.PausePostcopy {
+				t.Fatalf("%s: the source's end is broken before the destination's (%+v)", status, dec)
+			}
+			if dec.RecoverPostcopy {
+				tries = append(tries, at-from)
+			}
+		}
+		return tries
+	}
 	// Flowing: nothing to do, whatever the time budget says.
 	for i := 0; i < 40; i++ {
 		if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || p.Phase != PhasePostcopy {
@@ -430,52 +446,57 @@ func TestControllerPostcopyStallPauseRecoverAndGiveUp(t *testing.T) {
 	if !c.Postcopy() {
 		t.Fatal("the controller does not know it is in post-copy")
 	}
-	// Stalled: one pause, after PostcopyStallTimeout.
-	stalled := at
-	var pause Decision
-	for at-stalled < PostcopyStallTimeout+time.Second {
-		d, _ := step(qmp.MigrationPostcopyActive, 0)
-		switch {
-		case d.PausePostcopy && pause.PausePostcopy:
-			t.Fatalf("paused twice for one stall, at %v", at-stalled)
-		case d.PausePostcopy && at-stalled < PostcopyStallTimeout:
-			t.Fatalf("paused %v into the stall, before %v", at-stalled, PostcopyStallTimeout)
-		case d.PausePostcopy:
-			pause = d
-		}
-	}
-	if !pause.PausePostcopy || !strings.Contains(pause.Reason, "no data reached the destination") {
-		t.Fatalf("no pause of the stalled stream: %+v", pause)
+	// Stalled: reconnecting once nothing moved for PostcopyStallTimeout, then every
+	// RecoverRetry; the source's end is left alone (the recovery breaks it once the
+	// destination listens again).
+	tries := recoveries(qmp.MigrationPostcopyActive, PostcopyStallTimeout+2*time.Second)
+	if len(tries) < 2 || tries[0] < PostcopyStallTimeout || tries[0] > PostcopyStallTimeout+DefaultPollInterval ||
+		tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
+		t.Fatalf("recovery attempts at %v into the stall; want the first after %v, then every %v", tries, PostcopyStallTimeout, RecoverRetry)
 	}
 	// Paused: a recovery at once, then one every RecoverRetry.
-	var tries []time.Duration
-	pausedAt := at + DefaultPollInterval
-	for i := 0; i < 50; i++ {
-		if d, _ := step(qmp.MigrationPostcopyPaused, 0); d.RecoverPostcopy {
-			tries = append(tries, at-pausedAt)
-		}
-	}
-	if len(tries) < 2 || tries[0] != 0 || tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
+	tries = recoveries(qmp.MigrationPostcopyPaused, 2500*time.Millisecond)
+	if len(tries) < 2 || tries[0] != DefaultPollInterval || tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
 		t.Fatalf("recovery attempts at %v after the pause; want one at once, then every %v", tries, RecoverRetry)
 	}
-	// Recovered: the stream moves again and counts as one recovery.
+	// Recovered: the source was resumed, the stream moves again: one recovery.
+	c.Resumed()
 	step(qmp.MigrationPostcopyRecover, 0)
 	for i := 0; i < 10; i++ {
 		if d, _ := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() {
 			t.Fatalf("after the recovery: %+v", d)
 		}
 	}
-	if r := c.Result(); r.PostcopyRecoveries != 1 || !r.Postcopy {
-		t.Errorf("result %+v; want post-copy with one recovery", r)
+	// A recovery so quick that no poll saw the stream paused counts too.
+	c.Resumed()
+	step(qmp.MigrationPostcopyActive, 1e6)
+	if r := c.Result(); r.PostcopyRecoveries != 2 || !r.Postcopy {
+		t.Errorf("result %+v; want post-copy with two recoveries", r)
 	}
 
-	// Given up while flowing: it goes on; once paused, no recovery: lost.
+	// Given up while flowing: it goes on; stalled, its end is broken; paused, it is
+	// not recovered: lost.
 	c.GiveUp("the caller cancelled the migration (context canceled)")
 	if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || !strings.Contains(p.Note, "cannot return to the source") {
 		t.Errorf("given up while flowing: %+v, note %q", d, p.Note)
 	}
+	var pause Decision
+	for stalled := at; at-stalled < PostcopyStallTimeout+time.Second; {
+		d, _ := step(qmp.MigrationPostcopyActive, 0)
+		switch {
+		case d.RecoverPostcopy:
+			t.Fatalf("a recovery of a migration given up: %+v", d)
+		case d.PausePostcopy && pause.PausePostcopy:
+			t.Fatal("broke the stream twice")
+		case d.PausePostcopy:
+			pause = d
+		}
+	}
+	if !pause.PausePostcopy || !strings.Contains(pause.Reason, "given up") {
+		t.Fatalf("a stalled stream given up is not broken: %+v", pause)
+	}
 	if c.Lost() {
-		t.Fatal("lost while the stream flows")
+		t.Fatal("lost before the stream paused")
 	}
 	if d, _ := step(qmp.MigrationPostcopyPaused, 0); d.RecoverPostcopy || !c.Lost() {
 		t.Fatalf("given up and paused: %+v, lost %v; want no recovery, lost", d, c.Lost())

@@ -10,12 +10,14 @@ import (
 )
 
 // ErrNotPaused is wrapped by RecoverDestination's error when the destination's
-// migration is not a post-copy that can be recovered now.
+// migration is not a post-copy that can be recovered now: not (yet) in post-copy
+// — still loading the switch-over's device state, whose stream must not be
+// broken — or already reconnecting.
 var ErrNotPaused = errors.New("the migration is not a paused post-copy")
 
-// destinationPauseTimeout bounds the wait for a destination to pause its
-// post-copy stream after migrate-pause.
-const destinationPauseTimeout = 5 * time.Second
+// pauseTimeout bounds the wait for either end to pause its post-copy stream
+// after migrate-pause.
+const pauseTimeout = 5 * time.Second
 
 // RecoverDestination makes the destination QEMU behind mon, whose post-copy
 // stream broke, listen for the source again on uri (migrate-recover); the
@@ -28,7 +30,7 @@ const destinationPauseTimeout = 5 * time.Second
 // ErrNotPaused when the migration is neither paused nor pausable (not in
 // post-copy, or already reconnecting).
 func RecoverDestination(ctx context.Context, mon *qmp.Monitor, uri string) error {
-	deadline := time.Now().Add(destinationPauseTimeout)
+	deadline := time.Now().Add(pauseTimeout)
 	paused := false
 	for {
 		err := mon.MigrateRecover(ctx, uri)
@@ -45,11 +47,31 @@ func RecoverDestination(ctx context.Context, mon *qmp.Monitor, uri string) error
 			paused = true
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the destination QEMU did not pause its end of the stream within %v: %w", destinationPauseTimeout, err)
+			return fmt.Errorf("the destination QEMU did not pause its end of the stream within %v: %w", pauseTimeout, err)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("making the destination QEMU listen again: %w", ctx.Err())
+		case <-time.After(DefaultPollInterval):
+		}
+	}
+}
+
+// waitMigrationStatus polls query-migrate until it reports status, for at most d.
+func waitMigrationStatus(ctx context.Context, mon *qmp.Monitor, status string, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		info, err := mon.QueryMigrate(ctx)
+		switch {
+		case err == nil && info.Status == status:
+			return nil
+		case err != nil && ctx.Err() == nil:
+			return fmt.Errorf("asking QEMU for its migration state failed: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the migration is %q, not %q, after %v", info.Status, status, d)
 		case <-time.After(DefaultPollInterval):
 		}
 	}

@@ -639,7 +639,12 @@ func (d *driver) startRecover(ctx context.Context) {
 		case err != nil:
 			err = fmt.Errorf("the destination cannot take the stream again yet: %w", err)
 		default:
-			if err = d.mon.MigrateResume(rctx, uri); err != nil {
+			// The destination broke its end and listens: only now the source
+			// breaks its own (see Controller.duringPostcopy).
+			if err = d.pauseSource(rctx); err == nil {
+				err = d.mon.MigrateResume(rctx, uri)
+			}
+			if err != nil {
 				err = fmt.Errorf("resuming the post-copy stream to %s failed: %w", uri, err)
 			} else {
 				d.log.Info("resuming the post-copy stream", "uri", uri)
@@ -647,6 +652,24 @@ func (d *driver) startRecover(ctx context.Context) {
 		}
 		a.done <- err
 	}()
+}
+
+// pauseSource breaks the source's end of a post-copy stream that has not
+// broken by itself, and waits until QEMU has paused it.
+func (d *driver) pauseSource(ctx context.Context) error {
+	info, err := d.mon.QueryMigrate(ctx)
+	switch {
+	case err != nil:
+		return err
+	case info.Status == qmp.MigrationPostcopyPaused:
+		return nil
+	case info.Status != qmp.MigrationPostcopyActive:
+		return fmt.Errorf("%w: the source's migration is %q", ErrNotPaused, info.Status)
+	}
+	if err := d.mon.MigratePause(ctx); err != nil {
+		return err
+	}
+	return waitMigrationStatus(ctx, d.mon, qmp.MigrationPostcopyPaused, pauseTimeout)
 }
 
 // reapRecover takes the outcome of a finished recovery attempt: a failure is
@@ -671,6 +694,7 @@ func (d *driver) reapRecover() {
 		d.logRecoverErr(err)
 	default:
 		d.lastRecoverErr = ""
+		d.c.Resumed()
 	}
 }
 

@@ -22,20 +22,24 @@ import (
 const (
 	postcopyRate     = "100mbit"
 	postcopyDirtyMiB = 32
-	// postcopyCut is how long the destination's link stays down: longer than the stall
-	// after which the source breaks the stream on purpose.
-	postcopyCut = migration.PostcopyStallTimeout + 5*time.Second
+	// postcopyCut is how long the destination's link stays down: long enough for TCP's
+	// retransmissions of the stream to back off well beyond the source's reconnection
+	// attempts (every second once the stream stalled for PostcopyStallTimeout), so that
+	// the stream comes back through Godwit's recovery, not by itself.
+	postcopyCut = 15 * time.Second
 )
 
 // TestPostcopy migrates a VM with post-copy allowed twice. First host-1 → host-2: the
-// migration switches to post-copy, the destination's link is cut for a few seconds, the
-// source pauses the dead stream and recovers it once the link is back, and the migration
-// completes: the VM runs on host-2 only, whole (memory checked by the guest, disk, a TCP
-// connection opened before), and the record says it went post-copy and recovered. Then
-// host-2 → host-1: in post-copy the destination's link is cut and stays cut, and the
-// user cancels: the VM cannot go back to host-2, whose QEMU is never resumed — the
-// migration ends failed, the VM lost — and once the link is back the copy on host-1 is
-// torn down; the VM, left stopped on host-2 with the reason, starts again from its disk.
+// migration switches to post-copy, the destination's link is cut for postcopyCut, the
+// source notices the stalled stream and, once the destination's agent answers again,
+// recovers it over a new connection (the destination breaks its end and listens again,
+// then the source breaks its end and resumes), and the migration completes: the VM runs
+// on host-2 only, whole (memory checked by the guest, disk, a TCP connection opened
+// before), and the record says it went post-copy and recovered. Then host-2 → host-1:
+// in post-copy the destination's link is cut and stays cut, and the user cancels: the VM
+// cannot go back to host-2, whose QEMU is never resumed — the migration ends failed, the
+// VM lost — and once the link is back the copy on host-1 is torn down; the VM, left
+// stopped on host-2 with the reason, starts again from its disk.
 func TestPostcopy(t *testing.T) {
 	r := newFaultRun(t)
 
@@ -43,9 +47,14 @@ func TestPostcopy(t *testing.T) {
 	m := r.startPostcopy()
 	r.l.LinkDown(m.Destination)
 	cut := time.Now()
-	paused := r.waitSourcePhase(m, migration.PhasePostcopyPaused, postcopyCut)
-	t.Logf("%s after the cut: %s", time.Since(cut).Round(100*time.Millisecond), faultDescribe(paused))
+	stalled := r.waitSource(m, "the stream stalled", migration.PostcopyStallTimeout+5*time.Second, func(cur api.Migration) bool {
+		return strings.Contains(cur.Progress.Note, "no data reached the destination")
+	})
+	t.Logf("%s after the cut: %s", time.Since(cut).Round(100*time.Millisecond), faultDescribe(stalled))
 	time.Sleep(time.Until(cut.Add(postcopyCut)))
+	if cur := r.waitSource(m, "still in post-copy", time.Second, func(api.Migration) bool { return true }); cur.Progress.Phase != string(migration.PhasePostcopy) {
+		t.Errorf("with the destination out of reach the source's stream is %s: %s; want it left in post-copy, not broken", cur.Progress.Phase, faultDescribe(cur))
+	}
 	r.l.LinkUp(m.Destination)
 	end := r.mustEnd(m.ID, 2*time.Minute, "after the link came back")
 	if end.State != api.MigrationSucceeded || !end.Postcopy || end.PostcopyRecoveries < 1 || !end.Encrypted || end.Policy != migration.PolicySafe {
@@ -61,7 +70,9 @@ func TestPostcopy(t *testing.T) {
 	m = r.startPostcopy()
 	srcPID := r.pid
 	r.l.LinkDown(m.Destination)
-	r.waitSourcePhase(m, migration.PhasePostcopyPaused, postcopyCut)
+	r.waitSource(m, "the stream stalled", migration.PostcopyStallTimeout+5*time.Second, func(cur api.Migration) bool {
+		return strings.Contains(cur.Progress.Note, "no data reached the destination")
+	})
 	out := r.l.MustRun("migration", "cancel", m.ID)
 	if !strings.Contains(out, "cannot go back") {
 		t.Errorf("migration cancel in post-copy printed %q; want it to say the VM cannot go back", out)
@@ -117,18 +128,19 @@ func (r *faultRun) startPostcopy() api.Migration {
 		r.t.Fatalf("vm migrate --postcopy --detach printed %+v; want a migration %s → %s allowed post-copy", m, r.host, to)
 	}
 	r.started = m
-	cur := r.waitSourcePhase(m, migration.PhasePostcopy, 4*time.Minute)
+	inPostcopy := func(cur api.Migration) bool { return cur.Progress.Phase == string(migration.PhasePostcopy) }
+	cur := r.waitSource(m, "post-copy", 4*time.Minute, inPostcopy)
 	from := cur.Progress.TransferredBytes
-	for cur.Progress.TransferredBytes < from+2e6 {
-		cur = r.waitSourcePhase(m, migration.PhasePostcopy, 30*time.Second)
-	}
+	r.waitSource(m, "post-copy moving memory", 30*time.Second, func(cur api.Migration) bool {
+		return inPostcopy(cur) && cur.Progress.TransferredBytes >= from+4e6
+	})
 	r.t.Logf("migration %s %s → %s in post-copy: %s", m.ID, m.Source, m.Destination, faultDescribe(cur))
 	return m
 }
 
-// waitSourcePhase polls the source agent's record of the migration (as the center
-// does, without the center's delay) until its phase is want.
-func (r *faultRun) waitSourcePhase(m api.Migration, want migration.Phase, timeout time.Duration) api.Migration {
+// waitSource polls the source agent's record of the migration (as the center does,
+// without the center's delay) until ok accepts it.
+func (r *faultRun) waitSource(m api.Migration, what string, timeout time.Duration, ok func(api.Migration) bool) api.Migration {
 	r.t.Helper()
 	hc := r.l.AsCenter(m.Source)
 	url := "https://" + r.addrs[m.Source] + ":7700/agent/v1/migrations/" + m.ID
@@ -139,15 +151,15 @@ func (r *faultRun) waitSourcePhase(m api.Migration, want migration.Phase, timeou
 			cur = api.Migration{}
 			err = json.NewDecoder(resp.Body).Decode(&cur)
 			resp.Body.Close()
-			if err == nil && resp.StatusCode == http.StatusOK && migration.Phase(cur.Progress.Phase) == want {
+			if err == nil && resp.StatusCode == http.StatusOK && ok(cur) {
 				return cur
 			}
 		}
 		if faultEnded(cur) {
-			r.t.Fatalf("migration %s ended while waiting for phase %s: %s", m.ID, want, faultDescribe(cur))
+			r.t.Fatalf("migration %s ended while waiting for %s: %s", m.ID, what, faultDescribe(cur))
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("migration %s did not reach phase %s within %v: %s", m.ID, want, timeout, faultDescribe(cur))
+			r.t.Fatalf("migration %s: no %s within %v: %s", m.ID, what, timeout, faultDescribe(cur))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
