@@ -773,8 +773,8 @@ func (c *Controller) Lost() bool { return c.lost }
 
 // GiveUp records that the caller stops the migration for reason (e.g. it was
 // cancelled) once it is in post-copy, where QEMU cannot cancel: a stream that
-// flows goes on to completion, but one that is or becomes paused is no longer
-// recovered, and the migration ends lost. It changes nothing in QEMU.
+// flows goes on to completion, but one that stalls is broken and a broken one
+// is not recovered: the migration ends lost. It changes nothing in QEMU itself.
 func (c *Controller) GiveUp(reason string) {
 	if c.giveUp == "" {
 		c.giveUp = reason

@@ -57,7 +57,7 @@ var ErrLost = errors.New("the VM was lost in post-copy")
 // never be recovered, and Run gives the migration up as lost.
 var ErrNoDestination = errors.New("the destination no longer has the VM's copy")
 
-// recoverTimeout bounds one attempt to recover a paused post-copy stream: the
+// recoverTimeout bounds one attempt to recover a post-copy stream: the
 // destination listening again, then the source resuming to it. Attempts run
 // beside the poll loop, one at a time; one that hangs (the destination
 // unreachable) delays the next by at most this.
@@ -89,16 +89,15 @@ type Options struct {
 	// again whenever the cap changes; the controller's own bandwidth decisions
 	// stay within the cap (see Controller.SetBandwidthCap).
 	BandwidthCap func() int64
-	// Recover, when set, makes the destination listen again for a post-copy
-	// stream that broke (migrate-recover on the destination QEMU, which must
-	// first be paused itself if it has not noticed the break) and returns the
-	// URI to resume to. Run calls it, from its own goroutine, every
-	// RecoverRetry while the stream is paused and then resumes the source to
-	// the URI; an error (the destination cannot be reached yet) is tried again,
-	// except one wrapping ErrNoDestination, which ends the migration lost. An
-	// attempt runs in a goroutine of Run's while the polls go on; Run waits for
-	// it before it returns.
-	// Without it a paused post-copy migration stays paused until ctx is done.
+	// Recover, when set, makes the destination break its end of a stalled or
+	// broken post-copy stream and listen again (see RecoverDestination), and
+	// returns the URI to resume to. Run calls it every RecoverRetry while the
+	// stream is stalled or paused, in a goroutine of its own while the polls go
+	// on (and waits for it before it returns); when it succeeds Run breaks the
+	// source's end and resumes it to the URI. An error (the destination cannot
+	// be reached yet) is tried again, except one wrapping ErrNoDestination,
+	// which ends the migration lost. Without Recover a broken post-copy stream
+	// stays broken until ctx is done.
 	Recover func(ctx context.Context) (uri string, err error)
 }
 
@@ -260,8 +259,9 @@ func checkVersion(mon *qmp.Monitor) error {
 
 // Run migrates the VM behind mon (the source QEMU) to the destination already
 // listening at o.URI, and returns when the migration completed, failed, was
-// cancelled, or was lost in post-copy. It sets the source's capabilities and parameters for the policy
-// (SourceCapabilities, SourceParameters), starts the migration, polls
+// cancelled, or was lost in post-copy. It sets the source's capabilities and
+// parameters for the policy (SourceCapabilities, SourceParameters), starts the
+// migration, polls
 // query-migrate every o.PollInterval, feeds each answer to a Controller,
 // applies its decisions and reports progress.
 //
@@ -288,7 +288,7 @@ func checkVersion(mon *qmp.Monitor) error {
 // complete (reported completed) but stops the recovery of a paused one; a
 // post-copy migration that does not complete is PhaseFailed and its error
 // wraps ErrLost: the caller must never resume the source QEMU. A stream that
-// stalls is paused and recovered through o.Recover (see PostcopyStallTimeout).
+// stalls or breaks is recovered through o.Recover (see PostcopyStallTimeout).
 //
 // Run reads nothing from mon.Events(): the monitor's single event consumer
 // stays the caller's.
@@ -577,7 +577,7 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 		}
 	case dec.PausePostcopy:
 		if err := d.mon.MigratePause(ctx); err != nil {
-			d.log.Warn("breaking the stalled post-copy stream failed; it is tried again if it stays stalled", "err", err)
+			d.log.Warn("breaking the source's end of the post-copy stream failed", "err", err)
 		}
 	case dec.RecoverPostcopy:
 		d.startRecover(ctx)
@@ -610,16 +610,16 @@ func (d *driver) applyCap(ctx context.Context) {
 	d.apply(ctx, dec)
 }
 
-// recoverAttempt is one attempt to recover a paused post-copy stream, running in
-// its own goroutine; done delivers its outcome.
+// recoverAttempt is one attempt to recover a stalled or paused post-copy stream,
+// running in its own goroutine; done delivers its outcome.
 type recoverAttempt struct {
 	done   chan error
 	cancel context.CancelFunc
 }
 
 // startRecover starts an attempt to have the destination listen again for a
-// paused post-copy stream and to resume the source to it, unless one is under
-// way. Its outcome is taken by reapRecover.
+// stalled or paused post-copy stream and to resume the source to it, unless one
+// is under way. Its outcome is taken by reapRecover.
 func (d *driver) startRecover(ctx context.Context) {
 	if d.attempt != nil {
 		return
