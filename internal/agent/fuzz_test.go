@@ -411,9 +411,10 @@ var fuzzAgentQueryRoutes = []struct {
 }{
 	{http.MethodPost, "/stop", "grace"},
 	{http.MethodGet, "/console", "tail"},
+	{http.MethodPost, "/incoming/1a2b3c4d/abort", "postcopy"},
 }
 
-// FuzzQueryParams fuzzes stop's grace and force and console's tail.
+// FuzzQueryParams fuzzes stop's grace and force, console's tail and abort's postcopy.
 func FuzzQueryParams(f *testing.F) {
 	for _, c := range []struct {
 		route              uint8
@@ -440,6 +441,10 @@ func FuzzQueryParams(f *testing.F) {
 		{1, "keep", "abc", ""},
 		{1, "keep", "5", "tail=6"},
 		{1, "nosuch", "5", ""},
+		{2, "keep", "lost", ""},
+		{2, "keep", "LOST", ""},
+		{2, "keep", "", "postcopy"},
+		{2, "nosuch", "lost", ""},
 	} {
 		f.Add(c.route, c.name, c.value, c.query)
 	}
@@ -488,6 +493,37 @@ func FuzzReadPersisted(f *testing.F) {
 		p, err := readPersisted(path)
 		if err == nil && (p.Spec.Name == "" || !canonicalUUID(p.Spec.UUID)) {
 			t.Fatalf("accepted a state file that names no VM: %q → %+v", b, p.Spec)
+		}
+	})
+}
+
+// FuzzRecover fuzzes the recovery of a broken post-copy stream: whatever the VM, the
+// migration and the body, nothing is recovered here (no copy is coming in) and keep is
+// left as it is.
+func FuzzRecover(f *testing.F) {
+	for _, c := range []struct{ name, id, body string }{
+		{"keep", "1a2b3c4d", `{"address":"127.0.0.1"}`},
+		{"keep", "1a2b3c4d", `{"address":""}`},
+		{"keep", "1a2b3c4d", `{"address":"not an address"}`},
+		{"keep", "", `{"address":"127.0.0.1"}`},
+		{"keep", "1a2b3c4d", `{"address":"127.0.0.1","bogus":1}`},
+		{"keep", "1a2b3c4d", `{"address":1}`},
+		{"keep", "1a2b3c4d", `{}{}`},
+		{"keep", "1a2b3c4d", ``},
+		{"nosuch", "1a2b3c4d", `{"address":"127.0.0.1"}`},
+		{"..", "..", `{"address":"127.0.0.1"}`},
+	} {
+		f.Add(c.name, c.id, []byte(c.body))
+	}
+	f.Fuzz(func(t *testing.T, name, id string, body []byte) {
+		fa := newFuzzAgent(t)
+		rest := "/incoming/" + url.PathEscape(id) + "/recover"
+		w := fa.doVM(http.MethodPost, name, rest, "", body)
+		what := fmt.Sprintf("POST /agent/v1/vms/%s%s %.300q", url.PathEscape(name), rest, body)
+		fuzzCheckAnswer(t, what, w, nil)
+		fa.checkSandbox(t, what)
+		if w.Code/100 == 2 {
+			t.Fatalf("%s: answered %d, yet no copy comes in here: %s", what, w.Code, w.Body)
 		}
 	})
 }

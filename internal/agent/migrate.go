@@ -70,6 +70,10 @@ type outgoingRecord struct {
 	Started        time.Time `json:"started"`
 	// Ticket is the center's ticket, which the destination asks for at every step.
 	Ticket string `json:"ticket"`
+	// Postcopy: the migration may switch to post-copy; DestinationAddr is where the
+	// destination listens again to recover a broken post-copy stream.
+	Postcopy        bool   `json:"postcopy,omitempty"`
+	DestinationAddr string `json:"destination_addr,omitempty"`
 }
 
 func progressOf(p migration.Progress) api.MigrationProgress {
@@ -127,7 +131,10 @@ func (a *Agent) SetMigrationBandwidth(id string, req api.BandwidthRequest) (api.
 	return m, nil
 }
 
-// CancelMigration cancels a running migration; the VM stays on this host.
+// CancelMigration cancels a running migration; the VM stays on this host. A migration
+// in post-copy cannot be cancelled: the VM runs on the destination already. It goes on
+// while its stream flows, but a broken stream is no longer recovered, and the VM is then
+// lost; its record's note says so.
 func (a *Agent) CancelMigration(id string) (api.Migration, error) {
 	a.migMu.Lock()
 	o, ok := a.migrations[id]
@@ -155,6 +162,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	if err != nil {
 		return api.Migration{}, api.Errorf(422, "invalid_policy", "%v", err)
 	}
+	policy.AllowPostcopy = policy.AllowPostcopy || req.Postcopy
 	encryption := policy.EncryptionMode()
 	if req.Encryption != "" {
 		if encryption, err = migration.ParseEncryption(req.Encryption); err != nil {
@@ -199,7 +207,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	o := &outgoing{cancel: cancel, hub: &a.progress, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
 		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
-		Priority: req.Priority, BandwidthCap: req.MaxBandwidth,
+		Priority: req.Priority, BandwidthCap: req.MaxBandwidth, PostcopyAllowed: policy.AllowPostcopy,
 	}}
 	o.bandwidthCap.Store(req.MaxBandwidth)
 	a.migrations[req.ID] = o
@@ -271,7 +279,8 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		return
 	}
 	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
-		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket}
+		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket,
+		Postcopy: policy.AllowPostcopy, DestinationAddr: req.DestinationAddr}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -296,7 +305,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		}
 	}
 	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, SourceURL: a.cfg.Advertise, Spec: v.spec, OwnedDisks: owned,
-		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption}
+		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption, Postcopy: policy.AllowPostcopy}
 	var rep api.IncomingReply
 	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
 		if ctx.Err() != nil {
@@ -335,6 +344,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	res, runErr := migration.Run(ctx, mon, migration.Options{
 		Policy: policy, URI: rep.URI, TLSCreds: creds,
 		BandwidthCap: o.bandwidthCap.Load,
+		Recover:      a.recoverer(dest, v.spec.Name, req.ID, req.DestinationAddr),
 		OnProgress: func(pr migration.Progress) {
 			o.update(func(m *api.Migration) {
 				m.Progress = progressOf(pr)
@@ -347,7 +357,20 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	stopRenice()
 	o.update(func(m *api.Migration) {
 		m.DowntimeMS, m.Bytes, m.Passes = ms(res.Downtime), res.Bytes, res.Passes
+		m.Postcopy, m.PostcopyRecoveries = res.Postcopy, res.PostcopyRecoveries
 	})
+	if res.Postcopy && (runErr != nil || res.Status != migration.PhaseCompleted) {
+		stoppedAt()
+		why := a.lostInPostcopy(v, p, req.ID, req.Destination, res, runErr, log)
+		o.update(func(m *api.Migration) {
+			now := time.Now().UTC()
+			m.State, m.Error, m.Finished = api.MigrationFailed, why, &now
+			m.TotalMS = ms(time.Since(start))
+		})
+		a.keepRecord(o)
+		a.abortLostCopy(dest, v.spec.Name, req.ID, log)
+		return
+	}
 	if runErr != nil || res.Status != migration.PhaseCompleted {
 		stoppedAt()
 		frames.giveBack()
@@ -418,13 +441,19 @@ func (a *Agent) release(v *vm, p *qemu.Process, frames *frameSender) {
 	a.mu.Unlock()
 }
 
-// resumeHere makes sure the VM runs on this host after a failed or cancelled migration.
+// resumeHere makes sure the VM runs on this host after a failed or cancelled migration
+// — never after one that switched to post-copy: the VM ran on the destination since,
+// and resuming it here would run it twice.
 func (a *Agent) resumeHere(ctx context.Context, p *qemu.Process, log interface{ Warn(string, ...any) }) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	mon, err := p.Monitor(cctx)
 	if err != nil {
 		log.Warn("cannot check the VM after the migration stopped", "err", err)
+		return
+	}
+	if inPostcopy(cctx, mon) {
+		log.Warn("not resuming the VM here: its migration is in post-copy, so it runs on the destination")
 		return
 	}
 	st, err := mon.QueryStatus(cctx)
@@ -451,13 +480,38 @@ func (a *Agent) cancelReason(o *outgoing, when string) string {
 // and retrying for a while, so the outcome is known at once. Should the destination stay
 // out of reach, it drops the copy by itself (see guardIncoming).
 func (a *Agent) abortDestination(dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+	a.abortCopy(dest, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort", log)
+}
+
+// abortLostCopy has the destination tear down the copy of a migration that ended in
+// post-copy without completing, like abortDestination: the copy runs the VM but can
+// never get the rest of its memory.
+func (a *Agent) abortLostCopy(dest *api.Client, name, id string, log interface{ Warn(string, ...any) }) {
+	a.abortCopy(dest, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort?postcopy=lost", log)
+}
+
+func (a *Agent) abortCopy(dest *api.Client, path string, log interface{ Warn(string, ...any) }) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
 		a.retry(context.WithoutCancel(a.runCtx), func(ctx context.Context) error {
-			return dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/abort", nil, nil)
+			return dest.Do(ctx, http.MethodPost, path, nil, nil)
 		}, func(err error) { log.Warn("destination did not confirm the abort; retrying", "err", err) })
 	}()
+}
+
+// lostInPostcopy handles a migration that switched to post-copy and did not complete:
+// the VM never runs here again (see abandon). It returns the reason for the record.
+func (a *Agent) lostInPostcopy(v *vm, p *qemu.Process, id, dest string, res migration.Result, runErr error, log interface{ Warn(string, ...any) }) string {
+	reason := res.Reason
+	if reason == "" && runErr != nil {
+		reason = runErr.Error()
+	}
+	why := fmt.Sprintf("lost in post-copy during migration %s to %s (%s); its QEMU here was stopped, since the VM ran on %s from the switch: "+
+		"start it again from its disks once %s no longer has its copy", id, dest, reason, dest, dest)
+	a.abandon(v, p, why)
+	log.Warn("migration ended in post-copy without completing: the VM is lost; it stays stopped here", "reason", reason)
+	return why
 }
 
 // finishDestination has the destination take the VM as its own, and returns its
@@ -547,6 +601,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 	if err != nil {
 		return api.IncomingReply{}, api.Errorf(422, "invalid_policy", "%v", err)
 	}
+	policy.AllowPostcopy = req.Postcopy
 	probe, err := a.waitAccel(ctx)
 	if err != nil {
 		return api.IncomingReply{}, err
@@ -564,7 +619,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		}
 		// A copy left waiting by an earlier migration of this VM that ended badly: the
 		// source now sends a new one, so the old one can never complete.
-		if err := a.AbortIncoming(ctx, s.Name, old.incoming); err != nil {
+		if err := a.AbortIncoming(ctx, s.Name, old.incoming, false); err != nil {
 			return api.IncomingReply{}, fmt.Errorf("drop the copy left by an earlier migration of %s: %w", s.Name, err)
 		}
 		a.mu.Lock()
@@ -785,8 +840,12 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 }
 
 // AbortIncoming tears down a VM that was waiting for a migration that will not complete.
-// It refuses once the VM runs here: then this host holds the only running copy.
-func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
+// It refuses once the VM runs here: then this host holds the only running copy — or
+// might, when its QEMU does not answer (in post-copy it runs the VM while its main loop
+// waits for memory). With lostPostcopy the source says the migration ended in post-copy
+// without completing: the copy runs the VM but can never get the rest of its memory, and
+// goes too.
+func (a *Agent) AbortIncoming(ctx context.Context, name, id string, lostPostcopy bool) error {
 	v, err := a.get(name)
 	var se *api.StatusError
 	if errors.As(err, &se) && se.Status == http.StatusNotFound {
@@ -803,12 +862,16 @@ func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
 	if inc != id {
 		return api.Conflict("VM %s here is not the copy of migration %s", name, id)
 	}
-	if p != nil {
-		if mon, err := p.Monitor(ctx); err == nil {
-			if st, err := mon.QueryStatus(ctx); err == nil && st.Running {
-				return api.Conflict("VM %s already runs here after migration %s; it cannot be aborted", name, id)
-			}
+	if p != nil && !lostPostcopy {
+		running, err := guestRuns(ctx, p)
+		switch {
+		case running:
+			return api.Conflict("VM %s already runs here after migration %s; it cannot be aborted", name, id)
+		case err != nil && p.Alive():
+			return api.Conflict("VM %s here does not say whether it runs (%v): in post-copy its QEMU runs it while waiting for memory; not torn down", name, err)
 		}
+	}
+	if p != nil {
 		a.mu.Lock()
 		v.proc, v.stopping = nil, true // the watcher leaves the teardown to us
 		a.mu.Unlock()
@@ -817,7 +880,7 @@ func (a *Agent) AbortIncoming(ctx context.Context, name, id string) error {
 	}
 	a.forgetIncoming(v)
 	a.metrics.IncomingEnded(metrics.IncomingAborted)
-	a.log.Info("incoming VM torn down", "vm", name, "migration", id)
+	a.log.Info("incoming VM torn down", "vm", name, "migration", id, "lost_in_postcopy", lostPostcopy)
 	return nil
 }
 
@@ -850,6 +913,11 @@ func (a *Agent) settleIncoming(ctx context.Context, v *vm, p *qemu.Process) {
 		return
 	}
 	if st, err := mon.QueryStatus(cctx); err == nil && st.Running {
+		if inPostcopy(cctx, mon) {
+			// It runs here, but its memory is still arriving: the source finishes it.
+			a.log.Info("the migration bringing the VM in is in post-copy; the copy waits for its source", "vm", v.spec.Name)
+			return
+		}
 		v.incoming, v.state = "", api.VMRunning
 		_ = v.save()
 		a.metrics.IncomingEnded(metrics.IncomingSucceeded)
@@ -863,9 +931,13 @@ func (a *Agent) settleIncoming(ctx context.Context, v *vm, p *qemu.Process) {
 // recorded for the center.
 func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	rec := *v.outgoing
-	o := &outgoing{cancel: func() {}, hub: &a.progress, m: api.Migration{
+	// A cancel matters only to a migration found in post-copy, which is followed to its
+	// end (and stops being recovered when cancelled).
+	followCtx, cancel := context.WithCancel(a.runCtx)
+	o := &outgoing{cancel: cancel, hub: &a.progress, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
 		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started,
+		PostcopyAllowed: rec.Postcopy,
 	}}
 	a.migMu.Lock()
 	a.migrations[rec.ID] = o
@@ -874,6 +946,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
+		defer cancel()
 		ctx := a.runCtx
 		log := a.log.With("vm", v.spec.Name, "migration", rec.ID)
 		v.op.Lock()
@@ -917,6 +990,30 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 			a.release(v, p, nil)
 			done(api.MigrationSucceeded, "")
 			log.Info("migration had completed while the agent was away; the VM runs on the destination")
+			return
+		}
+		if postcopyStatus(info.Status) {
+			// The VM runs on the destination: the migration cannot be cancelled, only
+			// finished, its stream recovered when it breaks.
+			log.Info("the migration is in post-copy; following it to its end", "status", info.Status)
+			policy, err := migration.LookupPolicy(rec.Policy)
+			if err != nil {
+				policy = migration.QEMUDefaultsPolicy()
+			}
+			policy.AllowPostcopy = true
+			res, err := migration.Follow(followCtx, mon, migration.Options{Policy: policy, Logger: log,
+				Recover:    a.recoverer(dest, v.spec.Name, rec.ID, rec.DestinationAddr),
+				OnProgress: func(pr migration.Progress) { o.update(func(m *api.Migration) { m.Progress = progressOf(pr) }) }})
+			o.update(func(m *api.Migration) { m.Postcopy, m.PostcopyRecoveries = true, res.PostcopyRecoveries })
+			if err == nil && res.Status == migration.PhaseCompleted {
+				a.finishDestination(ctx, dest, v.spec.Name, rec.ID, log)
+				a.release(v, p, nil)
+				done(api.MigrationSucceeded, "")
+				return
+			}
+			res.Postcopy = true
+			done(api.MigrationFailed, a.lostInPostcopy(v, p, rec.ID, rec.Destination, res, err, log))
+			a.abortLostCopy(dest, v.spec.Name, rec.ID, log)
 			return
 		}
 		if info.Status != "failed" && info.Status != "cancelled" && info.Status != "none" && info.Status != "" {
@@ -968,6 +1065,7 @@ func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL, tk 
 		defer a.wg.Done()
 		ctx := a.runCtx
 		lastHeard := time.Now()
+		refused := false // the copy was not dropped while the source was away
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
@@ -986,17 +1084,25 @@ func (a *Agent) guardIncoming(v *vm, p *qemu.Process, id, source, sourceURL, tk 
 			err := src.Do(ctx, http.MethodGet, "/agent/v1/migrations/"+id, nil, &m)
 			switch {
 			case err == nil && (m.State == api.MigrationFailed || m.State == api.MigrationCancelled):
-				a.log.Info("the source ended the migration without this copy; dropping it", "vm", v.spec.Name, "migration", id, "state", m.State)
+				a.log.Info("the source ended the migration without this copy; dropping it", "vm", v.spec.Name, "migration", id, "state", m.State, "postcopy", m.Postcopy)
 			case err == nil:
 				lastHeard = time.Now()
 				continue
 			case time.Since(lastHeard) < incomingPatience:
 				continue
+			case refused:
+				continue // the copy runs the VM: only the source's word ends it
 			default:
 				a.log.Warn("the source has not answered about the migration; dropping the waiting copy", "vm", v.spec.Name, "migration", id, "for", incomingPatience, "err", err)
 			}
-			if err := a.AbortIncoming(ctx, v.spec.Name, id); err != nil {
+			if err := a.AbortIncoming(ctx, v.spec.Name, id, m.Postcopy); err != nil {
 				a.log.Warn("could not drop the waiting copy", "vm", v.spec.Name, "err", err)
+				if m.State == "" {
+					// The source is away and the copy runs the VM (in post-copy): only
+					// the source's word ends it, however long it stays away.
+					refused = true
+					continue
+				}
 			}
 			return
 		}

@@ -198,11 +198,33 @@ func (a *Agent) buildMux(trusted bool) (*api.Mux, error) {
 			a.refuse(w, r, http.StatusForbidden, err)
 			return
 		}
-		if err := a.AbortIncoming(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+		lost := r.URL.Query().Get("postcopy")
+		if lost != "" && lost != "lost" {
+			api.WriteError(w, api.BadRequest("postcopy=%q: the only value is lost (the migration ended in post-copy without completing)", lost))
+			return
+		}
+		if err := a.AbortIncoming(r.Context(), r.PathValue("name"), r.PathValue("id"), lost == "lost"); err != nil {
 			api.WriteError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/recover", func(w http.ResponseWriter, r *http.Request) {
+		if err := a.checkCopyTicket(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
+			a.refuse(w, r, http.StatusForbidden, err)
+			return
+		}
+		var req api.RecoverRequest
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		rep, err := a.RecoverIncoming(r.Context(), r.PathValue("name"), r.PathValue("id"), req)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, rep)
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
 	mux.HandleFunc("/agent/", func(w http.ResponseWriter, r *http.Request) {

@@ -309,6 +309,8 @@ func (a *Agent) checkIncomingTicket(ctx context.Context, req api.IncomingRequest
 		return fmt.Errorf("the incoming VM %s is not the one the center knows: its spec differs from the one the ticket names (kernel, disks, devices…)", t.VM)
 	case t.Encryption != "" && enc != t.Encryption:
 		return fmt.Errorf("the incoming request asks for encryption %q, the center decided %q", enc, t.Encryption)
+	case req.Postcopy != t.Postcopy:
+		return fmt.Errorf("the incoming request says post-copy %s, the center said %s", allowed(req.Postcopy), allowed(t.Postcopy))
 	}
 	return nil
 }

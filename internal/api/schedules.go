@@ -117,6 +117,9 @@ func MigrateCommandLine(r BulkMigrateRequest) string {
 	if r.Auto {
 		parts = append(parts, "--auto")
 	}
+	if r.Postcopy {
+		parts = append(parts, "--postcopy")
+	}
 	for _, f := range [][2]string{{"--policy", r.Policy}, {"--encryption", r.Encryption}, {"--priority", r.Priority}} {
 		if f[1] != "" {
 			parts = append(parts, f[0], f[1])
@@ -126,11 +129,11 @@ func MigrateCommandLine(r BulkMigrateRequest) string {
 }
 
 // scheduledFlagsHelp says what the scheduled `vm migrate` takes.
-const scheduledFlagsHelp = "it takes the VMs' names and --to HOST or --auto, and optionally --policy P, --encryption E and --priority P"
+const scheduledFlagsHelp = "it takes the VMs' names and --to HOST or --auto, and optionally --policy P, --encryption E, --priority P and --postcopy"
 
 // ParseScheduledCommand reads the command a schedule is to run, given as words after
 // `--` on the command line: `vm migrate VM... (--to HOST | --auto) [--policy P]
-// [--encryption E] [--priority P]`, the flags of `godwit vm migrate` that make sense
+// [--encryption E] [--priority P] [--postcopy]`, the flags of `godwit vm migrate` that make sense
 // with nobody watching. Any other command, and any other flag, is refused with a
 // sentence that says what is taken. The values are checked by the center.
 func ParseScheduledCommand(args []string) (BulkMigrateRequest, error) {
@@ -148,6 +151,7 @@ func ParseScheduledCommand(args []string) (BulkMigrateRequest, error) {
 	fs.StringVar(&req.Policy, "policy", "", "convergence policy")
 	fs.StringVar(&req.Encryption, "encryption", "", "required, opportunistic or off")
 	fs.StringVar(&req.Priority, "priority", "", "high, normal or low")
+	fs.BoolVar(&req.Postcopy, "postcopy", false, "allow post-copy as a last resort")
 	if err := fs.Parse(args[2:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return req, fmt.Errorf("the scheduled `vm migrate` has no help flag: %s", scheduledFlagsHelp)

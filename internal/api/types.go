@@ -276,6 +276,8 @@ type BulkMigrateRequest struct {
 	Policy     string   `json:"policy,omitempty"`
 	Encryption string   `json:"encryption,omitempty"`
 	Priority   string   `json:"priority,omitempty"`
+	// Postcopy allows each migration to switch to post-copy (see MigrateRequest).
+	Postcopy bool `json:"postcopy,omitempty"`
 }
 
 // BulkMigrateReply lists the migrations a bulk request started (or queued), and the VMs
@@ -333,6 +335,11 @@ type MigrateRequest struct {
 	Encryption string `json:"encryption,omitempty"`
 	// Priority is high, normal (the default) or low: see the admission package.
 	Priority string `json:"priority,omitempty"`
+	// Postcopy allows switching to post-copy as a last resort, whatever the
+	// policy says: when throttling at the policy's maximum still needs more
+	// downtime than it allows. Once in post-copy the VM cannot return to the
+	// source; should the source or the link die for good, the VM is lost.
+	Postcopy bool `json:"postcopy,omitempty"`
 }
 
 // MigrationProgress is a live view of a running migration.
@@ -394,6 +401,13 @@ type Migration struct {
 	Waiting string `json:"waiting,omitempty"`
 	// Initiator is who asked for it: a user, or "schedule NAME (created by USER)".
 	Initiator string `json:"initiator,omitempty"`
+	// PostcopyAllowed says the migration may switch to post-copy (its policy's
+	// or the request's word); Postcopy that it did — the VM ran on the
+	// destination from then on and could not return to the source, whatever
+	// the outcome; PostcopyRecoveries how often its broken stream was recovered.
+	PostcopyAllowed    bool `json:"postcopy_allowed,omitempty"`
+	Postcopy           bool `json:"postcopy,omitempty"`
+	PostcopyRecoveries int  `json:"postcopy_recoveries,omitempty"`
 }
 
 // PauseBreakdown divides a migration's pause, from the moment the source began to stop
@@ -459,6 +473,8 @@ type AgentMigrateRequest struct {
 	// MaxBandwidth caps the stream in bytes/s (its share of the network); 0: none beyond
 	// the policy's.
 	MaxBandwidth int64 `json:"max_bandwidth,omitempty"`
+	// Postcopy allows switching to post-copy (the center's word, also in the ticket).
+	Postcopy bool `json:"postcopy,omitempty"`
 	// Ticket is the center's signed word for this migration (internal/ticket); the
 	// source presents it to the destination, which acts on nothing else.
 	Ticket string `json:"ticket"`
@@ -488,6 +504,20 @@ type IncomingRequest struct {
 	Address string `json:"address"`
 	// Encryption is the stream's encryption mode: required, opportunistic or off.
 	Encryption string `json:"encryption,omitempty"`
+	// Postcopy: the migration may switch to post-copy, so the destination QEMU must
+	// be able to (postcopy-ram); it must match the ticket.
+	Postcopy bool `json:"postcopy,omitempty"`
+}
+
+// RecoverRequest asks a destination whose post-copy stream broke to listen for it
+// again, on Address (its migration address, as for the first stream).
+type RecoverRequest struct {
+	Address string `json:"address"`
+}
+
+// RecoverReply tells the source where to resume the post-copy stream.
+type RecoverReply struct {
+	URI string `json:"uri"`
 }
 
 // IncomingReply tells the source where to send the migration stream, and whether the

@@ -48,7 +48,7 @@ func (c *Center) bulkMigrate(ctx context.Context, req api.BulkMigrateRequest, wh
 			}
 			to = best
 		}
-		p, err := c.planMigration(ctx, vm, api.MigrateRequest{To: to, Policy: req.Policy, Encryption: req.Encryption, Priority: req.Priority})
+		p, err := c.planMigration(ctx, vm, api.MigrateRequest{To: to, Policy: req.Policy, Encryption: req.Encryption, Priority: req.Priority, Postcopy: req.Postcopy})
 		if err == nil {
 			// The VM's record commits with its migration's.
 			hooked := store.WithTxHook(ctx, c.trail.AppendOnceHook(bulkItemRecord(who, vm, &p.m, nil)))
@@ -152,6 +152,7 @@ func bulkItemRecord(who requester, vm string, m *api.Migration, err error) audit
 	if m != nil {
 		params["migration"], params["source"], params["destination"] = m.ID, m.Source, m.Destination
 		params["policy"], params["priority"], params["encryption"] = m.Policy, m.Priority, m.Encryption
+		params["postcopy"] = m.PostcopyAllowed
 	}
 	if err != nil {
 		rec.Outcome, rec.Error = audit.Refused, err.Error()

@@ -70,8 +70,11 @@ func (c *Center) planMigration(ctx context.Context, name string, req api.Migrate
 			return plan{}, invalid("%v", err)
 		}
 	}
+	// Post-copy is the policy's choice or the request's; a policy cannot forbid what
+	// the user asks for, since no built-in policy allows it.
+	postcopy := policy.AllowPostcopy || req.Postcopy
 	audit.Params(ctx, map[string]any{"source": r.Host, "destination": req.To, "policy": policy.Name,
-		"encryption": encryption, "priority": string(priority)})
+		"encryption": encryption, "priority": string(priority), "postcopy": postcopy})
 	if r.Host == req.To {
 		return plan{}, invalid("VM %s already runs on %s; choose another destination", name, req.To)
 	}
@@ -113,7 +116,7 @@ func (c *Center) planMigration(ctx context.Context, name string, req api.Migrate
 	m := api.Migration{
 		ID: c.newID(), VM: name, Source: src.Facts.Name, Destination: dst.Facts.Name,
 		Policy: policy.Name, State: api.MigrationQueued, Started: c.now().UTC(), Encryption: encryption,
-		Priority: string(priority),
+		Priority: string(priority), PostcopyAllowed: postcopy,
 	}
 	costs := admission.MigrationCosts(m.Source, m.Destination, []string{c.cfg.MigrationNetwork}, vmDatastores(r.Spec))
 	return plan{m: m, costs: costs, priority: priority, src: src, dst: dst, memoryMiB: r.Spec.MemoryMiB}, nil
@@ -121,7 +124,7 @@ func (c *Center) planMigration(ctx context.Context, name string, req api.Migrate
 
 // issueTicket is the center's signed word for a migration that is about to start
 // (internal/ticket): the VM as stored now (its spec's hash), the two hosts, the
-// encryption and the stream's own key. The hosts act on it and on nothing else.
+// encryption, whether it may switch to post-copy, and the stream's own key. The hosts act on it and on nothing else.
 func (c *Center) issueTicket(ctx context.Context, m api.Migration) (string, error) {
 	r, err := c.store.VM(ctx, m.VM)
 	if err != nil {
@@ -133,7 +136,7 @@ func (c *Center) issueTicket(ctx context.Context, m api.Migration) (string, erro
 	}
 	now := c.now().UTC()
 	return ticket.Sign(ticket.Ticket{Migration: m.ID, VM: m.VM, VMUUID: r.Spec.UUID, Source: m.Source, Destination: m.Destination,
-		SpecSHA256: ticket.SpecHash(r.Spec), Encryption: m.Encryption, Key: key, Issued: now, Expires: now.Add(ticket.Lifetime)}, c.ca.Signer())
+		SpecSHA256: ticket.SpecHash(r.Spec), Encryption: m.Encryption, Postcopy: m.PostcopyAllowed, Key: key, Issued: now, Expires: now.Add(ticket.Lifetime)}, c.ca.Signer())
 }
 
 // migrateVM checks and then starts or queues a migration (see submit).

@@ -160,7 +160,7 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 		return fail(err)
 	}
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: p.dst.Facts.Name, DestinationURL: p.dst.Facts.AgentURL,
-		DestinationAddr: p.dst.Facts.Address, Policy: m.Policy, Encryption: m.Encryption, Priority: m.Priority,
+		DestinationAddr: p.dst.Facts.Address, Policy: m.Policy, Encryption: m.Encryption, Priority: m.Priority, Postcopy: m.PostcopyAllowed,
 		MaxBandwidth: c.bandwidthShare(m.ID), Ticket: tk}
 	var started api.Migration
 	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+m.VM+"/migrate", areq, &started); err != nil {

@@ -33,12 +33,13 @@ type migrationSummary struct {
 	Passes    int                 `json:"passes"`
 	Encrypted bool                `json:"encrypted"`
 	Priority  string              `json:"priority,omitempty"`
+	Postcopy  bool                `json:"postcopy,omitempty"`
 	Error     string              `json:"error,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Pause: m.Pause, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Pause: m.Pause, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Postcopy: m.Postcopy, Error: m.Error}
 }
 
 // watchMigration shows a migration's progress until it ends and prints its summary. A
@@ -140,7 +141,21 @@ func printMigration(e *env, m api.Migration) {
 		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
 		"Pause", pauseStr(m.Pause),
 		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes), "Encrypted", encryptedStr(m),
+		"Post-copy", postcopyStr(m),
 		"Started", m.Started.UTC().Format(time.RFC3339))
+}
+
+// postcopyStr says whether a migration could switch to post-copy, and whether it did.
+func postcopyStr(m api.Migration) string {
+	switch {
+	case m.Postcopy && m.PostcopyRecoveries > 0:
+		return fmt.Sprintf("yes, its stream recovered %d times (the VM could not return to %s from the switch)", m.PostcopyRecoveries, m.Source)
+	case m.Postcopy:
+		return fmt.Sprintf("yes (the VM could not return to %s from the switch)", m.Source)
+	case m.PostcopyAllowed:
+		return "allowed, not used"
+	}
+	return "no"
 }
 
 func newMigrationCmd(e *env) *cobra.Command {
@@ -193,6 +208,13 @@ func newMigrationCmd(e *env) *cobra.Command {
 	}
 	cancel := &cobra.Command{
 		Use: "cancel ID", Short: "Cancel a running migration; the VM stays on its source host", Args: cobra.ExactArgs(1),
+		Long: `Cancel a running migration: the VM stays on its source host.
+
+A migration in post-copy cannot be cancelled that way: the VM already runs on the
+destination and cannot go back to the source. The cancel then only stops Godwit from
+recovering a broken stream: a stream that flows completes, one that is or becomes
+broken ends the migration, and the VM is lost (left stopped on the source, its disks
+intact).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := e.client()
 			if err != nil {
@@ -201,6 +223,11 @@ func newMigrationCmd(e *env) *cobra.Command {
 			var m api.Migration
 			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/migrations/"+args[0]+"/cancel", nil, &m); err != nil {
 				return err
+			}
+			if migration.Phase(m.Progress.Phase).Postcopy() {
+				fmt.Fprintf(e.out, "migration %s of %s is in post-copy: the VM runs on %s and cannot go back to %s; it completes if its stream flows, and is lost if the stream breaks, which is no longer recovered\n",
+					m.ID, m.VM, m.Destination, m.Source)
+				return nil
 			}
 			fmt.Fprintf(e.out, "cancelling migration %s of %s; the VM stays on %s\n", m.ID, m.VM, m.Source)
 			return nil

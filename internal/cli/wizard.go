@@ -51,6 +51,13 @@ MAC and IP, its TCP connections open, and its disks handed over on the shared da
 migration network and CPU, but is never queued — refused if its slots are taken now;
 normal and low wait in the queue (normal first) when the limits are reached.
 
+--postcopy allows post-copy as a last resort: when throttling the VM's vCPUs as far as
+the policy goes still needs more downtime than it allows, the VM is switched to the
+destination and fetches the memory it lacks from there. Once in post-copy the VM cannot
+fall back to the source: a cancel no longer brings it back, and if the source host or
+the link between the hosts dies for good before the last page arrived, the VM is lost
+(it stays stopped, its disks intact). A link that comes back is recovered from.
+
 Progress shows the phase, the share of memory sent, the transfer and dirty rates, the
 pass and the expected downtime; a queued migration shows what it waits for. --detach
 returns at once with the migration's id (` + "`godwit migration watch ID`" + ` follows it later).`,
@@ -82,6 +89,7 @@ returns at once with the migration's id (` + "`godwit migration watch ID`" + ` f
 	fl.StringVar(&f.req.Policy, "policy", "", "convergence policy (see `godwit migration policies`)")
 	fl.StringVar(&f.req.Encryption, "encryption", "", "encrypt the memory stream: required, opportunistic or off (default: the policy's, opportunistic)")
 	fl.StringVar(&f.req.Priority, "priority", "", "high, normal (default) or low")
+	fl.BoolVar(&f.req.Postcopy, "postcopy", false, "allow post-copy as a last resort; once in post-copy the VM cannot fall back to the source, and is lost if the source or the link dies for good")
 	fl.BoolVar(&f.detach, "detach", false, "return at once with the migration's id")
 	return cmd
 }
@@ -216,7 +224,7 @@ func (e *env) bulkMigrate(ctx context.Context, c *api.Client, vms []string, f mi
 	if f.req.To == "" && !f.auto {
 		return errors.New("say where the VMs go: --to HOST, or --auto to let the wizard place each one")
 	}
-	req := api.BulkMigrateRequest{VMs: vms, To: f.req.To, Auto: f.auto, Policy: f.req.Policy, Encryption: f.req.Encryption, Priority: f.req.Priority}
+	req := api.BulkMigrateRequest{VMs: vms, To: f.req.To, Auto: f.auto, Policy: f.req.Policy, Encryption: f.req.Encryption, Priority: f.req.Priority, Postcopy: f.req.Postcopy}
 	var rep api.BulkMigrateReply
 	if err := c.Do(ctx, http.MethodPost, "/api/v1/migrations", req, &rep); err != nil {
 		return fmt.Errorf("migrate %s: %w", strings.Join(vms, ", "), err)

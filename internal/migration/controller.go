@@ -21,12 +21,26 @@ const (
 	// PhaseSwitchover: the guest is paused on the source and its last dirty
 	// pages and device state are being sent.
 	PhaseSwitchover Phase = "switchover"
+	// PhasePostcopy: the migration switched to post-copy: the guest runs on the
+	// destination, which fetches the pages it still lacks from the source while
+	// the rest follows in the background. The VM can no longer return to the
+	// source.
+	PhasePostcopy Phase = "postcopy-active"
+	// PhasePostcopyPaused: the post-copy stream broke; both ends wait for a
+	// recovery. The guest runs on the destination but stalls on every page it
+	// still lacks.
+	PhasePostcopyPaused Phase = "postcopy-paused"
+	// PhasePostcopyRecover: a recovery is reconnecting the ends of a paused
+	// post-copy stream.
+	PhasePostcopyRecover Phase = "postcopy-recover"
 	// PhaseCancelling: a cancel was sent and QEMU is winding the migration down.
 	PhaseCancelling Phase = "cancelling"
 	// PhaseCompleted: the guest runs on the destination; the source QEMU is
 	// paused in "postmigrate".
 	PhaseCompleted Phase = "completed"
-	// PhaseFailed: the migration failed; the guest runs on the source.
+	// PhaseFailed: the migration failed; the guest runs on the source, unless
+	// the migration had switched to post-copy (Result.Postcopy): then it runs
+	// nowhere.
 	PhaseFailed Phase = "failed"
 	// PhaseCancelled: the migration was cancelled; the guest runs on the source.
 	PhaseCancelled Phase = "cancelled"
@@ -35,6 +49,12 @@ const (
 // Final reports whether the phase is one a migration ends in.
 func (p Phase) Final() bool {
 	return p == PhaseCompleted || p == PhaseFailed || p == PhaseCancelled
+}
+
+// Postcopy reports whether the phase is one of post-copy's, in which the VM
+// runs on the destination and cannot return to the source.
+func (p Phase) Postcopy() bool {
+	return p == PhasePostcopy || p == PhasePostcopyPaused || p == PhasePostcopyRecover
 }
 
 // phaseOf maps QEMU's migration status to a Phase; unknown statuses keep the
@@ -47,6 +67,12 @@ func phaseOf(status string, prev Phase) Phase {
 		return PhasePrecopy
 	case qmp.MigrationDevice:
 		return PhaseSwitchover
+	case qmp.MigrationPostcopyActive:
+		return PhasePostcopy
+	case qmp.MigrationPostcopyPaused:
+		return PhasePostcopyPaused
+	case qmp.MigrationPostcopyRecoverSetup, qmp.MigrationPostcopyRecover:
+		return PhasePostcopyRecover
 	case qmp.MigrationCancelling:
 		return PhaseCancelling
 	case qmp.MigrationCancelled:
@@ -125,6 +151,12 @@ type Result struct {
 	MaxThrottle int `json:"max_throttle"`
 	// Policy is the name of the policy the migration ran under.
 	Policy string `json:"policy"`
+	// Postcopy says that the migration switched to post-copy: from then on the
+	// VM ran on the destination and could not return to the source, whatever
+	// the outcome.
+	Postcopy bool `json:"postcopy,omitempty"`
+	// PostcopyRecoveries is how often a broken post-copy stream was recovered.
+	PostcopyRecoveries int `json:"postcopy_recoveries,omitempty"`
 }
 
 // Decision is what the controller wants changed in the running migration.
@@ -138,8 +170,17 @@ type Decision struct {
 	MaxBandwidth *int64
 	// Throttle is the vCPU throttle to apply, in percent.
 	Throttle *int
-	// StartPostcopy asks to switch to post-copy (never set: not implemented).
+	// StartPostcopy asks to switch to post-copy (migrate-start-postcopy); only
+	// under a policy that allows it.
 	StartPostcopy bool
+	// PausePostcopy asks to break the source's end of a stalled post-copy
+	// stream on purpose (migrate-pause): one the caller gave up, or a
+	// reconnection that made no progress.
+	PausePostcopy bool
+	// RecoverPostcopy asks to reconnect a stalled or paused post-copy stream:
+	// the destination breaks its end and listens again (migrate-recover), then
+	// the source breaks its end and resumes to it (migrate with resume).
+	RecoverPostcopy bool
 	// Cancel asks to cancel the migration; the guest keeps running on the source.
 	Cancel bool
 	// Reason explains the decision in words (also set, alone, for an
@@ -149,7 +190,8 @@ type Decision struct {
 
 // Changes reports whether the decision asks for anything to be done.
 func (d Decision) Changes() bool {
-	return d.DowntimeLimit != nil || d.MaxBandwidth != nil || d.Throttle != nil || d.StartPostcopy || d.Cancel
+	return d.DowntimeLimit != nil || d.MaxBandwidth != nil || d.Throttle != nil || d.StartPostcopy ||
+		d.PausePostcopy || d.RecoverPostcopy || d.Cancel
 }
 
 // Tuning of the controller.
@@ -210,8 +252,15 @@ type passSample struct {
 //     dirty sync / link rate, +25%; at least half as much again as the limit in
 //     force), it raises the limit to that; otherwise it throttles the vCPUs, ThrottleInitial
 //     first, then ThrottleStep more each time up to ThrottleMax (waiting until
-//     QEMU has applied each step); at ThrottleMax it finally allows DowntimeMax.
-//   - When the policy's TimeBudget is used up it cancels, saying why.
+//     QEMU has applied each step); at ThrottleMax it finally allows DowntimeMax
+//     or, when the policy allows post-copy (AllowPostcopy), switches to
+//     post-copy instead: the downtime it would need is beyond DowntimeMax.
+//   - When the policy's TimeBudget is used up it cancels, saying why (never in
+//     post-copy, which cannot be cancelled).
+//   - In post-copy it asks, every RecoverRetry, for a recovery of a stream
+//     that has moved nothing for PostcopyStallTimeout or is paused, until the
+//     stream moves again or the caller gives up (see GiveUp and
+//     duringPostcopy).
 type Controller struct {
 	policy Policy
 
@@ -244,6 +293,8 @@ type Controller struct {
 	waitSince    time.Duration
 	atLimits     bool
 	decided      bool // the controller has changed something
+	// postcopyAsked: the controller decided to switch to post-copy.
+	postcopyAsked bool
 
 	cancelRequested bool
 	cancelReason    string
@@ -253,6 +304,25 @@ type Controller struct {
 	// watchdog that cancels a migration whose stream stopped moving.
 	movedBytes int64
 	movedAt    time.Duration
+
+	// Post-copy: whether the migration reached it and when, when the stream last
+	// became active, whether a pause was decided for the current stall, when
+	// the next recovery attempt is due and how many were decided in the current
+	// stall or pause, whether the source was resumed since the stream was last
+	// active, how many recoveries succeeded, and whether the caller gave up
+	// recovering (lost: the migration ended paused).
+	postcopy      bool
+	postcopyAt    time.Duration
+	activeSince   time.Duration
+	pauseAsked    bool
+	pausedSince   time.Duration
+	recoverDue    time.Duration
+	recoverTries  int
+	resumed       bool
+	recoveries    int
+	giveUp        string
+	lost          bool
+	pausedBecause string // QEMU's error-desc when the stream paused
 
 	// bwWant is the max-bandwidth the controller would have without a cap:
 	// the policy's (UnlimitedBandwidth when it has none) or its own later
@@ -269,6 +339,18 @@ type Controller struct {
 const (
 	NoProgressTimeout           = 15 * time.Second
 	SwitchoverNoProgressTimeout = 5 * time.Second
+)
+
+// A post-copy stream that moves no data for PostcopyStallTimeout is recovered
+// over a new connection as soon as the destination answers again, tried every
+// RecoverRetry: the VM waits on the destination for every page it lacks, and
+// TCP alone would resume only at its next retransmission, seconds to minutes
+// after the link is back (or never, if a host lost the connection). A
+// recovery stuck reconnecting for PostcopyStallTimeout is broken and tried
+// again.
+const (
+	PostcopyStallTimeout = 3 * time.Second
+	RecoverRetry         = time.Second
 )
 
 // NewController returns the controller for one migration under policy p,
@@ -379,7 +461,11 @@ func (c *Controller) Observe(o Observation) (Decision, Progress) {
 		ram := *o.Info.RAM
 		c.lastRAM = &ram
 	}
+	prev := c.phase
 	c.phase = phaseOf(o.Info.Status, c.phase)
+	if c.phase.Postcopy() {
+		c.enterPostcopy(o, prev)
+	}
 	if t := o.Info.CPUThrottlePercentage; t != nil {
 		c.throttleSeen = int(*t)
 		c.maxThrottle = max(c.maxThrottle, c.throttleSeen)
@@ -404,6 +490,8 @@ func (c *Controller) Observe(o Observation) (Decision, Progress) {
 		if !c.cancelRequested {
 			c.note = fmt.Sprintf("switching over after %d passes: the guest is paused on the source while the rest is sent", c.pass)
 		}
+	case PhasePostcopy, PhasePostcopyPaused, PhasePostcopyRecover:
+		d = c.duringPostcopy(o)
 	case PhaseCompleted:
 		c.note = c.completedNote(o)
 	case PhaseFailed:
@@ -603,6 +691,15 @@ func (c *Controller) act(o Observation) Decision {
 			"%s; a downtime of %v would be needed (policy maximum %v): throttling vCPUs to %d%%",
 			situation, needed, most, next)}
 	}
+	if c.policy.AllowPostcopy && !c.postcopyAsked {
+		// Throttled as far as the policy goes and still short of the budget by
+		// more than the downtime the policy allows: the pages that remain are
+		// fetched after the switch instead.
+		c.postcopyAsked = true
+		return Decision{StartPostcopy: true, Reason: fmt.Sprintf(
+			"%s; %s, and a downtime of %v would be needed (policy maximum %v): switching to post-copy — the VM runs on the destination from now on, fetching the pages it lacks from the source, and can no longer return to the source",
+			situation, c.throttleWords(), needed, most)}
+	}
 	if c.limit < most {
 		c.limit = most
 		return Decision{DowntimeLimit: ptr(most), Reason: fmt.Sprintf(
@@ -653,14 +750,161 @@ func (c *Controller) budgetReason(o Observation) string {
 // completedNote describes a completed migration.
 func (c *Controller) completedNote(o Observation) string {
 	s := fmt.Sprintf("completed in %d passes", c.pass)
+	if c.postcopy {
+		s = fmt.Sprintf("completed in post-copy after %d pre-copy passes", c.pass)
+		if c.recoveries > 0 {
+			s += fmt.Sprintf(" and %d recoveries of its stream", c.recoveries)
+		}
+	}
 	if d := o.Info.Downtime; d != nil {
 		s += fmt.Sprintf(" with a downtime of %d ms", *d)
 	}
 	return s
 }
 
+// Postcopy reports whether the migration has switched to post-copy: the VM
+// runs on the destination from then on and must never run on the source again.
+func (c *Controller) Postcopy() bool { return c.postcopy }
+
+// Lost reports whether the migration ended paused in post-copy because the
+// caller gave up recovering it (see GiveUp): the VM can run neither on the
+// source, which it left, nor on the destination, which lacks part of its memory.
+func (c *Controller) Lost() bool { return c.lost }
+
+// GiveUp records that the caller stops the migration for reason (e.g. it was
+// cancelled) once it is in post-copy, where QEMU cannot cancel: a stream that
+// flows goes on to completion, but one that stalls is broken and a broken one
+// is not recovered: the migration ends lost. It changes nothing in QEMU itself.
+func (c *Controller) GiveUp(reason string) {
+	if c.giveUp == "" {
+		c.giveUp = reason
+		c.note = fmt.Sprintf("%s during post-copy: the VM already runs on the destination and cannot return to the source; "+
+			"the copy goes on, but a broken stream is no longer recovered", reason)
+	}
+}
+
+// Resumed tells the controller that the source was resumed to a destination
+// listening again (migrate with resume accepted): the next time the stream is
+// active counts as a recovery.
+func (c *Controller) Resumed() { c.resumed = true }
+
+// enterPostcopy keeps the books of post-copy's phases.
+func (c *Controller) enterPostcopy(o Observation, prev Phase) {
+	if !c.postcopy {
+		c.postcopy, c.postcopyAt, c.activeSince = true, o.Elapsed, o.Elapsed
+	}
+	if c.phase == PhasePostcopy && c.resumed {
+		c.resumed = false
+		c.recoveries++
+	}
+	if c.phase == prev {
+		return
+	}
+	c.pauseAsked = false
+	switch c.phase {
+	case PhasePostcopy, PhasePostcopyRecover:
+		c.activeSince = o.Elapsed
+	case PhasePostcopyPaused:
+		c.pausedSince, c.recoverDue, c.recoverTries = o.Elapsed, o.Elapsed, 0
+		c.pausedBecause = o.Info.ErrorDesc
+	}
+}
+
+// duringPostcopy watches a post-copy stream. One that stalls (no data moved
+// for PostcopyStallTimeout) or paused is reconnected: every RecoverRetry the
+// controller asks for a recovery, which has the destination break its end and
+// listen again, then the source break its end and resume — never the source
+// first: a destination still loading the switch-over's device state when its
+// stream breaks cannot recover, while a stream only stalled may still go on by
+// itself once the link is back. A reconnection that stalls is broken to be
+// tried again. Once the caller gave up, a stalled stream is broken and a paused
+// one ends the migration lost.
+func (c *Controller) duringPostcopy(o Observation) Decision {
+	left := "the rest of its memory"
+	if c.lastRAM != nil {
+		left = fmtBytes(float64(max(c.lastRAM.Remaining, 0)))
+	}
+	if c.phase == PhasePostcopyPaused {
+		if c.giveUp != "" {
+			c.lost = true
+			c.note = c.lostReason(o)
+			return Decision{}
+		}
+		return c.reconnect(o, fmt.Sprintf("post-copy paused for %v (%s), %s still on the source: reconnecting; the VM runs on the destination and waits for every page it lacks",
+			(o.Elapsed-c.pausedSince).Round(time.Second), orWords(c.pausedBecause, "the stream broke"), left))
+	}
+	stalled := o.Elapsed - max(c.movedAt, c.activeSince)
+	switch {
+	case stalled < PostcopyStallTimeout:
+		c.recoverDue, c.recoverTries = 0, 0
+		switch {
+		case c.phase == PhasePostcopyRecover:
+			c.note = "post-copy: reconnecting the stream to the destination"
+		case c.giveUp == "":
+			c.note = fmt.Sprintf("post-copy for %v: the VM runs on the destination, %s still to fetch from the source",
+				(o.Elapsed - c.postcopyAt).Round(100*time.Millisecond), left)
+		}
+		return Decision{}
+	case c.pauseAsked:
+		return Decision{}
+	case c.giveUp != "":
+		c.pauseAsked = true
+		return Decision{PausePostcopy: true, Reason: fmt.Sprintf(
+			"post-copy: no data reached the destination for %v, and the migration was given up: breaking the stream", stalled.Round(time.Second))}
+	case c.phase == PhasePostcopyRecover:
+		c.pauseAsked = true
+		return Decision{PausePostcopy: true, Reason: fmt.Sprintf(
+			"post-copy: reconnecting the stream made no progress for %v: breaking it to try again", stalled.Round(time.Second))}
+	}
+	return c.reconnect(o, fmt.Sprintf("post-copy: no data reached the destination for %v with %s still on the source: reconnecting the stream as soon as the destination answers (the VM runs on the destination and waits for every page it lacks)",
+		stalled.Round(time.Second), left))
+}
+
+// reconnect asks for a recovery attempt when one is due; the first of a
+// stall or pause is logged, later ones only noted.
+func (c *Controller) reconnect(o Observation, words string) Decision {
+	if o.Elapsed < c.recoverDue {
+		return Decision{}
+	}
+	c.recoverTries++
+	c.recoverDue = o.Elapsed + RecoverRetry
+	if c.recoverTries > 1 {
+		c.note = words
+		return Decision{RecoverPostcopy: true}
+	}
+	return Decision{RecoverPostcopy: true, Reason: words}
+}
+
+// lostReason explains a migration that ended paused in post-copy.
+func (c *Controller) lostReason(o Observation) string {
+	left := "part of its memory"
+	if c.lastRAM != nil {
+		left = fmtBytes(float64(max(c.lastRAM.Remaining, 0))) + " of its memory"
+	}
+	return fmt.Sprintf("%s while the post-copy stream was paused (%s), so it is not recovered: the VM cannot run on the source again, which it left %v before, "+
+		"and without %s, still on the source, it cannot go on on the destination: it is lost",
+		c.giveUp, orWords(c.pausedBecause, "the stream broke"), (o.Elapsed - c.postcopyAt).Round(time.Second), left)
+}
+
+// orWords is s, or words when s is empty.
+func orWords(s, words string) string {
+	if s == "" {
+		return words
+	}
+	return s
+}
+
 // failedReason explains a failed migration.
 func (c *Controller) failedReason(o Observation) string {
+	s := c.qemuFailure(o)
+	if c.postcopy {
+		s += "; it had switched to post-copy, so the VM cannot run on the source again"
+	}
+	return s
+}
+
+// qemuFailure says what QEMU reported about a failed migration.
+func (c *Controller) qemuFailure(o Observation) string {
 	desc := o.Info.ErrorDesc
 	switch {
 	case desc == "":
@@ -718,6 +962,9 @@ func (c *Controller) Result() Result {
 		Passes:      c.pass,
 		MaxThrottle: c.maxThrottle,
 		Policy:      c.policy.Name,
+		Postcopy:    c.postcopy,
+
+		PostcopyRecoveries: c.recoveries,
 	}
 	if t := o.Info.TotalTime; t != nil && *t > 0 {
 		r.Total = time.Duration(*t) * time.Millisecond
@@ -732,10 +979,12 @@ func (c *Controller) Result() Result {
 		r.Bytes = uint64(max(ram.Transferred, 0))
 		r.Passes = max(r.Passes, int(ram.DirtySyncCount))
 	}
-	switch c.phase {
-	case PhaseFailed:
+	switch {
+	case c.lost:
+		r.Status, r.Reason = PhaseFailed, c.lostReason(o)
+	case c.phase == PhaseFailed:
 		r.Reason = c.failedReason(o)
-	case PhaseCancelled, PhaseCancelling:
+	case c.phase == PhaseCancelled, c.phase == PhaseCancelling:
 		r.Reason = c.cancelledReason()
 	}
 	return r

@@ -339,3 +339,171 @@ func TestWatchdogCancelsAStalledStream(t *testing.T) {
 		t.Fatalf("a stream stalled for %v: %+v; want a cancel saying why", NoProgressTimeout, d)
 	}
 }
+
+func TestControllerSwitchesToPostcopyOnlyAtMaxThrottle(t *testing.T) {
+	// A guest rewriting 64 MiB at 2 GB/s over 100 MB/s: hopeless even at 80%.
+	p := mustPolicy(t, PolicyBalanced)
+	p.AllowPostcopy = true
+	if err := p.Validate(); err != nil {
+		t.Fatalf("a policy allowing post-copy: %v", err)
+	}
+	caps, dcaps := SourceCapabilities(p), DestinationCapabilities(p)
+	if !caps[qmp.CapPostcopyRAM] || !dcaps[qmp.CapPostcopyRAM] || !caps[qmp.CapReturnPath] {
+		t.Errorf("capabilities: source %v, destination %v; want postcopy-ram and return-path on both", caps, dcaps)
+	}
+	r := simulate(p, newSim(1024, 100*mb, 2000*mb, 64*mib), 2*time.Minute)
+	logRun(t, r)
+	last := r.decisions[len(r.decisions)-1]
+	if !last.StartPostcopy || !strings.Contains(last.Reason, "switching to post-copy") || !strings.Contains(last.Reason, "can no longer return to the source") {
+		t.Fatalf("last decision %+v; want the switch to post-copy, saying the VM cannot return", last.Decision)
+	}
+	if last.at >= p.TimeBudget {
+		t.Errorf("switched at %v, after the budget of %v", last.at, p.TimeBudget)
+	}
+	// Only once the throttle is at the policy's maximum, and judged there.
+	if steps := r.throttles(); !slices.Equal(steps, []int{20, 30, 40, 50, 60, 70, 80}) {
+		t.Errorf("throttle steps %v before post-copy, want 20 to 80 by 10", steps)
+	}
+	prev := r.decisions[len(r.decisions)-2]
+	if prev.Throttle == nil || *prev.Throttle != p.ThrottleMax || last.at-prev.at < 2*time.Second {
+		t.Errorf("the switch came %v after %+v; want it after the maximum throttle was applied and judged", last.at-prev.at, prev.Decision)
+	}
+	for _, d := range r.decisions[:len(r.decisions)-1] {
+		if d.StartPostcopy || d.Cancel {
+			t.Errorf("decision before the switch: %+v", d.Decision)
+		}
+	}
+
+	// Without post-copy the same migration waits at the limits (see
+	// TestControllerCancelsHopelessGuestAtBudget); a guest that converges once
+	// throttled never switches.
+	p.TimeBudget = time.Minute
+	r = simulate(p, newSim(1024, 200*mb, 400*mb, 64*mib), 5*time.Minute)
+	if r.result.Status != PhaseCompleted || r.result.Postcopy {
+		t.Errorf("a guest that converges when throttled: %+v; want completed in pre-copy", r.result)
+	}
+	for _, d := range r.decisions {
+		if d.StartPostcopy {
+			t.Errorf("switched to post-copy although throttling converges: %+v", d.Decision)
+		}
+	}
+}
+
+// postcopyObs is an observation of a migration in a post-copy status.
+func postcopyObs(at time.Duration, status string, sent int64) Observation {
+	return Observation{Elapsed: at, Info: qmp.MigrationInfo{Status: status, RAM: &qmp.MigrationRAMStats{
+		Transferred: sent, Remaining: 1<<30 - sent, Total: 1 << 30, PageSize: 4096, DirtySyncCount: 5}}}
+}
+
+func TestControllerPostcopyStallRecoverAndGiveUp(t *testing.T) {
+	for _, tc := range []struct {
+		status string
+		want   Phase
+	}{
+		{qmp.MigrationPostcopyActive, PhasePostcopy}, {qmp.MigrationPostcopyPaused, PhasePostcopyPaused},
+		{qmp.MigrationPostcopyRecoverSetup, PhasePostcopyRecover}, {qmp.MigrationPostcopyRecover, PhasePostcopyRecover},
+	} {
+		if got := phaseOf(tc.status, PhasePrecopy); got != tc.want || !got.Postcopy() || got.Final() {
+			t.Errorf("phaseOf(%q) = %s, want %s, a post-copy phase", tc.status, got, tc.want)
+		}
+	}
+
+	p := mustPolicy(t, PolicyBalanced)
+	p.AllowPostcopy = true
+	c := NewController(p)
+	c.Observe(obs(time.Second, 100e6, 500e6, 5))
+	if c.Postcopy() {
+		t.Fatal("post-copy before the switch")
+	}
+	at, sent := time.Second, int64(100e6)
+	step := func(status string, moved int64) (Decision, Progress) {
+		at += DefaultPollInterval
+		sent += moved
+		return c.Observe(postcopyObs(at, status, sent))
+	}
+	// recoveries returns when recoveries were asked for while status lasted d,
+	// counted from the last observation before.
+	recoveries := func(status string, d time.Duration) []time.Duration {
+		var tries []time.Duration
+		from := at
+		for at+DefaultPollInterval-from <= d {
+			dec, _ := step(status, 0)
+			if dec.PausePostcopy {
+				t.Fatalf("%s: the source's end is broken before the destination's (%+v)", status, dec)
+			}
+			if dec.RecoverPostcopy {
+				tries = append(tries, at-from)
+			}
+		}
+		return tries
+	}
+	// Flowing: nothing to do, whatever the time budget says.
+	for i := 0; i < 40; i++ {
+		if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || p.Phase != PhasePostcopy {
+			t.Fatalf("post-copy flowing: %+v, phase %s", d, p.Phase)
+		}
+	}
+	if !c.Postcopy() {
+		t.Fatal("the controller does not know it is in post-copy")
+	}
+	// Stalled: reconnecting once nothing moved for PostcopyStallTimeout, then every
+	// RecoverRetry; the source's end is left alone (the recovery breaks it once the
+	// destination listens again).
+	tries := recoveries(qmp.MigrationPostcopyActive, PostcopyStallTimeout+2*time.Second)
+	if len(tries) < 2 || tries[0] < PostcopyStallTimeout || tries[0] > PostcopyStallTimeout+DefaultPollInterval ||
+		tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
+		t.Fatalf("recovery attempts at %v into the stall; want the first after %v, then every %v", tries, PostcopyStallTimeout, RecoverRetry)
+	}
+	// Paused: a recovery at once, then one every RecoverRetry.
+	tries = recoveries(qmp.MigrationPostcopyPaused, 2500*time.Millisecond)
+	if len(tries) < 2 || tries[0] != DefaultPollInterval || tries[1]-tries[0] < RecoverRetry || tries[1]-tries[0] > RecoverRetry+DefaultPollInterval {
+		t.Fatalf("recovery attempts at %v after the pause; want one at once, then every %v", tries, RecoverRetry)
+	}
+	// Recovered: the source was resumed, the stream moves again: one recovery.
+	c.Resumed()
+	step(qmp.MigrationPostcopyRecover, 0)
+	for i := 0; i < 10; i++ {
+		if d, _ := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() {
+			t.Fatalf("after the recovery: %+v", d)
+		}
+	}
+	// A recovery so quick that no poll saw the stream paused counts too.
+	c.Resumed()
+	step(qmp.MigrationPostcopyActive, 1e6)
+	if r := c.Result(); r.PostcopyRecoveries != 2 || !r.Postcopy {
+		t.Errorf("result %+v; want post-copy with two recoveries", r)
+	}
+
+	// Given up while flowing: it goes on; stalled, its end is broken; paused, it is
+	// not recovered: lost.
+	c.GiveUp("the caller cancelled the migration (context canceled)")
+	if d, p := step(qmp.MigrationPostcopyActive, 1e6); d.Changes() || !strings.Contains(p.Note, "cannot return to the source") {
+		t.Errorf("given up while flowing: %+v, note %q", d, p.Note)
+	}
+	var pause Decision
+	for stalled := at; at-stalled < PostcopyStallTimeout+time.Second; {
+		d, _ := step(qmp.MigrationPostcopyActive, 0)
+		switch {
+		case d.RecoverPostcopy:
+			t.Fatalf("a recovery of a migration given up: %+v", d)
+		case d.PausePostcopy && pause.PausePostcopy:
+			t.Fatal("broke the stream twice")
+		case d.PausePostcopy:
+			pause = d
+		}
+	}
+	if !pause.PausePostcopy || !strings.Contains(pause.Reason, "given up") {
+		t.Fatalf("a stalled stream given up is not broken: %+v", pause)
+	}
+	if c.Lost() {
+		t.Fatal("lost before the stream paused")
+	}
+	if d, _ := step(qmp.MigrationPostcopyPaused, 0); d.RecoverPostcopy || !c.Lost() {
+		t.Fatalf("given up and paused: %+v, lost %v; want no recovery, lost", d, c.Lost())
+	}
+	r := c.Result()
+	if r.Status != PhaseFailed || !r.Postcopy || !strings.Contains(r.Reason, "the caller cancelled") ||
+		!strings.Contains(r.Reason, "cannot run on the source again") || !strings.Contains(r.Reason, "it is lost") {
+		t.Errorf("lost result %+v", r)
+	}
+}

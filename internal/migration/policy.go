@@ -12,8 +12,11 @@
 //     QEMU processes, apply the controller's decisions and turn the outcome into
 //     a Result.
 //
-// Post-copy is not implemented: a policy with AllowPostcopy is refused by
-// Validate, and the controller never decides to start post-copy.
+// Post-copy is a last resort a policy may allow (AllowPostcopy, off in every
+// built-in policy): when throttling at the policy's maximum still needs more
+// downtime than it allows, the controller switches the migration to post-copy,
+// after which the VM runs on the destination and can never return to the
+// source; a broken post-copy stream is recovered (see Options.Recover).
 package migration
 
 import (
@@ -93,8 +96,14 @@ type Policy struct {
 	// ThrottleMax is the highest vCPU throttle, in percent (at most 99); 0
 	// means never throttle.
 	ThrottleMax int `json:"throttle_max"`
-	// AllowPostcopy would allow switching to post-copy as a last resort. Post-copy
-	// is not implemented yet, so Validate refuses a policy that sets it.
+	// AllowPostcopy allows switching to post-copy as a last resort: when the
+	// vCPUs are throttled to ThrottleMax and the migration would still need more
+	// downtime than DowntimeMax. From the switch on the VM runs on the
+	// destination, which fetches the pages it lacks from the source: it can
+	// never return to the source, and should the source or the link between
+	// the hosts die for good before the last page arrived, the VM is lost.
+	// Off in every built-in policy; `vm migrate --postcopy` turns it on for one
+	// migration.
 	AllowPostcopy bool `json:"allow_postcopy"`
 	// Encryption says whether the memory stream is encrypted with TLS (QEMU's
 	// tls-creds-psk, keyed with the migration's own key; see tls.go): EncryptionRequired,
@@ -172,7 +181,8 @@ func (p Policy) EncryptionMode() string {
 // Encryption: balanced and fast-switchover encrypt opportunistically (the default, as
 // in vCenter), safe requires encryption.
 //
-// None allows post-copy. All use a single stream: on the 2-core TCG
+// None allows post-copy (a migration may ask for it: `vm migrate --postcopy`).
+// All use a single stream: on the 2-core TCG
 // development machine, 2 multifd channels over loopback were not reliably
 // faster on an idle 512 MiB guest (medians of 7 runs: 92 ms against 135 ms in
 // one series, 122 ms against 83 ms in another) and their switch-over was long
@@ -339,9 +349,6 @@ func (p Policy) Validate() error {
 			bad("the vCPU throttle step is %d%%; it must be at least 1%% to get from %d%% to %d%%",
 				p.ThrottleStep, p.ThrottleInitial, p.ThrottleMax)
 		}
-	}
-	if p.AllowPostcopy {
-		bad("post-copy is not implemented yet; set allow_postcopy to false")
 	}
 	if _, err := ParseEncryption(p.Encryption); err != nil {
 		bad("%v", err)

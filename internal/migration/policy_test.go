@@ -72,7 +72,6 @@ func TestPolicyValidate(t *testing.T) {
 		{"throttle max", func(p *Policy) { p.ThrottleMax = 100 }, "maximum vCPU throttle is 100%"},
 		{"throttle initial", func(p *Policy) { p.ThrottleInitial = 90 }, "initial vCPU throttle is 90%"},
 		{"throttle step", func(p *Policy) { p.ThrottleStep = 0 }, "throttle step is 0%"},
-		{"postcopy", func(p *Policy) { p.AllowPostcopy = true }, "post-copy is not implemented"},
 	} {
 		p := good
 		tc.change(&p)

@@ -47,6 +47,22 @@ var ErrCancelled = errors.New("migration cancelled")
 // failed.
 var ErrFailed = errors.New("migration failed")
 
+// ErrLost is wrapped by Run's error, with ErrFailed, when a migration that had
+// switched to post-copy did not complete: the VM must never run on the source
+// again, and its copy on the destination lacks memory that only the source had.
+var ErrLost = errors.New("the VM was lost in post-copy")
+
+// ErrNoDestination is wrapped by an Options.Recover error that means the
+// destination no longer has the VM's copy (its QEMU is gone): the stream can
+// never be recovered, and Run gives the migration up as lost.
+var ErrNoDestination = errors.New("the destination no longer has the VM's copy")
+
+// recoverTimeout bounds one attempt to recover a post-copy stream: the
+// destination listening again, then the source resuming to it. Attempts run
+// beside the poll loop, one at a time; one that hangs (the destination
+// unreachable) delays the next by at most this.
+const recoverTimeout = 10 * time.Second
+
 // Options configure Run.
 type Options struct {
 	// Policy is the convergence policy (see LookupPolicy).
@@ -73,6 +89,16 @@ type Options struct {
 	// again whenever the cap changes; the controller's own bandwidth decisions
 	// stay within the cap (see Controller.SetBandwidthCap).
 	BandwidthCap func() int64
+	// Recover, when set, makes the destination break its end of a stalled or
+	// broken post-copy stream and listen again (see RecoverDestination), and
+	// returns the URI to resume to. Run calls it every RecoverRetry while the
+	// stream is stalled or paused, in a goroutine of its own while the polls go
+	// on (and waits for it before it returns); when it succeeds Run breaks the
+	// source's end and resumes it to the URI. An error (the destination cannot
+	// be reached yet) is tried again, except one wrapping ErrNoDestination,
+	// which ends the migration lost. Without Recover a broken post-copy stream
+	// stays broken until ctx is done.
+	Recover func(ctx context.Context) (uri string, err error)
 }
 
 // SourceCapabilities returns the migration capabilities Run sets on the
@@ -87,15 +113,18 @@ type Options struct {
 //   - multifd: when p.Channels > 1.
 //   - auto-converge: when the policy may throttle; the controller then drives
 //     the throttle itself (see SourceParameters).
-//   - postcopy-ram, xbzrle and pause-before-switchover: off (not used; the
-//     last would stop the migration before switch-over forever).
+//   - postcopy-ram: when the policy allows post-copy (both ends must have it
+//     before the migration starts; the migration stays pre-copy unless the
+//     controller switches).
+//   - xbzrle and pause-before-switchover: off (not used; the last would stop
+//     the migration before switch-over forever).
 func SourceCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:                true,
 		qmp.CapReturnPath:            !p.NoReturnPath,
 		qmp.CapMultifd:               p.multifd(),
 		qmp.CapAutoConverge:          p.throttles() || p.QEMUAutoConverge,
-		qmp.CapPostcopyRAM:           false,
+		qmp.CapPostcopyRAM:           p.AllowPostcopy,
 		qmp.CapXBZRLE:                false,
 		qmp.CapPauseBeforeSwitchover: false,
 	}
@@ -103,13 +132,14 @@ func SourceCapabilities(p Policy) map[string]bool {
 
 // DestinationCapabilities returns the migration capabilities
 // PrepareDestination sets for policy p: those that must match the source
-// (multifd, return-path, postcopy-ram off) and events.
+// (multifd, return-path, postcopy-ram) and events. QEMU refuses postcopy-ram
+// on a destination whose kernel lacks userfaultfd.
 func DestinationCapabilities(p Policy) map[string]bool {
 	return map[string]bool{
 		qmp.CapEvents:      true,
 		qmp.CapReturnPath:  !p.NoReturnPath,
 		qmp.CapMultifd:     p.multifd(),
-		qmp.CapPostcopyRAM: false,
+		qmp.CapPostcopyRAM: p.AllowPostcopy,
 	}
 }
 
@@ -240,9 +270,10 @@ func checkVersion(mon *qmp.Monitor) error {
 }
 
 // Run migrates the VM behind mon (the source QEMU) to the destination already
-// listening at o.URI, and returns when the migration completed, failed or was
-// cancelled. It sets the source's capabilities and parameters for the policy
-// (SourceCapabilities, SourceParameters), starts the migration, polls
+// listening at o.URI, and returns when the migration completed, failed, was
+// cancelled, or was lost in post-copy. It sets the source's capabilities and
+// parameters for the policy (SourceCapabilities, SourceParameters), starts the
+// migration, polls
 // query-migrate every o.PollInterval, feeds each answer to a Controller,
 // applies its decisions and reports progress.
 //
@@ -262,6 +293,14 @@ func checkVersion(mon *qmp.Monitor) error {
 // Result keeps the last phase seen (PhaseCancelling). Errors before the
 // migration started (a bad policy, an old QEMU, a migration already running,
 // QMP failures) leave the source as it was, apart from its migration settings.
+//
+// Post-copy (only under a policy with AllowPostcopy) changes this: once the
+// migration switched (Result.Postcopy), the VM runs on the destination and
+// QEMU cannot cancel the migration. Cancelling ctx then lets a flowing stream
+// complete (reported completed) but stops the recovery of a paused one; a
+// post-copy migration that does not complete is PhaseFailed and its error
+// wraps ErrLost: the caller must never resume the source QEMU. A stream that
+// stalls or breaks is recovered through o.Recover (see PostcopyStallTimeout).
 //
 // Run reads nothing from mon.Events(): the monitor's single event consumer
 // stays the caller's.
@@ -307,7 +346,7 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 		return failed(fmt.Errorf("setting the migration capabilities on the source QEMU failed: %w", err))
 	}
 	c := NewController(p)
-	d := &driver{mon: mon, c: c, log: log, bwCap: o.BandwidthCap}
+	d := &driver{mon: mon, c: c, log: log, bwCap: o.BandwidthCap, recoverFn: o.Recover}
 	if d.bwCap != nil {
 		d.capSeen = max(d.bwCap(), 0)
 		c.SetBandwidthCap(d.capSeen)
@@ -334,6 +373,24 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 		return failed(fmt.Errorf("starting the migration to %s failed: %w", o.URI, err))
 	}
 
+	return d.loop(ctx, poll, o.OnProgress)
+}
+
+// Follow takes over a migration that already runs on the source QEMU behind
+// mon — one a restarted agent finds in post-copy, which cannot be cancelled —
+// and drives it like Run from its current state until it ends (o.URI is not
+// used). The Result's times count from the call.
+func Follow(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
+	poll := o.PollInterval
+	if poll <= 0 {
+		poll = DefaultPollInterval
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	c := NewController(o.Policy)
+	d := &driver{mon: mon, c: c, log: log.With("policy", o.Policy.Name), recoverFn: o.Recover, start: time.Now()}
 	return d.loop(ctx, poll, o.OnProgress)
 }
 
@@ -418,10 +475,20 @@ type driver struct {
 	// bwCap is Options.BandwidthCap (nil: none); capSeen is the cap last read.
 	bwCap   func() int64
 	capSeen int64
+
+	// recoverFn is Options.Recover; attempt the recovery under way, if any;
+	// lastRecoverErr the last failure logged.
+	recoverFn      func(ctx context.Context) (string, error)
+	attempt        *recoverAttempt
+	lastRecoverErr string
+	// givingUp: the caller stopped a migration in post-copy (see
+	// Controller.GiveUp); QMP calls use cancelCtx, which then has no deadline.
+	givingUp bool
 }
 
 func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(Progress)) (Result, error) {
 	defer func() {
+		d.stopRecover()
 		if d.stopCancel != nil {
 			d.stopCancel()
 		}
@@ -436,7 +503,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 		info, err := d.query(qctx)
 		if err != nil {
 			if d.cancelCtx == nil && ctx.Err() != nil {
-				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+				d.callerCancelled(ctx)
 				continue
 			}
 			if d.cancelCtx != nil && d.cancelCtx.Err() != nil {
@@ -451,21 +518,38 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 			}
 			r := d.c.Result()
 			r.Status, r.Reason = PhaseFailed, err.Error()
+			if r.Postcopy {
+				err = fmt.Errorf("%w: %w", ErrLost, err)
+			}
 			return r, err
 		}
+		d.reapRecover()
 		dec, prog := d.c.Observe(Observation{Elapsed: time.Since(d.start), Info: info})
-		if d.c.Phase().Final() {
+		if d.c.Phase().Final() || d.c.Lost() {
 			if onProgress != nil {
 				onProgress(prog)
 			}
 			return d.finish()
 		}
+		if d.cancelCtx != nil && !d.givingUp && d.c.Postcopy() {
+			// A cancel sent during pre-copy met a migration that switched to
+			// post-copy, which QEMU does not cancel.
+			d.stopCancel()
+			why := "a cancel was under way (" + d.cancelReason + ")"
+			if d.byCaller != nil {
+				why = fmt.Sprintf("the caller cancelled the migration (%v)", d.byCaller)
+			}
+			d.giveUp(ctx, why, d.byCaller)
+		}
 		if dec.Reason != "" {
 			d.log.Info("migration decision", "decision", dec.Reason, "pass", prog.Pass, "elapsed", prog.Elapsed.Round(time.Millisecond))
 		}
-		if d.cancelCtx == nil {
+		switch {
+		case d.cancelCtx == nil:
 			d.apply(ctx, dec)
 			d.applyCap(ctx)
+		case d.givingUp:
+			d.apply(d.cancelCtx, dec)
 		}
 		if onProgress != nil {
 			onProgress(prog)
@@ -474,7 +558,7 @@ func (d *driver) loop(ctx context.Context, poll time.Duration, onProgress func(P
 		case <-ticker.C:
 		case <-ctx.Done():
 			if d.cancelCtx == nil {
-				d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+				d.callerCancelled(ctx)
 			} else {
 				<-ticker.C
 			}
@@ -495,6 +579,20 @@ func (d *driver) apply(ctx context.Context, dec Decision) {
 	if dec.Cancel {
 		d.cancel(ctx, dec.Reason, nil)
 		return
+	}
+	switch {
+	case dec.StartPostcopy:
+		// From here the stream is not capped (QEMU's max-postcopy-bandwidth stays
+		// 0): the VM waits on the destination for every page it lacks.
+		if err := d.mon.MigrateStartPostcopy(ctx); err != nil {
+			d.log.Warn("switching to post-copy failed; the migration goes on in pre-copy", "err", err)
+		}
+	case dec.PausePostcopy:
+		if err := d.mon.MigratePause(ctx); err != nil {
+			d.log.Warn("breaking the source's end of the post-copy stream failed", "err", err)
+		}
+	case dec.RecoverPostcopy:
+		d.startRecover(ctx)
 	}
 	mp, changed := DecisionParameters(dec)
 	if !changed {
@@ -524,6 +622,130 @@ func (d *driver) applyCap(ctx context.Context) {
 	d.apply(ctx, dec)
 }
 
+// recoverAttempt is one attempt to recover a stalled or paused post-copy stream,
+// running in its own goroutine; done delivers its outcome.
+type recoverAttempt struct {
+	done   chan error
+	cancel context.CancelFunc
+}
+
+// startRecover starts an attempt to have the destination listen again for a
+// stalled or paused post-copy stream and to resume the source to it, unless one
+// is under way. Its outcome is taken by reapRecover.
+func (d *driver) startRecover(ctx context.Context) {
+	if d.attempt != nil {
+		return
+	}
+	if d.recoverFn == nil {
+		d.logRecoverErr(errors.New("nothing can make the destination listen again (no Options.Recover); the stream stays paused"))
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+	a := &recoverAttempt{done: make(chan error, 1), cancel: cancel}
+	d.attempt = a
+	go func() {
+		defer cancel()
+		uri, err := d.recoverFn(rctx)
+		switch {
+		case errors.Is(err, ErrNoDestination):
+		case err != nil:
+			err = fmt.Errorf("the destination cannot take the stream again yet: %w", err)
+		default:
+			// The destination broke its end and listens: only now the source
+			// breaks its own (see Controller.duringPostcopy).
+			if err = d.pauseSource(rctx); err == nil {
+				err = d.mon.MigrateResume(rctx, uri)
+			}
+			if err != nil {
+				err = fmt.Errorf("resuming the post-copy stream to %s failed: %w", uri, err)
+			} else {
+				d.log.Info("resuming the post-copy stream", "uri", uri)
+			}
+		}
+		a.done <- err
+	}()
+}
+
+// pauseSource breaks the source's end of a post-copy stream that has not
+// broken by itself, and waits until QEMU has paused it.
+func (d *driver) pauseSource(ctx context.Context) error {
+	info, err := d.mon.QueryMigrate(ctx)
+	switch {
+	case err != nil:
+		return err
+	case info.Status == qmp.MigrationPostcopyPaused:
+		return nil
+	case info.Status != qmp.MigrationPostcopyActive:
+		return fmt.Errorf("%w: the source's migration is %q", ErrNotPaused, info.Status)
+	}
+	if err := d.mon.MigratePause(ctx); err != nil {
+		return err
+	}
+	return waitMigrationStatus(ctx, d.mon, qmp.MigrationPostcopyPaused, pauseTimeout)
+}
+
+// reapRecover takes the outcome of a finished recovery attempt: a failure is
+// logged when it differs from the last one (the controller decides the next
+// attempt), a destination without the copy gives the migration up.
+func (d *driver) reapRecover() {
+	if d.attempt == nil {
+		return
+	}
+	var err error
+	select {
+	case err = <-d.attempt.done:
+		d.attempt = nil
+	default:
+		return
+	}
+	switch {
+	case errors.Is(err, ErrNoDestination):
+		d.log.Warn("the post-copy stream cannot be recovered: the destination's copy is gone", "err", err)
+		d.c.GiveUp(fmt.Sprintf("the destination no longer has the VM's copy (%v)", err))
+	case err != nil:
+		d.logRecoverErr(err)
+	default:
+		d.lastRecoverErr = ""
+		d.c.Resumed()
+	}
+}
+
+// stopRecover ends a recovery attempt under way and waits for it.
+func (d *driver) stopRecover() {
+	if d.attempt != nil {
+		d.attempt.cancel()
+		<-d.attempt.done
+		d.attempt = nil
+	}
+}
+
+func (d *driver) logRecoverErr(err error) {
+	if msg := err.Error(); msg != d.lastRecoverErr {
+		d.lastRecoverErr = msg
+		d.log.Warn("post-copy recovery attempt failed; trying again", "err", err)
+	}
+}
+
+// callerCancelled handles the caller's ctx ending: a cancel in pre-copy, and in
+// post-copy, which QEMU cannot cancel, giving up the recovery of a paused stream.
+func (d *driver) callerCancelled(ctx context.Context) {
+	if d.c.Postcopy() {
+		d.giveUp(ctx, fmt.Sprintf("the caller cancelled the migration (%v)", ctx.Err()), ctx.Err())
+		return
+	}
+	d.cancel(ctx, fmt.Sprintf("the caller cancelled the migration (%v); the VM keeps running on the source", ctx.Err()), ctx.Err())
+}
+
+// giveUp stops recovering a post-copy migration (see Controller.GiveUp); QMP
+// calls go on, without a deadline, until the stream completes or is paused.
+func (d *driver) giveUp(ctx context.Context, reason string, cause error) {
+	d.givingUp = true
+	d.byCaller, d.cancelReason = cause, reason
+	d.cancelCtx, d.stopCancel = context.WithCancel(context.WithoutCancel(ctx))
+	d.c.GiveUp(reason)
+	d.log.Info("migration cancelled in post-copy: it goes on while its stream flows, and is lost if the stream breaks", "reason", reason)
+}
+
 // cancel sends migrate_cancel once, on a context detached from the caller's
 // (which may be done) and bounded by cancelTimeout.
 func (d *driver) cancel(ctx context.Context, reason string, cause error) {
@@ -543,7 +765,7 @@ func (d *driver) cancel(ctx context.Context, reason string, cause error) {
 // finish turns the final state into Run's result.
 func (d *driver) finish() (Result, error) {
 	r := d.c.Result()
-	if r.Status == PhaseFailed && d.cancelReason != "" {
+	if r.Status == PhaseFailed && d.cancelReason != "" && !r.Postcopy {
 		// The cancel tore the stream down and QEMU saw the broken channel first (a
 		// destination that exits on error closes it): the migration ended because it
 		// was cancelled, and the VM runs on the source as after any cancel.
@@ -553,7 +775,7 @@ func (d *driver) finish() (Result, error) {
 	switch r.Status {
 	case PhaseCompleted:
 		d.log.Info("migration completed", "total", r.Total, "downtime", r.Downtime, "bytes", r.Bytes,
-			"passes", r.Passes, "max_throttle", r.MaxThrottle)
+			"passes", r.Passes, "max_throttle", r.MaxThrottle, "postcopy", r.Postcopy, "postcopy_recoveries", r.PostcopyRecoveries)
 		return r, nil
 	case PhaseCancelled:
 		d.log.Info("migration cancelled", "reason", r.Reason, "total", r.Total)
@@ -562,7 +784,13 @@ func (d *driver) finish() (Result, error) {
 		}
 		return r, fmt.Errorf("%w: %s", ErrCancelled, r.Reason)
 	default:
-		d.log.Warn("migration failed", "reason", r.Reason, "total", r.Total)
+		d.log.Warn("migration failed", "reason", r.Reason, "total", r.Total, "postcopy", r.Postcopy)
+		switch {
+		case r.Postcopy && d.byCaller != nil:
+			return r, fmt.Errorf("%w: %w: %s: %w", ErrFailed, ErrLost, r.Reason, d.byCaller)
+		case r.Postcopy:
+			return r, fmt.Errorf("%w: %w: %s", ErrFailed, ErrLost, r.Reason)
+		}
 		return r, fmt.Errorf("%w: %s", ErrFailed, r.Reason)
 	}
 }

@@ -230,8 +230,8 @@ func (r simRun) downtimes() []time.Duration {
 
 // simulate runs one migration of s under policy p the way Run does: the
 // policy's capabilities and parameters first, then one observation every
-// 50 ms with the controller's decisions applied, until the migration ends or
-// limit passes.
+// 50 ms with the controller's decisions applied, until the migration ends, the
+// controller switches to post-copy, or limit passes.
 func simulate(p Policy, s *simQEMU, limit time.Duration) simRun {
 	s.autoConverge = SourceCapabilities(p)[qmp.CapAutoConverge]
 	s.setParams(SourceParameters(p))
@@ -246,6 +246,9 @@ func simulate(p Policy, s *simQEMU, limit time.Duration) simRun {
 		}
 		if dec.Reason != "" || dec.Changes() {
 			r.decisions = append(r.decisions, simDecision{at: s.now - start, Decision: dec})
+		}
+		if dec.StartPostcopy {
+			break // the model has no post-copy
 		}
 		if dec.Cancel {
 			c.NoteCancel(dec.Reason)

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -99,6 +100,8 @@ type Monitor struct {
 	conn    net.Conn
 	version Version
 	caps    []string
+	// oob: out-of-band execution is enabled (see ExecuteOOB).
+	oob bool
 
 	writeMu sync.Mutex // serialises writes of whole messages
 	nextID  atomic.Uint64
@@ -144,9 +147,15 @@ type wireError struct {
 }
 
 type request struct {
-	Execute   string `json:"execute"`
+	Execute   string `json:"execute,omitempty"`
+	ExecOOB   string `json:"exec-oob,omitempty"`
 	Arguments any    `json:"arguments,omitempty"`
 	ID        string `json:"id"`
+}
+
+// capabilitiesArgs are qmp_capabilities' arguments.
+type capabilitiesArgs struct {
+	Enable []string `json:"enable"`
 }
 
 // Dial connects to the QMP unix socket at socketPath, reads QEMU's greeting
@@ -166,7 +175,8 @@ func Dial(ctx context.Context, socketPath string) (*Monitor, error) {
 }
 
 // handshake reads the greeting and sends qmp_capabilities synchronously,
-// then starts the reader goroutine.
+// enabling out-of-band execution when QEMU offers it, then starts the reader
+// goroutine.
 func handshake(ctx context.Context, conn net.Conn) (*Monitor, error) {
 	// Make blocking reads and writes return when ctx ends. (Not via
 	// conn.SetDeadline(ctx deadline): that can fire before ctx reports
@@ -183,7 +193,12 @@ func handshake(ctx context.Context, conn net.Conn) (*Monitor, error) {
 		return nil, errors.New("first message from QEMU is not a QMP greeting")
 	}
 	const capsID = "capabilities"
-	if err := json.NewEncoder(conn).Encode(request{Execute: "qmp_capabilities", ID: capsID}); err != nil {
+	oob := slices.Contains(greet.QMP.Capabilities, "oob")
+	caps := request{Execute: "qmp_capabilities", ID: capsID}
+	if oob {
+		caps.Arguments = capabilitiesArgs{Enable: []string{"oob"}}
+	}
+	if err := json.NewEncoder(conn).Encode(caps); err != nil {
 		return nil, ctxErr(ctx, fmt.Errorf("send qmp_capabilities: %w", err))
 	}
 	for {
@@ -208,6 +223,7 @@ func handshake(ctx context.Context, conn net.Conn) (*Monitor, error) {
 		conn:       conn,
 		version:    greet.QMP.Version,
 		caps:       greet.QMP.Capabilities,
+		oob:        oob,
 		pending:    make(map[string]chan reply),
 		events:     make(chan Event, eventBufferSize),
 		done:       make(chan struct{}),
@@ -230,7 +246,7 @@ func ctxErr(ctx context.Context, err error) error {
 func (m *Monitor) Version() Version { return m.version }
 
 // Capabilities returns the QMP capabilities QEMU offered in its greeting
-// (e.g. "oob"); none of them is enabled by this client.
+// (e.g. "oob", which the client enables when offered: see ExecuteOOB).
 func (m *Monitor) Capabilities() []string { return append([]string(nil), m.caps...) }
 
 // Done returns a channel that is closed when the connection to QEMU ends.
@@ -312,7 +328,25 @@ func (m *Monitor) readLoop(dec *json.Decoder) {
 // first Execute returns ctx's error at once; the command may still run in
 // QEMU and its late reply is discarded.
 func (m *Monitor) Execute(ctx context.Context, command string, args any, result any) error {
+	return m.execute(ctx, request{Execute: command, Arguments: args}, result)
+}
+
+// ExecuteOOB is Execute out of band (exec-oob): QEMU runs the command at once
+// in the monitor's I/O thread, even while its main loop is blocked — as a
+// destination's is in post-copy when it touches a page still on the source.
+// Only commands QEMU allows out of band qualify (migrate-pause,
+// migrate-recover); without out-of-band support it runs the command in band.
+func (m *Monitor) ExecuteOOB(ctx context.Context, command string, args any, result any) error {
+	if !m.oob {
+		return m.Execute(ctx, command, args, result)
+	}
+	return m.execute(ctx, request{ExecOOB: command, Arguments: args}, result)
+}
+
+func (m *Monitor) execute(ctx context.Context, req request, result any) error {
+	command := req.Execute + req.ExecOOB
 	id := strconv.FormatUint(m.nextID.Add(1), 10)
+	req.ID = id
 	ch := make(chan reply, 1)
 
 	m.mu.Lock()
@@ -324,7 +358,7 @@ func (m *Monitor) Execute(ctx context.Context, command string, args any, result 
 	m.pending[id] = ch
 	m.mu.Unlock()
 
-	if err := m.send(ctx, request{Execute: command, Arguments: args, ID: id}); err != nil {
+	if err := m.send(ctx, req); err != nil {
 		m.forget(id)
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}

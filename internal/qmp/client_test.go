@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -311,5 +312,29 @@ func TestEventsDropOldest(t *testing.T) {
 	}
 	if len(m.events) != eventBufferSize-1 {
 		t.Errorf("buffered = %d", len(m.events))
+	}
+}
+
+// TestExecuteOOB: the client enables out-of-band execution when QEMU offers it,
+// so that migrate-pause and migrate-recover reach a QEMU whose main loop is
+// blocked (a post-copy destination waiting for a page).
+func TestExecuteOOB(t *testing.T) {
+	q := startQEMU(t, "-machine", "none", "-S")
+	m := dial(t, q)
+	ctx := tctx(t, 10*time.Second)
+	if !slices.Contains(m.Capabilities(), "oob") {
+		t.Fatalf("QEMU offers %v; the QMP socket should offer oob", m.Capabilities())
+	}
+	// QEMU answers out of band: the command reached it as exec-oob.
+	err := m.ExecuteOOB(ctx, "query-status", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "does not support OOB") {
+		t.Errorf("query-status out of band: %v; want QEMU's refusal of a command not allowed out of band", err)
+	}
+	if err := m.MigratePause(ctx); err == nil || !strings.Contains(err.Error(), "postcopy") {
+		t.Errorf("migrate-pause without a migration: %v; want QEMU's refusal naming post-copy", err)
+	}
+	// In-band commands still work, with out-of-band enabled.
+	if st, err := m.QueryStatus(ctx); err != nil || st.Status != "prelaunch" {
+		t.Errorf("QueryStatus = %+v, %v", st, err)
 	}
 }

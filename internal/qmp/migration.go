@@ -13,11 +13,19 @@ const (
 	MigrationCancelled      = "cancelled"
 	MigrationActive         = "active"
 	MigrationPostcopyActive = "postcopy-active"
-	MigrationCompleted      = "completed"
-	MigrationFailed         = "failed"
-	MigrationPreSwitchover  = "pre-switchover"
-	MigrationDevice         = "device"
-	MigrationWaitUnplug     = "wait-unplug"
+	// MigrationPostcopyPaused: the post-copy stream broke (or was paused with
+	// migrate-pause); both ends wait for a recovery (migrate-recover on the
+	// destination, migrate with resume on the source).
+	MigrationPostcopyPaused = "postcopy-paused"
+	// MigrationPostcopyRecoverSetup and MigrationPostcopyRecover: a recovery is
+	// reconnecting the ends, then synchronising them.
+	MigrationPostcopyRecoverSetup = "postcopy-recover-setup"
+	MigrationPostcopyRecover      = "postcopy-recover"
+	MigrationCompleted            = "completed"
+	MigrationFailed               = "failed"
+	MigrationPreSwitchover        = "pre-switchover"
+	MigrationDevice               = "device"
+	MigrationWaitUnplug           = "wait-unplug"
 )
 
 // Migration capabilities (names for MigrateSetCapabilities).
@@ -247,6 +255,44 @@ func (m *Monitor) MigrateIncoming(ctx context.Context, uri string, exitOnError b
 		ExitOnError bool   `json:"exit-on-error"`
 	}{uri, exitOnError}
 	return m.Execute(ctx, "migrate-incoming", args, nil)
+}
+
+// MigrateStartPostcopy switches a running migration to post-copy
+// (migrate-start-postcopy): the destination runs the guest from then on and
+// fetches the pages it still lacks from the source. Both ends need the
+// postcopy-ram capability, set before the migration started.
+func (m *Monitor) MigrateStartPostcopy(ctx context.Context) error {
+	return m.Execute(ctx, "migrate-start-postcopy", nil, nil)
+}
+
+// MigratePause breaks a post-copy migration's stream on purpose (migrate-pause),
+// on either end; both ends then wait in postcopy-paused for a recovery. QEMU
+// accepts it only in postcopy-active (and, on the source, postcopy-recover).
+// It runs out of band: a destination's main loop may be blocked on a page that
+// the broken stream does not bring.
+func (m *Monitor) MigratePause(ctx context.Context) error {
+	return m.ExecuteOOB(ctx, "migrate-pause", nil, nil)
+}
+
+// MigrateRecover makes a destination whose post-copy migration is paused
+// listen for the source's new stream on uri (migrate-recover); called again, it
+// listens on the new uri instead. It runs out of band, like MigratePause.
+func (m *Monitor) MigrateRecover(ctx context.Context, uri string) error {
+	args := struct {
+		URI string `json:"uri"`
+	}{uri}
+	return m.ExecuteOOB(ctx, "migrate-recover", args, nil)
+}
+
+// MigrateResume reconnects a source whose post-copy migration is paused to the
+// destination listening at uri after MigrateRecover (migrate with resume). If
+// it cannot connect, the migration stays paused and query-migrate says why.
+func (m *Monitor) MigrateResume(ctx context.Context, uri string) error {
+	args := struct {
+		URI    string `json:"uri"`
+		Resume bool   `json:"resume"`
+	}{uri, true}
+	return m.Execute(ctx, "migrate", args, nil)
 }
 
 // MigrateCancel cancels the current outgoing migration (migrate_cancel);

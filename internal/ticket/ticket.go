@@ -52,6 +52,10 @@ type Ticket struct {
 	// Encryption is the stream's encryption mode the center decided (off,
 	// opportunistic, required); neither host may weaken it.
 	Encryption string `json:"encryption"`
+	// Postcopy: the migration may switch to post-copy, after which the destination
+	// runs the VM before all its memory is there; the destination prepares for it
+	// only when the center said so.
+	Postcopy bool `json:"postcopy,omitempty"`
 	// Key is the stream's own key (hex, 32 bytes): QEMU's TLS at both ends is keyed
 	// with it, so only these two hosts can take part in the stream. It makes the
 	// ticket a secret: it travels only over mutual TLS and is never logged.

@@ -106,6 +106,8 @@ func TestHostsActOnTheCentersWord(t *testing.T) {
 		return api.IncomingRequest{ID: "evil-1", Source: "host-1", SourceURL: agent1, Spec: spec, Policy: "balanced",
 			Address: strings.TrimSuffix(strings.TrimPrefix(agent2, "https://"), ":7700"), Encryption: enc}
 	}
+	postcopy := incoming(legit, "off")
+	postcopy.Postcopy = true
 	sign := func(by *pki.CA, change func(*ticket.Ticket)) string {
 		key, _ := ticket.NewKey()
 		tk := ticket.Ticket{Migration: "evil-1", VM: legit.Name, VMUUID: legit.UUID, Source: "host-1", Destination: "host-2",
@@ -135,6 +137,7 @@ func TestHostsActOnTheCentersWord(t *testing.T) {
 		{"another spec", sign(ca, nil), incoming(shadow, "off"), 403, "spec differs"},
 		{"weaker encryption", sign(ca, func(k *ticket.Ticket) { k.Encryption = "required" }), incoming(legit, "off"), 403, "the center decided"},
 		{"another migration id", sign(ca, func(k *ticket.Ticket) { k.Migration = "other" }), incoming(legit, "off"), 403, "its ticket for other"},
+		{"post-copy the center did not allow", sign(ca, nil), postcopy, 403, "post-copy allowed, the center said not allowed"},
 		// The center's word for a VM whose initrd is a host file: the destination still
 		// refuses to load it.
 		{"boot file outside a datastore", sign(ca, func(k *ticket.Ticket) { k.SpecSHA256 = ticket.SpecHash(shadow) }), incoming(shadow, "off"), 422, "not inside a datastore"},
