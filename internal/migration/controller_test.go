@@ -303,7 +303,7 @@ func TestDecisionParameters(t *testing.T) {
 		t.Errorf("capabilities %v", caps)
 	}
 	dp := DestinationParameters(Policy{Channels: 4})
-	if *dp.MultifdChannels != 4 || *dp.AnnounceInitial != 0 || *dp.AnnounceRounds != AnnounceRounds {
+	if *dp.MultifdChannels != 4 || *dp.AnnounceInitial != 1 || *dp.AnnounceStep != 10 || *dp.AnnounceRounds != AnnounceRounds {
 		t.Errorf("destination parameters %+v", dp)
 	}
 }

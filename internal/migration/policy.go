@@ -249,7 +249,7 @@ func DefaultPolicies() []Policy {
 //     state;
 //   - avail-switchover-bandwidth 0, which is QEMU's default anyway;
 //   - the destination's announce timing (AnnounceInitial and the rest: the
-//     first RARP at once, 8 rounds), where QEMU's default waits 50 ms and sends
+//     first RARP after 1 ms, 8 rounds), where QEMU's default waits 50 ms and sends
 //     5 rounds. So on the network this baseline is announced faster than a
 //     truly untuned QEMU would be, which flatters it, not Godwit.
 func QEMUDefaultsPolicy() Policy {
