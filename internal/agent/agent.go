@@ -107,6 +107,9 @@ type Agent struct {
 	// peers pools the connections to other hosts' agents.
 	peers *api.HostClients
 
+	// memorySlot is held while a VM's memory activity is measured: one at a time.
+	memorySlot chan struct{}
+
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
 	runCtx context.Context
@@ -178,6 +181,7 @@ func New(cfg Config, version string) (*Agent, error) {
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
 		migrations: map[string]*outgoing{}, cpu: cpuState{ready: make(chan struct{})},
+		memorySlot: make(chan struct{}, 1),
 	}
 	a.trust = newTrust(a.pkiDir())
 	a.peers = api.NewHostClients(func(host string) *tls.Config { return pki.ClientTLSFrom(a.id.Load, host, a.trust.isRevoked) })
@@ -251,8 +255,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing(nil)
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); a.renewLoop(bgCtx) }()
+	go func() { defer wg.Done(); a.measureLoop(bgCtx) }()
 	go func() { defer wg.Done(); a.keepConsoles(bgCtx) }()
 	go func() {
 		defer wg.Done()

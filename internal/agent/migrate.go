@@ -63,6 +63,8 @@ type outgoingRecord struct {
 	Started        time.Time `json:"started"`
 	// Ticket is the center's ticket, which the destination asks for at every step.
 	Ticket string `json:"ticket"`
+	// Prediction is the center's, kept with the outcome.
+	Prediction *api.Prediction `json:"prediction,omitempty"`
 }
 
 func progressOf(p migration.Progress) api.MigrationProgress {
@@ -191,7 +193,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	o := &outgoing{cancel: cancel, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
 		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
-		Priority: req.Priority, BandwidthCap: req.MaxBandwidth,
+		Priority: req.Priority, BandwidthCap: req.MaxBandwidth, Prediction: req.Prediction,
 	}}
 	o.bandwidthCap.Store(req.MaxBandwidth)
 	a.migrations[req.ID] = o
@@ -262,7 +264,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		return
 	}
 	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
-		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket}
+		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket, Prediction: req.Prediction}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -822,7 +824,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	rec := *v.outgoing
 	o := &outgoing{cancel: func() {}, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
-		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started,
+		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started, Prediction: rec.Prediction,
 	}}
 	a.migMu.Lock()
 	a.migrations[rec.ID] = o

@@ -46,6 +46,8 @@ type vm struct {
 	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
 	// when QEMU resumed it.
 	resumedAt func() time.Time
+	// memory is the latest measurement of its memory activity (memory.go).
+	memory *api.MemoryActivity
 
 	// saveMu orders writes of vm.json with the removal of the directory (gone).
 	saveMu sync.Mutex
@@ -186,7 +188,7 @@ func (a *Agent) get(name string) (*vm, error) {
 }
 
 func (a *Agent) status(v *vm) api.VMStatus {
-	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel}
+	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel, Memory: v.memory}
 	if v.proc != nil {
 		st.PID = v.proc.PID
 	}

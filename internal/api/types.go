@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/placement"
 )
 
@@ -247,7 +248,18 @@ type HostCheck struct {
 	Compatible bool                `json:"compatible"`
 	Errors     []placement.Finding `json:"errors"`
 	Warnings   []placement.Finding `json:"warnings"`
+	// Prediction is what a migration there is expected to take (compatible hosts).
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
+
+// Prediction is a migration's expected total time and downtime, and whether it converges
+// without throttling, made from the VM's measured memory activity and the link between
+// the hosts (see migration.Predict).
+type Prediction = migration.Prediction
+
+// MemoryActivity is how fast a running VM dirties its memory and how much of it the
+// guest has written, as its host measured it (see migration.MemoryActivity).
+type MemoryActivity = migration.MemoryActivity
 
 // Recommendation is the answer of GET /api/v1/vms/{name}/migrate/recommend.
 type Recommendation = placement.Recommendation
@@ -285,6 +297,9 @@ type VMStatus struct {
 	Error string `json:"error,omitempty"`
 	PID   int    `json:"pid,omitempty"`
 	Accel string `json:"accel,omitempty"`
+	// Memory is the VM's latest measured memory activity (running VMs, measured by
+	// their host every 30 s).
+	Memory *MemoryActivity `json:"memory,omitempty"`
 }
 
 // Error is the body of every error response.
@@ -376,6 +391,8 @@ type Migration struct {
 	Waiting string `json:"waiting,omitempty"`
 	// Initiator is who asked for it: a user, or "schedule NAME (created by USER)".
 	Initiator string `json:"initiator,omitempty"`
+	// Prediction is what the migration was expected to take when it was admitted.
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
 
 // FinishReply is the destination's answer when it takes over a migrated VM.
@@ -401,6 +418,9 @@ type AgentMigrateRequest struct {
 	// Ticket is the center's signed word for this migration (internal/ticket); the
 	// source presents it to the destination, which acts on nothing else.
 	Ticket string `json:"ticket"`
+	// Prediction is the center's, made when it admitted the migration; the source keeps
+	// it in the migration's record.
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
 
 // BandwidthRequest is the body of POST /agent/v1/migrations/{id}/bandwidth: a new cap

@@ -20,7 +20,11 @@ func (l *Log) MigrationEnded(ctx context.Context, m api.Migration) Record {
 		outcome = Succeeded
 	}
 	total, down, sent := m.TotalMS, m.DowntimeMS, m.Bytes
-	r := migrationRecord(m, "migration.finish", outcome, map[string]any{"state": m.State, "passes": m.Passes, "pause_ms": m.PauseMS})
+	extra := map[string]any{"state": m.State, "passes": m.Passes, "pause_ms": m.PauseMS}
+	if p := m.Prediction; p != nil {
+		extra["predicted_total_ms"], extra["predicted_downtime_ms"], extra["predicted_converges"] = p.TotalMS, p.DowntimeMS, p.Converges
+	}
+	r := migrationRecord(m, "migration.finish", outcome, extra)
 	r.Error = m.Error
 	r.DurationMS, r.DowntimeMS, r.Bytes = &total, &down, &sent
 	r.OnBehalfOf = l.onBehalfOf(ctx, r.Target)

@@ -112,6 +112,8 @@ type Center struct {
 	caps sync.Map
 	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
 	cpuCatalogs sync.Map
+	// links keeps what past migrations achieved between hosts, for predictions.
+	links *links
 
 	// agents pools the connections to each host's agent.
 	agents *api.HostClients
@@ -172,7 +174,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter()}
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), links: newLinks()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
@@ -217,6 +219,9 @@ func (c *Center) Run(ctx context.Context) error {
 	defer c.wg.Wait()
 	if err := c.recoverTasks(ctx); err != nil {
 		return err
+	}
+	if err := c.seedLinks(ctx); err != nil {
+		c.log.Warn("predictions start without the links' history", "err", err)
 	}
 	if err := c.resumeFollowing(ctx); err != nil {
 		return err

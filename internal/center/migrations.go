@@ -216,6 +216,9 @@ func (c *Center) follow(m api.Migration) {
 			if cur.Policy == "" {
 				cur.Policy = m.Policy
 			}
+			if cur.Prediction == nil {
+				cur.Prediction = m.Prediction
+			}
 			last = cur
 			c.live.Store(m.ID, cur)
 			if terminal(cur.State) {
@@ -283,6 +286,7 @@ func (c *Center) record1(ctx context.Context, m api.Migration) error {
 	}
 	c.migrationChanged(ctx, m)
 	c.metrics.RecordMigration(m)
+	c.links.learn(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,
 		"downtime_ms", m.DowntimeMS, "bytes", m.Bytes, "passes", m.Passes, "error", m.Error)
 	return nil

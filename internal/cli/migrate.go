@@ -31,11 +31,14 @@ type migrationSummary struct {
 	Encrypted   bool    `json:"encrypted"`
 	Priority    string  `json:"priority,omitempty"`
 	Error       string  `json:"error,omitempty"`
+	// Prediction is what was predicted when the migration was admitted.
+	Prediction *api.Prediction `json:"prediction,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Error: m.Error,
+		Prediction: m.Prediction}
 }
 
 // watchMigration shows a migration's progress until it ends and prints its summary. A
@@ -137,6 +140,9 @@ func printMigration(e *env, m api.Migration) {
 		"Downtime", fmt.Sprintf("%.1f ms (QEMU); %.1f ms from the source's stop to the destination's resume", m.DowntimeMS, m.PauseMS),
 		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes), "Encrypted", encryptedStr(m),
 		"Started", m.Started.UTC().Format(time.RFC3339))
+	if m.Prediction != nil {
+		_ = kv(e.out, "Predicted", predictedAgainstActual(m), "Prediction from", predictionBasis(m.Prediction))
+	}
 }
 
 func newMigrationCmd(e *env) *cobra.Command {
