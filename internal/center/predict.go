@@ -56,7 +56,8 @@ type links struct {
 func newLinks() *links { return &links{stats: map[linkKey]*linkStat{}} }
 
 // learn adds a migration that succeeded to its link's averages. A stream held back by
-// its bandwidth cap or its policy's bandwidth counts only when it beats the average.
+// its bandwidth cap or its policy's bandwidth says only that the link is at least that
+// fast: its rate counts only when it beats the average.
 func (l *links) learn(m api.Migration) {
 	if m.State != api.MigrationSucceeded {
 		return
@@ -79,7 +80,7 @@ func (l *links) learn(m api.Migration) {
 		s = &linkStat{}
 		l.stats[k] = s
 	}
-	if !capped || o.Rate > s.rate {
+	if !capped || (s.rates > 0 && o.Rate > s.rate) {
 		s.rate = average(s.rate, o.Rate, s.rates)
 		s.rates++
 	}

@@ -20,8 +20,8 @@ func predictedCells(p *api.Prediction) (total, downtime string) {
 
 // predictionBasis says what a prediction was made from.
 func predictionBasis(p *api.Prediction) string {
-	return fmt.Sprintf("stream %s/s from %s; guest dirty rate %s/s, %s; fixed costs %.0f ms, switch-over %.0f ms",
-		bytesStr(p.LinkBps), p.LinkSource, bytesStr(p.DirtyRateBps), orDash(p.DirtySource), p.FixedMS, p.SwitchoverMS)
+	return fmt.Sprintf("link: %s; memory: %s; fixed costs %.0f ms, switch-over %.0f ms",
+		p.LinkSource, orDash(p.DirtySource), p.FixedMS, p.SwitchoverMS)
 }
 
 // printPredictionNotes lists, under a table, each host's prediction in words.
