@@ -16,16 +16,19 @@ import (
 )
 
 // Predictions of migrations (migration.Predict): the VM's memory activity comes from its
-// host (measured every 30 s and reported in heartbeats, or measured again on request
-// when older than memoryMaxAge); the link between the two hosts is what past migrations
+// host (measured every 30 s and reported in heartbeats, or measured again on request,
+// about 5 s, when older than checkMaxAge for a check or the wizard, admitMaxAge for a
+// migration about to start); the link between the two hosts is what past migrations
 // between them achieved, kept per direction and encryption as moving averages, or,
 // with no history, what migrations between other hosts achieved, or else the migration
 // network's configured rate. Every prediction says which it used.
 
 const (
-	// memoryMaxAge is the oldest memory measurement a prediction uses; an older one is
-	// measured again (about 1.3 s).
-	memoryMaxAge = 10 * time.Second
+	// checkMaxAge is the oldest memory measurement a check or the wizard uses, and
+	// admitMaxAge the oldest a migration about to start uses (the hosts measure every
+	// VM every 30 s, so a migration rarely waits for a measurement).
+	checkMaxAge = 10 * time.Second
+	admitMaxAge = 35 * time.Second
 	// linkAlpha is the weight of the newest migration in a link's moving averages.
 	linkAlpha = 0.3
 	// cappedShare: a migration whose stream ran at this share of its cap or more was
@@ -142,10 +145,10 @@ func (c *Center) seedLinks(ctx context.Context) error {
 	return nil
 }
 
-// memoryOf returns a running VM's memory activity, no older than memoryMaxAge: from its
-// host's last heartbeat, or measured again by the host. It says where it comes from;
-// when nothing is known the activity's Measured is zero.
-func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostRecord) (api.MemoryActivity, string) {
+// memoryOf returns a running VM's memory activity, no older than maxAge: from its host's
+// last heartbeat, or measured again by the host. It says where it comes from; when
+// nothing is known the activity's Measured is zero.
+func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostRecord, maxAge time.Duration) (api.MemoryActivity, string) {
 	var kept *api.MemoryActivity
 	for _, v := range src.Facts.VMs {
 		if strings.EqualFold(v.UUID, r.Spec.UUID) && v.Memory != nil {
@@ -153,13 +156,13 @@ func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostR
 		}
 	}
 	now := c.now()
-	if kept != nil && now.Sub(kept.Measured) <= memoryMaxAge {
+	if kept != nil && now.Sub(kept.Measured) <= maxAge {
 		return *kept, measuredWords(now, kept.Measured, src.Facts.Name)
 	}
-	cl, err := c.agent(src, 15*time.Second)
+	cl, err := c.agent(src, 30*time.Second)
 	if err == nil {
 		var m api.MemoryActivity
-		err = cl.Do(ctx, http.MethodGet, "/agent/v1/vms/"+url.PathEscape(r.Spec.Name)+"/memory?max_age="+memoryMaxAge.String(), nil, &m)
+		err = cl.Do(ctx, http.MethodGet, "/agent/v1/vms/"+url.PathEscape(r.Spec.Name)+"/memory?max_age="+maxAge.String(), nil, &m)
 		if err == nil {
 			return m, measuredWords(c.now(), m.Measured, src.Facts.Name)
 		}
@@ -219,7 +222,7 @@ func (c *Center) checkWithPredictions(ctx context.Context, name, to, policy stri
 	if err != nil {
 		return chk, err
 	}
-	act, actSource := c.memoryOf(ctx, r, src)
+	act, actSource := c.memoryOf(ctx, r, src, checkMaxAge)
 	for i, h := range chk.Hosts {
 		if h.Compatible {
 			chk.Hosts[i].Prediction = c.predict(r, act, actSource, chk.Source, h.Host, p, p.EncryptionMode(), 0)
@@ -247,7 +250,7 @@ func (c *Center) recommendWithPredictions(ctx context.Context, name, policy stri
 	if err != nil {
 		return rec, err
 	}
-	act, actSource := c.memoryOf(ctx, r, src)
+	act, actSource := c.memoryOf(ctx, r, src, checkMaxAge)
 	for i, cand := range rec.Candidates {
 		rec.Candidates[i].Prediction = c.predict(r, act, actSource, rec.Source, cand.Host, p, p.EncryptionMode(), 0)
 	}
@@ -265,7 +268,7 @@ func (c *Center) predictAdmitted(ctx context.Context, m api.Migration, src store
 	if err != nil {
 		return nil
 	}
-	act, actSource := c.memoryOf(ctx, r, src)
+	act, actSource := c.memoryOf(ctx, r, src, admitMaxAge)
 	return c.predict(r, act, actSource, m.Source, m.Destination, p, m.Encryption, c.bandwidthShare(m.ID))
 }
 

@@ -14,7 +14,7 @@ import (
 // written, sent at rate bytes/s, with 700 ms besides the stream and a pause of 50 ms.
 func done(from, to string, encrypted bool, rate float64) api.Migration {
 	const memory = 1 << 30
-	act := migration.MemoryActivity{ResidentBytes: 160 << 20, Measured: time.Now()}
+	act := migration.MemoryActivity{NonzeroBytes: 160 << 20, Measured: time.Now()}
 	link := migration.Link{Rate: rate, Fixed: 700 * time.Millisecond, Switchover: 50 * time.Millisecond}
 	p, _ := migration.LookupPolicy("")
 	pr := migration.Predict(migration.PredictInput{Policy: p, MemoryBytes: memory, Activity: act, Link: link})

@@ -12,75 +12,101 @@ import (
 // works under TCG as under KVM: QEMU hashes a sample of the guest's pages, waits, and
 // counts the sampled pages that changed. That counts distinct pages, so a guest that
 // rewrites a working set faster than the period shows the set's size per period, not
-// its write speed. A measurement therefore takes two periods, BurstWindow then
-// RateWindow: a guest whose rate over the long period is well below its rate over the
-// short one rewrites a working set of about Rate × RateWindow (see MemoryActivity).
+// its write speed. A measurement therefore takes three periods one after the other,
+// BurstWindow, RateWindow and LongWindow: how much the guest dirties in each is a curve
+// that rises with the guest's write speed and flattens at its working set, and Predict
+// reads the memory a pass of any length finds dirty off that curve.
 const (
-	BurstWindow = 250 * time.Millisecond
+	BurstWindow = 100 * time.Millisecond
 	RateWindow  = time.Second
+	LongWindow  = 4 * time.Second
 	// dirtySamplePages is the pages sampled per GiB of guest memory: 8 times QEMU's
 	// default, for a rate of a few MiB/s to show in a large guest; hashing them takes
 	// QEMU a few milliseconds.
 	dirtySamplePages = 4096
 )
 
+// dirtyWindows are the periods a measurement samples, shortest first.
+func dirtyWindows() [3]time.Duration { return [3]time.Duration{BurstWindow, RateWindow, LongWindow} }
+
 // MemoryActivity is what a host measured of a running guest's memory, the inputs of a
 // migration's prediction (Predict).
 type MemoryActivity struct {
-	// DirtyRate is how much memory the guest dirtied over RateWindow, per second, in
-	// bytes/s (distinct pages).
-	DirtyRate float64 `json:"dirty_rate"`
-	// BurstDirtyRate is the same over BurstWindow. Well above DirtyRate, the guest
-	// rewrites a working set of about DirtyRate × RateWindow faster than RateWindow.
-	BurstDirtyRate float64 `json:"burst_dirty_rate"`
-	// ResidentBytes is how much of the guest's memory is resident in its QEMU process:
-	// pages the guest has written. A first copy sends these whole and every other page
-	// as a zero-page marker. 0 when unknown.
-	ResidentBytes float64 `json:"resident_bytes,omitempty"`
+	// Dirtied is how much memory the guest dirtied (distinct pages) over each period
+	// measured, shortest first.
+	Dirtied []DirtySample `json:"dirtied"`
+	// NonzeroBytes is how much of the guest's memory is not all zeros: a first copy
+	// sends these pages whole and every other page as a zero-page marker. 0 when
+	// unknown.
+	NonzeroBytes float64 `json:"nonzero_bytes,omitempty"`
 	// Measured is when the measurement ended.
 	Measured time.Time `json:"measured"`
 }
 
-// workingSet is the memory the guest keeps rewriting, when the measurement shows one
-// (see MemoryActivity), else 0: no bound below the guest's memory is known.
-func (a MemoryActivity) workingSet() float64 {
-	if a.DirtyRate > 0 && a.DirtyRate < saturatedRatio*a.BurstDirtyRate {
-		return a.DirtyRate * RateWindow.Seconds()
-	}
-	return 0
+// DirtySample is the memory a guest dirtied over one period.
+type DirtySample struct {
+	PeriodMS float64 `json:"period_ms"`
+	Bytes    float64 `json:"bytes"`
 }
 
-// saturatedRatio: a guest whose dirty rate over RateWindow is below this share of its
-// rate over BurstWindow rewrites a working set. A guest dirtying steadily shows the same
-// rate over both, within the sampling's noise (a steady 32 MiB/s measured 21–42 MiB/s
-// over BurstWindow and 21–38 MiB/s over RateWindow in a 512 MiB guest under TCG).
-const saturatedRatio = 0.5
+// Rate is the guest's dirty rate: the highest over the periods measured, in bytes/s (the
+// guest's write speed, or, when even the shortest period saw a working set rewritten,
+// less than it).
+func (a MemoryActivity) Rate() float64 {
+	r := 0.0
+	for _, s := range a.Dirtied {
+		if s.PeriodMS > 0 {
+			r = max(r, s.Bytes/(s.PeriodMS/1000))
+		}
+	}
+	return r
+}
 
-// dirtied is how much distinct memory the guest dirties in d with its vCPUs throttled
-// by throttle percent, at most memory bytes: the burst rate (the guest's write speed,
-// or a lower bound of it) up to the working set.
+// dirtied is how much distinct memory the guest dirties in d with its vCPUs throttled by
+// throttle percent, at most memory bytes: the measured curve, through the origin and
+// between its points a straight line, beyond the last continued at its last slope. A
+// throttled guest does in d what it would unthrottled in the rest of d.
 func (a MemoryActivity) dirtied(d time.Duration, throttle int, memory float64) float64 {
-	rate := max(a.BurstDirtyRate, a.DirtyRate) * (1 - float64(throttle)/100)
-	bytes := rate * d.Seconds()
-	if ws := a.workingSet(); ws > 0 {
-		bytes = min(bytes, ws)
+	t := d.Seconds() * 1000 * (1 - float64(throttle)/100) // ms of unthrottled guest time
+	prevT, prevB, slope := 0.0, 0.0, 0.0
+	for _, s := range a.Dirtied {
+		if s.PeriodMS <= prevT {
+			continue
+		}
+		b := max(s.Bytes, prevB) // distinct pages never fewer over a longer period
+		slope = (b - prevB) / (s.PeriodMS - prevT)
+		if t <= s.PeriodMS {
+			return min(prevB+slope*(t-prevT), memory)
+		}
+		prevT, prevB = s.PeriodMS, b
 	}
-	return min(bytes, memory)
+	return min(prevB+slope*(t-prevT), memory)
 }
 
-// MeasureDirtyRate measures how fast the guest behind mon dirties its memory, over
-// BurstWindow and then over RateWindow (about 1.3 s in all), and returns the rates with
-// the time it ended; ResidentBytes is left for the caller, which knows the process. QEMU
-// measures one guest's rate at a time, so the caller must not start another
-// measurement on the same QEMU meanwhile.
+// longest is the sample over the longest period (zero when there is none).
+func (a MemoryActivity) longest() DirtySample {
+	var l DirtySample
+	for _, s := range a.Dirtied {
+		if s.PeriodMS > l.PeriodMS {
+			l = s
+		}
+	}
+	return l
+}
+
+// MeasureDirtyRate measures how much memory the guest behind mon dirties over each of
+// BurstWindow, RateWindow and LongWindow, one after the other (about 5.1 s in all), and
+// returns the samples with the time it ended; NonzeroBytes is left to the caller, which
+// knows the process. QEMU measures one guest's rate at a time, so the caller must not
+// start another measurement on the same QEMU meanwhile.
 func MeasureDirtyRate(ctx context.Context, mon *qmp.Monitor) (MemoryActivity, error) {
 	var a MemoryActivity
-	var err error
-	if a.BurstDirtyRate, err = measureOnce(ctx, mon, BurstWindow); err != nil {
-		return a, err
-	}
-	if a.DirtyRate, err = measureOnce(ctx, mon, RateWindow); err != nil {
-		return a, err
+	for _, w := range dirtyWindows() {
+		rate, err := measureOnce(ctx, mon, w)
+		if err != nil {
+			return a, err
+		}
+		a.Dirtied = append(a.Dirtied, DirtySample{PeriodMS: millis(w), Bytes: rate * w.Seconds()})
 	}
 	a.Measured = time.Now().UTC()
 	return a, nil

@@ -12,9 +12,10 @@ import (
 // (MemoryActivity) over the link between the hosts as past migrations measured it
 // (Link):
 //
-//   - the first pass sends every page the guest has written whole and every other page
-//     as a zero-page marker; QEMU spends zeroPageCost checking each of those;
-//   - each later pass sends what the guest dirtied during the pass before;
+//   - the first pass sends every page that holds data whole and every other page as a
+//     zero-page marker; QEMU spends zeroPageCost checking each of those;
+//   - each later pass sends what the guest dirtied during the pass before, read off the
+//     measured curve of memory dirtied over time (MemoryActivity);
 //   - QEMU switches over as soon as what is left fits the downtime limit at the link's
 //     rate; the pause is that, plus the link's fixed switch-over cost;
 //   - when three passes in a row do not shrink by a fifth while the guest dirties at
@@ -73,8 +74,8 @@ type PredictInput struct {
 	// MemoryBytes is the guest's memory.
 	MemoryBytes float64
 	// Activity is the guest's measured memory activity; a zero Measured means none was
-	// measured (the guest is then assumed to dirty nothing and to have written all its
-	// memory).
+	// measured (the guest is then assumed to dirty nothing and all its memory to hold
+	// data).
 	Activity MemoryActivity
 	// ActivitySource says where Activity comes from, e.g. "measured 4 s before".
 	ActivitySource string
@@ -102,11 +103,10 @@ type Prediction struct {
 	GivesUp         bool `json:"gives_up,omitempty"`
 	// Note says the verdict in words.
 	Note string `json:"note"`
-	// DirtyRateBps is the guest's dirty rate the prediction used, in bytes/s, and
-	// WorkingSetBytes the memory it keeps rewriting when the measurement shows one.
-	DirtyRateBps    float64 `json:"dirty_rate_bps"`
-	WorkingSetBytes float64 `json:"working_set_bytes,omitempty"`
-	DirtySource     string  `json:"dirty_source"`
+	// DirtyRateBps is the guest's dirty rate (MemoryActivity.Rate), in bytes/s, and
+	// DirtySource where the measurement comes from.
+	DirtyRateBps float64 `json:"dirty_rate_bps"`
+	DirtySource  string  `json:"dirty_source"`
 	// LinkBps is the rate of the stream the prediction used (the link's, within the
 	// policy's bandwidth and the migration's cap), in bytes/s, and LinkSource where the
 	// link's rate comes from.
@@ -147,22 +147,21 @@ func Predict(in PredictInput) Prediction {
 	memory := max(in.MemoryBytes, 0)
 	act := in.Activity
 	measured := !act.Measured.IsZero()
-	resident := act.ResidentBytes
-	if !measured || resident <= 0 || resident > memory {
-		resident = memory
+	data := act.NonzeroBytes
+	if !measured || data <= 0 || data > memory {
+		data = memory
 	}
 	pred := Prediction{
-		DirtyRateBps: max(act.BurstDirtyRate, act.DirtyRate), WorkingSetBytes: act.workingSet(),
-		DirtySource: in.ActivitySource, LinkBps: rate, LinkSource: in.Link.Source,
+		DirtyRateBps: act.Rate(), DirtySource: in.ActivitySource, LinkBps: rate, LinkSource: in.Link.Source,
 		FixedMS: millis(in.Link.Fixed), SwitchoverMS: millis(in.Link.Switchover),
 	}
 	if rate <= 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
 		pred.Note = "no prediction: the rate of the link between the hosts is not known"
 		return pred
 	}
-	zeros := (memory - resident) / 4096
-	first := copyPlan{bytes: resident/4096*pageBytes + zeros*zeroPageBytes,
-		time: seconds(resident/4096*pageBytes/rate) + time.Duration(zeros)*zeroPageCost}
+	zeros := (memory - data) / 4096
+	first := copyPlan{bytes: data/4096*pageBytes + zeros*zeroPageBytes,
+		time: seconds(data/4096*pageBytes/rate) + time.Duration(zeros)*zeroPageCost}
 
 	plain := p
 	plain.ThrottleMax = 0
@@ -256,14 +255,14 @@ func follow(p Policy, act MemoryActivity, memory, rate float64, first copyPlan) 
 
 // note says a prediction's verdict in words.
 func note(p Policy, act MemoryActivity, measured bool, rate float64, free, out passes) string {
-	dirty := max(act.BurstDirtyRate, act.DirtyRate)
+	dirty := act.Rate()
 	s := ""
 	if !measured {
-		s = "the guest's dirty rate is not measured yet, so the prediction assumes it dirties nothing and has written all its memory; "
+		s = "the guest's dirty rate is not measured yet, so the prediction assumes it dirties nothing and that all its memory holds data; "
 	}
 	set := ""
-	if ws := act.workingSet(); ws > 0 {
-		set = fmt.Sprintf(", rewriting about %s", fmtBytes(ws))
+	if l := act.longest(); l.PeriodMS > 0 && dirty > 0 {
+		set = fmt.Sprintf(", %s in %v", fmtBytes(l.Bytes), time.Duration(l.PeriodMS*float64(time.Millisecond)))
 	}
 	if free.converged {
 		s += fmt.Sprintf("converges without throttling in %d %s: the guest dirties %s/s%s and the link carries %s/s",

@@ -14,10 +14,13 @@ var (
 	testLink   = Link{Rate: 100e6, Source: "test", Fixed: 700 * time.Millisecond, Switchover: 50 * time.Millisecond}
 )
 
-// steady is a guest that dirties rate bytes/s without a working set.
-func steady(rate, resident float64) MemoryActivity {
-	return MemoryActivity{DirtyRate: rate, BurstDirtyRate: rate, ResidentBytes: resident, Measured: measuredAt}
+// curve is a guest's measurement: bytes dirtied in 100 ms, 1 s and 4 s, and its data.
+func curve(tenth, second, four, data float64) MemoryActivity {
+	return MemoryActivity{Dirtied: []DirtySample{{100, tenth}, {1000, second}, {4000, four}}, NonzeroBytes: data, Measured: measuredAt}
 }
+
+// steady is a guest that dirties rate bytes/s without a working set.
+func steady(rate, data float64) MemoryActivity { return curve(rate/10, rate, 4*rate, data) }
 
 func near(got, want float64) bool { return math.Abs(got-want) <= 1e-6*math.Max(1, math.Abs(want)) }
 
@@ -52,8 +55,8 @@ func TestPredictModerate(t *testing.T) {
 	if busy.DowntimeMS <= 50 || busy.DowntimeMS > 50+20 {
 		t.Errorf("downtime %.1f ms; want the switch-over's 50 ms and at most the 20 ms target", busy.DowntimeMS)
 	}
-	if busy.DirtyRateBps != 30e6 || busy.WorkingSetBytes != 0 {
-		t.Errorf("dirty rate %v, working set %v", busy.DirtyRateBps, busy.WorkingSetBytes)
+	if busy.DirtyRateBps != 30e6 {
+		t.Errorf("dirty rate %v", busy.DirtyRateBps)
 	}
 }
 
@@ -98,22 +101,57 @@ func TestPredictFasterThanLink(t *testing.T) {
 }
 
 // A guest that rewrites a small working set faster than the link converges anyway: the
-// set fits the pause, at the target or with the limit raised within the maximum.
+// set fits the pause, at the target or with the limit raised within the policy's
+// maximum. A large one does not.
 func TestPredictWorkingSet(t *testing.T) {
-	small := MemoryActivity{DirtyRate: 1 * mib, BurstDirtyRate: 1000e6, ResidentBytes: 300 * mib, Measured: measuredAt}
+	small := curve(1*mib, 1*mib, 1*mib, 300*mib) // 10 MiB/s over a tenth of a second, then flat
 	pr := Predict(PredictInput{Policy: mustPolicy(t, PolicyBalanced), MemoryBytes: gib, Activity: small, Link: testLink})
-	if !pr.Converges || pr.WorkingSetBytes != 1*mib || pr.DowntimeMS > 50+20 {
+	if !pr.Converges || pr.DirtyRateBps != 10*mib || pr.DowntimeMS > 50+20 {
 		t.Errorf("1 MiB working set: %+v; want converging with a pause within the target", pr)
 	}
-	mid := MemoryActivity{DirtyRate: 5e6, BurstDirtyRate: 1000e6, ResidentBytes: 300 * mib, Measured: measuredAt}
-	pr = Predict(PredictInput{Policy: mustPolicy(t, PolicyBalanced), MemoryBytes: gib, Activity: mid, Link: testLink})
-	if !pr.Converges || pr.DowntimeMS < 50+40 || pr.DowntimeMS > 50+100 || !strings.Contains(pr.Note, "downtime limit is raised to") {
-		t.Errorf("5 MB working set: %+v; want converging with the limit raised (50 ms needed, at most 100)", pr)
+	slow := testLink
+	slow.Rate = 40e6
+	mid := curve(6e6, 6e6, 6e6, 300*mib) // 150 ms to send at 40 MB/s: above safe's 50 ms target, within its 300 ms
+	pr = Predict(PredictInput{Policy: mustPolicy(t, PolicySafe), MemoryBytes: gib, Activity: mid, Link: slow})
+	if !pr.Converges || !near(pr.DowntimeMS, 50+150) || !strings.Contains(pr.Note, "downtime limit is raised to 188ms (target 50ms)") {
+		t.Errorf("6 MB working set over 40 MB/s under safe: %+v; want converging with the limit raised to 188 ms", pr)
 	}
-	big := MemoryActivity{DirtyRate: 256 * mib, BurstDirtyRate: 1000e6, ResidentBytes: 300 * mib, Measured: measuredAt}
+	big := curve(250e6, 256*mib, 256*mib, 300*mib)
 	pr = Predict(PredictInput{Policy: mustPolicy(t, PolicyBalanced), MemoryBytes: gib, Activity: big, Link: testLink})
-	if pr.Converges || !strings.Contains(pr.Note, "rewriting about 268.4 MB") {
-		t.Errorf("256 MiB working set rewritten at 1 GB/s over 100 MB/s: %+v; want no convergence without throttling", pr)
+	if pr.Converges || !strings.Contains(pr.Note, "(2.5 GB/s, 268.4 MB in 4s) faster than the link carries it") {
+		t.Errorf("256 MiB working set rewritten at 2.5 GB/s over 100 MB/s: %+v; want no convergence without throttling", pr)
+	}
+}
+
+// The curve of memory dirtied over time: straight between the measured points, flat at
+// a working set, continued at its last slope, never more than the guest's memory, and
+// stretched by a throttle.
+func TestDirtied(t *testing.T) {
+	a := curve(10*mib, 40*mib, 100*mib, 0)
+	for _, c := range []struct {
+		d        time.Duration
+		throttle int
+		want     float64
+	}{
+		{50 * time.Millisecond, 0, 5 * mib},
+		{550 * time.Millisecond, 0, 25 * mib},
+		{time.Second, 0, 40 * mib},
+		{2500 * time.Millisecond, 0, 70 * mib},
+		{10 * time.Second, 0, 220 * mib},
+		{time.Minute, 0, 512 * mib},
+		{2 * time.Second, 50, 40 * mib},
+	} {
+		if got := a.dirtied(c.d, c.throttle, 512*mib); !near(got, c.want) {
+			t.Errorf("dirtied(%v, %d%%) = %.2f MiB; want %.2f", c.d, c.throttle, got/mib, c.want/mib)
+		}
+	}
+	// A longer period that saw fewer pages (QEMU rounds rates down) counts as many.
+	odd := curve(10*mib, 8*mib, 8*mib, 0)
+	if got := odd.dirtied(4*time.Second, 0, gib); got != 10*mib {
+		t.Errorf("a curve that falls: dirtied(4s) = %.2f MiB; want it flat at 10", got/mib)
+	}
+	if got := (MemoryActivity{}).dirtied(time.Second, 0, gib); got != 0 {
+		t.Errorf("nothing measured: dirtied = %v", got)
 	}
 }
 
@@ -143,7 +181,7 @@ func TestObserveRoundTrip(t *testing.T) {
 		down := time.Duration(pr.DowntimeMS * float64(time.Millisecond))
 		o, ok := Observe(total, stream, down, pr.Bytes, gib, &pr)
 		if !ok || math.Abs(o.Rate/testLink.Rate-1) > 0.02 || o.Fixed != testLink.Fixed || (o.Switchover-testLink.Switchover).Abs() > time.Millisecond {
-			t.Errorf("dirty %v: observed %+v, %v; want the link %+v", act.DirtyRate, o, ok, testLink)
+			t.Errorf("dirty %v: observed %+v, %v; want the link %+v", act.Rate(), o, ok, testLink)
 		}
 	}
 	if o, ok := Observe(time.Second, time.Second, 0, 100*mib, gib, nil); !ok || o.Switchover != 0 || o.Fixed != 0 {

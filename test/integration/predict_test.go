@@ -102,11 +102,11 @@ func TestPrediction(t *testing.T) {
 	}
 	checkPrediction(t, "check after a migration", back.Hosts[0].Prediction)
 
-	// The guest rewrites 64 MiB as fast as it can, faster than 200 Mbit/s. Once a
-	// measurement made since then is the newest (older ones are not used), the
-	// prediction says the migration does not converge without throttling.
+	// The guest rewrites 64 MiB as fast as it can, faster than 200 Mbit/s. Once every
+	// measurement a check may use (10 s old at most, each over 5.1 s) began after that,
+	// the prediction says the migration does not converge without throttling.
 	dirty(t, l, vm.IP, 64, 0)
-	time.Sleep(12 * time.Second)
+	time.Sleep(16 * time.Second)
 	var busy api.MigrationCheck
 	l.RunJSON(&busy, "vm", "migrate", "pr-1", "--check", "--to", "host-1")
 	p := busy.Hosts[0].Prediction
