@@ -411,9 +411,11 @@ var fuzzAgentQueryRoutes = []struct {
 }{
 	{http.MethodPost, "/stop", "grace"},
 	{http.MethodGet, "/console", "tail"},
+	{http.MethodGet, "/memory", "max_age"},
 }
 
-// FuzzQueryParams fuzzes stop's grace and force and console's tail.
+// FuzzQueryParams fuzzes stop's grace and force, console's tail and the memory
+// measurement's max_age.
 func FuzzQueryParams(f *testing.F) {
 	for _, c := range []struct {
 		route              uint8
@@ -440,6 +442,13 @@ func FuzzQueryParams(f *testing.F) {
 		{1, "keep", "abc", ""},
 		{1, "keep", "5", "tail=6"},
 		{1, "nosuch", "5", ""},
+		{2, "keep", "", ""},
+		{2, "keep", "10s", ""},
+		{2, "keep", "0s", ""},
+		{2, "keep", "-1s", ""},
+		{2, "keep", "1e9h", ""},
+		{2, "keep", "abc", "max_age=%zz"},
+		{2, "nosuch", "10s", ""},
 	} {
 		f.Add(c.route, c.name, c.value, c.query)
 	}

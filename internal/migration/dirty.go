@@ -83,6 +83,27 @@ func (a MemoryActivity) dirtied(d time.Duration, throttle int, memory float64) f
 	return min(prevB+slope*(t-prevT), memory)
 }
 
+// maxDirtySamples bounds the samples a prediction reads (a measurement takes three).
+const maxDirtySamples = 8
+
+// clean keeps of a measurement, which a host reports, what one can hold: up to
+// maxDirtySamples samples of 1 ms to an hour, each longer than the one before, of 0 to
+// memory bytes; and data of 0 to memory bytes.
+func (a MemoryActivity) clean(memory float64) MemoryActivity {
+	out := MemoryActivity{NonzeroBytes: min(max(a.NonzeroBytes, 0), memory), Measured: a.Measured}
+	last := 0.0
+	for _, s := range a.Dirtied {
+		if len(out.Dirtied) == maxDirtySamples {
+			break
+		}
+		if s.PeriodMS >= 1 && s.PeriodMS <= millis(time.Hour) && s.PeriodMS > last {
+			out.Dirtied = append(out.Dirtied, DirtySample{PeriodMS: s.PeriodMS, Bytes: min(max(s.Bytes, 0), memory)})
+			last = s.PeriodMS
+		}
+	}
+	return out
+}
+
 // longest is the sample over the longest period (zero when there is none).
 func (a MemoryActivity) longest() DirtySample {
 	var l DirtySample

@@ -145,7 +145,7 @@ func Predict(in PredictInput) Prediction {
 		rate = c
 	}
 	memory := max(in.MemoryBytes, 0)
-	act := in.Activity
+	act := in.Activity.clean(memory)
 	measured := !act.Measured.IsZero()
 	data := act.NonzeroBytes
 	if !measured || data <= 0 || data > memory {

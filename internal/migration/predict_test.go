@@ -200,3 +200,26 @@ func TestObserveRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// Whatever a host reports as a guest's memory activity, a prediction is made and its
+// numbers are finite: samples out of order, negative, absurdly large, of no period.
+func TestPredictOddActivity(t *testing.T) {
+	for _, act := range []MemoryActivity{
+		{Dirtied: []DirtySample{{-1, 1e308}, {100, -5}, {50, 1}, {0, 3}}, NonzeroBytes: -1, Measured: measuredAt},
+		{Dirtied: []DirtySample{{1e308, 1e308}}, NonzeroBytes: 1e308, Measured: measuredAt},
+		{Dirtied: []DirtySample{{1e-300, 1e308}}, Measured: measuredAt},
+		{Dirtied: make([]DirtySample, 1000), Measured: measuredAt},
+	} {
+		for _, name := range []string{PolicyBalanced, PolicySafe, PolicyFastSwitchover, PolicyQEMUDefaults} {
+			pr := Predict(PredictInput{Policy: mustPolicy(t, name), MemoryBytes: gib, Activity: act, Link: testLink})
+			for _, v := range []float64{pr.TotalMS, pr.DowntimeMS, pr.Bytes, pr.DirtyRateBps} {
+				if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+					t.Errorf("%s, activity %+v: %+v", name, act, pr)
+				}
+			}
+			if pr.TotalMS <= 0 || pr.Note == "" {
+				t.Errorf("%s, activity %+v: %+v; want a prediction", name, act, pr)
+			}
+		}
+	}
+}
