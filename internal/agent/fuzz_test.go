@@ -321,6 +321,7 @@ func FuzzIncoming(f *testing.F) {
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[0] + `,"policy":"qemu-defaults","address":"not an address"}`,
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[1] + `,"owned_disks":[-1,9223372036854775807]}`,
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[2] + `,"owned_disks":[1]}`,
+		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[0] + `,"memory":{"dirtied":[{"period_ms":100,"bytes":1e308},{"period_ms":-1}],"nonzero_bytes":-1,"measured":"0001-01-01T00:00:00Z"}}`,
 		`{"id":"1a2b3c4d","spec":null}`,
 		`{"id":"1a2b3c4d","spec":{"name":"x","bogus":1}}`,
 		`{"id":"1a2b3c4d","owned_disks":"0"}`,

@@ -122,6 +122,7 @@ func (a *Agent) measureMemory(ctx context.Context, v *vm, maxAge time.Duration) 
 	if err != nil {
 		return api.MemoryActivity{}, fmt.Errorf("measure the memory activity of VM %s: %w", v.spec.Name, err)
 	}
+	m.Host = a.cfg.Name
 	if g, err := qemu.ReadGuestRAM(p.PID, int64(v.spec.MemoryMiB)<<20, dataSamples); err == nil {
 		m.NonzeroBytes = float64(g.Nonzero)
 	} else {

@@ -288,8 +288,11 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			owned = append(owned, i)
 		}
 	}
+	a.mu.Lock()
+	memory := v.memory
+	a.mu.Unlock()
 	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, SourceURL: a.cfg.Advertise, Spec: v.spec, OwnedDisks: owned,
-		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption}
+		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption, Memory: memory}
 	var rep api.IncomingReply
 	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
 		if ctx.Err() != nil {
@@ -552,7 +555,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		a.mu.Unlock()
 		return api.IncomingReply{}, err
 	}
-	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk}
+	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk, memory: req.Memory}
 	for _, i := range req.OwnedDisks {
 		if i >= 0 && i < len(s.Disks) {
 			if p, err := a.datastorePath(s.Disks[i].Datastore, s.Disks[i].Path); err == nil {

@@ -447,6 +447,8 @@ type IncomingRequest struct {
 	Address string `json:"address"`
 	// Encryption is the stream's encryption mode: required, opportunistic or off.
 	Encryption string `json:"encryption,omitempty"`
+	// Memory is the VM's latest measured memory activity, which moves with it.
+	Memory *MemoryActivity `json:"memory,omitempty"`
 }
 
 // IncomingReply tells the source where to send the migration stream, and whether the

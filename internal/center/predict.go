@@ -25,10 +25,11 @@ import (
 
 const (
 	// checkMaxAge is the oldest memory measurement a check or the wizard uses, and
-	// admitMaxAge the oldest a migration about to start uses (the hosts measure every
-	// VM every 30 s, so a migration rarely waits for a measurement).
+	// admitMaxAge the oldest a migration about to start uses: the hosts measure every
+	// VM every 30 s unless it is migrating, and its measurement moves with it, so a
+	// migration waits for a measurement only when a VM has none or moved for minutes.
 	checkMaxAge = 10 * time.Second
-	admitMaxAge = 35 * time.Second
+	admitMaxAge = 2 * time.Minute
 	// linkAlpha is the weight of the newest migration in a link's moving averages.
 	linkAlpha = 0.3
 	// cappedShare: a migration whose stream ran at this share of its cap or more was
@@ -157,25 +158,33 @@ func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostR
 	}
 	now := c.now()
 	if kept != nil && now.Sub(kept.Measured) <= maxAge {
-		return *kept, measuredWords(now, kept.Measured, src.Facts.Name)
+		return *kept, measuredWords(now, *kept)
 	}
 	cl, err := c.agent(src, 30*time.Second)
 	if err == nil {
 		var m api.MemoryActivity
 		err = cl.Do(ctx, http.MethodGet, "/agent/v1/vms/"+url.PathEscape(r.Spec.Name)+"/memory?max_age="+maxAge.String(), nil, &m)
 		if err == nil {
-			return m, measuredWords(c.now(), m.Measured, src.Facts.Name)
+			return m, measuredWords(c.now(), m)
 		}
 	}
 	if kept != nil {
-		return *kept, fmt.Sprintf("%s (measuring again failed: %v)", measuredWords(now, kept.Measured, src.Facts.Name), err)
+		return *kept, fmt.Sprintf("%s (measuring again failed: %v)", measuredWords(now, *kept), err)
 	}
 	return api.MemoryActivity{}, fmt.Sprintf("not measured: %v", err)
 }
 
 // measuredWords says when and where a measurement was made.
-func measuredWords(now, at time.Time, host string) string {
-	return fmt.Sprintf("measured by %s %v before", host, now.Sub(at).Round(100*time.Millisecond))
+func measuredWords(now time.Time, m api.MemoryActivity) string {
+	return fmt.Sprintf("measured by %s %v before", orUnknown(m.Host), now.Sub(m.Measured).Round(100*time.Millisecond))
+}
+
+// orUnknown is s, or "an unknown host" when empty.
+func orUnknown(s string) string {
+	if s == "" {
+		return "an unknown host"
+	}
+	return s
 }
 
 // predict predicts a migration of VM r (memory activity act) from src to dst under

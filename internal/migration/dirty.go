@@ -39,8 +39,10 @@ type MemoryActivity struct {
 	// sends these pages whole and every other page as a zero-page marker. 0 when
 	// unknown.
 	NonzeroBytes float64 `json:"nonzero_bytes,omitempty"`
-	// Measured is when the measurement ended.
+	// Measured is when the measurement ended, and Host the host that made it (a VM's
+	// latest measurement moves with it).
 	Measured time.Time `json:"measured"`
+	Host     string    `json:"host,omitempty"`
 }
 
 // DirtySample is the memory a guest dirtied over one period.
@@ -90,7 +92,7 @@ const maxDirtySamples = 8
 // maxDirtySamples samples of 1 ms to an hour, each longer than the one before, of 0 to
 // memory bytes; and data of 0 to memory bytes.
 func (a MemoryActivity) clean(memory float64) MemoryActivity {
-	out := MemoryActivity{NonzeroBytes: min(max(a.NonzeroBytes, 0), memory), Measured: a.Measured}
+	out := MemoryActivity{NonzeroBytes: min(max(a.NonzeroBytes, 0), memory), Measured: a.Measured, Host: a.Host}
 	last := 0.0
 	for _, s := range a.Dirtied {
 		if len(out.Dirtied) == maxDirtySamples {
