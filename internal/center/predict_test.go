@@ -34,11 +34,11 @@ func TestLinks(t *testing.T) {
 	l.learn(done("host-1", "host-2", true, 100e6))
 	k := l.link("host-1", "host-2", true, configured)
 	if math.Abs(k.Rate/100e6-1) > 0.02 || (k.Fixed-700*time.Millisecond).Abs() > time.Millisecond ||
-		(k.Switchover-50*time.Millisecond).Abs() > time.Millisecond || k.Source != "past migrations host-1→host-2 (1)" {
+		(k.Switchover-50*time.Millisecond).Abs() > time.Millisecond || k.Source != "past migrations between host-1 and host-2 (1)" {
 		t.Errorf("after one migration: %+v; want its 100 MB/s, 700 ms and 50 ms", k)
 	}
-	if back := l.link("host-2", "host-1", true, configured); back.Source != "past migrations host-1→host-2 (1)" || back.Rate != k.Rate {
-		t.Errorf("the other direction: %+v; want host-1→host-2's", back)
+	if back := l.link("host-2", "host-1", true, configured); back.Source != "past migrations between host-2 and host-1 (1)" || back.Rate != k.Rate {
+		t.Errorf("the other direction: %+v; want the same link", back)
 	}
 	if other := l.link("host-3", "host-1", true, configured); !strings.Contains(other.Source, "between other hosts (1 pair; none yet between host-3 and host-1)") || other.Rate != k.Rate {
 		t.Errorf("a pair without history: %+v; want the other pairs' average", other)

@@ -94,10 +94,10 @@ func TestPrediction(t *testing.T) {
 		t.Errorf("the migration's audit record: params %s; want its prediction %+v", fin.Params, sum.Prediction)
 	}
 
-	// What that migration achieved is the link's rate now, for either direction.
+	// What that migration achieved is the link's rate now, either way.
 	var back api.MigrationCheck
 	l.RunJSON(&back, "vm", "migrate", "pr-1", "--check", "--to", "host-1")
-	if len(back.Hosts) != 1 || back.Hosts[0].Prediction == nil || back.Hosts[0].Prediction.LinkSource != "past migrations host-1→host-2 (1)" {
+	if len(back.Hosts) != 1 || back.Hosts[0].Prediction == nil || back.Hosts[0].Prediction.LinkSource != "past migrations between host-2 and host-1 (1)" {
 		t.Fatalf("check host-2 → host-1 after a migration host-1 → host-2: %+v; want that migration's link", back)
 	}
 	checkPrediction(t, "check after a migration", back.Hosts[0].Prediction)
