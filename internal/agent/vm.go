@@ -188,9 +188,12 @@ func (a *Agent) get(name string) (*vm, error) {
 }
 
 func (a *Agent) status(v *vm) api.VMStatus {
-	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel, Memory: v.memory}
+	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel}
 	if v.proc != nil {
 		st.PID = v.proc.PID
+	}
+	if v.state == api.VMRunning {
+		st.Memory = v.memory // of a guest that runs: a stopped one's memory is gone
 	}
 	return st
 }
@@ -393,6 +396,7 @@ func (a *Agent) Start(ctx context.Context, name string) (api.VMStatus, error) {
 	}
 	a.mu.Lock()
 	v.proc, v.state, v.errMsg, v.accel, v.stopping = p, api.VMRunning, "", probe.Accel, false
+	v.memory = nil // a fresh guest: what the last one did says nothing
 	a.mu.Unlock()
 	_ = v.save()
 	a.watch(v, p)

@@ -257,8 +257,8 @@ type HostCheck struct {
 // the hosts (see migration.Predict).
 type Prediction = migration.Prediction
 
-// MemoryActivity is how fast a running VM dirties its memory and how much of it the
-// guest has written, as its host measured it (see migration.MemoryActivity).
+// MemoryActivity is how much memory a running VM dirties over time and how much of its
+// memory holds data, as a host measured it (see migration.MemoryActivity).
 type MemoryActivity = migration.MemoryActivity
 
 // Recommendation is the answer of GET /api/v1/vms/{name}/migrate/recommend.
