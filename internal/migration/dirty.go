@@ -106,13 +106,12 @@ func (a MemoryActivity) clean(memory float64) MemoryActivity {
 	return out
 }
 
-// longest is the sample over the longest period (zero when there is none).
+// longest is the longest period measured and the most memory dirtied over it (no
+// fewer than over a shorter one); zero when nothing was measured.
 func (a MemoryActivity) longest() DirtySample {
 	var l DirtySample
 	for _, s := range a.Dirtied {
-		if s.PeriodMS > l.PeriodMS {
-			l = s
-		}
+		l.PeriodMS, l.Bytes = max(l.PeriodMS, s.PeriodMS), max(l.Bytes, s.Bytes)
 	}
 	return l
 }
