@@ -111,6 +111,9 @@ type Agent struct {
 	// peers pools the connections to other hosts' agents.
 	peers *api.HostClients
 
+	// memorySlot is held while a VM's memory activity is measured: one at a time.
+	memorySlot chan struct{}
+
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
 	runCtx context.Context
@@ -182,6 +185,7 @@ func New(cfg Config, version string) (*Agent, error) {
 		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
 		migrations: map[string]*outgoing{}, lingering: map[string]*frameSender{}, cpu: cpuState{ready: make(chan struct{})},
+		memorySlot: make(chan struct{}, 1),
 	}
 	a.trust = newTrust(a.pkiDir())
 	a.peers = api.NewHostClients(func(host string) *tls.Config { return pki.ClientTLSFrom(a.id.Load, host, a.trust.isRevoked) })
@@ -255,8 +259,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopServing(nil)
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); a.renewLoop(bgCtx) }()
+	go func() { defer wg.Done(); a.measureLoop(bgCtx) }()
 	go func() { defer wg.Done(); a.keepConsoles(bgCtx) }()
 	go func() {
 		defer wg.Done()

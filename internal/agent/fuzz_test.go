@@ -321,6 +321,7 @@ func FuzzIncoming(f *testing.F) {
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[0] + `,"policy":"qemu-defaults","address":"not an address"}`,
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[1] + `,"owned_disks":[-1,9223372036854775807]}`,
 		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[2] + `,"owned_disks":[1]}`,
+		`{"id":"1a2b3c4d","spec":` + fuzzSpecs[0] + `,"memory":{"dirtied":[{"period_ms":100,"bytes":1e308},{"period_ms":-1}],"nonzero_bytes":-1,"measured":"0001-01-01T00:00:00Z"}}`,
 		`{"id":"1a2b3c4d","spec":null}`,
 		`{"id":"1a2b3c4d","spec":{"name":"x","bogus":1}}`,
 		`{"id":"1a2b3c4d","owned_disks":"0"}`,
@@ -412,9 +413,11 @@ var fuzzAgentQueryRoutes = []struct {
 	{http.MethodPost, "/stop", "grace"},
 	{http.MethodGet, "/console", "tail"},
 	{http.MethodPost, "/incoming/1a2b3c4d/abort", "postcopy"},
+	{http.MethodGet, "/memory", "max_age"},
 }
 
-// FuzzQueryParams fuzzes stop's grace and force, console's tail and abort's postcopy.
+// FuzzQueryParams fuzzes stop's grace and force, console's tail, abort's postcopy and
+// the memory measurement's max_age.
 func FuzzQueryParams(f *testing.F) {
 	for _, c := range []struct {
 		route              uint8
@@ -445,6 +448,13 @@ func FuzzQueryParams(f *testing.F) {
 		{2, "keep", "LOST", ""},
 		{2, "keep", "", "postcopy"},
 		{2, "nosuch", "lost", ""},
+		{2, "keep", "", ""},
+		{2, "keep", "10s", ""},
+		{2, "keep", "0s", ""},
+		{2, "keep", "-1s", ""},
+		{2, "keep", "1e9h", ""},
+		{2, "keep", "abc", "max_age=%zz"},
+		{2, "nosuch", "10s", ""},
 	} {
 		f.Add(c.route, c.name, c.value, c.query)
 	}

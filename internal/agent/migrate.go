@@ -74,6 +74,8 @@ type outgoingRecord struct {
 	// destination listens again to recover a broken post-copy stream.
 	Postcopy        bool   `json:"postcopy,omitempty"`
 	DestinationAddr string `json:"destination_addr,omitempty"`
+	// Prediction is the center's, kept with the outcome.
+	Prediction *api.Prediction `json:"prediction,omitempty"`
 }
 
 func progressOf(p migration.Progress) api.MigrationProgress {
@@ -207,7 +209,7 @@ func (a *Agent) StartMigration(name string, req api.AgentMigrateRequest) (api.Mi
 	o := &outgoing{cancel: cancel, hub: &a.progress, m: api.Migration{
 		ID: req.ID, VM: name, Source: a.cfg.Name, Destination: req.Destination, Policy: policy.Name,
 		State: api.MigrationPreparing, Started: time.Now().UTC(), Encryption: encryption,
-		Priority: req.Priority, BandwidthCap: req.MaxBandwidth, PostcopyAllowed: policy.AllowPostcopy,
+		Priority: req.Priority, BandwidthCap: req.MaxBandwidth, PostcopyAllowed: policy.AllowPostcopy, Prediction: req.Prediction,
 	}}
 	o.bandwidthCap.Store(req.MaxBandwidth)
 	a.migrations[req.ID] = o
@@ -280,7 +282,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 	}
 	v.outgoing = &outgoingRecord{ID: req.ID, Destination: req.Destination, DestinationURL: req.DestinationURL,
 		Policy: policy.Name, Priority: req.Priority, Started: o.snapshot().Started, Ticket: req.Ticket,
-		Postcopy: policy.AllowPostcopy, DestinationAddr: req.DestinationAddr}
+		Postcopy: policy.AllowPostcopy, DestinationAddr: req.DestinationAddr, Prediction: req.Prediction}
 	a.mu.Unlock()
 	_ = v.save()
 	defer func() {
@@ -304,8 +306,11 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 			owned = append(owned, i)
 		}
 	}
+	a.mu.Lock()
+	memory := v.memory
+	a.mu.Unlock()
 	ireq := api.IncomingRequest{ID: req.ID, Source: a.cfg.Name, SourceURL: a.cfg.Advertise, Spec: v.spec, OwnedDisks: owned,
-		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption, Postcopy: policy.AllowPostcopy}
+		QEMUVersion: a.qemuVer, Policy: policy.Name, Address: req.DestinationAddr, Encryption: req.Encryption, Postcopy: policy.AllowPostcopy, Memory: memory}
 	var rep api.IncomingReply
 	if err := dest.Do(ctx, http.MethodPost, "/agent/v1/incoming", ireq, &rep); err != nil {
 		if ctx.Err() != nil {
@@ -632,7 +637,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		a.mu.Unlock()
 		return api.IncomingReply{}, err
 	}
-	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk}
+	v := &vm{spec: s, dir: dir, state: api.VMIncoming, incoming: req.ID, ticket: tk, memory: req.Memory}
 	for _, i := range req.OwnedDisks {
 		if i >= 0 && i < len(s.Disks) {
 			if p, err := a.datastorePath(s.Disks[i].Datastore, s.Disks[i].Path); err == nil {
@@ -936,7 +941,7 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 	followCtx, cancel := context.WithCancel(a.runCtx)
 	o := &outgoing{cancel: cancel, hub: &a.progress, m: api.Migration{
 		ID: rec.ID, VM: v.spec.Name, Source: a.cfg.Name, Destination: rec.Destination,
-		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started,
+		Policy: rec.Policy, Priority: rec.Priority, State: api.MigrationRunning, Started: rec.Started, Prediction: rec.Prediction,
 		PostcopyAllowed: rec.Postcopy,
 	}}
 	a.migMu.Lock()

@@ -79,6 +79,23 @@ func (a *Agent) buildMux(trusted bool) (*api.Mux, error) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("GET /agent/v1/vms/{name}/memory", func(w http.ResponseWriter, r *http.Request) {
+		maxAge := MemoryEvery
+		if s := r.URL.Query().Get("max_age"); s != "" {
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				api.WriteError(w, api.BadRequest("max_age %q is not a duration such as 10s", s))
+				return
+			}
+			maxAge = d
+		}
+		m, err := a.MemoryActivity(r.Context(), r.PathValue("name"), maxAge)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		api.WriteJSON(w, http.StatusOK, m)
+	})
 	mux.HandleFunc("GET /agent/v1/vms/{name}/console", func(w http.ResponseWriter, r *http.Request) {
 		max := int64(1 << 20)
 		if t := r.URL.Query().Get("tail"); t != "" {

@@ -28,6 +28,7 @@ func Routes() []api.Route {
 		{Method: "DELETE", Path: "/agent/v1/vms/{name}", Access: center, Summary: "Remove a stopped VM", Status: http.StatusNoContent},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/start", Access: center, Summary: "Start a VM's QEMU", Response: api.VMStatus{}},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/stop", Access: center, Summary: "Stop a VM", Query: []string{"force", "grace"}, Response: api.VMStatus{}},
+		{Method: "GET", Path: "/agent/v1/vms/{name}/memory", Access: center, Summary: "A running VM's memory activity, measured again when older than max_age (default 30s)", Query: []string{"max_age"}, Response: api.MemoryActivity{}},
 		{Method: "GET", Path: "/agent/v1/vms/{name}/console", Access: center, Summary: "The end of a VM's console log (text)", Query: []string{"tail"}},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/migrate", Access: center, Summary: "Migrate a VM to another host, with the center's ticket", Request: api.AgentMigrateRequest{}, Response: api.Migration{}, Status: http.StatusAccepted},
 		{Method: "POST", Path: "/agent/v1/preflight", Access: center, Summary: "Could this host take a VM?", Request: api.IncomingRequest{}, Status: http.StatusNoContent},

@@ -49,6 +49,8 @@ type vm struct {
 	// frames puts the frames the source carries across the switch-over on an incoming
 	// VM's TAPs.
 	frames *frameReceiver
+	// memory is the latest measurement of its memory activity (memory.go).
+	memory *api.MemoryActivity
 
 	// saveMu orders writes of vm.json with the removal of the directory (gone).
 	saveMu sync.Mutex
@@ -192,6 +194,9 @@ func (a *Agent) status(v *vm) api.VMStatus {
 	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel}
 	if v.proc != nil {
 		st.PID = v.proc.PID
+	}
+	if v.state == api.VMRunning {
+		st.Memory = v.memory // of a guest that runs: a stopped one's memory is gone
 	}
 	return st
 }
@@ -395,6 +400,7 @@ func (a *Agent) Start(ctx context.Context, name string) (api.VMStatus, error) {
 	}
 	a.mu.Lock()
 	v.proc, v.state, v.errMsg, v.accel, v.stopping = p, api.VMRunning, "", probe.Accel, false
+	v.memory = nil // a fresh guest: what the last one did says nothing
 	a.mu.Unlock()
 	_ = v.save()
 	a.watch(v, p)

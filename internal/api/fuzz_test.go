@@ -153,6 +153,8 @@ func FuzzDecodeIncomingRequest(f *testing.F) {
 		`{"id":"1a2b3c4d","spec":null}`,
 		`{"id":"1a2b3c4d","spec":{"name":"web-1","bogus":1}}`,
 		`{"id":"1a2b3c4d","owned_disks":[1.5]}`,
+		`{"id":"1a2b3c4d","memory":{"dirtied":[{"period_ms":100,"bytes":3.5e6}],"nonzero_bytes":1e8,"measured":"2026-01-02T03:04:05Z","host":"host-1"}}`,
+		`{"id":"1a2b3c4d","memory":{"dirtied":"many"}}`,
 	)
 }
 

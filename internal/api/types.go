@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/placement"
 )
 
@@ -262,7 +263,18 @@ type HostCheck struct {
 	Compatible bool                `json:"compatible"`
 	Errors     []placement.Finding `json:"errors"`
 	Warnings   []placement.Finding `json:"warnings"`
+	// Prediction is what a migration there is expected to take (compatible hosts).
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
+
+// Prediction is a migration's expected total time and downtime, and whether it converges
+// without throttling, made from the VM's measured memory activity and the link between
+// the hosts (see migration.Predict).
+type Prediction = migration.Prediction
+
+// MemoryActivity is how much memory a running VM dirties over time and how much of its
+// memory holds data, as a host measured it (see migration.MemoryActivity).
+type MemoryActivity = migration.MemoryActivity
 
 // Recommendation is the answer of GET /api/v1/vms/{name}/migrate/recommend.
 type Recommendation = placement.Recommendation
@@ -302,6 +314,9 @@ type VMStatus struct {
 	Error string `json:"error,omitempty"`
 	PID   int    `json:"pid,omitempty"`
 	Accel string `json:"accel,omitempty"`
+	// Memory is the VM's latest measured memory activity (running VMs, measured by
+	// their host every 30 s).
+	Memory *MemoryActivity `json:"memory,omitempty"`
 }
 
 // Error is the body of every error response.
@@ -408,6 +423,8 @@ type Migration struct {
 	PostcopyAllowed    bool `json:"postcopy_allowed,omitempty"`
 	Postcopy           bool `json:"postcopy,omitempty"`
 	PostcopyRecoveries int  `json:"postcopy_recoveries,omitempty"`
+	// Prediction is what the migration was expected to take when it was admitted.
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
 
 // PauseBreakdown divides a migration's pause, from the moment the source began to stop
@@ -478,6 +495,9 @@ type AgentMigrateRequest struct {
 	// Ticket is the center's signed word for this migration (internal/ticket); the
 	// source presents it to the destination, which acts on nothing else.
 	Ticket string `json:"ticket"`
+	// Prediction is the center's, made when it admitted the migration; the source keeps
+	// it in the migration's record.
+	Prediction *Prediction `json:"prediction,omitempty"`
 }
 
 // BandwidthRequest is the body of POST /agent/v1/migrations/{id}/bandwidth: a new cap
@@ -507,6 +527,8 @@ type IncomingRequest struct {
 	// Postcopy: the migration may switch to post-copy, so the destination QEMU must
 	// be able to (postcopy-ram); it must match the ticket.
 	Postcopy bool `json:"postcopy,omitempty"`
+	// Memory is the VM's latest measured memory activity, which moves with it.
+	Memory *MemoryActivity `json:"memory,omitempty"`
 }
 
 // RecoverRequest asks a destination whose post-copy stream broke to listen for it

@@ -497,7 +497,8 @@ func TestMigrationEndedActsOnBehalfOfTheRequester(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := l.Append(ctx, l.MigrationEnded(ctx, api.Migration{ID: "m1", VM: "web-1", Source: "host-1", Destination: "host-2",
-		Policy: "balanced", State: api.MigrationSucceeded, TotalMS: 2100.5, DowntimeMS: 35.25, Bytes: 300 << 20, Passes: 3})); err != nil {
+		Policy: "balanced", State: api.MigrationSucceeded, TotalMS: 2100.5, DowntimeMS: 35.25, Bytes: 300 << 20, Passes: 3,
+		Prediction: &api.Prediction{TotalMS: 1800, DowntimeMS: 40, Converges: true}})); err != nil {
 		t.Fatal(err)
 	}
 	l.MigrationResumed(ctx, api.Migration{ID: "m2", VM: "db-1", Source: "host-2", Destination: "host-1", State: api.MigrationRunning})
@@ -508,7 +509,9 @@ func TestMigrationEndedActsOnBehalfOfTheRequester(t *testing.T) {
 	fin := recs[1]
 	if fin.Action != "migration.finish" || fin.Actor != CenterActor || fin.ActorKind != KindAutomation || fin.OnBehalfOf != "alice" ||
 		fin.Outcome != Succeeded || *fin.DurationMS != 2100.5 || *fin.DowntimeMS != 35.25 || *fin.Bytes != 300<<20 ||
-		!strings.Contains(string(fin.Params), `"vm":"web-1"`) {
+		!strings.Contains(string(fin.Params), `"vm":"web-1"`) ||
+		!strings.Contains(string(fin.Params), `"predicted_total_ms":1800`) || !strings.Contains(string(fin.Params), `"predicted_downtime_ms":40`) ||
+		!strings.Contains(string(fin.Params), `"predicted_converges":true`) {
 		t.Fatalf("migration.finish record %+v params %s", fin, fin.Params)
 	}
 	if res := recs[2]; res.Action != "migration.resume" || res.OnBehalfOf != "" || res.Target != "m2" {

@@ -24,6 +24,9 @@ func (l *Log) MigrationEnded(ctx context.Context, m api.Migration) Record {
 	if m.Pause != nil {
 		extra["pause"] = m.Pause
 	}
+	if p := m.Prediction; p != nil {
+		extra["predicted_total_ms"], extra["predicted_downtime_ms"], extra["predicted_converges"] = p.TotalMS, p.DowntimeMS, p.Converges
+	}
 	r := migrationRecord(m, "migration.finish", outcome, extra)
 	r.Error = m.Error
 	r.DurationMS, r.DowntimeMS, r.Bytes = &total, &down, &sent

@@ -116,6 +116,8 @@ type Center struct {
 	caps sync.Map
 	// cpuCatalogs caches hosts' CPU model catalogs by their hash (→ qemu.CPUCaps).
 	cpuCatalogs sync.Map
+	// links keeps what past migrations achieved between hosts, for predictions.
+	links *links
 
 	// agents pools the connections to each host's agent.
 	agents *api.HostClients
@@ -177,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
 	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(),
-		feeds: map[string]*feed{}}
+		feeds: map[string]*feed{}, links: newLinks()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
 		st.Close()
@@ -222,6 +224,9 @@ func (c *Center) Run(ctx context.Context) error {
 	defer c.wg.Wait()
 	if err := c.recoverTasks(ctx); err != nil {
 		return err
+	}
+	if err := c.seedLinks(ctx); err != nil {
+		c.log.Warn("predictions start without the links' history", "err", err)
 	}
 	if err := c.resumeFollowing(ctx); err != nil {
 		return err

@@ -440,6 +440,7 @@ func FuzzHeartbeat(f *testing.F) {
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1","uuid":"other","state":"running"}]}`,
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1"},{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"stopped"}]}`,
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"db-1","uuid":"` + fuzzDBUUID + `","state":"running","pid":-1}]}`,
+		`{"name":"h1","agent_url":"https://127.0.0.1:9","vms":[{"name":"web-1","uuid":"` + fuzzWebUUID + `","state":"running","memory":{"dirtied":[{"period_ms":-1,"bytes":1e308},{"period_ms":100,"bytes":-5},{"period_ms":50,"bytes":1}],"nonzero_bytes":-1,"measured":"9999-12-31T23:59:59Z"}}]}`,
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","datastores":[{"name":"shared","images":[{"name":""}]},{"name":"shared"}]}`,
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","networks":[{"name":"lab","mtu":-1},{"name":"lab"}]}`,
 		`{"name":"h1","agent_url":"https://127.0.0.1:9","load":1e308,"memory_mib":-1,"free_memory_mib":9223372036854775807}`,
@@ -500,12 +501,15 @@ var fuzzCenterQueryRoutes = []struct {
 	{http.MethodGet, "/api/v1/tasks", false, "state"},
 	{http.MethodGet, "", true, ""},
 	{http.MethodPost, "/start", true, ""},
+	{http.MethodGet, "/migrate/check", true, "policy"},
+	{http.MethodGet, "/migrate/recommend", true, "policy"},
 }
 
 // FuzzQueryParams feeds fuzzed query strings to the handlers that parse them: stop's
 // grace and force, console's tail, the migration list's vm, the audit trail's filters and
-// export format, the task list's filters. Besides the common property, the console must
-// answer as the VM's agent answers for the same tail, since the center passes it on.
+// export format, the task list's filters, the policy of a check's and a ranking's
+// predictions. Besides the common property, the console must answer as the VM's agent
+// answers for the same tail, since the center passes it on.
 func FuzzQueryParams(f *testing.F) {
 	for _, c := range []struct {
 		route              uint8
@@ -553,6 +557,12 @@ func FuzzQueryParams(f *testing.F) {
 		{6, "web-1", "", ""},
 		{6, "", "", ""},
 		{7, "web-1", "", ""},
+		{8, "web-1", "balanced", "to=h1"},
+		{8, "web-1", "nosuch", ""},
+		{8, "web-1", "", "policy=%zz&to=h9"},
+		{9, "web-1", "safe", ""},
+		{9, "db-1", "qemu-defaults", ""},
+		{9, "nosuch", "balanced", ""},
 	} {
 		f.Add(c.route, c.name, c.value, c.query)
 	}

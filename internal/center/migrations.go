@@ -258,6 +258,9 @@ func withOrigin(cur, m api.Migration) api.Migration {
 	if cur.Policy == "" {
 		cur.Policy = m.Policy
 	}
+	if cur.Prediction == nil {
+		cur.Prediction = m.Prediction
+	}
 	return cur
 }
 
@@ -305,6 +308,7 @@ func (c *Center) record1(ctx context.Context, m api.Migration) error {
 	}
 	c.migrationChanged(ctx, m)
 	c.metrics.RecordMigration(m)
+	c.links.learn(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,
 		"downtime_ms", m.DowntimeMS, "bytes", m.Bytes, "passes", m.Passes, "error", m.Error)
 	return nil

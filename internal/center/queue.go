@@ -155,13 +155,19 @@ func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async 
 	if err != nil {
 		return fail(err)
 	}
+	if m.Prediction = c.predictAdmitted(ctx, m, p.src); m.Prediction != nil {
+		if err := c.store.SetMigrationPrediction(ctx, m.ID, *m.Prediction); err != nil {
+			c.log.Warn("could not store the migration's prediction", "migration", m.ID, "err", err)
+		}
+		c.live.Store(m.ID, m)
+	}
 	tk, err := c.issueTicket(ctx, m)
 	if err != nil {
 		return fail(err)
 	}
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: p.dst.Facts.Name, DestinationURL: p.dst.Facts.AgentURL,
 		DestinationAddr: p.dst.Facts.Address, Policy: m.Policy, Encryption: m.Encryption, Priority: m.Priority, Postcopy: m.PostcopyAllowed,
-		MaxBandwidth: c.bandwidthShare(m.ID), Ticket: tk}
+		MaxBandwidth: c.bandwidthShare(m.ID), Ticket: tk, Prediction: m.Prediction}
 	var started api.Migration
 	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+m.VM+"/migrate", areq, &started); err != nil {
 		return fail(hostError(p.src.Facts.Name, "start the migration of "+m.VM, err))

@@ -138,11 +138,11 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		writeResult(w, http.StatusAccepted, m, err)
 	})
 	mux.HandleFunc("GET /api/v1/vms/{name}/migrate/check", func(w http.ResponseWriter, r *http.Request) {
-		chk, err := c.checkMigration(r.Context(), r.PathValue("name"), r.URL.Query().Get("to"))
+		chk, err := c.checkWithPredictions(r.Context(), r.PathValue("name"), r.URL.Query().Get("to"), r.URL.Query().Get("policy"))
 		writeResult(w, http.StatusOK, chk, err)
 	})
 	mux.HandleFunc("GET /api/v1/vms/{name}/migrate/recommend", func(w http.ResponseWriter, r *http.Request) {
-		rec, err := c.recommend(r.Context(), r.PathValue("name"))
+		rec, err := c.recommendWithPredictions(r.Context(), r.PathValue("name"), r.URL.Query().Get("policy"))
 		writeResult(w, http.StatusOK, rec, err)
 	})
 	mux.HandleFunc("POST /api/v1/migrations", func(w http.ResponseWriter, r *http.Request) {

@@ -49,8 +49,8 @@ func Routes() []api.Route {
 		{Method: "POST", Path: "/api/v1/vms/{name}/stop", Access: operator, Action: "vm.stop", Target: "name", Summary: "Power a VM off (ACPI, then force)", Query: []string{"force", "grace"}, Response: api.VM{}},
 		{Method: "GET", Path: "/api/v1/vms/{name}/console", Access: viewer, Summary: "The end of a VM's serial console log (text)", Query: []string{"tail"}},
 		{Method: "POST", Path: "/api/v1/vms/{name}/migrate", Access: operator, Action: "vm.migrate", Target: "name", Summary: "Live-migrate a VM", Request: api.MigrateRequest{}, Response: api.Migration{}, Status: http.StatusAccepted},
-		{Method: "GET", Path: "/api/v1/vms/{name}/migrate/check", Access: viewer, Summary: "Which hosts could take a VM, and why not", Query: []string{"to"}, Response: api.MigrationCheck{}},
-		{Method: "GET", Path: "/api/v1/vms/{name}/migrate/recommend", Access: viewer, Summary: "Destinations for a VM ranked with a score breakdown", Response: api.Recommendation{}},
+		{Method: "GET", Path: "/api/v1/vms/{name}/migrate/check", Access: viewer, Summary: "Which hosts could take a VM, and why not; what a migration there is expected to take", Query: []string{"to", "policy"}, Response: api.MigrationCheck{}},
+		{Method: "GET", Path: "/api/v1/vms/{name}/migrate/recommend", Access: viewer, Summary: "Destinations for a VM ranked with a score breakdown and predictions", Query: []string{"policy"}, Response: api.Recommendation{}},
 
 		{Method: "GET", Path: "/api/v1/migrations", Access: viewer, Summary: "Recent migrations", Query: []string{"vm"}, Response: []api.Migration{}},
 		{Method: "POST", Path: "/api/v1/migrations", Access: operator, Action: "migration.bulk", Summary: "Migrate several VMs at once", Request: api.BulkMigrateRequest{}, Response: api.BulkMigrateReply{}, Status: http.StatusAccepted},

@@ -35,11 +35,13 @@ type migrationSummary struct {
 	Priority  string              `json:"priority,omitempty"`
 	Postcopy  bool                `json:"postcopy,omitempty"`
 	Error     string              `json:"error,omitempty"`
+	// Prediction is what was predicted when the migration was admitted.
+	Prediction *api.Prediction `json:"prediction,omitempty"`
 }
 
 func summaryOf(m api.Migration) migrationSummary {
 	return migrationSummary{ID: m.ID, VM: m.VM, State: m.State, Source: m.Source, Destination: m.Destination,
-		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Pause: m.Pause, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Postcopy: m.Postcopy, Error: m.Error}
+		Policy: m.Policy, TotalMS: m.TotalMS, DowntimeMS: m.DowntimeMS, PauseMS: m.PauseMS, Pause: m.Pause, Bytes: m.Bytes, Passes: m.Passes, Encrypted: m.Encrypted, Priority: m.Priority, Postcopy: m.Postcopy, Error: m.Error, Prediction: m.Prediction}
 }
 
 // watchMigration shows a migration's progress until it ends and prints its summary. A
@@ -143,6 +145,9 @@ func printMigration(e *env, m api.Migration) {
 		"Sent", bytesStr(float64(m.Bytes)), "Passes", fmt.Sprint(m.Passes), "Encrypted", encryptedStr(m),
 		"Post-copy", postcopyStr(m),
 		"Started", m.Started.UTC().Format(time.RFC3339))
+	if m.Prediction != nil {
+		_ = kv(e.out, "Predicted", predictedAgainstActual(m), "Prediction from", predictionBasis(m.Prediction))
+	}
 }
 
 // postcopyStr says whether a migration could switch to post-copy, and whether it did.

@@ -39,11 +39,14 @@ MAC and IP, its TCP connections open, and its disks handed over on the shared da
 
   vm migrate NAME --to HOST        migrate now (or queue, when the hosts' slots are taken)
   vm migrate NAME --check [--to H] check every host (or H) as a destination, changing
-                                   nothing: typed errors (which block) and warnings
+                                   nothing: typed errors (which block) and warnings,
+                                   and for each compatible host the predicted total
+                                   time and downtime and whether it converges without
+                                   throttling (under --policy, default the VM's)
   vm migrate NAME                  the wizard: rank the compatible hosts by live load,
-                                   with a score breakdown, list the refused ones with
-                                   their reasons, and migrate to the best after you
-                                   confirm (or with --yes)
+                                   with a score breakdown and the same predictions,
+                                   list the refused ones with their reasons, and
+                                   migrate to the best after you confirm (or with --yes)
   vm migrate A B C --to HOST       move several VMs by one request
   vm migrate A B C --auto          ... each to the wizard's best host
 
@@ -72,7 +75,7 @@ returns at once with the migration's id (` + "`godwit migration watch ID`" + ` f
 				if len(args) != 1 || f.auto {
 					return errors.New("--check looks at one VM: `godwit vm migrate NAME --check [--to HOST]`")
 				}
-				return e.checkMigration(cmd.Context(), c, args[0], f.req.To)
+				return e.checkMigration(cmd.Context(), c, args[0], f.req.To, f.req.Policy)
 			case len(args) > 1 || f.auto:
 				return e.bulkMigrate(cmd.Context(), c, args, f)
 			case f.req.To == "":
@@ -119,11 +122,18 @@ func startedWord(m api.Migration) string {
 
 // checkMigration prints the compatibility of every host (or to) as a destination. With
 // to, an incompatible host is an error (exit status 1).
-func (e *env) checkMigration(ctx context.Context, c *api.Client, name, to string) error {
+func (e *env) checkMigration(ctx context.Context, c *api.Client, name, to, policy string) error {
 	var chk api.MigrationCheck
-	path := "/api/v1/vms/" + name + "/migrate/check"
+	q := url.Values{}
 	if to != "" {
-		path += "?to=" + url.QueryEscape(to)
+		q.Set("to", to)
+	}
+	if policy != "" {
+		q.Set("policy", policy)
+	}
+	path := "/api/v1/vms/" + name + "/migrate/check"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	if err := c.Do(ctx, http.MethodGet, path, nil, &chk); err != nil {
 		return fmt.Errorf("check the migration of %s: %w", name, err)
@@ -134,17 +144,21 @@ func (e *env) checkMigration(ctx context.Context, c *api.Client, name, to string
 		}
 	} else {
 		fmt.Fprintf(e.out, "VM %s on %s — destinations:\n", chk.VM, chk.Source)
-		t := newTable("HOST", "VERDICT", "FINDINGS")
-		for _, h := range chk.Hosts {
+		t := newTable("HOST", "VERDICT", "PREDICTED TOTAL", "DOWNTIME", "FINDINGS")
+		hosts, preds := make([]string, len(chk.Hosts)), make([]*api.Prediction, len(chk.Hosts))
+		for i, h := range chk.Hosts {
 			verdict := "compatible"
 			if !h.Compatible {
 				verdict = "refused"
 			}
-			t.row(h.Host, verdict, findingsText(append(h.Errors, h.Warnings...)))
+			total, down := predictedCells(h.Prediction)
+			t.row(h.Host, verdict, total, down, findingsText(append(h.Errors, h.Warnings...)))
+			hosts[i], preds[i] = h.Host, h.Prediction
 		}
 		if err := t.print(e.out); err != nil {
 			return err
 		}
+		printPredictionNotes(e.out, hosts, preds)
 	}
 	if to != "" && len(chk.Hosts) == 1 && !chk.Hosts[0].Compatible {
 		return fmt.Errorf("host %s cannot take VM %s", to, name)
@@ -168,7 +182,11 @@ func findingsText(fs []placement.Finding) string {
 // after a confirmation (or --yes).
 func (e *env) wizard(ctx context.Context, c *api.Client, in io.Reader, name string, f migrateFlags) error {
 	var rec api.Recommendation
-	if err := c.Do(ctx, http.MethodGet, "/api/v1/vms/"+name+"/migrate/recommend", nil, &rec); err != nil {
+	path := "/api/v1/vms/" + name + "/migrate/recommend"
+	if f.req.Policy != "" {
+		path += "?policy=" + url.QueryEscape(f.req.Policy)
+	}
+	if err := c.Do(ctx, http.MethodGet, path, nil, &rec); err != nil {
 		return fmt.Errorf("recommend a destination for %s: %w", name, err)
 	}
 	best, ok := rec.Best()
@@ -200,17 +218,21 @@ func (e *env) wizard(ctx context.Context, c *api.Client, in io.Reader, name stri
 // hosts with their reasons.
 func printRecommendation(w io.Writer, rec api.Recommendation) {
 	fmt.Fprintf(w, "Destinations for VM %s (now on %s), best first:\n", rec.VM, rec.Source)
-	t := newTable("RANK", "HOST", "SCORE", "RATING", "CPU", "MEMORY", "MIGRATIONS", "LINK", "WARNINGS")
+	t := newTable("RANK", "HOST", "SCORE", "RATING", "CPU", "MEMORY", "MIGRATIONS", "LINK", "PREDICTED TOTAL", "DOWNTIME", "WARNINGS")
+	hosts, preds := make([]string, len(rec.Candidates)), make([]*api.Prediction, len(rec.Candidates))
 	for i, cand := range rec.Candidates {
 		cells := map[string]string{}
 		for _, b := range cand.Breakdown {
 			cells[b.Name] = fmt.Sprintf("%.0f×%.2f (%s)", b.Score, b.Weight, b.Value)
 		}
+		total, down := predictedCells(cand.Prediction)
 		t.row(fmt.Sprint(i+1), cand.Host, fmt.Sprintf("%.1f", cand.Score), strings.Repeat("*", cand.Stars),
 			cells[placement.CriterionCPU], cells[placement.CriterionMemory], cells[placement.CriterionMigrations],
-			cells[placement.CriterionLink], findingsText(cand.Warnings))
+			cells[placement.CriterionLink], total, down, findingsText(cand.Warnings))
+		hosts[i], preds[i] = cand.Host, cand.Prediction
 	}
 	_ = t.print(w)
+	printPredictionNotes(w, hosts, preds)
 	if len(rec.Refused) > 0 {
 		fmt.Fprintln(w, "Refused:")
 		for _, r := range rec.Refused {

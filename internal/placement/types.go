@@ -1,5 +1,7 @@
 package placement
 
+import "github.com/godwit/godwit/internal/migration"
+
 // VM is the VM being moved, as the center knows it.
 type VM struct {
 	// Name is the VM's name; messages use it.
@@ -167,6 +169,8 @@ type Candidate struct {
 	Breakdown []Criterion `json:"breakdown"`
 	// Warnings are the host's non-blocking findings.
 	Warnings []Finding `json:"warnings"`
+	// Prediction is what a migration there is expected to take, when the caller made one.
+	Prediction *migration.Prediction `json:"prediction,omitempty"`
 }
 
 // Refusal is a host that cannot take the VM.

@@ -141,6 +141,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("update schema in %s: %w", path, err)
 	}
+	if err := addColumn(ctx, db, "migrations", "prediction", "TEXT NOT NULL DEFAULT ''"); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("update schema in %s: %w", path, err)
+	}
 	return &Store{db: db}, nil
 }
 
@@ -526,18 +530,49 @@ func (s *Store) EndMigration(ctx context.Context, m api.Migration, moved *api.VM
 	})
 }
 
+// SetMigrationPrediction stores the prediction made for a migration when it was
+// admitted. It has a column of its own, so that the records the migration's source
+// reports, which replace the record, never lose it; ErrNotFound when there is no such
+// migration.
+func (s *Store) SetMigrationPrediction(ctx context.Context, id string, p api.Prediction) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode the prediction of migration %s: %w", id, err)
+	}
+	return s.exec1(ctx, "store the prediction of migration "+id, `UPDATE migrations SET prediction = ? WHERE id = ?`, string(b), id)
+}
+
+// migrationColumns are the columns decodeMigration reads, in its order.
+const migrationColumns = `record, prediction`
+
+// decodeMigration decodes a migration's record and, when it has one, its prediction.
+func decodeMigration(rec, prediction string) (api.Migration, error) {
+	var m api.Migration
+	if err := json.Unmarshal([]byte(rec), &m); err != nil {
+		return m, err
+	}
+	if prediction != "" {
+		var p api.Prediction
+		if err := json.Unmarshal([]byte(prediction), &p); err != nil {
+			return m, fmt.Errorf("its prediction: %w", err)
+		}
+		m.Prediction = &p
+	}
+	return m, nil
+}
+
 // Migration returns one migration record.
 func (s *Store) Migration(ctx context.Context, id string) (api.Migration, error) {
-	var rec string
-	err := s.db.QueryRowContext(ctx, `SELECT record FROM migrations WHERE id = ?`, id).Scan(&rec)
+	var rec, prediction string
+	err := s.db.QueryRowContext(ctx, `SELECT `+migrationColumns+` FROM migrations WHERE id = ?`, id).Scan(&rec, &prediction)
 	if errors.Is(err, sql.ErrNoRows) {
 		return api.Migration{}, ErrNotFound
 	}
 	if err != nil {
 		return api.Migration{}, fmt.Errorf("read migration %s: %w", id, err)
 	}
-	var m api.Migration
-	if err := json.Unmarshal([]byte(rec), &m); err != nil {
+	m, err := decodeMigration(rec, prediction)
+	if err != nil {
 		return api.Migration{}, fmt.Errorf("decode migration %s: %w", id, err)
 	}
 	return m, nil
@@ -546,7 +581,7 @@ func (s *Store) Migration(ctx context.Context, id string) (api.Migration, error)
 // Migrations returns migration records, newest first: those of one VM if vm is not
 // empty, only unfinished ones if active.
 func (s *Store) Migrations(ctx context.Context, vm string, active bool, limit int) ([]api.Migration, error) {
-	q := `SELECT record FROM migrations WHERE (? = '' OR vm = ?)`
+	q := `SELECT ` + migrationColumns + ` FROM migrations WHERE (? = '' OR vm = ?)`
 	if active {
 		q += ` AND state NOT IN ('succeeded', 'failed', 'cancelled')`
 	}
@@ -558,12 +593,12 @@ func (s *Store) Migrations(ctx context.Context, vm string, active bool, limit in
 	defer rows.Close()
 	var out []api.Migration
 	for rows.Next() {
-		var rec string
-		if err := rows.Scan(&rec); err != nil {
+		var rec, prediction string
+		if err := rows.Scan(&rec, &prediction); err != nil {
 			return nil, err
 		}
-		var m api.Migration
-		if err := json.Unmarshal([]byte(rec), &m); err != nil {
+		m, err := decodeMigration(rec, prediction)
+		if err != nil {
 			return nil, fmt.Errorf("decode migration: %w", err)
 		}
 		out = append(out, m)
