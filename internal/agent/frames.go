@@ -233,6 +233,12 @@ func (a *Agent) closeFramesAfter(r *frameReceiver) {
 	if r == nil {
 		return
 	}
+	a.afterGrace(r.closing, r.close)
+}
+
+// afterGrace runs f, in a goroutine the agent owns, once framesGrace has passed, the
+// agent stops or cut is closed (nil: never).
+func (a *Agent) afterGrace(cut <-chan struct{}, f func()) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -241,9 +247,9 @@ func (a *Agent) closeFramesAfter(r *frameReceiver) {
 		select {
 		case <-t.C:
 		case <-a.runCtx.Done():
-		case <-r.closing:
+		case <-cut:
 		}
-		r.close()
+		f()
 	}()
 }
 
@@ -472,17 +478,7 @@ func (s *frameSender) linger(after func()) {
 	a.migMu.Lock()
 	a.lingering[s.uuid] = s
 	a.migMu.Unlock()
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		t := time.NewTimer(framesGrace)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-a.runCtx.Done():
-		}
-		s.finish()
-	}()
+	a.afterGrace(nil, s.finish)
 }
 
 // finish stops carrying for good; a second call waits for the first.
