@@ -46,7 +46,7 @@ func TestRunMigratesIdleGuest(t *testing.T) {
 	if err != nil || dp.AnnounceInitial == nil || dp.AnnounceRounds == nil || dp.AnnounceStep == nil {
 		t.Fatalf("destination parameters %+v, %v", dp, err)
 	}
-	if *dp.AnnounceInitial != 0 || *dp.AnnounceRounds != AnnounceRounds || *dp.AnnounceStep != AnnounceStep.Milliseconds() {
+	if *dp.AnnounceInitial != AnnounceInitial.Milliseconds() || *dp.AnnounceRounds != AnnounceRounds || *dp.AnnounceStep != AnnounceStep.Milliseconds() {
 		t.Errorf("destination announce parameters: initial %d, rounds %d, step %d", *dp.AnnounceInitial, *dp.AnnounceRounds, *dp.AnnounceStep)
 	}
 
