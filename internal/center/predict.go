@@ -18,10 +18,10 @@ import (
 // Predictions of migrations (migration.Predict): the VM's memory activity comes from its
 // host, which measures it every 30 s, and again on request (about 5 s) when its newest is
 // older than checkMaxAge for a check or the wizard, admitMaxAge for a migration about to
-// start; the link between the two hosts is what past migrations
-// between them achieved, either way, kept per encryption as moving averages, or,
-// with no history, what migrations between other hosts achieved, or else the migration
-// network's configured rate. Every prediction says which it used.
+// start; the link between the two hosts is what past migrations between them achieved,
+// either way, kept per encryption as moving averages, or, with no history, what
+// migrations between other hosts achieved, or else the migration network's configured
+// rate. Every prediction says which it used.
 
 const (
 	// checkMaxAge is the oldest memory measurement a check or the wizard uses, and
