@@ -16,12 +16,12 @@ import (
 )
 
 // Predictions of migrations (migration.Predict): the VM's memory activity comes from its
-// host (measured every 30 s and reported in heartbeats, or measured again on request,
-// about 5 s, when older than checkMaxAge for a check or the wizard, admitMaxAge for a
-// migration about to start); the link between the two hosts is what past migrations
-// between them achieved, either way, kept per encryption as moving averages, or,
-// with no history, what migrations between other hosts achieved, or else the migration
-// network's configured rate. Every prediction says which it used.
+// host, which measures it every 30 s, and again on request (about 5 s) when its newest is
+// older than checkMaxAge for a check or the wizard, admitMaxAge for a migration about to
+// start; the link between the two hosts is what past migrations between them achieved,
+// either way, kept per encryption as moving averages, or, with no history, what
+// migrations between other hosts achieved, or else the migration network's configured
+// rate. Every prediction says which it used.
 
 const (
 	// checkMaxAge is the oldest memory measurement a check or the wizard uses, and
@@ -156,20 +156,11 @@ func (c *Center) seedLinks(ctx context.Context) error {
 	return nil
 }
 
-// memoryOf returns a running VM's memory activity, no older than maxAge: from its host's
-// last heartbeat, or measured again by the host. It says where it comes from; when
+// memoryOf returns a running VM's memory activity, no older than maxAge: the newest its
+// host has, or measured again by the host when that is older. When the host cannot say,
+// it is the one in the host's last heartbeat, if any. It says where it comes from; when
 // nothing is known the activity's Measured is zero.
 func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostRecord, maxAge time.Duration) (api.MemoryActivity, string) {
-	var kept *api.MemoryActivity
-	for _, v := range src.Facts.VMs {
-		if strings.EqualFold(v.UUID, r.Spec.UUID) && v.Memory != nil {
-			kept = v.Memory
-		}
-	}
-	now := c.now()
-	if kept != nil && now.Sub(kept.Measured) <= maxAge {
-		return *kept, measuredWords(now, *kept)
-	}
 	cl, err := c.agent(src, 30*time.Second)
 	if err == nil {
 		var m api.MemoryActivity
@@ -178,8 +169,10 @@ func (c *Center) memoryOf(ctx context.Context, r store.VMRecord, src store.HostR
 			return m, measuredWords(c.now(), m)
 		}
 	}
-	if kept != nil {
-		return *kept, fmt.Sprintf("%s (measuring again failed: %v)", measuredWords(now, *kept), err)
+	for _, v := range src.Facts.VMs {
+		if strings.EqualFold(v.UUID, r.Spec.UUID) && v.Memory != nil {
+			return *v.Memory, fmt.Sprintf("%s (measuring again failed: %v)", measuredWords(c.now(), *v.Memory), err)
+		}
 	}
 	return api.MemoryActivity{}, fmt.Sprintf("not measured: %v", err)
 }
