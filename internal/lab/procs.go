@@ -21,8 +21,12 @@ const (
 	killTimeout = 60 * time.Second
 )
 
-// processesIn returns the processes (other than this one) whose network namespace is
-// one of ids. Zombies have no namespace any more and are not returned.
+// processesIn returns the processes (other than this one) that live in the namespaces
+// ids: every one of their threads is in one of them. A process with only some threads
+// inside is a visitor, such as a test or tool that entered a namespace on one thread to
+// open a socket: when that thread is its main thread, /proc/PID/ns/net names the lab's
+// namespace, yet killing the visitor would kill whoever runs the lab, not the lab.
+// Zombies have no namespace any more and are not returned.
 func processesIn(ids map[nsID]bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -36,11 +40,38 @@ func processesIn(ids map[nsID]bool) []int {
 			continue
 		}
 		id, err := statID("/proc/" + e.Name() + "/ns/net")
-		if err == nil && ids[id] {
+		if err != nil || !ids[id] {
+			continue
+		}
+		inside := true
+		for _, t := range threadNamespaces(pid) {
+			if !ids[t] {
+				inside = false
+				break
+			}
+		}
+		if inside {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// threadNamespaces returns the network namespace of each of pid's threads that it can
+// read (threads exit while it looks).
+func threadNamespaces(pid int) []nsID {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	ids := make([]nsID, 0, len(tasks))
+	for _, t := range tasks {
+		if id, err := statID(dir + "/" + t.Name() + "/ns/net"); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // killProcessesIn stops every process in the namespaces ids: SIGTERM first, SIGKILL

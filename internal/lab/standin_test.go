@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // The tests run the center and agents as this test binary in stand-in mode: a wrapper
@@ -28,7 +31,16 @@ import (
 const (
 	standInEnv = "GODWIT_LAB_STANDIN"
 	upEnv      = "GODWIT_LAB_TEST_UP"
+	visitorEnv = "GODWIT_LAB_TEST_VISITOR"
 )
+
+func init() {
+	// A visitor moves its main thread into a namespace, so its main goroutine must
+	// stay on the main thread.
+	if os.Getenv(visitorEnv) != "" {
+		runtime.LockOSThread()
+	}
+}
 
 func TestMain(m *testing.M) {
 	switch {
@@ -36,8 +48,27 @@ func TestMain(m *testing.M) {
 		os.Exit(standIn(os.Args[1:]))
 	case os.Getenv(upEnv) != "":
 		os.Exit(upAndExit(os.Getenv(upEnv)))
+	case os.Getenv(visitorEnv) != "":
+		os.Exit(visit(os.Getenv(visitorEnv)))
 	}
 	os.Exit(m.Run())
+}
+
+// visit moves this process's main thread, and only it, into the network namespace at
+// path, says so, and waits to be killed: a test or tool visiting a lab.
+func visit(path string) int {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := netns.Set(ns); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("inside")
+	time.Sleep(10 * time.Minute)
+	return 0
 }
 
 // upAndExit brings a lab up from a separate process that then exits, as the CLI does;
