@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,30 +199,35 @@ func TestFactsReaders(t *testing.T) {
 	}
 }
 
-// TestDestinationTLS: without the migration's key (no ticket) a destination cannot set up
-// TLS: a required encryption is refused before anything moves, an opportunistic one
-// goes in the clear with a note that says why, and off needs nothing.
-func TestDestinationTLS(t *testing.T) {
-	a, _ := testAgent(t)
-	v := &vm{dir: t.TempDir()}
-	ctx := context.Background()
+// TestIncomingEncryption: without the migration's ticket a destination cannot take a
+// carried (encrypted) stream: a required encryption is refused before anything moves,
+// an opportunistic one goes in the clear with a note that says why, and off needs
+// nothing. With the ticket's key, encryption means a carried stream.
+func TestIncomingEncryption(t *testing.T) {
 	req := api.IncomingRequest{ID: "m1", Encryption: "required"}
-	if _, _, _, err := a.destinationTLS(ctx, nil, v, req, nil); err == nil || !strings.Contains(err.Error(), "must be encrypted") {
+	if _, _, err := incomingEncryption(req, nil, "host-2"); err == nil || !strings.Contains(err.Error(), "must be encrypted") {
 		t.Errorf("required without a key: %v", err)
 	} else if se, ok := err.(*api.StatusError); !ok || se.Code != "encryption_unavailable" || se.Status != 422 {
 		t.Errorf("required without a key: %#v; want 422 encryption_unavailable", err)
 	}
 	req.Encryption = "opportunistic"
-	on, note, creds, err := a.destinationTLS(ctx, nil, v, req, nil)
-	if err != nil || on || creds != "" || !strings.Contains(note, "not encrypted") {
-		t.Errorf("opportunistic without a key: %v %q %q %v; want the clear, with a note", on, note, creds, err)
+	carried, note, err := incomingEncryption(req, nil, "host-2")
+	if err != nil || carried || !strings.Contains(note, "not encrypted") {
+		t.Errorf("opportunistic without a key: %v %q %v; want the clear, with a note", carried, note, err)
+	}
+	key := make([]byte, 32)
+	for _, mode := range []string{"", "opportunistic", "required"} {
+		req.Encryption = mode
+		if carried, note, err := incomingEncryption(req, key, "host-2"); err != nil || !carried || note != "" {
+			t.Errorf("%q with a key: %v %q %v; want carried", mode, carried, note, err)
+		}
 	}
 	req.Encryption = "off"
-	if on, note, creds, err := a.destinationTLS(ctx, nil, v, req, nil); err != nil || on || note != "" || creds != "" {
-		t.Errorf("off: %v %q %q %v", on, note, creds, err)
+	if carried, note, err := incomingEncryption(req, key, "host-2"); err != nil || carried || note != "" {
+		t.Errorf("off: %v %q %v", carried, note, err)
 	}
 	req.Encryption = "maybe"
-	if _, _, _, err := a.destinationTLS(ctx, nil, v, req, nil); err == nil {
+	if _, _, err := incomingEncryption(req, key, "host-2"); err == nil {
 		t.Error("an unknown encryption mode was accepted")
 	}
 }

@@ -74,6 +74,9 @@ type outgoingRecord struct {
 	// destination listens again to recover a broken post-copy stream.
 	Postcopy        bool   `json:"postcopy,omitempty"`
 	DestinationAddr string `json:"destination_addr,omitempty"`
+	// Carried: the agents carry the stream, encrypted (carry.go); a recovered
+	// post-copy stream is carried again.
+	Carried bool `json:"carried,omitempty"`
 	// Prediction is the center's, kept with the outcome.
 	Prediction *api.Prediction `json:"prediction,omitempty"`
 }
@@ -328,28 +331,35 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		return
 	}
 	key, _ := tk.StreamKey() // checked when the migration was accepted
-	creds, err := a.sourceTLS(ctx, mon, req, rep, key)
-	if err != nil {
-		fail(api.MigrationFailed, err.Error())
+	if !rep.TLS && req.Encryption == migration.EncryptionRequired {
+		fail(api.MigrationFailed, fmt.Sprintf("the migration must be encrypted, but destination %s cannot take an encrypted stream: %s", req.Destination, rep.TLSNote))
 		a.abortDestination(dest, v.spec.Name, req.ID, log)
 		return
 	}
-	if creds != "" {
-		defer func() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = mon.ObjectDel(dctx, creds)
-		}()
+	uri := rep.URI
+	var stream *outStream
+	if rep.TLS {
+		if stream, err = a.carryOut(req.Destination, req.DestinationURL, v.spec.Name, req.ID, req.Ticket, log); err != nil {
+			fail(api.MigrationFailed, err.Error())
+			a.abortDestination(dest, v.spec.Name, req.ID, log)
+			return
+		}
+		defer stream.close()
+		uri = stream.uri()
+		a.mu.Lock()
+		v.outgoing.Carried = true
+		a.mu.Unlock()
+		_ = v.save()
 	}
-	o.update(func(m *api.Migration) { m.State, m.Encrypted = api.MigrationRunning, creds != "" })
-	log.Info("migration started", "uri", rep.URI, "policy", policy.Name, "encrypted", creds != "")
+	o.update(func(m *api.Migration) { m.State, m.Encrypted = api.MigrationRunning, rep.TLS })
+	log.Info("migration started", "uri", uri, "policy", policy.Name, "encrypted", rep.TLS)
 	frames := a.carryFrames(v, p, req.ID, req.DestinationAddr, rep.FramePort, key, log)
 	stoppedAt := a.lastEvent(ctx, mon, "STOP", frames.stopped)
 	stopRenice := a.reniceMigration(ctx, mon, p.PID, admission.Priority(req.Priority), o, log)
 	res, runErr := migration.Run(ctx, mon, migration.Options{
-		Policy: policy, URI: rep.URI, TLSCreds: creds,
+		Policy: policy, URI: uri,
 		BandwidthCap: o.bandwidthCap.Load,
-		Recover:      a.recoverer(dest, v.spec.Name, req.ID, req.DestinationAddr),
+		Recover:      a.recoverer(dest, v.spec.Name, req.ID, req.DestinationAddr, stream),
 		OnProgress: func(pr migration.Progress) {
 			o.update(func(m *api.Migration) {
 				m.Progress = progressOf(pr)
@@ -383,6 +393,10 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		reason := res.Reason
 		if reason == "" && runErr != nil {
 			reason = runErr.Error()
+		}
+		if stream != nil && stream.err() != nil {
+			// QEMU saw only its socket close; say why.
+			reason = fmt.Sprintf("the encrypted stream could not be carried to %s: %v", req.Destination, stream.err())
 		}
 		state := api.MigrationFailed
 		switch {
@@ -672,6 +686,11 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		return api.IncomingReply{}, err
 	}
 	q.Incoming = qemu.IncomingDefer
+	carried, streamNote, err := incomingEncryption(req, key, a.cfg.Name)
+	if err != nil {
+		undo(nil)
+		return api.IncomingReply{}, err
+	}
 	if err := a.createTaps(v); err != nil {
 		undo(nil)
 		return api.IncomingReply{}, err
@@ -682,17 +701,12 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		return api.IncomingReply{}, api.Errorf(422, "start_failed", "the destination QEMU did not start: %v", err)
 	}
 	mon, err := p.Monitor(ctx)
-	var tlsOn bool
-	var tlsNote, creds string
 	if err == nil {
-		tlsOn, tlsNote, creds, err = a.destinationTLS(ctx, mon, v, req, key)
-	}
-	if err == nil {
-		err = migration.PrepareDestination(ctx, mon, policy, creds)
+		err = migration.PrepareDestination(ctx, mon, policy)
 	}
 	var uri string
 	if err == nil {
-		uri, err = listenURI(req.Address)
+		uri, err = a.incomingURI(v, req.Address, carried)
 	}
 	if err == nil {
 		err = mon.MigrateIncoming(ctx, uri, true)
@@ -723,8 +737,55 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME", nil)
 	a.watch(v, p)
 	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL, tk)
-	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "tls", tlsOn)
-	return api.IncomingReply{URI: uri, TLS: tlsOn, TLSNote: tlsNote, FramePort: framePort}, nil
+	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "carried", carried)
+	rep := api.IncomingReply{TLS: carried, TLSNote: streamNote, FramePort: framePort}
+	if !carried {
+		rep.URI = uri
+	}
+	return rep, nil
+}
+
+// incomingEncryption decides how an incoming stream travels: carried by the agents over
+// mutual TLS (carry.go) when the migration is to be encrypted and came with the
+// center's ticket, otherwise straight to QEMU. Required encryption without a ticket is
+// refused; opportunistic goes plain then, and the note says why.
+func incomingEncryption(req api.IncomingRequest, key []byte, host string) (carried bool, note string, err error) {
+	mode, err := migration.ParseEncryption(req.Encryption)
+	if err != nil {
+		return false, "", api.BadRequest("%v", err)
+	}
+	switch {
+	case mode == migration.EncryptionOff:
+		return false, "", nil
+	case key != nil:
+		return true, "", nil
+	case mode == migration.EncryptionRequired:
+		return false, "", api.Errorf(422, "encryption_unavailable", "the migration must be encrypted, but it came to host %s without the center's ticket, which the encrypted stream needs", host)
+	}
+	return false, fmt.Sprintf("not encrypted: the migration came to host %s without the center's ticket, which the encrypted stream needs", host), nil
+}
+
+// incomingURI is where an incoming VM's QEMU waits for its stream: a Unix socket in a
+// private directory for a carried stream (v.stream), else a free port on addr.
+func (a *Agent) incomingURI(v *vm, addr string, carried bool) (string, error) {
+	if !carried {
+		return listenURI(addr)
+	}
+	a.mu.Lock()
+	dir := v.stream
+	a.mu.Unlock()
+	if dir == "" {
+		var err error
+		if dir, err = streamDir(); err != nil {
+			return "", err
+		}
+		a.mu.Lock()
+		v.stream = dir
+		a.mu.Unlock()
+	}
+	sock := filepath.Join(dir, streamSocket)
+	_ = os.Remove(sock) // left by the stream that broke, when the copy listens again
+	return "unix:" + sock, nil
 }
 
 // listenURI picks a free TCP port on addr for the incoming migration stream.
@@ -836,7 +897,7 @@ func (a *Agent) FinishIncoming(ctx context.Context, name, id string) (api.Finish
 	a.mu.Lock()
 	v.incoming, v.state, v.errMsg, v.ticket = "", api.VMRunning, "", ""
 	a.mu.Unlock()
-	forgetKey(v.dir)
+	v.dropStream()
 	_ = v.save()
 	a.metrics.IncomingEnded(metrics.IncomingSucceeded)
 	a.log.Info("VM migrated in and running", "vm", name, "migration", id)
@@ -1006,8 +1067,17 @@ func (a *Agent) settleOutgoing(v *vm, p *qemu.Process) {
 				policy = migration.QEMUDefaultsPolicy()
 			}
 			policy.AllowPostcopy = true
+			var stream *outStream
+			if rec.Carried {
+				// The stream this agent carried ended with it: carry the recovered one.
+				if stream, err = a.carryOut(rec.Destination, rec.DestinationURL, v.spec.Name, rec.ID, rec.Ticket, log); err != nil {
+					log.Error("cannot carry the recovered post-copy stream", "err", err)
+				} else {
+					defer stream.close()
+				}
+			}
 			res, err := migration.Follow(followCtx, mon, migration.Options{Policy: policy, Logger: log,
-				Recover:    a.recoverer(dest, v.spec.Name, rec.ID, rec.DestinationAddr),
+				Recover:    a.recoverer(dest, v.spec.Name, rec.ID, rec.DestinationAddr, stream),
 				OnProgress: func(pr migration.Progress) { o.update(func(m *api.Migration) { m.Progress = progressOf(pr) }) }})
 			o.update(func(m *api.Migration) { m.Postcopy, m.PostcopyRecoveries = true, res.PostcopyRecoveries })
 			if err == nil && res.Status == migration.PhaseCompleted {

@@ -26,14 +26,20 @@ const guestStatusWait = 3 * time.Second
 
 // recoverer returns the migration's Recover function on the source: it asks the
 // destination to listen again for the broken post-copy stream, on its migration
-// address. A destination that no longer has the copy ends the migration (lost).
-func (a *Agent) recoverer(dest *api.Client, name, id, addr string) func(context.Context) (string, error) {
+// address, or for a carried stream (stream not nil) on its socket, and returns where
+// the source resumes: the destination's address, or stream's socket, whose next
+// connection is carried to the destination again. A destination that no longer has
+// the copy ends the migration (lost).
+func (a *Agent) recoverer(dest *api.Client, name, id, addr string, stream *outStream) func(context.Context) (string, error) {
 	return func(ctx context.Context) (string, error) {
 		var rep api.RecoverReply
-		err := dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/recover", api.RecoverRequest{Address: addr}, &rep)
+		err := dest.Do(ctx, http.MethodPost, "/agent/v1/vms/"+name+"/incoming/"+id+"/recover", api.RecoverRequest{Address: addr, Carried: stream != nil}, &rep)
 		var se *api.StatusError
 		if errors.As(err, &se) && se.Status == http.StatusGone {
 			return "", fmt.Errorf("%w: %v", migration.ErrNoDestination, err)
+		}
+		if err == nil && stream != nil {
+			return stream.uri(), nil
 		}
 		return rep.URI, err
 	}
@@ -48,7 +54,7 @@ func (a *Agent) RecoverIncoming(ctx context.Context, name, id string, req api.Re
 	gone := func(why string) (api.RecoverReply, error) {
 		return api.RecoverReply{}, api.Errorf(http.StatusGone, "copy_gone", "host %s no longer has the copy of VM %s that migration %s brings in (%s): its post-copy stream cannot be recovered", a.cfg.Name, name, id, why)
 	}
-	if req.Address == "" {
+	if req.Address == "" && !req.Carried {
 		return api.RecoverReply{}, api.BadRequest("a recovery needs the address this host listens on for the migration stream")
 	}
 	v, err := a.get(name)
@@ -70,7 +76,7 @@ func (a *Agent) RecoverIncoming(ctx context.Context, name, id string, req api.Re
 	if err != nil {
 		return api.RecoverReply{}, fmt.Errorf("reach the copy's QEMU: %w", err)
 	}
-	uri, err := listenURI(req.Address)
+	uri, err := a.incomingURI(v, req.Address, req.Carried)
 	if err != nil {
 		return api.RecoverReply{}, err
 	}

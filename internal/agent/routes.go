@@ -226,6 +226,7 @@ func (a *Agent) buildMux(trusted bool) (*api.Mux, error) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/stream", a.serveStream)
 	mux.HandleFunc("POST /agent/v1/vms/{name}/incoming/{id}/recover", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.checkCopyTicket(r.Context(), r.PathValue("name"), r.PathValue("id")); err != nil {
 			a.refuse(w, r, http.StatusForbidden, err)

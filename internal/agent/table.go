@@ -40,6 +40,7 @@ func Routes() []api.Route {
 		{Method: "POST", Path: "/agent/v1/incoming", Access: source, Summary: "Prepare a QEMU to receive a VM", Request: api.IncomingRequest{}, Response: api.IncomingReply{}},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/incoming/{id}/finish", Access: source, Summary: "Take a migrated VM as this host's own", Response: api.FinishReply{}},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/incoming/{id}/abort", Access: source, Summary: "Tear down a copy whose migration failed (postcopy=lost: even one that runs, lost in post-copy)", Query: []string{"postcopy"}, Status: http.StatusNoContent},
+		{Method: "POST", Path: "/agent/v1/vms/{name}/incoming/{id}/stream", Access: source, Summary: "Carry an encrypted migration stream to the waiting copy's QEMU: the connection is upgraded (Upgrade: " + streamUpgrade + ") and carries the stream both ways", Status: http.StatusSwitchingProtocols},
 		{Method: "POST", Path: "/agent/v1/vms/{name}/incoming/{id}/recover", Access: source, Summary: "Listen again for a broken post-copy stream", Request: api.RecoverRequest{}, Response: api.RecoverReply{}},
 		{Method: "GET", Path: "/metrics", Access: api.AccessPublic, Summary: "Prometheus metrics (text)"},
 		// Any other path under /agent/: 404 to the center, refused to everyone else.

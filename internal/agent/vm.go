@@ -46,6 +46,10 @@ type vm struct {
 	// resumedAt, while a VM comes in, stops the reader of its QEMU's events and returns
 	// when QEMU resumed it.
 	resumedAt func() time.Time
+	// stream is the private directory of the socket on which an incoming VM's QEMU
+	// waits for a stream the agents carry (carry.go); removed with the VM's directory
+	// or once the VM runs.
+	stream string
 	// frames puts the frames the source carries across the switch-over on an incoming
 	// VM's TAPs.
 	frames *frameReceiver
@@ -177,7 +181,15 @@ func (v *vm) removeDir() error {
 	v.saveMu.Lock()
 	defer v.saveMu.Unlock()
 	v.gone = true
+	v.dropStream()
 	return os.RemoveAll(v.dir)
+}
+
+// dropStream removes the socket directory of a carried incoming stream, if any.
+func (v *vm) dropStream() {
+	if v.stream != "" {
+		_ = os.RemoveAll(v.stream)
+	}
 }
 
 func (a *Agent) get(name string) (*vm, error) {

@@ -190,6 +190,27 @@ func NewClient(base string, timeout time.Duration, opts ...ClientOption) (*Clien
 	}
 }
 
+// ErrorOf is the error an unsuccessful answer carries: the server's own error (a
+// StatusError with its code and sentence) or, when its body holds none, the status and
+// the start of the body, after what (the request, or what it asked for). It reads at
+// most 64 KiB of the body.
+func ErrorOf(resp *http.Response, what string) error {
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return fmt.Errorf("%s: %s, and its answer could not be read: %w", what, resp.Status, err)
+	}
+	return errorOf(resp, data, what)
+}
+
+func errorOf(resp *http.Response, data []byte, what string) error {
+	var e Error
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return &StatusError{Status: resp.StatusCode, Code: e.Code, Msg: e.Error}
+	}
+	return &StatusError{Status: resp.StatusCode, Code: "http",
+		Msg: fmt.Sprintf("%s: %s: %s", what, resp.Status, strings.TrimSpace(string(data)))}
+}
+
 // Do sends a request with in (if non-nil) as its JSON body and decodes the JSON answer
 // into out (if non-nil). A non-2xx answer becomes a *StatusError with the server's message.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
@@ -219,12 +240,7 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		var e Error
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return &StatusError{Status: resp.StatusCode, Code: e.Code, Msg: e.Error}
-		}
-		return &StatusError{Status: resp.StatusCode, Code: "http",
-			Msg: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(data)))}
+		return errorOf(resp, data, method+" "+path)
 	}
 	if out == nil {
 		return nil

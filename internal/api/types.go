@@ -535,6 +535,9 @@ type IncomingRequest struct {
 // again, on Address (its migration address, as for the first stream).
 type RecoverRequest struct {
 	Address string `json:"address"`
+	// Carried: the agents carry the stream (encrypted): the copy listens on its
+	// private socket again, and the source brings the stream to the stream route.
+	Carried bool `json:"carried,omitempty"`
 }
 
 // RecoverReply tells the source where to resume the post-copy stream.
@@ -542,10 +545,13 @@ type RecoverReply struct {
 	URI string `json:"uri"`
 }
 
-// IncomingReply tells the source where to send the migration stream, and whether the
-// destination expects it encrypted (TLS); TLSNote says why not when it was asked for.
+// IncomingReply tells the source where to send the migration stream. With TLS the
+// stream is encrypted: the agents carry it over mutual TLS, the source's to the
+// destination's stream route (POST /agent/v1/vms/{name}/incoming/{id}/stream), and URI
+// is empty; otherwise the source QEMU sends it to URI in the clear, and TLSNote says
+// why when encryption was asked for.
 type IncomingReply struct {
-	URI     string `json:"uri"`
+	URI     string `json:"uri,omitempty"`
 	TLS     bool   `json:"tls"`
 	TLSNote string `json:"tls_note,omitempty"`
 	// FramePort is the UDP port on the destination's migration address that takes the

@@ -195,7 +195,7 @@ func startDestination(t testing.TB, spec qemu.Spec, p *Policy, exitOnError bool)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if p != nil {
-		if err := PrepareDestination(ctx, v.mon, *p, ""); err != nil {
+		if err := PrepareDestination(ctx, v.mon, *p); err != nil {
 			t.Fatalf("PrepareDestination: %v", err)
 		}
 	}

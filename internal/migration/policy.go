@@ -105,9 +105,10 @@ type Policy struct {
 	// Off in every built-in policy; `vm migrate --postcopy` turns it on for one
 	// migration.
 	AllowPostcopy bool `json:"allow_postcopy"`
-	// Encryption says whether the memory stream is encrypted with TLS (QEMU's
-	// tls-creds-psk, keyed with the migration's own key; see tls.go): EncryptionRequired,
-	// EncryptionOpportunistic or EncryptionOff. Empty means opportunistic.
+	// Encryption says whether the memory stream is encrypted: carried between the
+	// hosts' agents over mutual TLS (internal/agent's carry.go), QEMU talking only to a
+	// local socket: EncryptionRequired, EncryptionOpportunistic or EncryptionOff. Empty
+	// means opportunistic.
 	Encryption string `json:"encryption"`
 
 	// The baselines' knobs (see QEMUTunedPolicy), which Godwit's own policies leave
@@ -134,8 +135,8 @@ type AnnounceTiming struct {
 }
 
 // Encryption modes of the migration stream. As in vCenter, the default is
-// opportunistic: encrypted whenever both hosts can (both have cluster certificates and
-// a QEMU with TLS), plain otherwise — with the reason in the migration's note.
+// opportunistic: encrypted whenever both hosts can (the migration comes with the
+// center's ticket), plain otherwise — with the reason in the migration's note.
 // Required fails a migration that cannot be encrypted; off never encrypts.
 const (
 	EncryptionRequired      = "required"

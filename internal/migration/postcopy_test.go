@@ -1,6 +1,7 @@
 package migration
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -278,15 +279,14 @@ func TestRunPostcopySwitchesAtMaxThrottleAndCompletes(t *testing.T) {
 	checkGuestWhole(t, dst)
 }
 
-// TestRunPostcopyRecoversBrokenStream breaks an encrypted post-copy stream
+// TestRunPostcopyRecoversBrokenStream breaks a post-copy stream
 // twice — the link freezes (nothing moves; neither end notices, and the stream
 // is left alone while the destination cannot be reached) and the link resets
 // (both ends pause at once) — and each time, once the destination can be reached
-// again, the stream is recovered over a new, encrypted connection (after a
+// again, the stream is recovered over a new connection (after a
 // freeze, the destination breaks its end first, then the source); the migration
 // completes with the guest's memory intact.
 func TestRunPostcopyRecoversBrokenStream(t *testing.T) {
-	dirs := keyDirs(t, "this-migration")
 	spec := guestSpec(t, 512, "godwit.dirty_mib=64 godwit.dirty_rate=0")
 	src := bootGuest(t, spec)
 	waitConsole(t, src, "dirty: started", 10*time.Second)
@@ -295,17 +295,11 @@ func TestRunPostcopyRecoversBrokenStream(t *testing.T) {
 	defer cancel()
 
 	dst := startVM(t, spec, true)
-	if err := ServerTLS(ctx, dst.mon, sameKey(t, dirs["this-migration"])); err != nil {
-		t.Fatal(err)
-	}
-	if err := PrepareDestination(ctx, dst.mon, p, DestinationTLSCreds); err != nil {
+	if err := PrepareDestination(ctx, dst.mon, p); err != nil {
 		t.Fatal(err)
 	}
 	listen := fmt.Sprintf("tcp:127.0.0.1:%d", freePort(t))
 	if err := dst.mon.MigrateIncoming(ctx, listen, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := ClientTLS(ctx, src.mon, dirs["this-migration"], "tls-out"); err != nil {
 		t.Fatal(err)
 	}
 	setPostcopyBandwidth(t, src, 10e6)
@@ -342,7 +336,7 @@ func TestRunPostcopyRecoversBrokenStream(t *testing.T) {
 	var progress []Progress
 	logp := logProgress(t, &progress)
 	go func() {
-		res, err := Run(ctx, src.mon, Options{Policy: p, URI: current().uri(), TLSCreds: "tls-out", Recover: recoverFn,
+		res, err := Run(ctx, src.mon, Options{Policy: p, URI: current().uri(), Recover: recoverFn,
 			OnProgress: func(pr Progress) {
 				logp(pr)
 				select {
@@ -427,8 +421,8 @@ func TestRunPostcopyRecoversBrokenStream(t *testing.T) {
 	if r.err != nil || r.res.Status != PhaseCompleted || !r.res.Postcopy || r.res.PostcopyRecoveries != 2 {
 		t.Fatalf("Run = %+v, %v; want completed in post-copy after 2 recoveries", r.res, r.err)
 	}
-	// Every connection, the first and the recovered ones, began with a TLS
-	// handshake, not QEMU's stream.
+	// The first connection began the stream (QEMU's magic); each recovered one
+	// resumed it where it broke, on a connection of its own.
 	mu.Lock()
 	all := append([]*link(nil), links...)
 	mu.Unlock()
@@ -437,8 +431,8 @@ func TestRunPostcopyRecoversBrokenStream(t *testing.T) {
 	}
 	for i, l := range all {
 		for _, h := range l.firstBytes() {
-			if len(h) < 3 || h[0] != 0x16 || h[1] != 0x03 {
-				t.Errorf("connection %d began with % x; want a TLS handshake record (16 03 ..)", i, h)
+			if began := bytes.HasPrefix(h, []byte("QEVM")); began != (i == 0) {
+				t.Errorf("connection %d began with % x; want QEMU's magic QEVM on the first connection only", i, h[:min(8, len(h))])
 			}
 		}
 	}

@@ -70,7 +70,8 @@ const recoverTimeout = 10 * time.Second
 type Options struct {
 	// Policy is the convergence policy (see LookupPolicy).
 	Policy Policy
-	// URI is where the destination QEMU listens, e.g. "tcp:198.18.1.12:49152".
+	// URI is where the destination QEMU listens, e.g. "tcp:198.18.1.12:49152", or the
+	// socket of the agent that carries the stream, "unix:/path".
 	URI string
 	// PollInterval is how often query-migrate is polled; DefaultPollInterval
 	// (50 ms) when 0.
@@ -80,9 +81,6 @@ type Options struct {
 	OnProgress func(Progress)
 	// Logger receives the controller's decisions; slog.Default() when nil.
 	Logger *slog.Logger
-	// TLSCreds names a TLS credentials object (endpoint client, see ClientTLS) on the
-	// source QEMU that encrypts the stream; empty: the stream is not encrypted.
-	TLSCreds string
 	// BandwidthCap, when set, caps the stream from outside while the migration
 	// runs (e.g. its share of the network): it returns the cap in bytes/s, 0
 	// for none. Run reads it before it starts the migration and after every
@@ -241,10 +239,10 @@ func DestinationParameters(p Policy) qmp.MigrationParameters {
 
 // PrepareDestination sets, on the destination QEMU (started with -incoming
 // defer), the capabilities that must match the source's for policy p and the
-// announce parameters (see DestinationCapabilities, DestinationParameters), and
-// tlsCreds (a credentials object, endpoint server, see ServerTLS; empty: no TLS).
-// Call it before migrate-incoming.
-func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCreds string) error {
+// announce parameters (see DestinationCapabilities, DestinationParameters). QEMU's own
+// TLS stays off: an encrypted stream reaches QEMU through a local socket of its agent,
+// which carries it between the hosts. Call it before migrate-incoming.
+func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -255,7 +253,7 @@ func PrepareDestination(ctx context.Context, mon *qmp.Monitor, p Policy, tlsCred
 		return fmt.Errorf("setting the migration capabilities on the destination QEMU failed: %w", err)
 	}
 	dp := DestinationParameters(p)
-	dp.TLSCreds = qmp.Ptr(tlsCreds)
+	dp.TLSCreds = qmp.Ptr("")
 	if err := mon.MigrateSetParameters(ctx, dp); err != nil {
 		return fmt.Errorf("setting the migration parameters on the destination QEMU failed: %w", err)
 	}
@@ -356,14 +354,14 @@ func Run(ctx context.Context, mon *qmp.Monitor, o Options) (Result, error) {
 	}
 	sp := SourceParameters(p)
 	sp.MaxBandwidth = qmp.Ptr(c.Bandwidth())
-	// Set every time, so that a stream is encrypted exactly when this run asks for it.
-	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(o.TLSCreds), qmp.Ptr("")
+	// QEMU's own TLS stays off (see PrepareDestination).
+	sp.TLSCreds, sp.TLSHostname = qmp.Ptr(""), qmp.Ptr("")
 	if err := mon.MigrateSetParameters(ctx, sp); err != nil {
 		return failed(fmt.Errorf("setting the migration parameters on the source QEMU failed: %w", err))
 	}
 
 	d.start = time.Now()
-	log.Info("migration starting", "encrypted", o.TLSCreds != "", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
+	log.Info("migration starting", "downtime_target", p.DowntimeTarget, "downtime_max", p.downtimeMax(),
 		"max_bandwidth", p.MaxBandwidth, "bandwidth_cap", d.capSeen, "channels", p.Channels, "throttle_max", p.ThrottleMax, "time_budget", p.TimeBudget)
 	if err := mon.Migrate(ctx, o.URI); err != nil {
 		if ctx.Err() != nil {

@@ -8,7 +8,8 @@
 //
 // A ticket travels as one string, "gwticket.PAYLOAD.SIGNATURE" (base64url JSON and an
 // ECDSA P-256 signature over its SHA-256), in the Header of host-to-host calls. It
-// carries the migration stream's key (see internal/migration), so it is a secret.
+// carries the migration's own key (which authenticates the frames the source carries
+// across the switch-over; see internal/agent), so it is a secret.
 package ticket
 
 import (

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,20 +69,51 @@ func TestLiveMigration(t *testing.T) {
 	}
 	defer tcp.Close()
 	echoTCP(t, tcp, 16<<10)
+	var hosts []api.Host
+	l.RunJSON(&hosts, "host", "list")
+	addr := map[string]netip.Addr{}
+	for _, h := range hosts {
+		addr[h.Name] = netip.MustParseAddr(h.Address)
+	}
 
+	// The first migration goes encrypted (the default), the second in the clear; the
+	// switch watches both for what a stream in the clear shows: QEMU's magic and
+	// version, and the name of the guest's RAM block.
+	magic, ramBlock := []byte("QEVM\x00\x00\x00\x03"), []byte("pc.ram")
 	for i, to := range []string{"host-2", "host-1"} {
 		from := map[string]string{"host-2": "host-1", "host-1": "host-2"}[to]
 		record := make([]byte, 64<<10)
 		_, _ = rand.Read(record)
 		putDisk(t, l, vm.IP, 10+i, record)
 
+		encryption := []string{"opportunistic", "off"}[i]
+		wire := l.Capture("switch", magic, ramBlock)
 		var sum migrationSummary
-		l.RunJSON(&sum, "vm", "migrate", "mig-1", "--to", to)
-		t.Logf("migration %s → %s: total %.0f ms, downtime %.1f ms, %d bytes, %d passes", from, to, sum.TotalMS, sum.DowntimeMS, sum.Bytes, sum.Passes)
+		l.RunJSON(&sum, "vm", "migrate", "mig-1", "--to", to, "--encryption", encryption)
+		wire.Stop()
+		t.Logf("migration %s → %s: total %.0f ms, downtime %.1f ms, %d bytes, %d passes, encrypted %v", from, to, sum.TotalMS, sum.DowntimeMS, sum.Bytes, sum.Passes, sum.Encrypted)
 		if sum.State != api.MigrationSucceeded || sum.Source != from || sum.Destination != to || sum.TotalMS <= 0 || sum.Bytes == 0 || sum.Passes < 1 {
 			t.Fatalf("migration summary %+v; want a success %s → %s with times, bytes and passes", sum, from, to)
 		}
 		checkPause(t, sum)
+		crossed := wire.Payload(addr[from], addr[to], true)
+		t.Logf("the switch saw %d bytes of TCP payload between %s and %s; QEMU's magic %d times, the RAM block's name %d times",
+			crossed, from, to, wire.Found(magic), wire.Found(ramBlock))
+		if err := wire.Err(); err != nil {
+			t.Fatalf("capture on the switch: %v", err)
+		}
+		if crossed < int64(sum.Bytes)/2 { // each frame crosses two ports; a busy capture may miss some
+			t.Fatalf("the switch saw %d bytes between the hosts, less than half the %d the migration sent: it did not watch the stream", crossed, sum.Bytes)
+		}
+		if encryption == "off" {
+			if sum.Encrypted || wire.Found(magic) == 0 || wire.Found(ramBlock) == 0 {
+				t.Fatalf("a migration in the clear (encrypted %v): the switch saw QEMU's magic %d times and the RAM block's name %d times; want both",
+					sum.Encrypted, wire.Found(magic), wire.Found(ramBlock))
+			}
+		} else if !sum.Encrypted || wire.Found(magic) != 0 || wire.Found(ramBlock) != 0 {
+			t.Fatalf("an encrypted migration (encrypted %v): the switch saw QEMU's magic %d times and the RAM block's name %d times; want neither",
+				sum.Encrypted, wire.Found(magic), wire.Found(ramBlock))
+		}
 		moved := waitVM(t, l, "mig-1", func(v api.VM) bool { return v.Host == to && v.State == api.VMRunning })
 		if moved.IP != vm.IP || moved.MAC != vm.MAC || moved.UUID != vm.UUID {
 			t.Fatalf("the VM's identity changed: %+v, was %+v", moved, vm)
