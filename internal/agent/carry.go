@@ -179,6 +179,11 @@ func (c *streamConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// Close closes the TCP connection under TLS at once. tls.Conn's own Close would first
+// send a close_notify, which waits for a write blocked on a dead link (or is itself
+// blocked there): closing the socket is what breaks both.
+func (c *streamConn) Close() error { return c.Conn.NetConn().Close() }
+
 func (c *streamConn) Write(p []byte) (int, error) {
 	if c.out == nil {
 		return c.Conn.Write(p)
@@ -244,7 +249,7 @@ type outStream struct {
 // uri is where the source QEMU sends the stream.
 func (s *outStream) uri() string { return "unix:" + filepath.Join(s.dir, streamSocket) }
 
-// err is why the stream could last not be carried, if it could not.
+// err is why the stream could last not be carried, or broke, if it did.
 func (s *outStream) err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -298,6 +303,9 @@ func (a *Agent) carryOut(dest, destURL, name, id, tk string, log *slog.Logger) (
 				sent, got, err := carry(ctx, q, peer)
 				s.mu.Lock()
 				s.sent += sent
+				if err != nil && ctx.Err() == nil {
+					s.lastErr = fmt.Errorf("the connection that carried it broke after %d bytes: %w", sent, err)
+				}
 				s.mu.Unlock()
 				log.Info("carried the migration stream", "to", dest, "sent", sent, "received", got, "err", err)
 			}()

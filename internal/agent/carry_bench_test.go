@@ -16,7 +16,7 @@ import (
 )
 
 // selfSigned is a throwaway certificate for name.
-func selfSigned(b *testing.B, name string) tls.Certificate {
+func selfSigned(b testing.TB, name string) tls.Certificate {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		b.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -117,6 +118,66 @@ func TestCarry(t *testing.T) {
 		_ = src.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadAll(src); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("the source's end was not closed: %v", err)
+		}
+	})
+	t.Run("a dead link does not hold it", func(t *testing.T) {
+		// The destination agent stops reading (its host froze, the link is cut):
+		// the source's writes and its close_notify block; the end of the context must
+		// still end carry at once.
+		cert := selfSigned(t, "dst")
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		frozen := make(chan net.Conn, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				frozen <- nil
+				return
+			}
+			s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+			_ = s.Handshake()
+			frozen <- s // and never read again
+		}()
+		raw, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &batchConn{Conn: raw}
+		tc := tls.Client(out, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if s := <-frozen; s != nil {
+			defer s.Close()
+		}
+		src, x := unixPair(t)
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := carry(cctx, x, &streamConn{Conn: tc, out: out})
+			done <- err
+		}()
+		// Fill every buffer on the way, then end the source's side, as QEMU does when
+		// its migration is cancelled.
+		go func() {
+			buf := make([]byte, 1<<20)
+			for i := 0; i < 64; i++ {
+				_ = src.SetWriteDeadline(time.Now().Add(2 * time.Second))
+				if _, err := src.Write(buf); err != nil {
+					break
+				}
+			}
+			_ = src.(*net.UnixConn).CloseWrite()
+		}()
+		time.Sleep(3 * time.Second)
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("carry went on after its context ended, held by a write to a dead link")
 		}
 	})
 	t.Run("the context ends it", func(t *testing.T) {

@@ -396,7 +396,7 @@ func (a *Agent) runOutgoing(ctx context.Context, v *vm, o *outgoing, req api.Age
 		}
 		if stream != nil && stream.err() != nil {
 			// QEMU saw only its socket close; say why.
-			reason = fmt.Sprintf("the encrypted stream could not be carried to %s: %v", req.Destination, stream.err())
+			reason = fmt.Sprintf("the encrypted stream to %s failed: %v", req.Destination, stream.err())
 		}
 		state := api.MigrationFailed
 		switch {

@@ -410,6 +410,7 @@ func (r *faultRun) migrateAgain() {
 	r.l.Shape("host-2", "off")
 	r.dirty(0, 0)
 	from, to := r.host, faultOther(r.host)
+	r.waitReady(to)
 	var sum migrationSummary
 	r.l.RunJSON(&sum, "vm", "migrate", faultVMName, "--to", to)
 	if sum.State != api.MigrationSucceeded || sum.Source != from || sum.Destination != to {
@@ -418,6 +419,26 @@ func (r *faultRun) migrateAgain() {
 	r.t.Logf("migrated again %s → %s after the fault: %.0f ms, downtime %.1f ms", from, to, sum.TotalMS, sum.DowntimeMS)
 	r.pid = 0
 	r.verifyMoved(to)
+}
+
+// waitReady waits until host is connected and has reported its accelerator and what
+// it gives guests' CPUs, as an agent does once it has probed after a (re)start.
+func (r *faultRun) waitReady(host string) {
+	r.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var hosts []api.Host
+		r.l.RunJSON(&hosts, "host", "list")
+		for _, h := range hosts {
+			if h.Name == host && h.State == api.HostConnected && h.Accel != "" && len(h.GuestCPU.Flags) > 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("host %s is not ready a minute after the fault: %+v", host, hosts)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // verifyMoved checks a successful move to host: one QEMU there, nothing left on the
@@ -532,10 +553,11 @@ func TestFaultCancel(t *testing.T) {
 }
 
 // TestFaultDestinationAgentRestart restarts the destination's agent mid-copy: killed
-// (SIGKILL) and started again, then stopped gracefully and started again. The agent is
-// not on the migration's data path (the QEMUs talk directly), so the migration may go on
-// and complete; either way exactly one copy of the VM must run, where the outcome says,
-// and nothing of it may be left on the other host.
+// (SIGKILL) and started again, then stopped gracefully and started again. The agent
+// carries the encrypted stream, so the stream breaks with it and the migration fails
+// (in the clear the QEMUs talk directly, and it may go on and complete); either way
+// exactly one copy of the VM must run, where the outcome says, and nothing of it may be
+// left on the other host.
 func TestFaultDestinationAgentRestart(t *testing.T) {
 	t.Parallel()
 	r := newFaultRun(t)
