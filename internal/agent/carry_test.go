@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -203,4 +205,39 @@ func TestCarry(t *testing.T) {
 			t.Errorf("the source's end was not closed: %v", err)
 		}
 	})
+}
+
+// TestIncomingURI: a copy waiting for a carried (encrypted) stream listens on no network
+// address, only on a Unix socket in a directory only root can enter, the same one when
+// it listens again (post-copy recovery), gone with the VM; a copy waiting for a stream
+// in the clear listens on a free port of its migration address.
+func TestIncomingURI(t *testing.T) {
+	a, _ := testAgent(t)
+	v := &vm{dir: t.TempDir()}
+	uri, err := a.incomingURI(v, "127.0.0.1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, ok := strings.CutPrefix(uri, "unix:")
+	if !ok || filepath.Dir(sock) != v.stream || len(sock) > 107 {
+		t.Fatalf("carried stream's URI %q (directory %q); want a Unix socket of at most 107 bytes in the VM's stream directory", uri, v.stream)
+	}
+	st, err := os.Stat(v.stream)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("stream directory %s: %v, %v; want mode 0700", v.stream, st.Mode(), err)
+	}
+	again, err := a.incomingURI(v, "127.0.0.1", true)
+	if err != nil || again != uri {
+		t.Fatalf("listening again: %q, %v; want %q", again, err, uri)
+	}
+	if err := v.removeDir(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(v.stream); !os.IsNotExist(err) {
+		t.Fatalf("the stream directory outlived the VM: %v", err)
+	}
+	plain, err := a.incomingURI(&vm{dir: t.TempDir()}, "127.0.0.1", false)
+	if err != nil || !strings.HasPrefix(plain, "tcp:127.0.0.1:") {
+		t.Fatalf("stream in the clear: %q, %v; want a TCP port on the migration address", plain, err)
+	}
 }
