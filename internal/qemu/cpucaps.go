@@ -473,15 +473,51 @@ func cpuModelIsBaseline(d cpuDefinition) bool {
 // aliases whose version the machine type may choose; in QEMU 10
 // "-machine none" picks the same, -v1, as the VMs' q35.)
 func withCPUProbeQEMU(ctx context.Context, binary, accel string, f func(context.Context, *qmp.Monitor) error) error {
+	// A QEMU whose monitor does not answer in probeDialTimeout (seen once in CI, on a
+	// loaded machine: the greeting came, the reply to qmp_capabilities never did) is
+	// killed and another one started, as long as ctx allows.
+	for attempt := 1; ; attempt++ {
+		mon, stop, err := startCPUProbeQEMU(ctx, binary, accel)
+		if err != nil {
+			if ctx.Err() == nil && attempt < probeAttempts && errors.Is(err, errProbeNoAnswer) {
+				slog.WarnContext(ctx, "cpu caps: the probe QEMU's monitor did not answer; starting another", "attempt", attempt, "err", err)
+				continue
+			}
+			return err
+		}
+		err = f(ctx, mon)
+		mon.Close()
+		msg := stop()
+		if err != nil && msg != "" {
+			return fmt.Errorf("%w (QEMU said: %s)", err, msg)
+		}
+		return err
+	}
+}
+
+// probeDialTimeout bounds one probe QEMU's start-up to an answering monitor;
+// probeAttempts is how many QEMUs a probe starts at most.
+const (
+	probeDialTimeout = 10 * time.Second
+	probeAttempts    = 3
+)
+
+// errProbeNoAnswer marks a probe QEMU that ran but whose monitor did not answer in
+// time.
+var errProbeNoAnswer = errors.New("its monitor did not answer")
+
+// startCPUProbeQEMU starts one probe QEMU (see withCPUProbeQEMU) and connects to its
+// monitor; stop kills QEMU, waits for it and returns what it said.
+func startCPUProbeQEMU(ctx context.Context, binary, accel string) (mon *qmp.Monitor, stop func() string, err error) {
 	dir, err := os.MkdirTemp("", "godwit-cpucaps-")
 	if err != nil {
-		return fmt.Errorf("make a directory for the QMP socket (check $TMPDIR): %w", err)
+		return nil, nil, fmt.Errorf("make a directory for the QMP socket (check $TMPDIR): %w", err)
 	}
-	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "qmp.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
-		return fmt.Errorf("listen on the QMP socket: %w", err)
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("listen on the QMP socket: %w", err)
 	}
 	// QEMU gets its own copy of the socket; ours is closed below without
 	// removing the name, which the monitor connection dials.
@@ -489,7 +525,8 @@ func withCPUProbeQEMU(ctx context.Context, binary, accel string, f func(context.
 	lf, err := l.File()
 	l.Close()
 	if err != nil {
-		return fmt.Errorf("listen on the QMP socket: %w", err)
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("listen on the QMP socket: %w", err)
 	}
 
 	cmd := exec.CommandContext(ctx, binary,
@@ -506,21 +543,24 @@ func withCPUProbeQEMU(ctx context.Context, binary, accel string, f func(context.
 	err = cmd.Start()
 	lf.Close()
 	if err != nil {
-		return fmt.Errorf("run QEMU: %w", err)
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("run QEMU: %w", err)
 	}
 	exited := make(chan struct{})
-	go func() { // owned by this function, which waits for it below
+	go func() { // owned by stop, which waits for it
 		cmd.Wait()
 		close(exited)
 	}()
-	// stop kills QEMU, waits for it and returns what it said.
-	stop := func() string {
+	stop = func() string {
 		cmd.Process.Kill()
 		<-exited
+		os.RemoveAll(dir)
 		return strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(stderr.String()), "\n", " / ")), " ")
 	}
 
-	mon, err := qmp.Dial(ctx, sock)
+	dctx, cancel := context.WithTimeout(ctx, probeDialTimeout)
+	defer cancel()
+	mon, err = qmp.Dial(dctx, sock)
 	if err != nil {
 		if ctx.Err() == nil {
 			// Most likely QEMU is exiting: give it a moment to say why.
@@ -530,17 +570,14 @@ func withCPUProbeQEMU(ctx context.Context, binary, accel string, f func(context.
 			}
 		}
 		if msg := stop(); msg != "" {
-			return fmt.Errorf("QEMU failed: %s", msg)
+			return nil, nil, fmt.Errorf("QEMU failed: %s", msg)
 		}
-		return fmt.Errorf("connect to QEMU's monitor: %w", err)
+		if dctx.Err() != nil && ctx.Err() == nil {
+			return nil, nil, fmt.Errorf("connect to QEMU's monitor: %w: %w", errProbeNoAnswer, err)
+		}
+		return nil, nil, fmt.Errorf("connect to QEMU's monitor: %w", err)
 	}
-	err = f(ctx, mon)
-	mon.Close()
-	msg := stop()
-	if err != nil && msg != "" {
-		return fmt.Errorf("%w (QEMU said: %s)", err, msg)
-	}
-	return err
+	return mon, stop, nil
 }
 
 // cpuCapsCacheFormat changes whenever the meaning of cached CPUCaps does
