@@ -114,6 +114,10 @@ type Agent struct {
 	// memorySlot is held while a VM's memory activity is measured: one at a time.
 	memorySlot chan struct{}
 
+	// streams holds the socket directories of the streams this agent carries
+	// (streamsDir).
+	streams string
+
 	// wg tracks the goroutines that watch VM processes; they end with runCtx.
 	wg     sync.WaitGroup
 	runCtx context.Context
@@ -182,7 +186,7 @@ func New(cfg Config, version string) (*Agent, error) {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
 	a := &Agent{
-		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version,
+		cfg: cfg, log: cfg.Log.With("host", cfg.Name), version: version, streams: streamsDir(cfg.StateDir),
 		boot: time.Now(), accelReady: make(chan struct{}), vms: map[string]*vm{},
 		migrations: map[string]*outgoing{}, lingering: map[string]*frameSender{}, cpu: cpuState{ready: make(chan struct{})},
 		memorySlot: make(chan struct{}, 1),
@@ -245,6 +249,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("network %s: %w", name, err)
 		}
 	}
+	// Streams this agent carried died with its last run (carry.go), and die with this one.
+	_ = os.RemoveAll(a.streams)
+	defer os.RemoveAll(a.streams)
 	a.loadRecords()
 	if err := a.adoptAll(ctx); err != nil {
 		return err

@@ -3,7 +3,9 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -55,11 +57,30 @@ const halfCloseGrace = 30 * time.Second
 // streamDialTimeout bounds dialling the destination and its answer to the upgrade.
 const streamDialTimeout = 30 * time.Second
 
-// streamDir makes a private directory for a stream's Unix socket. It is in the
-// temporary directory, not the VM's, because a socket's path may hold at most 107
-// bytes.
-func streamDir() (string, error) {
-	dir, err := os.MkdirTemp("", "godwit-stream-")
+// streamsDir is where this agent keeps its streams' socket directories: "streams" in
+// its state directory, unless that path is too long for a socket below it (a socket's
+// path holds at most 107 bytes); then in the temporary directory, named after the state
+// directory, so that agents of different hosts on one machine (a lab) keep apart. Run
+// empties it at start and removes it at the end: what is in it belongs to streams that
+// died with the agent's run.
+func streamsDir(stateDir string) string {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil {
+		abs = stateDir
+	}
+	if dir := filepath.Join(abs, "streams"); len(dir)+len("/s0123456789/"+streamSocket) <= 107 {
+		return dir
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(os.TempDir(), "godwit-streams-"+hex.EncodeToString(sum[:6]))
+}
+
+// streamDir makes a private directory for one stream's Unix socket.
+func (a *Agent) streamDir() (string, error) {
+	if err := os.MkdirAll(a.streams, 0o700); err != nil {
+		return "", fmt.Errorf("a private directory for migration streams' sockets: %w", err)
+	}
+	dir, err := os.MkdirTemp(a.streams, "s")
 	if err != nil {
 		return "", fmt.Errorf("a private directory for the migration stream's socket: %w", err)
 	}
@@ -269,7 +290,7 @@ func (s *outStream) close() {
 // until close, or until the agent stops: a migration cancelled on request is ended by
 // QEMU, never by breaking its stream, which in post-copy would pause it.
 func (a *Agent) carryOut(dest, destURL, name, id, tk string, log *slog.Logger) (*outStream, error) {
-	dir, err := streamDir()
+	dir, err := a.streamDir()
 	if err != nil {
 		return nil, err
 	}

@@ -213,13 +213,21 @@ func TestCarry(t *testing.T) {
 // in the clear listens on a free port of its migration address.
 func TestIncomingURI(t *testing.T) {
 	a, _ := testAgent(t)
+	t.Cleanup(func() { os.RemoveAll(a.streams) })
+	if a.streams != streamsDir(a.cfg.StateDir) || !strings.HasPrefix(a.streams, a.cfg.StateDir) {
+		t.Fatalf("streams directory %q: want one in the state directory %s", a.streams, a.cfg.StateDir)
+	}
+	long := "/" + strings.Repeat("x", 100)
+	if d := streamsDir(long); filepath.Dir(d) != os.TempDir() || d == streamsDir(long+"y") {
+		t.Fatalf("streams directory of a long state directory: %q; want one of its own in %s", d, os.TempDir())
+	}
 	v := &vm{dir: t.TempDir()}
 	uri, err := a.incomingURI(v, "127.0.0.1", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sock, ok := strings.CutPrefix(uri, "unix:")
-	if !ok || filepath.Dir(sock) != v.stream || len(sock) > 107 {
+	if !ok || filepath.Dir(sock) != v.stream || filepath.Dir(v.stream) != a.streams || len(sock) > 107 {
 		t.Fatalf("carried stream's URI %q (directory %q); want a Unix socket of at most 107 bytes in the VM's stream directory", uri, v.stream)
 	}
 	st, err := os.Stat(v.stream)

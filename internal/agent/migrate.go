@@ -776,7 +776,7 @@ func (a *Agent) incomingURI(v *vm, addr string, carried bool) (string, error) {
 	a.mu.Unlock()
 	if dir == "" {
 		var err error
-		if dir, err = streamDir(); err != nil {
+		if dir, err = a.streamDir(); err != nil {
 			return "", err
 		}
 		a.mu.Lock()
