@@ -30,6 +30,47 @@ func selfSigned(b testing.TB, name string) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// tlsStreamPair connects the two agents' ends of a carried stream over loopback TCP:
+// the source's client end (batched writes, as dialStream makes it) and the
+// destination's server end, handshaken, with cert.
+func tlsStreamPair(tb testing.TB, cert tls.Certificate) (*streamConn, *tls.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan *tls.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+		if s.Handshake() != nil {
+			got <- nil
+			return
+		}
+		got <- s
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := &batchConn{Conn: raw}
+	tc := tls.Client(out, &tls.Config{InsecureSkipVerify: true, DynamicRecordSizingDisabled: true, MinVersion: tls.VersionTLS13})
+	if err := tc.Handshake(); err != nil {
+		tb.Fatal(err)
+	}
+	s := <-got
+	if s == nil {
+		tb.Fatal("the server end failed its handshake")
+	}
+	tb.Cleanup(func() { raw.Close(); s.NetConn().Close() })
+	return &streamConn{Conn: tc, out: out}, s
+}
+
 // BenchmarkCarry moves a 140 MiB stream (an idle 1 GiB guest's) from a "source QEMU"
 // socket through both agents' ends — TLS over loopback TCP, batched writes, coalesced
 // reads — to a "destination QEMU" socket, in one process, and reports the rate.
@@ -40,39 +81,9 @@ func BenchmarkCarry(b *testing.B) {
 	for range b.N {
 		src, x := unixPair(b)
 		y, dst := unixPair(b)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		got := make(chan net.Conn, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				got <- nil
-				return
-			}
-			s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
-			if s.Handshake() != nil {
-				got <- nil
-				return
-			}
-			got <- &streamConn{Conn: s}
-		}()
-		raw, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		out := &batchConn{Conn: raw}
-		tc := tls.Client(out, &tls.Config{InsecureSkipVerify: true, DynamicRecordSizingDisabled: true, MinVersion: tls.VersionTLS13})
-		if err := tc.Handshake(); err != nil {
-			b.Fatal(err)
-		}
-		s := <-got
-		if s == nil {
-			b.Fatal("the server end failed its handshake")
-		}
-		go func() { _, _, _ = carry(context.Background(), x, &streamConn{Conn: tc, out: out}) }()
-		go func() { _, _, _ = carry(context.Background(), s, y) }()
+		client, server := tlsStreamPair(b, cert)
+		go func() { _, _, _ = carry(context.Background(), x, client) }()
+		go func() { _, _, _ = carry(context.Background(), &streamConn{Conn: server}, y) }()
 		go func() {
 			buf := make([]byte, 32<<10) // QEMU's buffer
 			for sent := 0; sent < size; sent += len(buf) {
@@ -86,6 +97,5 @@ func BenchmarkCarry(b *testing.B) {
 		if err != nil || n != size {
 			b.Fatalf("carried %d bytes (%v), want %d", n, err, size)
 		}
-		ln.Close()
 	}
 }

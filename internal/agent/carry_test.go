@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -126,40 +125,12 @@ func TestCarry(t *testing.T) {
 		// The destination agent stops reading (its host froze, the link is cut):
 		// the source's writes and its close_notify block; the end of the context must
 		// still end carry at once.
-		cert := selfSigned(t, "dst")
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		frozen := make(chan net.Conn, 1)
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				frozen <- nil
-				return
-			}
-			s := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
-			_ = s.Handshake()
-			frozen <- s // and never read again
-		}()
-		raw, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := &batchConn{Conn: raw}
-		tc := tls.Client(out, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
-		if err := tc.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		if s := <-frozen; s != nil {
-			defer s.Close()
-		}
+		client, _ := tlsStreamPair(t, selfSigned(t, "dst")) // the server end never reads
 		src, x := unixPair(t)
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() {
-			_, _, err := carry(cctx, x, &streamConn{Conn: tc, out: out})
+			_, _, err := carry(cctx, x, client)
 			done <- err
 		}()
 		// Fill every buffer on the way, then end the source's side, as QEMU does when
