@@ -1,14 +1,17 @@
 package agent
 
 // Frames that reach a VM's source host while the VM is paused at a migration's
-// switch-over wait in the source TAP's queue, which QEMU no longer reads; frames that
-// reach it after the switch-over, until the network learns the VM's new port, too. The
-// source agent reads them from its own duplicate of QEMU's queue (from QEMU's STOP event
-// on, never while the VM runs) and sends each one in an authenticated UDP datagram to the
-// destination agent, which puts it on the destination VM's TAP, where it waits until the
-// destination QEMU resumes the VM and reads it. Should the migration fail, the source
-// stops reading before the VM resumes there and gives the frames it read back to the
-// VM's TAP: none is lost, none arrives twice.
+// switch-over must not wait in the source TAP's queue, where QEMU's main loop can still
+// take one (and drop it, for a VM that no longer runs); frames that reach it after the
+// switch-over, until the network learns the VM's new port, neither. From QEMU's STOP
+// event on (never while the VM runs) the source agent diverts the TAP's frames to a
+// shadow TAP of its own and reads them there, and reads what already waited in the TAP's
+// queue from its own duplicate of QEMU's queue. It sends each frame in an authenticated
+// UDP datagram to the destination agent, which puts it on the destination VM's TAP once
+// the destination QEMU runs the VM (a QEMU whose VM does not run yet takes one frame off
+// its TAP and drops it), where the VM reads it at once. Should the migration fail, the
+// source stops reading before the VM resumes there and gives the frames it read back to
+// the VM's TAP (the diversion removed first): none is lost, none arrives twice.
 
 import (
 	"crypto/hkdf"
@@ -133,6 +136,17 @@ type frameReceiver struct {
 	closing chan struct{}
 	done    chan struct{}
 	once    sync.Once
+	// running is closed when the VM runs; until then datagrams wait in the socket.
+	running     chan struct{}
+	runningOnce sync.Once
+}
+
+// resumed lets the frames through: the destination QEMU runs the VM. It is called from
+// the reader of QEMU's events and does not wait.
+func (r *frameReceiver) resumed() {
+	if r != nil {
+		r.runningOnce.Do(func() { close(r.running) })
+	}
 }
 
 // receiveFrames opens the frame port of an incoming VM (whose TAPs exist) on addr.
@@ -171,7 +185,7 @@ func (a *Agent) receiveFrames(v *vm, addr, migration string, stream []byte) (*fr
 		closeAll()
 		return nil, fmt.Errorf("open a UDP port on %s for the switch-over's frames: %w", addr, err)
 	}
-	r := &frameReceiver{conn: pc.(*net.UDPConn), closing: make(chan struct{}), done: make(chan struct{})}
+	r := &frameReceiver{conn: pc.(*net.UDPConn), closing: make(chan struct{}), done: make(chan struct{}), running: make(chan struct{})}
 	a.wg.Add(2)
 	go func() {
 		defer a.wg.Done()
@@ -185,6 +199,13 @@ func (a *Agent) receiveFrames(v *vm, addr, migration string, stream []byte) (*fr
 		defer a.wg.Done()
 		defer close(r.done)
 		defer closeAll()
+		select {
+		case <-r.running:
+		case <-r.closing:
+			return
+		case <-a.runCtx.Done():
+			return
+		}
 		buf := make([]byte, maxFrameDatagram+1)
 		var win replayWindow
 		for {
@@ -270,8 +291,11 @@ type frameSender struct {
 	uuid   string
 	taps   []string
 	queues []*netdev.TapQueue
-	conn   *net.UDPConn
-	key    []byte
+	// shadows take each TAP's frames from the STOP on (nil for a NIC without: its
+	// frames stay on the TAP's queue and QEMU may still take one).
+	shadows []*netdev.Shadow
+	conn    *net.UDPConn
+	key     []byte
 
 	start, halt         chan struct{}
 	startOnce, haltOnce sync.Once
@@ -316,6 +340,12 @@ func (a *Agent) carryFrames(v *vm, p *qemu.Process, id, destAddr string, port in
 			return nil
 		}
 		s.taps, s.queues = append(s.taps, tap), append(s.queues, q)
+		sh, err := netdev.OpenShadow(netdev.ShadowName(v.spec.UUID, i), tap)
+		if err != nil {
+			log.Warn("QEMU may still take a frame or two during the switch-over", "tap", tap, "err", err)
+			sh = nil
+		}
+		s.shadows = append(s.shadows, sh)
 	}
 	conn, err := net.Dial("udp4", net.JoinHostPort(destAddr, strconv.Itoa(port)))
 	if err != nil {
@@ -327,15 +357,52 @@ func (a *Agent) carryFrames(v *vm, p *qemu.Process, id, destAddr string, port in
 	for i, q := range s.queues {
 		s.readers.Add(1)
 		go s.read(i, q)
+		if sh := s.shadows[i]; sh != nil {
+			s.readers.Add(1)
+			go s.read(i, sh.TapQueue)
+		}
 	}
 	return s
 }
 
-// stopped starts carrying: QEMU stopped the VM and reads its TAPs no more. It is called
-// from the reader of QEMU's events and does not wait.
+// divert sends each TAP's frames to its shadow.
+func (s *frameSender) divert() {
+	for i, sh := range s.shadows {
+		if sh == nil {
+			continue
+		}
+		if err := sh.Divert(); err != nil {
+			s.log.Warn("QEMU may still take a frame or two during the switch-over", "tap", s.taps[i], "err", err)
+		}
+	}
+}
+
+// undivert gives the TAPs their frames back.
+func (s *frameSender) undivert() {
+	for i, sh := range s.shadows {
+		if sh == nil {
+			continue
+		}
+		if err := netdev.Undivert(s.taps[i]); err != nil {
+			s.log.Warn("cannot end the diversion of the VM's frames", "tap", s.taps[i], "err", err)
+		}
+	}
+}
+
+// stopped starts carrying: QEMU stopped the VM. It is called from the reader of QEMU's
+// events and waits only for the diversion (one netlink request per NIC), so that it comes
+// as soon after the STOP as it can: each frame that still lands on the TAP's queue until
+// then is one QEMU's main loop may take and drop.
 func (s *frameSender) stopped() {
 	if s != nil {
-		s.startOnce.Do(func() { close(s.start) })
+		s.startOnce.Do(func() {
+			close(s.start)
+			select {
+			case <-s.halt:
+			default:
+				s.divert()
+			}
+		})
 	}
 }
 
@@ -374,13 +441,7 @@ func (s *frameSender) forward(nic int, pkt []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.keep {
-		if s.keptN < maxKeptFrames && s.keptBytes+len(pkt) <= maxKeptBytes {
-			s.kept[nic] = append(s.kept[nic], append([]byte(nil), pkt...))
-			s.keptN++
-			s.keptBytes += len(pkt)
-		} else {
-			s.notKept++
-		}
+		s.keepFrame(nic, pkt)
 	}
 	if len(pkt) > maxFramePacket {
 		s.a.metrics.FrameDropped(metrics.FrameUndeliverable)
@@ -393,6 +454,18 @@ func (s *frameSender) forward(nic int, pkt []byte) {
 		return
 	}
 	s.a.metrics.FramesCarried(metrics.FramesSent, 1)
+}
+
+// keepFrame keeps a copy of pkt to give back should the migration fail, within bounds.
+// s.mu is held.
+func (s *frameSender) keepFrame(nic int, pkt []byte) {
+	if s.keptN < maxKeptFrames && s.keptBytes+len(pkt) <= maxKeptBytes {
+		s.kept[nic] = append(s.kept[nic], append([]byte(nil), pkt...))
+		s.keptN++
+		s.keptBytes += len(pkt)
+	} else {
+		s.notKept++
+	}
 }
 
 // stopReading ends the readers and waits until they have: no frame is read after it
@@ -409,6 +482,11 @@ func (s *frameSender) stopReading() {
 		for _, q := range s.queues {
 			q.Interrupt()
 		}
+		for _, sh := range s.shadows {
+			if sh != nil {
+				sh.Interrupt()
+			}
+		}
 		select {
 		case <-done:
 			return
@@ -421,6 +499,11 @@ func (s *frameSender) closeQueues() {
 	for _, q := range s.queues {
 		_ = q.Close()
 	}
+	for _, sh := range s.shadows {
+		if sh != nil {
+			_ = sh.Close()
+		}
+	}
 }
 
 // giveBack ends the carrying of a migration that failed, before the VM resumes here: it
@@ -431,10 +514,20 @@ func (s *frameSender) giveBack() {
 		return
 	}
 	s.stopReading()
+	s.undivert()
 	_ = s.conn.Close()
-	s.closeQueues()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// What the shadows took after their readers stopped goes back too.
+	for nic, sh := range s.shadows {
+		if sh == nil {
+			continue
+		}
+		if err := sh.Drain(func(pkt []byte) { s.keepFrame(nic, pkt) }); err != nil {
+			s.log.Warn("cannot read the rest of the switch-over's frames", "tap", s.taps[nic], "err", err)
+		}
+	}
+	s.closeQueues()
 	s.keep = false
 	for nic, frames := range s.kept {
 		if len(frames) == 0 {
@@ -485,6 +578,7 @@ func (s *frameSender) linger(after func()) {
 func (s *frameSender) finish() {
 	s.finishOnce.Do(func() {
 		s.stopReading()
+		s.undivert()
 		_ = s.conn.Close()
 		s.closeQueues()
 		a := s.a

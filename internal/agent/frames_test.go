@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/netdev"
+	"github.com/godwit/godwit/internal/qemu"
 )
 
 // framePacket is a packet as the source reads it from a TAP: a virtio-net header, then
@@ -101,57 +104,7 @@ func TestFrameReceiverDropsForgeries(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := &vm{spec: api.VMSpec{Name: "f1", UUID: "5f0c1e2a-0000-4000-8000-00000000f001", NICs: []api.NIC{{Network: "lab"}}}}
-	if err := a.createTaps(v); err != nil {
-		t.Fatal(err)
-	}
-	// The VM's side of the TAP, opened as QEMU opens it.
-	tun, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(tun)
-	ifr, _ := unix.NewIfreq(netdev.TapName(v.spec.UUID, 0))
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
-	if err := unix.IoctlIfreq(tun, unix.TUNSETIFF, ifr); err != nil {
-		t.Fatal(err)
-	}
-	// The kernel drops what is sent to the TAP until it has set the link up.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		l, err := netlink.LinkByName(netdev.TapName(v.spec.UUID, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if l.Attrs().OperState == netlink.OperUp {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the TAP is %v, not up, with a queue attached", l.Attrs().OperState)
-		}
-	}
-	// received returns the frames of framePacket's kind that reached the VM within wait.
-	received := func(wait time.Duration) []uint32 {
-		var got []uint32
-		buf := make([]byte, 70000)
-		deadline := time.Now().Add(wait)
-		for {
-			left := time.Until(deadline)
-			if left <= 0 {
-				return got
-			}
-			fds := []unix.PollFd{{Fd: int32(tun), Events: unix.POLLIN}}
-			if n, _ := unix.Poll(fds, int(left/time.Millisecond)+1); n <= 0 {
-				continue
-			}
-			n, err := unix.Read(tun, buf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f := buf[netdev.VnetHdrLen:n]
-			if len(f) >= 18 && binary.BigEndian.Uint16(f[12:]) == 0x88b5 {
-				got = append(got, binary.BigEndian.Uint32(f[14:]))
-			}
-		}
-	}
+	received := heldTap(t, a, v)
 
 	stream := bytes.Repeat([]byte{7}, 32)
 	r, err := a.receiveFrames(v, "127.0.0.1", "mig-f1", stream)
@@ -178,6 +131,11 @@ func TestFrameReceiverDropsForgeries(t *testing.T) {
 	}
 	genuine := sealFrame(nil, key, 0, 1, framePacket(1))
 	send(genuine)
+	// Nothing reaches the TAP before the VM runs (QEMU would take one frame and drop it).
+	if got := received(300 * time.Millisecond); len(got) != 0 {
+		t.Fatalf("frames reaching the VM before it runs: %v, want none yet", got)
+	}
+	r.resumed()
 	if got := received(time.Second); len(got) != 1 || got[0] != 1 {
 		t.Fatalf("frames reaching the VM after an authentic datagram: %v, want [1]", got)
 	}
@@ -241,4 +199,178 @@ func FuzzOpenFrame(f *testing.F) {
 			t.Fatalf("accepted %x, which the key does not seal that way", b)
 		}
 	})
+}
+
+// heldTap makes VM v's TAPs and holds NIC 0's queue as QEMU does (non-blocking, with a
+// virtio-net header). It returns the function that reads, within wait, the frames of
+// framePacket's kind that reached the VM.
+func heldTap(t *testing.T, a *Agent, v *vm) func(wait time.Duration) []uint32 {
+	t.Helper()
+	if err := a.createTaps(v); err != nil {
+		t.Fatal(err)
+	}
+	// The VM's side of the TAP, opened as QEMU opens it.
+	tun, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(tun) })
+	ifr, _ := unix.NewIfreq(netdev.TapName(v.spec.UUID, 0))
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(tun, unix.TUNSETIFF, ifr); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel drops what is sent to the TAP until it has set the link up.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		l, err := netlink.LinkByName(netdev.TapName(v.spec.UUID, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the TAP is %v, not up, with a queue attached", l.Attrs().OperState)
+		}
+	}
+	// The frames of framePacket's kind that reached the VM within wait.
+	return func(wait time.Duration) []uint32 {
+		var got []uint32
+		buf := make([]byte, 70000)
+		deadline := time.Now().Add(wait)
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return got
+			}
+			fds := []unix.PollFd{{Fd: int32(tun), Events: unix.POLLIN}}
+			if n, _ := unix.Poll(fds, int(left/time.Millisecond)+1); n <= 0 {
+				continue
+			}
+			n, err := unix.Read(tun, buf)
+			if errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := buf[netdev.VnetHdrLen:n]
+			if len(f) >= 18 && binary.BigEndian.Uint16(f[12:]) == 0x88b5 {
+				got = append(got, binary.BigEndian.Uint32(f[14:]))
+			}
+		}
+	}
+}
+
+// TestFramesDivertedAndGivenBack runs the source's end of a switch-over that fails, with
+// this test holding the VM's TAP as QEMU does: frames that waited on the TAP's queue at
+// the STOP and frames that arrive after it (diverted to the shadow) all reach the
+// destination, each once; when the migration fails they all go back to the VM, the
+// diversion is gone, and so is the shadow.
+func TestFramesDivertedAndGivenBack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root for network namespaces and TAPs")
+	}
+	a, _ := testAgent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.runCtx = ctx
+	defer a.wg.Wait()
+	defer cancel()
+	inNewNetns(t)
+	if err := netdev.EnsureBridge("br0"); err != nil {
+		t.Fatal(err)
+	}
+	v := &vm{spec: api.VMSpec{Name: "f2", UUID: "5f0c1e2a-0000-4000-8000-00000000f002", NICs: []api.NIC{{Network: "lab"}}}}
+	received := heldTap(t, a, v)
+	tap := netdev.TapName(v.spec.UUID, 0)
+
+	dst, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	stream := bytes.Repeat([]byte{9}, 32)
+	key, _ := frameKey(stream, "mig-g1")
+	s := a.carryFrames(v, &qemu.Process{PID: os.Getpid()}, "mig-g1", "127.0.0.1", dst.LocalAddr().(*net.UDPAddr).Port, stream, a.log)
+	if s == nil {
+		t.Fatal("carryFrames prepared nothing")
+	}
+	if s.shadows[0] == nil {
+		t.Fatal("no shadow for the TAP")
+	}
+	in, err := netdev.OpenInjector(tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			if err := in.Send(framePacket(uint32(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// carried returns the frames the destination got within wait, by number.
+	carried := func(want int, wait time.Duration) []uint32 {
+		var got []uint32
+		buf := make([]byte, maxFrameDatagram+1)
+		_ = dst.SetReadDeadline(time.Now().Add(wait))
+		for len(got) < want {
+			n, err := dst.Read(buf)
+			if err != nil {
+				break
+			}
+			_, _, pkt, reason := openFrame(key, buf[:n])
+			if reason != "" {
+				t.Fatalf("the source sent a datagram the destination drops: %s", reason)
+			}
+			if f := pkt[netdev.VnetHdrLen:]; binary.BigEndian.Uint16(f[12:]) == 0x88b5 {
+				got = append(got, binary.BigEndian.Uint32(f[14:]))
+			}
+		}
+		slices.Sort(got)
+		return got
+	}
+	all := func(n int) []uint32 {
+		w := make([]uint32, n)
+		for i := range w {
+			w[i] = uint32(i)
+		}
+		return w
+	}
+
+	send(0, 10) // the VM runs: these wait on the TAP's queue for it
+	if on, _ := netdev.Diverted(tap); on {
+		t.Fatal("the TAP is diverted before the STOP")
+	}
+	s.stopped()
+	if on, err := netdev.Diverted(tap); !on || err != nil {
+		t.Fatalf("the TAP is not diverted after the STOP: %v, %v", on, err)
+	}
+	send(10, 30)
+	if got := carried(30, 5*time.Second); !slices.Equal(got, all(30)) {
+		t.Fatalf("the destination got frames %v; want 0..29, each once", got)
+	}
+
+	s.giveBack()
+	if on, _ := netdev.Diverted(tap); on {
+		t.Error("the TAP is still diverted after the migration failed")
+	}
+	got := received(2 * time.Second)
+	slices.Sort(got)
+	if !slices.Equal(got, all(30)) {
+		t.Errorf("the VM got back frames %v; want 0..29, each once", got)
+	}
+	if n := frameCount(t, a, "godwit_agent_frames_carried_total", "direction", metrics.FramesReturned); n != 30 {
+		t.Errorf("frames returned: %v, want 30", n)
+	}
+	if _, err := netlink.LinkByName(netdev.ShadowName(v.spec.UUID, 0)); err == nil {
+		t.Error("the shadow TAP outlived the migration")
+	}
+	// The VM's frames flow to it again.
+	send(30, 31)
+	if got := received(time.Second); !slices.Equal(got, []uint32{30}) {
+		t.Errorf("after the failed migration the VM got %v; want [30]", got)
+	}
 }

@@ -734,7 +734,7 @@ func (a *Agent) Incoming(ctx context.Context, req api.IncomingRequest, tk string
 		undo(p)
 		return api.IncomingReply{}, err
 	}
-	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME", nil)
+	v.resumedAt = a.lastEvent(a.runCtx, mon, "RESUME", v.frames.resumed)
 	a.watch(v, p)
 	a.guardIncoming(v, p, req.ID, req.Source, req.SourceURL, tk)
 	a.log.Info("waiting for incoming VM", "vm", s.Name, "migration", req.ID, "from", req.Source, "uri", uri, "carried", carried)

@@ -120,6 +120,11 @@ func (q *TapQueue) ReadPacket(buf []byte, deadline time.Time) ([]byte, error) {
 	if err := q.f.SetReadDeadline(deadline); err != nil {
 		return nil, err
 	}
+	return q.readPacket(buf, q.f.Read)
+}
+
+// readPacket reads one packet with read and returns it as ReadPacket does.
+func (q *TapQueue) readPacket(buf []byte, read func([]byte) (int, error)) ([]byte, error) {
 	// The header the reader asked for may be longer than struct virtio_net_hdr (12 bytes
 	// with num_buffers, which means nothing once the frame leaves the queue): read the
 	// frame so that the first VnetHdrLen bytes of buf hold the header that matters.
@@ -128,7 +133,7 @@ func (q *TapQueue) ReadPacket(buf []byte, deadline time.Time) ([]byte, error) {
 		skip = VnetHdrLen
 		clear(buf[:VnetHdrLen])
 	}
-	n, err := q.f.Read(buf[skip:])
+	n, err := read(buf[skip:])
 	if err != nil {
 		return nil, err
 	}

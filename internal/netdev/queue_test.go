@@ -218,3 +218,138 @@ func TestTapQueueOfQEMU(t *testing.T) {
 		t.Error("QEMU lost its TAP")
 	}
 }
+
+// TestDivert diverts a TAP's frames to a shadow and back: while diverted, every frame
+// sent towards the TAP's reader lands on the shadow's queue instead, what was on the
+// TAP's queue stays there, and the shadow goes when it is closed.
+func TestDivert(t *testing.T) {
+	inThrowawayNetns(t)
+	if err := EnsureBridge("br0"); err != nil {
+		t.Fatal(err)
+	}
+	uuid := "7d3f5a80-0000-4000-8000-000000000003"
+	name := TapName(uuid, 0)
+	if err := CreateTap(name, "br0", 0); err != nil {
+		t.Fatal(err)
+	}
+	fd := attachQueue(t, name)
+	waitUp(t, name)
+	q, err := newTapQueue(fd, name)
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	defer q.Close()
+	sh, err := OpenShadow(ShadowName(uuid, 0), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			sh.Close()
+		}
+	}()
+	if sh.Name() != name[:10]+"s0" {
+		t.Errorf("shadow of %s named %s", name, sh.Name())
+	}
+	// (A link on no bridge stays in operational state "unknown": nothing to wait for.)
+	in, err := OpenInjector(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	dst := []byte{0x02, 0x67, 0x77, 0, 0, 2}
+	send := func(from, to int) {
+		for i := from; i < to; i++ {
+			if err := in.Send(testPacket(dst, uint32(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// drain returns the numbers of the test frames on queue x, and how many other
+	// frames it held.
+	drain := func(x *TapQueue) (nums []uint32, other int) {
+		if err := x.Drain(func(p []byte) {
+			if binary.BigEndian.Uint16(p[VnetHdrLen+12:]) != 0x88b5 {
+				other++
+				return
+			}
+			nums = append(nums, binary.BigEndian.Uint32(p[VnetHdrLen+14:]))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return nums, other
+	}
+	want := func(what string, got []uint32, from, to int) {
+		t.Helper()
+		if len(got) != to-from {
+			t.Fatalf("%s: frames %v; want %d..%d", what, got, from, to-1)
+		}
+		for i, n := range got {
+			if n != uint32(from+i) {
+				t.Fatalf("%s: frames %v; want %d..%d in order", what, got, from, to-1)
+			}
+		}
+	}
+
+	send(0, 10)
+	if on, _ := Diverted(name); on {
+		t.Error("Diverted before Divert")
+	}
+	if err := sh.Divert(); err != nil {
+		t.Fatal(err)
+	}
+	if on, err := Diverted(name); !on || err != nil {
+		t.Errorf("Diverted after Divert: %v, %v", on, err)
+	}
+	send(10, 30)
+	got, _ := drain(q)
+	want("the TAP's queue while diverted", got, 0, 10)
+	got, other := drain(sh.TapQueue)
+	want("the shadow's queue while diverted", got, 10, 30)
+	if other != 0 {
+		t.Errorf("the shadow received %d frames of the host's own; want none", other)
+	}
+
+	if err := Undivert(name); err != nil {
+		t.Fatal(err)
+	}
+	if on, _ := Diverted(name); on {
+		t.Error("Diverted after Undivert")
+	}
+	send(30, 40)
+	got, _ = drain(q)
+	want("the TAP's queue after Undivert", got, 30, 40)
+	if got, _ := drain(sh.TapQueue); len(got) != 0 {
+		t.Errorf("the shadow received %v after Undivert", got)
+	}
+	if err := Undivert(name); err != nil {
+		t.Errorf("a second Undivert: %v", err)
+	}
+	if err := Undivert("gwnosuchtap0"); err != nil {
+		t.Errorf("Undivert of a TAP that is gone: %v", err)
+	}
+
+	// A TAP adopted again (an agent restarted mid-way) loses a diversion left behind.
+	if err := sh.Divert(); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateTap(name, "br0", 0); err != nil {
+		t.Fatal(err)
+	}
+	if on, err := Diverted(name); on || err != nil {
+		t.Errorf("Diverted after the TAP was adopted again: %v, %v; want false", on, err)
+	}
+
+	closed = true
+	if err := sh.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(sh.Name()); err == nil {
+		t.Errorf("shadow %s still exists after Close", sh.Name())
+	}
+	if _, err := OpenShadow(name, name); err == nil {
+		t.Errorf("a shadow was made under the name of an existing persistent TAP")
+	}
+}

@@ -82,6 +82,11 @@ func adoptTap(link, br netlink.Link, mtu int) error {
 		}
 		return fmt.Errorf("TAP %s is attached to %s, not to bridge %s: delete the TAP (DeleteTap) and create it again", name, other, br.Attrs().Name)
 	}
+	// A diversion left by a migration whose agent stopped mid-way would send the VM's
+	// frames to a shadow that went with that agent.
+	if err := Undivert(name); err != nil {
+		return err
+	}
 	return configureTap(link, br, mtu)
 }
 
@@ -103,6 +108,10 @@ func configureTap(link, br netlink.Link, mtu int) error {
 		if err := netlink.LinkSetMaster(link, br); err != nil {
 			return fmt.Errorf("attach TAP %s to bridge %s: %w", attrs.Name, br.Attrs().Name, err)
 		}
+	}
+	// Before it is up, while it carries nothing: adding it stops transmission a moment.
+	if err := ensureClsact(attrs.Name, attrs.Index); err != nil {
+		return err
 	}
 	if attrs.Flags&net.FlagUp == 0 {
 		if err := netlink.LinkSetUp(link); err != nil {
