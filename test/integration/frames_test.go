@@ -18,8 +18,9 @@ import (
 // it every millisecond and fetches a page every 20 ms: the frames that reach the source
 // while the VM is paused, or after, until the network learns its new port, are carried
 // to the destination and delivered when the VM resumes. Without them a migration loses
-// the pause's worth of pings (about 100 here); with them at most maxLostToQEMU, which
-// QEMU itself holds (see there), and no request fails.
+// the pause's worth of pings (about 100 here); with them at most maxLostToQEMU per
+// migration on average, a frame QEMU itself takes and drops (see there), and no request
+// fails.
 func TestNoFrameLostAtSwitchover(t *testing.T) {
 	l := newLab(t, 2)
 	var vm api.VM
@@ -42,7 +43,7 @@ func TestNoFrameLostAtSwitchover(t *testing.T) {
 	// grace period). A VM that comes back while its old TAP still carries the last
 	// switch-over's frames was seen to lose the next pause's frames once in a few runs:
 	// not yet held to this test's bound (see the notes).
-	from := "host-1"
+	from, lost := "host-1", 0
 	for _, to := range []string{"host-2", "host-1", "host-2"} {
 		if from != "host-1" || to != "host-2" {
 			if tapLeft(l, to, netdev.TapName(vm.UUID, 0)) {
@@ -60,19 +61,20 @@ func TestNoFrameLostAtSwitchover(t *testing.T) {
 		time.Sleep(time.Second)
 		r := w()
 		t.Logf("→ %s: total %.0f ms, pause %.1f ms, QEMU's downtime %.1f ms; %s", to, sum.TotalMS, sum.PauseMS, sum.DowntimeMS, r)
-		// Pings lost are reported, not held to a bound yet: on a loaded 2-core machine a
-		// migration still lost from 1–3 (frames inside the source QEMU, see maxLostToQEMU)
-		// to hundreds (once in several runs, not yet explained) against ~100–350
-		// without carrying.
 		if r.icmp.Sent < 500 {
 			t.Errorf("migration to %s: only %d pings sent", to, r.icmp.Sent)
 		}
-		if r.icmp.Lost() > maxLostToQEMU {
-			t.Logf("migration to %s: %d of %d pings went unanswered (more than the %d QEMU itself drops)", to, r.icmp.Lost(), r.icmp.Sent, maxLostToQEMU)
-		}
+		lost += r.icmp.Lost()
 		if r.web.Requests < 20 || r.web.Failed != 0 {
 			t.Errorf("migration to %s: %d of %d HTTP requests failed (first: %s); want none", to, r.web.Failed, r.web.Requests, r.web.FirstError)
 		}
+	}
+
+	// Held to the average over the three, so that one migration that loses two does not
+	// fail the test; before the diversion and the destination's wait for RESUME, 2 per
+	// migration was typical (6 in all).
+	if lost > 3*maxLostToQEMU {
+		t.Errorf("%d pings went unanswered in 3 migrations; want at most %d", lost, 3*maxLostToQEMU)
 	}
 
 	var sent, delivered float64
@@ -93,12 +95,14 @@ func TestNoFrameLostAtSwitchover(t *testing.T) {
 	}
 }
 
-// maxLostToQEMU is how many frames a switch-over may still lose, all inside the source
-// QEMU: the frame its NIC holds when the VM stops (QEMU's network layer drops what it
-// queued for a VM that stops), and the frame its main loop reads from the TAP once the
-// switch-over's lock is released (it queues it for the stopped VM and reads no more);
-// measured: 2 or 3 per migration, against about 100 without carrying.
-const maxLostToQEMU = 3
+// maxLostToQEMU is how many frames a switch-over may still lose, inside the source
+// QEMU: QEMU marks the VM stopped before it pauses the vCPUs (milliseconds under TCG),
+// and a frame its main loop reads from the TAP in between is queued for a VM that no
+// longer runs and dropped when the stop completes, before the STOP event reaches the
+// agent and the TAP is diverted. Measured with packet captures on both hosts: 0 or 1
+// per migration (9 migrations, 2 lost), against 2 or 3 before the diversion (one of
+// them at the destination, now held until its VM runs) and about 100 without carrying.
+const maxLostToQEMU = 1
 
 // clientView is what the client saw of a guest during a window.
 type clientView struct {
