@@ -76,7 +76,8 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	if registered {
 		c.log.Info("host registered", "host", f.Name, "agent", f.AgentURL)
 	}
-	vms, err := c.store.VMs(ctx)
+	// Only this host's VMs: a heartbeat's cost must not grow with the cluster.
+	vms, err := c.store.VMsOn(ctx, f.Name)
 	if err != nil {
 		return err
 	}
@@ -88,7 +89,7 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 		reported[s.Name] = s
 	}
 	for _, r := range vms {
-		if r.Host != f.Name || c.migrating(r.Spec.Name) {
+		if c.migrating(r.Spec.Name) {
 			continue // a migration's outcome, not a heartbeat, moves the VM
 		}
 		s, ok := reported[r.Spec.Name]
@@ -117,14 +118,25 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 // for news) and does not run it. This is how the inventory comes to match where QEMU
 // really runs after a partition or a lost outcome. Each correction is logged and
 // recorded in the audit trail.
-func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []store.VMRecord, now time.Time) error {
-	byName := make(map[string]store.VMRecord, len(vms))
-	for _, r := range vms {
-		byName[r.Spec.Name] = r
+//
+// here are the VMs recorded on host f: only a VM reported but not among them is looked up.
+func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, here []store.VMRecord, now time.Time) error {
+	mine := make(map[string]bool, len(here))
+	for _, r := range here {
+		mine[r.Spec.Name] = true
 	}
 	for _, s := range f.VMs {
-		r, ok := byName[s.Name]
-		if !ok || s.State != api.VMRunning || r.Host == f.Name || !strings.EqualFold(r.Spec.UUID, s.UUID) || c.migrating(s.Name) {
+		if mine[s.Name] || s.State != api.VMRunning || c.migrating(s.Name) {
+			continue
+		}
+		r, err := c.store.VM(ctx, s.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if r.Host == f.Name || !strings.EqualFold(r.Spec.UUID, s.UUID) {
 			continue
 		}
 		active, err := c.store.Migrations(ctx, s.Name, true, 1)
@@ -154,7 +166,7 @@ func (c *Center) reconcileHosts(ctx context.Context, f api.HostFacts, vms []stor
 	return nil
 }
 
-func (c *Center) hostView(ctx context.Context, h store.HostRecord, vms []store.VMRecord, maint map[string]store.Maintenance) api.Host {
+func (c *Center) hostView(ctx context.Context, h store.HostRecord, vmCount map[string]int, maint map[string]store.Maintenance) api.Host {
 	out := api.Host{HostFacts: h.Facts, LastHeartbeat: h.LastHeartbeat, Registered: h.Registered, State: api.HostDisconnected}
 	if c.connected(h) {
 		out.State = api.HostConnected
@@ -168,11 +180,7 @@ func (c *Center) hostView(ctx context.Context, h store.HostRecord, vms []store.V
 	} else if !errors.Is(err, errCPUUnknown) {
 		out.Baseline = err.Error()
 	}
-	for _, v := range vms {
-		if v.Host == h.Facts.Name {
-			out.VMCount++
-		}
-	}
+	out.VMCount = vmCount[h.Facts.Name]
 	return out
 }
 
@@ -181,7 +189,7 @@ func (c *Center) listHosts(ctx context.Context) ([]api.Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	vms, err := c.store.VMs(ctx)
+	vms, err := c.store.VMCounts(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +212,7 @@ func (c *Center) getHost(ctx context.Context, name string) (api.Host, error) {
 	if err != nil {
 		return api.Host{}, err
 	}
-	vms, err := c.store.VMs(ctx)
+	vms, err := c.store.VMCounts(ctx)
 	if err != nil {
 		return api.Host{}, err
 	}

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS certificates (
 	revoked_reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS certificates_name ON certificates (name);
+CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (serial) WHERE revoked != '';
 `
 
 // JoinTokenRecord is a one-time token with which a host joins the cluster. Only the

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
@@ -39,6 +40,12 @@ func (e *DuplicateError) Error() string {
 // Store is the center's database.
 type Store struct {
 	db *sql.DB
+	// beats takes heartbeats to the goroutine that commits them in groups; the Store owns
+	// it: Close stops it (closing stop) and waits for it (done).
+	beats chan *beat
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
 }
 
 const schema = `
@@ -77,6 +84,7 @@ CREATE TABLE IF NOT EXISTS migrations (
 	started TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS migrations_vm ON migrations (vm, started);
+CREATE INDEX IF NOT EXISTS vms_host ON vms (host);
 CREATE TABLE IF NOT EXISTS tasks (
 	id TEXT PRIMARY KEY,
 	kind TEXT NOT NULL,
@@ -145,7 +153,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("update schema in %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db, beats: make(chan *beat, maxBeatGroup), stop: make(chan struct{}), done: make(chan struct{})}
+	go s.commitBeats()
+	return s, nil
 }
 
 // restrictFiles creates the database file at path with mode 0600 if it is missing, and
@@ -183,8 +193,12 @@ func addColumn(ctx context.Context, db *sql.DB, table, column, def string) error
 	return nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close stops the heartbeat writer and closes the database.
+func (s *Store) Close() error {
+	s.once.Do(func() { close(s.stop) })
+	<-s.done
+	return s.db.Close()
+}
 
 // DB returns the database handle, for parts of the center that keep their own tables in
 // the same file (the audit trail).
@@ -205,27 +219,106 @@ type HostRecord struct {
 }
 
 // SaveHeartbeat records a host's facts, registering it on its first heartbeat.
+// Heartbeats that arrive together are committed in one transaction (a group commit:
+// one fsync for many hosts); it returns once its own is on disk.
 func (s *Store) SaveHeartbeat(ctx context.Context, f api.HostFacts, now time.Time) (registered bool, err error) {
 	b, err := json.Marshal(f)
 	if err != nil {
 		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
 	}
-	err = s.write(ctx, "save heartbeat of host "+f.Name, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, string(b), ts(now), f.Name)
-		if err != nil {
-			return fmt.Errorf("save heartbeat of host %s: %w", f.Name, err)
+	hb := &beat{name: f.Name, facts: string(b), now: now, done: make(chan struct{})}
+	select {
+	case s.beats <- hb:
+	case <-ctx.Done():
+		return false, fmt.Errorf("save heartbeat of host %s: %w", f.Name, ctx.Err())
+	case <-s.stop:
+		return false, fmt.Errorf("save heartbeat of host %s: the store is closed", f.Name)
+	}
+	// Once queued it is written (or fails) with its group; the caller waits for that,
+	// so that an acknowledged heartbeat is on disk.
+	select {
+	case <-hb.done:
+	case <-s.done:
+		select {
+		case <-hb.done:
+		default:
+			return false, fmt.Errorf("save heartbeat of host %s: the store is closed", f.Name)
 		}
-		if n, _ := res.RowsAffected(); n == 1 {
-			return nil
+	}
+	return hb.registered, hb.err
+}
+
+// A beat is one host's heartbeat waiting to be committed.
+type beat struct {
+	name, facts string
+	now         time.Time
+	registered  bool
+	err         error
+	done        chan struct{}
+}
+
+// maxBeatGroup is how many heartbeats one transaction commits at most.
+const maxBeatGroup = 256
+
+// commitBeats writes heartbeats in groups: all those that arrived while the previous
+// group was being committed go in one transaction, one fsync, instead of one each.
+// Nothing waits for a group to fill: a heartbeat alone is committed at once.
+func (s *Store) commitBeats() {
+	defer close(s.done)
+	group := make([]*beat, 0, maxBeatGroup)
+	for {
+		group = group[:0]
+		select {
+		case hb := <-s.beats:
+			group = append(group, hb)
+		case <-s.stop:
+			return
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, facts, registered, last_heartbeat) VALUES (?, ?, ?, ?)`,
-			f.Name, string(b), ts(now), ts(now)); err != nil {
-			return fmt.Errorf("register host %s: %w", f.Name, err)
+	more:
+		for len(group) < maxBeatGroup {
+			select {
+			case hb := <-s.beats:
+				group = append(group, hb)
+			default:
+				break more
+			}
 		}
-		registered = true
+		s.commitGroup(group)
+	}
+}
+
+func (s *Store) commitGroup(group []*beat) {
+	// A group is not cancelled by one caller's context: the others wait for it.
+	ctx := context.Background()
+	what := "save heartbeat of host " + group[0].name
+	if len(group) > 1 {
+		what = fmt.Sprintf("save heartbeats of %d hosts", len(group))
+	}
+	err := s.write(ctx, what, func(tx *sql.Tx) error {
+		for _, hb := range group {
+			hb.registered = false
+			res, err := tx.ExecContext(ctx, `UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, hb.facts, ts(hb.now), hb.name)
+			if err != nil {
+				return fmt.Errorf("save heartbeat of host %s: %w", hb.name, err)
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (name, facts, registered, last_heartbeat) VALUES (?, ?, ?, ?)`,
+				hb.name, hb.facts, ts(hb.now), ts(hb.now)); err != nil {
+				return fmt.Errorf("register host %s: %w", hb.name, err)
+			}
+			hb.registered = true
+		}
 		return nil
 	})
-	return registered, err
+	for _, hb := range group {
+		hb.err = err
+		if err != nil {
+			hb.registered = false
+		}
+		close(hb.done)
+	}
 }
 
 // Hosts returns every host, by name.
@@ -376,6 +469,30 @@ func (s *Store) VM(ctx context.Context, name string) (VMRecord, error) {
 // VMs returns every VM, by name.
 func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
 	return queryAll(ctx, s.db, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
+}
+
+// VMsOn returns the VMs recorded on host, by name.
+func (s *Store) VMsOn(ctx context.Context, host string) ([]VMRecord, error) {
+	return queryAll(ctx, s.db, scanVM, "VMs on "+host, `SELECT `+vmCols+` FROM vms WHERE host = ? ORDER BY name`, host)
+}
+
+// VMCounts returns how many VMs each host has on record.
+func (s *Store) VMCounts(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT host, count(*) FROM vms GROUP BY host`)
+	if err != nil {
+		return nil, fmt.Errorf("count VMs by host: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var h string
+		var n int
+		if err := rows.Scan(&h, &n); err != nil {
+			return nil, fmt.Errorf("count VMs by host: %w", err)
+		}
+		out[h] = n
+	}
+	return out, rows.Err()
 }
 
 // SetDesired records what the user wants: api.VMRunning or api.VMStopped.

@@ -3,7 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,5 +110,92 @@ func TestPersistenceAcrossReopen(t *testing.T) {
 	}
 	if err := s2.SetDesired(ctx, "nosuch", api.VMRunning, now); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("SetDesired on a missing VM: %v", err)
+	}
+}
+
+// TestHeartbeatsCommittedInGroups saves heartbeats from many hosts at once: each host is
+// registered once, each acknowledged heartbeat is on disk (the database opened again
+// has the last facts of every host), and a closed store refuses more without hanging.
+func TestHeartbeatsCommittedInGroups(t *testing.T) {
+	s, path := openTemp(t)
+	ctx := context.Background()
+	const hosts, rounds = 200, 3
+	var mu sync.Mutex
+	registered := map[string]int{}
+	var wg sync.WaitGroup
+	for h := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("host-%03d", h)
+			for r := range rounds {
+				reg, err := s.SaveHeartbeat(ctx, api.HostFacts{Name: name, AgentURL: "https://198.18.1.11:7700", Load: float64(r)}, time.Now())
+				if err != nil {
+					t.Errorf("heartbeat %d of %s: %v", r, name, err)
+					return
+				}
+				if reg {
+					mu.Lock()
+					registered[name]++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(registered) != hosts {
+		t.Errorf("%d hosts registered; want %d", len(registered), hosts)
+	}
+	for name, n := range registered {
+		if n != 1 {
+			t.Errorf("%s registered %d times; want once", name, n)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SaveHeartbeat(ctx, api.HostFacts{Name: "late"}, time.Now()); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("a heartbeat to a closed store: %v; want it refused as closed", err)
+	}
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	hs, err := s2.Hosts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) != hosts {
+		t.Fatalf("%d hosts on disk; want %d", len(hs), hosts)
+	}
+	for _, h := range hs {
+		if h.Facts.Load != rounds-1 {
+			t.Errorf("%s on disk with load %v; want the last heartbeat's %d", h.Facts.Name, h.Facts.Load, rounds-1)
+		}
+	}
+}
+
+// TestVMsOnAndCounts lists one host's VMs and counts every host's.
+func TestVMsOnAndCounts(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	for i, host := range []string{"host-1", "host-2", "host-2"} {
+		r := vmRec(fmt.Sprintf("v%d", i), fmt.Sprintf("u%d", i), fmt.Sprintf("02:67:77:00:00:0%d", i), "")
+		r.Host = host
+		if err := s.InsertVM(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	on, err := s.VMsOn(ctx, "host-2")
+	if err != nil || len(on) != 2 || on[0].Spec.Name != "v1" || on[1].Spec.Name != "v2" {
+		t.Errorf("VMsOn(host-2) = %v, %v; want v1, v2", on, err)
+	}
+	if on, _ := s.VMsOn(ctx, "host-3"); len(on) != 0 {
+		t.Errorf("VMsOn(host-3) = %v; want none", on)
+	}
+	counts, err := s.VMCounts(ctx)
+	if err != nil || counts["host-1"] != 1 || counts["host-2"] != 2 || len(counts) != 2 {
+		t.Errorf("VMCounts = %v, %v; want host-1: 1, host-2: 2", counts, err)
 	}
 }
