@@ -102,9 +102,9 @@ func DecodeJSON(r io.Reader, v any) error {
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	// Compact: a list of a thousand hosts is a third smaller, and quicker to make, than
+	// indented (`jq` shows it indented).
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // WriteError answers with err: its own status if it is a *StatusError, else 500.

@@ -124,6 +124,8 @@ type Center struct {
 	// revoked holds the serials of revoked certificates (serial → true): connections
 	// the center opens refuse them too.
 	revoked sync.Map
+	// hostCerts caches verified host certificates and the list of revoked serials.
+	hostCerts *hostCerts
 
 	// mux serves the route table (Routes); openapi is its description, made once.
 	mux         *api.Mux
@@ -178,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(),
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(),
 		feeds: map[string]*feed{}, links: newLinks()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {

@@ -43,12 +43,9 @@ func (c *Center) heartbeat(ctx context.Context, f api.HostFacts) (api.HeartbeatR
 		return rep, err
 	}
 	var err error
-	rep.RevokedSerials, err = c.store.RevokedSerials(ctx, c.now())
+	rep.RevokedSerials, err = c.hostCerts.revokedList(ctx, c.now(), c.store.RevokedSerials)
 	if err != nil {
 		return rep, err
-	}
-	if rep.RevokedSerials == nil {
-		rep.RevokedSerials = []string{}
 	}
 	if rep.AuditCheckpoint, err = c.trail.Checkpoint(ctx, f.Name, held); err != nil {
 		c.log.Error("no audit checkpoint for a host this time", "host", f.Name, "err", err)
@@ -77,7 +74,7 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 		c.log.Info("host registered", "host", f.Name, "agent", f.AgentURL)
 	}
 	// Only this host's VMs: a heartbeat's cost must not grow with the cluster.
-	vms, err := c.store.VMsOn(ctx, f.Name)
+	vms, err := c.store.VMStatesOn(ctx, f.Name)
 	if err != nil {
 		return err
 	}

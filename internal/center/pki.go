@@ -173,6 +173,7 @@ func (c *Center) noteRevoked(host string, serials []string) {
 	for _, s := range serials {
 		c.revoked.Store(s, true)
 	}
+	c.hostCerts.revokedChanged()
 	if len(serials) > 0 {
 		c.agents.Forget(host)
 		c.restartFeed(host)
@@ -182,8 +183,17 @@ func (c *Center) noteRevoked(host string, serials []string) {
 // verifyHost checks the client certificate of a request from a host's agent: signed by
 // the cluster's CA, valid now, issued to a host by this center, and not revoked. It
 // returns the host's name.
+//
+// A certificate verified once is trusted for verifiedFor (hostcerts.go) without its
+// chain and record being read again, but never once revoked.
 func (c *Center) verifyHost(ctx context.Context, chain []*x509.Certificate) (string, error) {
-	leaf, err := pki.Verify(c.ca.Pool(), chain, c.now(), x509.ExtKeyUsageClientAuth)
+	now := c.now()
+	if len(chain) > 0 {
+		if v, ok := c.hostCerts.lookup(chain[0].Raw, now); ok && !c.isRevoked(v.serial) {
+			return v.name, nil
+		}
+	}
+	leaf, err := pki.Verify(c.ca.Pool(), chain, now, x509.ExtKeyUsageClientAuth)
 	if err != nil {
 		return "", err
 	}
@@ -199,7 +209,10 @@ func (c *Center) verifyHost(ctx context.Context, chain []*x509.Certificate) (str
 			rec.Name, serial, rec.Revoked.UTC().Format(time.RFC3339), orDefault(rec.RevokedReason, "no reason given"))
 	case rec.Kind != certKindHost || !pki.HasName(leaf, rec.Name):
 		return "", fmt.Errorf("certificate %q (serial %s) is not a host's certificate", leaf.Subject.CommonName, serial)
+	case c.isRevoked(serial):
+		return "", fmt.Errorf("certificate %q (serial %s) was revoked; the host must join again with a new join token", rec.Name, serial)
 	}
+	c.hostCerts.remember(leaf.Raw, rec.Name, serial, now, leaf.NotAfter)
 	return rec.Name, nil
 }
 

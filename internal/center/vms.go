@@ -30,7 +30,7 @@ const (
 	maxCPUs          = 256
 )
 
-func (c *Center) vmView(r store.VMRecord, hosts map[string]store.HostRecord) api.VM {
+func (c *Center) vmView(r store.VMRecord, lastBeat map[string]time.Time) api.VM {
 	v := api.VM{
 		Name: r.Spec.Name, UUID: r.Spec.UUID, Host: r.Host, State: r.State, Error: r.Error,
 		CPUs: r.Spec.CPUs, MemoryMiB: r.Spec.MemoryMiB, Spec: r.Spec, PID: r.PID, Accel: r.Accel,
@@ -40,23 +40,17 @@ func (c *Center) vmView(r store.VMRecord, hosts map[string]store.HostRecord) api
 		v.MAC = r.Spec.NICs[0].MAC
 		v.IP = strings.SplitN(r.Spec.NICs[0].IP, "/", 2)[0]
 	}
-	if h, ok := hosts[r.Host]; !ok || !c.connected(h) {
+	if t, ok := lastBeat[r.Host]; !ok || !c.connected(store.HostRecord{LastHeartbeat: t}) {
 		v.State = api.VMUnknown
 		v.Error = fmt.Sprintf("host %s is disconnected; last known state: %s", r.Host, r.State)
 	}
 	return v
 }
 
-func (c *Center) hostMap(ctx context.Context) (map[string]store.HostRecord, error) {
-	hosts, err := c.store.Hosts(ctx)
-	if err != nil {
-		return nil, err
-	}
-	m := make(map[string]store.HostRecord, len(hosts))
-	for _, h := range hosts {
-		m[h.Facts.Name] = h
-	}
-	return m, nil
+// hostMap returns when each host last beat, which is all a VM's view needs of its host
+// (its facts are not read).
+func (c *Center) hostMap(ctx context.Context) (map[string]time.Time, error) {
+	return c.store.LastHeartbeats(ctx)
 }
 
 func (c *Center) listVMs(ctx context.Context) ([]api.VM, error) {

@@ -344,6 +344,24 @@ func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
 	return out, rows.Err()
 }
 
+// LastHeartbeats returns when each host last beat, without reading its facts.
+func (s *Store) LastHeartbeats(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, last_heartbeat FROM hosts`)
+	if err != nil {
+		return nil, fmt.Errorf("list hosts' heartbeats: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var name, hb string
+		if err := rows.Scan(&name, &hb); err != nil {
+			return nil, fmt.Errorf("list hosts' heartbeats: %w", err)
+		}
+		out[name] = parseTS(hb)
+	}
+	return out, rows.Err()
+}
+
 // Host returns one host.
 func (s *Store) Host(ctx context.Context, name string) (HostRecord, error) {
 	var facts, reg, hb string
@@ -471,9 +489,18 @@ func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
 	return queryAll(ctx, s.db, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
 }
 
-// VMsOn returns the VMs recorded on host, by name.
-func (s *Store) VMsOn(ctx context.Context, host string) ([]VMRecord, error) {
-	return queryAll(ctx, s.db, scanVM, "VMs on "+host, `SELECT `+vmCols+` FROM vms WHERE host = ? ORDER BY name`, host)
+// VMStatesOn returns the VMs recorded on host with what a heartbeat compares (no spec
+// but the name and UUID, which it does not decode), by name.
+func (s *Store) VMStatesOn(ctx context.Context, host string) ([]VMRecord, error) {
+	return queryAll(ctx, s.db, func(sc scanner) (VMRecord, error) {
+		var r VMRecord
+		var created, updated string
+		if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
+			return VMRecord{}, err
+		}
+		r.Created, r.Updated = parseTS(created), parseTS(updated)
+		return r, nil
+	}, "VM states on "+host, `SELECT name, uuid, host, desired, state, error, pid, accel, created, updated FROM vms WHERE host = ? ORDER BY name`, host)
 }
 
 // VMCounts returns how many VMs each host has on record.

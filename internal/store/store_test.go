@@ -176,8 +176,8 @@ func TestHeartbeatsCommittedInGroups(t *testing.T) {
 	}
 }
 
-// TestVMsOnAndCounts lists one host's VMs and counts every host's.
-func TestVMsOnAndCounts(t *testing.T) {
+// TestVMStatesOnAndCounts lists one host's VMs and counts every host's.
+func TestVMStatesOnAndCounts(t *testing.T) {
 	s, _ := openTemp(t)
 	ctx := context.Background()
 	for i, host := range []string{"host-1", "host-2", "host-2"} {
@@ -187,12 +187,12 @@ func TestVMsOnAndCounts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	on, err := s.VMsOn(ctx, "host-2")
+	on, err := s.VMStatesOn(ctx, "host-2")
 	if err != nil || len(on) != 2 || on[0].Spec.Name != "v1" || on[1].Spec.Name != "v2" {
-		t.Errorf("VMsOn(host-2) = %v, %v; want v1, v2", on, err)
+		t.Errorf("VMStatesOn(host-2) = %v, %v; want v1, v2", on, err)
 	}
-	if on, _ := s.VMsOn(ctx, "host-3"); len(on) != 0 {
-		t.Errorf("VMsOn(host-3) = %v; want none", on)
+	if on, _ := s.VMStatesOn(ctx, "host-3"); len(on) != 0 {
+		t.Errorf("VMStatesOn(host-3) = %v; want none", on)
 	}
 	counts, err := s.VMCounts(ctx)
 	if err != nil || counts["host-1"] != 1 || counts["host-2"] != 2 || len(counts) != 2 {
