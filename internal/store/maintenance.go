@@ -26,7 +26,7 @@ func (s *Store) SetMaintenance(ctx context.Context, host string, on bool, reason
 
 // Maintenances returns the hosts in maintenance mode, by name.
 func (s *Store) Maintenances(ctx context.Context) (map[string]Maintenance, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name, reason, since FROM host_maintenance`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT name, reason, since FROM host_maintenance`)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts in maintenance mode: %w", err)
 	}

@@ -86,12 +86,12 @@ func scanJoinToken(sc scanner) (JoinTokenRecord, error) {
 
 // JoinToken returns the join token with this id, or ErrNotFound.
 func (s *Store) JoinToken(ctx context.Context, id string) (JoinTokenRecord, error) {
-	return queryOne(ctx, s.db, scanJoinToken, "join token "+id, `SELECT `+joinTokenCols+` FROM join_tokens WHERE id = ?`, id)
+	return queryOne(ctx, s.rdb, scanJoinToken, "join token "+id, `SELECT `+joinTokenCols+` FROM join_tokens WHERE id = ?`, id)
 }
 
 // JoinTokens lists the join tokens, newest first.
 func (s *Store) JoinTokens(ctx context.Context) ([]JoinTokenRecord, error) {
-	return queryAll(ctx, s.db, scanJoinToken, "join tokens", `SELECT `+joinTokenCols+` FROM join_tokens ORDER BY created DESC`)
+	return queryAll(ctx, s.rdb, scanJoinToken, "join tokens", `SELECT `+joinTokenCols+` FROM join_tokens ORDER BY created DESC`)
 }
 
 // RevokeJoinToken marks an unused join token revoked.
@@ -143,12 +143,12 @@ func scanCert(sc scanner) (CertRecord, error) {
 
 // Cert returns the certificate with this serial, or ErrNotFound.
 func (s *Store) Cert(ctx context.Context, serial string) (CertRecord, error) {
-	return queryOne(ctx, s.db, scanCert, "certificate "+serial, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial)
+	return queryOne(ctx, s.rdb, scanCert, "certificate "+serial, `SELECT `+certCols+` FROM certificates WHERE serial = ?`, serial)
 }
 
 // Certs lists the issued certificates, newest first.
 func (s *Store) Certs(ctx context.Context) ([]CertRecord, error) {
-	return queryAll(ctx, s.db, scanCert, "certificates", `SELECT `+certCols+` FROM certificates ORDER BY not_before DESC, serial`)
+	return queryAll(ctx, s.rdb, scanCert, "certificates", `SELECT `+certCols+` FROM certificates ORDER BY not_before DESC, serial`)
 }
 
 // RevokeCerts revokes every unrevoked certificate of name and returns their serials.
@@ -184,7 +184,7 @@ func (s *Store) RevokeCerts(ctx context.Context, name, reason string, now time.T
 // RevokedSerials lists the serials of every revoked certificate that has not expired
 // yet (an expired one is refused anyway).
 func (s *Store) RevokedSerials(ctx context.Context, now time.Time) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT serial FROM certificates WHERE revoked != '' AND not_after > ? ORDER BY serial`, ts(now))
+	rows, err := s.rdb.QueryContext(ctx, `SELECT serial FROM certificates WHERE revoked != '' AND not_after > ? ORDER BY serial`, ts(now))
 	if err != nil {
 		return nil, fmt.Errorf("list revoked certificates: %w", err)
 	}

@@ -146,12 +146,12 @@ func scanSchedule(sc scanner) (ScheduleRecord, error) {
 
 // Schedule returns the schedule called name, or ErrNotFound.
 func (s *Store) Schedule(ctx context.Context, name string) (ScheduleRecord, error) {
-	return queryOne(ctx, s.db, scanSchedule, "schedule "+name, `SELECT `+scheduleCols+` FROM schedules WHERE name = ?`, name)
+	return queryOne(ctx, s.rdb, scanSchedule, "schedule "+name, `SELECT `+scheduleCols+` FROM schedules WHERE name = ?`, name)
 }
 
 // ListSchedules returns every schedule, by name.
 func (s *Store) ListSchedules(ctx context.Context) ([]ScheduleRecord, error) {
-	return queryAll(ctx, s.db, scanSchedule, "schedules", `SELECT `+scheduleCols+` FROM schedules ORDER BY name`)
+	return queryAll(ctx, s.rdb, scanSchedule, "schedules", `SELECT `+scheduleCols+` FROM schedules ORDER BY name`)
 }
 
 // SetScheduleEnabled enables or disables a schedule; ErrNotFound when there is none.
@@ -204,7 +204,7 @@ func (s *Store) settleSlot(ctx context.Context, name string, slot time.Time, wha
 	}
 	for range 100 {
 		var last string
-		err := s.db.QueryRowContext(ctx, `SELECT last_run FROM schedules WHERE name = ?`, name).Scan(&last)
+		err := s.rdb.QueryRowContext(ctx, `SELECT last_run FROM schedules WHERE name = ?`, name).Scan(&last)
 		if errors.Is(err, sql.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -239,7 +239,7 @@ func (s *Store) RecordScheduleOutcome(ctx context.Context, name, taskID, outcome
 		return err
 	}
 	var last string
-	err = s.db.QueryRowContext(ctx, `SELECT last_task FROM schedules WHERE name = ?`, name).Scan(&last)
+	err = s.rdb.QueryRowContext(ctx, `SELECT last_task FROM schedules WHERE name = ?`, name).Scan(&last)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ErrNotFound
 	}

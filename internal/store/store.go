@@ -39,7 +39,9 @@ func (e *DuplicateError) Error() string {
 
 // Store is the center's database.
 type Store struct {
-	db *sql.DB
+	// db is the one connection that writes; rdb are connections that only read, beside
+	// it (WAL: readers see the last commit and never wait for the writer).
+	db, rdb *sql.DB
 	// beats takes heartbeats to the goroutine that commits them in groups; the Store owns
 	// it: Close stops it (closing stop) and waits for it (done).
 	beats chan *beat
@@ -153,10 +155,20 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("update schema in %s: %w", path, err)
 	}
-	s := &Store{db: db, beats: make(chan *beat, maxBeatGroup), stop: make(chan struct{}), done: make(chan struct{})}
+	rdb, err := sql.Open("sqlite", dsn+"&_pragma=query_only(1)")
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s for reading: %w", path, err)
+	}
+	rdb.SetMaxOpenConns(maxReaders)
+	rdb.SetMaxIdleConns(maxReaders)
+	s := &Store{db: db, rdb: rdb, beats: make(chan *beat, maxBeatGroup), stop: make(chan struct{}), done: make(chan struct{})}
 	go s.commitBeats()
 	return s, nil
 }
+
+// maxReaders is how many connections read at once.
+const maxReaders = 4
 
 // restrictFiles creates the database file at path with mode 0600 if it is missing, and
 // sets that mode on it and on its -wal and -shm files if they exist (made by an older
@@ -197,7 +209,7 @@ func addColumn(ctx context.Context, db *sql.DB, table, column, def string) error
 func (s *Store) Close() error {
 	s.once.Do(func() { close(s.stop) })
 	<-s.done
-	return s.db.Close()
+	return errors.Join(s.rdb.Close(), s.db.Close())
 }
 
 // DB returns the database handle, for parts of the center that keep their own tables in
@@ -323,7 +335,7 @@ func (s *Store) commitGroup(group []*beat) {
 
 // Hosts returns every host, by name.
 func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts ORDER BY name`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
@@ -346,7 +358,7 @@ func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
 
 // LastHeartbeats returns when each host last beat, without reading its facts.
 func (s *Store) LastHeartbeats(ctx context.Context) (map[string]time.Time, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name, last_heartbeat FROM hosts`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT name, last_heartbeat FROM hosts`)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts' heartbeats: %w", err)
 	}
@@ -365,7 +377,7 @@ func (s *Store) LastHeartbeats(ctx context.Context) (map[string]time.Time, error
 // Host returns one host.
 func (s *Store) Host(ctx context.Context, name string) (HostRecord, error) {
 	var facts, reg, hb string
-	err := s.db.QueryRowContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts WHERE name = ?`, name).
+	err := s.rdb.QueryRowContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts WHERE name = ?`, name).
 		Scan(&facts, &reg, &hb)
 	if errors.Is(err, sql.ErrNoRows) {
 		return HostRecord{}, ErrNotFound
@@ -481,18 +493,18 @@ func scanVM(sc scanner) (VMRecord, error) {
 
 // VM returns one VM by name.
 func (s *Store) VM(ctx context.Context, name string) (VMRecord, error) {
-	return queryOne(ctx, s.db, scanVM, "VM "+name, `SELECT `+vmCols+` FROM vms WHERE name = ?`, name)
+	return queryOne(ctx, s.rdb, scanVM, "VM "+name, `SELECT `+vmCols+` FROM vms WHERE name = ?`, name)
 }
 
 // VMs returns every VM, by name.
 func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
-	return queryAll(ctx, s.db, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
+	return queryAll(ctx, s.rdb, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
 }
 
 // VMStatesOn returns the VMs recorded on host with what a heartbeat compares (no spec
 // but the name and UUID, which it does not decode), by name.
 func (s *Store) VMStatesOn(ctx context.Context, host string) ([]VMRecord, error) {
-	return queryAll(ctx, s.db, func(sc scanner) (VMRecord, error) {
+	return queryAll(ctx, s.rdb, func(sc scanner) (VMRecord, error) {
 		var r VMRecord
 		var created, updated string
 		if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
@@ -505,7 +517,7 @@ func (s *Store) VMStatesOn(ctx context.Context, host string) ([]VMRecord, error)
 
 // VMCounts returns how many VMs each host has on record.
 func (s *Store) VMCounts(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT host, count(*) FROM vms GROUP BY host`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT host, count(*) FROM vms GROUP BY host`)
 	if err != nil {
 		return nil, fmt.Errorf("count VMs by host: %w", err)
 	}
@@ -540,7 +552,7 @@ func (s *Store) DeleteVM(ctx context.Context, name string) error {
 
 // UsedIPs returns the addresses in use on a network.
 func (s *Store) UsedIPs(ctx context.Context, network string) (map[string]bool, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT ip FROM nics WHERE network = ? AND ip IS NOT NULL`, network)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT ip FROM nics WHERE network = ? AND ip IS NOT NULL`, network)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses on %s: %w", network, err)
 	}
@@ -558,7 +570,7 @@ func (s *Store) UsedIPs(ctx context.Context, network string) (map[string]bool, e
 
 // UsedMACs returns every MAC in use, with the VM that has it.
 func (s *Store) UsedMACs(ctx context.Context) (map[string]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT mac, vm FROM nics`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT mac, vm FROM nics`)
 	if err != nil {
 		return nil, fmt.Errorf("list MACs: %w", err)
 	}
@@ -579,7 +591,7 @@ func (s *Store) UsedMACs(ctx context.Context) (map[string]string, error) {
 // still have cached in their ARP tables.
 func (s *Store) LastIP(ctx context.Context, network string) (string, error) {
 	var ip string
-	err := s.db.QueryRowContext(ctx, `SELECT last FROM ip_cursor WHERE network = ?`, network).Scan(&ip)
+	err := s.rdb.QueryRowContext(ctx, `SELECT last FROM ip_cursor WHERE network = ?`, network).Scan(&ip)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}
@@ -649,7 +661,7 @@ func updateMigration(ctx context.Context, e execer, m api.Migration, record []by
 // migrationVM is the VM of a stored migration, or "" when it cannot be read.
 func (s *Store) migrationVM(ctx context.Context, id string) string {
 	var vm string
-	_ = s.db.QueryRowContext(ctx, `SELECT vm FROM migrations WHERE id = ?`, id).Scan(&vm)
+	_ = s.rdb.QueryRowContext(ctx, `SELECT vm FROM migrations WHERE id = ?`, id).Scan(&vm)
 	return vm
 }
 
@@ -708,7 +720,7 @@ func decodeMigration(rec, prediction string) (api.Migration, error) {
 // Migration returns one migration record.
 func (s *Store) Migration(ctx context.Context, id string) (api.Migration, error) {
 	var rec, prediction string
-	err := s.db.QueryRowContext(ctx, `SELECT `+migrationColumns+` FROM migrations WHERE id = ?`, id).Scan(&rec, &prediction)
+	err := s.rdb.QueryRowContext(ctx, `SELECT `+migrationColumns+` FROM migrations WHERE id = ?`, id).Scan(&rec, &prediction)
 	if errors.Is(err, sql.ErrNoRows) {
 		return api.Migration{}, ErrNotFound
 	}
@@ -730,7 +742,7 @@ func (s *Store) Migrations(ctx context.Context, vm string, active bool, limit in
 		q += ` AND state NOT IN ('succeeded', 'failed', 'cancelled')`
 	}
 	q += ` ORDER BY started DESC LIMIT ?`
-	rows, err := s.db.QueryContext(ctx, q, vm, vm, limit)
+	rows, err := s.rdb.QueryContext(ctx, q, vm, vm, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list migrations: %w", err)
 	}

@@ -53,7 +53,7 @@ func (s *Store) UpdateTask(ctx context.Context, t api.Task) error {
 
 // Task returns one task, or ErrNotFound.
 func (s *Store) Task(ctx context.Context, id string) (api.Task, error) {
-	t, err := scanTask(s.db.QueryRowContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE id = ?`, id))
+	t, err := scanTask(s.rdb.QueryRowContext(ctx, `SELECT `+taskCols+` FROM tasks WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return api.Task{}, ErrNotFound
 	}
@@ -85,7 +85,7 @@ func (s *Store) Tasks(ctx context.Context, f TaskFilter) ([]api.Task, error) {
 	}
 	q += ` ORDER BY queued DESC, rowid DESC LIMIT ?`
 	args = append(args, f.Limit)
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list tasks: %w", err)
 	}

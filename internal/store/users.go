@@ -48,7 +48,7 @@ func (s *Store) InsertUser(ctx context.Context, u UserRecord) error {
 func (s *Store) User(ctx context.Context, name string) (UserRecord, error) {
 	var u UserRecord
 	var created string
-	err := s.db.QueryRowContext(ctx, `SELECT name, role, password_hash, created FROM users WHERE name = ?`, name).
+	err := s.rdb.QueryRowContext(ctx, `SELECT name, role, password_hash, created FROM users WHERE name = ?`, name).
 		Scan(&u.Name, &u.Role, &u.PasswordHash, &created)
 	if errors.Is(err, sql.ErrNoRows) {
 		return u, ErrNotFound
@@ -62,7 +62,7 @@ func (s *Store) User(ctx context.Context, name string) (UserRecord, error) {
 
 // Users returns every user, by name.
 func (s *Store) Users(ctx context.Context) ([]UserRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT name, role, password_hash, created FROM users ORDER BY name`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT name, role, password_hash, created FROM users ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
@@ -95,7 +95,7 @@ func (s *Store) InsertToken(ctx context.Context, t TokenRecord) error {
 func (s *Store) Token(ctx context.Context, id string) (TokenRecord, error) {
 	var t TokenRecord
 	var created, expires, revoked string
-	err := s.db.QueryRowContext(ctx, `SELECT id, user, secret_sha256, created, expires, revoked FROM tokens WHERE id = ?`, id).
+	err := s.rdb.QueryRowContext(ctx, `SELECT id, user, secret_sha256, created, expires, revoked FROM tokens WHERE id = ?`, id).
 		Scan(&t.ID, &t.User, &t.SecretSHA256, &created, &expires, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, ErrNotFound
