@@ -181,24 +181,25 @@ func (c *Center) hostView(ctx context.Context, h store.HostRecord, vmCount map[s
 	return out
 }
 
-func (c *Center) listHosts(ctx context.Context) ([]api.Host, error) {
-	hosts, err := c.store.Hosts(ctx)
+// listHosts returns a page of hosts (see api.Page), and how many there are.
+func (c *Center) listHosts(ctx context.Context, p api.Page) ([]api.Host, int, error) {
+	hosts, total, err := c.store.HostsPage(ctx, p.After, p.Limit)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	vms, err := c.store.VMCounts(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	maint, err := c.store.Maintenances(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := make([]api.Host, 0, len(hosts))
 	for _, h := range hosts {
 		out = append(out, c.hostView(ctx, h, vms, maint))
 	}
-	return out, nil
+	return out, total, nil
 }
 
 func (c *Center) getHost(ctx context.Context, name string) (api.Host, error) {

@@ -9,6 +9,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
+	"github.com/godwit/godwit/internal/store"
 )
 
 // routes returns the API behind its middleware: metrics outermost, then authentication
@@ -42,7 +43,15 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		writeResult(w, http.StatusOK, rep, err)
 	})
 	mux.HandleFunc("GET /api/v1/hosts", func(w http.ResponseWriter, r *http.Request) {
-		hosts, err := c.listHosts(r.Context())
+		p, err := api.ParsePage(r.URL.Query(), api.HostPageLimit)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		hosts, total, err := c.listHosts(r.Context(), p)
+		if err == nil && len(hosts) > 0 {
+			api.WritePageHeaders(w, r, p, len(hosts), total, hosts[len(hosts)-1].Name)
+		}
 		writeResult(w, http.StatusOK, hosts, err)
 	})
 	mux.HandleFunc("GET /api/v1/hosts/{name}", func(w http.ResponseWriter, r *http.Request) {
@@ -58,7 +67,21 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		writeResult(w, http.StatusOK, ns, err)
 	})
 	mux.HandleFunc("GET /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {
-		vms, err := c.listVMs(r.Context())
+		q := r.URL.Query()
+		p, err := api.ParsePage(q, api.DefaultPageLimit)
+		if err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		f := store.VMFilter{Host: q.Get("host"), State: q.Get("state")}
+		if len(f.Host) > api.MaxShortName || len(f.State) > api.MaxShortName {
+			api.WriteError(w, api.BadRequest("host and state are names of at most %d bytes", api.MaxShortName))
+			return
+		}
+		vms, total, err := c.listVMs(r.Context(), f, p)
+		if err == nil && len(vms) > 0 {
+			api.WritePageHeaders(w, r, p, len(vms), total, vms[len(vms)-1].Name)
+		}
 		writeResult(w, http.StatusOK, vms, err)
 	})
 	mux.HandleFunc("POST /api/v1/vms", func(w http.ResponseWriter, r *http.Request) {

@@ -34,14 +34,14 @@ func Routes() []api.Route {
 		{Method: "POST", Path: "/api/v1/hosts/heartbeat", Access: agent, Summary: "A host reports itself", Request: api.HostFacts{}, Response: api.HeartbeatReply{}},
 		{Method: "POST", Path: "/api/v1/hosts/renew", Access: agent, Action: "host.renew", Summary: "A host renews its certificate with its current one", Request: api.RenewRequest{}, Response: api.JoinReply{}, Status: http.StatusCreated},
 
-		{Method: "GET", Path: "/api/v1/hosts", Access: viewer, Summary: "Every host", Response: []api.Host{}},
+		{Method: "GET", Path: "/api/v1/hosts", Access: viewer, Summary: "The hosts, a page at a time in name order (Link: rel=next; X-Total-Count)", Query: []string{"limit", "after"}, Response: []api.Host{}},
 		{Method: "GET", Path: "/api/v1/hosts/{name}", Access: viewer, Summary: "One host", Response: api.Host{}},
 		{Method: "POST", Path: "/api/v1/hosts/{name}/maintenance", Access: admin, Action: "host.maintenance", Target: "name", Summary: "Put a host into or out of maintenance mode", Request: api.MaintenanceRequest{}, Response: api.Host{}},
 		{Method: "POST", Path: "/api/v1/hosts/{name}/revoke", Access: admin, Action: "host.revoke", Target: "name", Summary: "Revoke every certificate of a host", Request: api.RevokeRequest{}, Response: []api.Certificate{}},
 		{Method: "GET", Path: "/api/v1/datastores", Access: viewer, Summary: "Every datastore and the hosts that see it", Response: []api.Datastore{}},
 		{Method: "GET", Path: "/api/v1/networks", Access: viewer, Summary: "Every network and the hosts that have it", Response: []api.Network{}},
 
-		{Method: "GET", Path: "/api/v1/vms", Access: viewer, Summary: "Every VM", Response: []api.VM{}},
+		{Method: "GET", Path: "/api/v1/vms", Access: viewer, Summary: "The VMs, a page at a time in name order (Link: rel=next; X-Total-Count), of one host or state", Query: []string{"limit", "after", "host", "state"}, Response: []api.VM{}},
 		{Method: "POST", Path: "/api/v1/vms", Access: admin, Action: "vm.create", Summary: "Create a VM (and start it)", Request: api.CreateVMRequest{}, Response: api.VM{}, Status: http.StatusCreated},
 		{Method: "GET", Path: "/api/v1/vms/{name}", Access: viewer, Summary: "One VM", Response: api.VM{}},
 		{Method: "DELETE", Path: "/api/v1/vms/{name}", Access: admin, Action: "vm.delete", Target: "name", Summary: "Delete a stopped VM", Status: http.StatusNoContent},

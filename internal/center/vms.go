@@ -53,20 +53,21 @@ func (c *Center) hostMap(ctx context.Context) (map[string]time.Time, error) {
 	return c.store.LastHeartbeats(ctx)
 }
 
-func (c *Center) listVMs(ctx context.Context) ([]api.VM, error) {
+// listVMs returns a page of the VMs f selects (see api.Page), and how many it selects.
+func (c *Center) listVMs(ctx context.Context, f store.VMFilter, p api.Page) ([]api.VM, int, error) {
 	hosts, err := c.hostMap(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	recs, err := c.store.VMs(ctx)
+	recs, total, err := c.store.VMsPage(ctx, f, p.After, p.Limit)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	out := make([]api.VM, 0, len(recs))
 	for _, r := range recs {
 		out = append(out, c.vmView(r, hosts))
 	}
-	return out, nil
+	return out, total, nil
 }
 
 func (c *Center) getVM(ctx context.Context, name string) (api.VM, error) {

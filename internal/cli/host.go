@@ -20,8 +20,8 @@ func newHostCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var hosts []api.Host
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/hosts", nil, &hosts); err != nil {
+			hosts, err := api.GetAll[api.Host](cmd.Context(), c, "/api/v1/hosts")
+			if err != nil {
 				return err
 			}
 			if e.output == "json" {

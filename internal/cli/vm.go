@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -148,15 +149,27 @@ func (e *env) printVM(vm api.VM) error {
 }
 
 func newVMListCmd(e *env) *cobra.Command {
-	return &cobra.Command{
-		Use: "list", Short: "List the VMs", Args: cobra.NoArgs,
+	var host, state string
+	cmd := &cobra.Command{
+		Use: "list", Short: "List the VMs (all of them, or those on one host or in one state)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := e.client()
 			if err != nil {
 				return err
 			}
-			var vms []api.VM
-			if err := c.Do(cmd.Context(), http.MethodGet, "/api/v1/vms", nil, &vms); err != nil {
+			q := url.Values{}
+			if host != "" {
+				q.Set("host", host)
+			}
+			if state != "" {
+				q.Set("state", state)
+			}
+			path := "/api/v1/vms"
+			if len(q) > 0 {
+				path += "?" + q.Encode()
+			}
+			vms, err := api.GetAll[api.VM](cmd.Context(), c, path)
+			if err != nil {
 				return err
 			}
 			if e.output == "json" {
@@ -169,6 +182,9 @@ func newVMListCmd(e *env) *cobra.Command {
 			return t.print(e.out)
 		},
 	}
+	cmd.Flags().StringVar(&host, "host", "", "only the VMs on this host")
+	cmd.Flags().StringVar(&state, "state", "", "only the VMs in this state (running, stopped, error, …)")
+	return cmd
 }
 
 func newVMShowCmd(e *env) *cobra.Command {

@@ -335,7 +335,11 @@ func (s *Store) commitGroup(group []*beat) {
 
 // Hosts returns every host, by name.
 func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT facts, registered, last_heartbeat FROM hosts ORDER BY name`)
+	return s.hosts(ctx, `SELECT facts, registered, last_heartbeat FROM hosts ORDER BY name`)
+}
+
+func (s *Store) hosts(ctx context.Context, q string, args ...any) ([]HostRecord, error) {
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
@@ -354,6 +358,20 @@ func (s *Store) Hosts(ctx context.Context) ([]HostRecord, error) {
 		out = append(out, h)
 	}
 	return out, rows.Err()
+}
+
+// HostsPage returns at most limit hosts with names after after, by name, and how many
+// hosts there are.
+func (s *Store) HostsPage(ctx context.Context, after string, limit int) ([]HostRecord, int, error) {
+	hosts, err := s.hosts(ctx, `SELECT facts, registered, last_heartbeat FROM hosts WHERE name > ? ORDER BY name LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	var total int
+	if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM hosts`).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count hosts: %w", err)
+	}
+	return hosts, total, nil
 }
 
 // LastHeartbeats returns when each host last beat, without reading its facts.
@@ -499,6 +517,38 @@ func (s *Store) VM(ctx context.Context, name string) (VMRecord, error) {
 // VMs returns every VM, by name.
 func (s *Store) VMs(ctx context.Context) ([]VMRecord, error) {
 	return queryAll(ctx, s.rdb, scanVM, "VMs", `SELECT `+vmCols+` FROM vms ORDER BY name`)
+}
+
+// VMFilter selects VMs: zero fields select all.
+type VMFilter struct {
+	Host, State string
+}
+
+func (f VMFilter) where(after string) (string, []any) {
+	w, args := []string{"name > ?"}, []any{after}
+	if f.Host != "" {
+		w, args = append(w, "host = ?"), append(args, f.Host)
+	}
+	if f.State != "" {
+		w, args = append(w, "state = ?"), append(args, f.State)
+	}
+	return strings.Join(w, " AND "), args
+}
+
+// VMsPage returns at most limit VMs that f selects with names after after, by name, and
+// how many f selects in all.
+func (s *Store) VMsPage(ctx context.Context, f VMFilter, after string, limit int) ([]VMRecord, int, error) {
+	where, args := f.where(after)
+	recs, err := queryAll(ctx, s.rdb, scanVM, "VMs", `SELECT `+vmCols+` FROM vms WHERE `+where+` ORDER BY name LIMIT ?`, append(args, limit)...)
+	if err != nil {
+		return nil, 0, err
+	}
+	cw, cargs := f.where("")
+	var total int
+	if err := s.rdb.QueryRowContext(ctx, `SELECT count(*) FROM vms WHERE `+cw, cargs...).Scan(&total); err != nil {
+		return nil, 0, fmt.Errorf("count VMs: %w", err)
+	}
+	return recs, total, nil
 }
 
 // VMStatesOn returns the VMs recorded on host with what a heartbeat compares (no spec

@@ -199,3 +199,51 @@ func TestVMStatesOnAndCounts(t *testing.T) {
 		t.Errorf("VMCounts = %v, %v; want host-1: 1, host-2: 2", counts, err)
 	}
 }
+
+// TestPages reads VMs and hosts a page at a time, with and without a filter.
+func TestPages(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	for i := range 25 {
+		r := vmRec(fmt.Sprintf("v%02d", i), fmt.Sprintf("u%02d", i), fmt.Sprintf("02:67:77:00:01:%02x", i), "")
+		r.Host = fmt.Sprintf("host-%d", i%3)
+		if i%5 == 0 {
+			r.State = api.VMRunning
+		}
+		if err := s.InsertVM(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if i < 7 {
+			if _, err := s.SaveHeartbeat(ctx, api.HostFacts{Name: fmt.Sprintf("host-%d", i)}, time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var names []string
+	after := ""
+	for {
+		page, total, err := s.VMsPage(ctx, VMFilter{}, after, 10)
+		if err != nil || total != 25 {
+			t.Fatalf("page after %q: total %d, %v", after, total, err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, r := range page {
+			names = append(names, r.Spec.Name)
+		}
+		after = page[len(page)-1].Spec.Name
+	}
+	if len(names) != 25 || names[0] != "v00" || names[24] != "v24" {
+		t.Errorf("pages of 10 gave %v; want v00..v24", names)
+	}
+	page, total, err := s.VMsPage(ctx, VMFilter{Host: "host-1", State: api.VMRunning}, "", 100)
+	// host-1 holds v01, v04, …, v22; of those only v10 is running (i%5 == 0).
+	if err != nil || total != 1 || len(page) != 1 || page[0].Spec.Name != "v10" {
+		t.Errorf("running VMs on host-1: %d of %d, %v; want only v10", len(page), total, err)
+	}
+	hosts, total, err := s.HostsPage(ctx, "host-2", 3)
+	if err != nil || total != 7 || len(hosts) != 3 || hosts[0].Facts.Name != "host-3" || hosts[2].Facts.Name != "host-5" {
+		t.Errorf("hosts after host-2, 3 of them: %v of %d, %v; want host-3..host-5 of 7", hosts, total, err)
+	}
+}

@@ -159,7 +159,7 @@ func verdict(ok bool) string {
 // scaleTable prints the scenarios, and the targets beside the figures they judge.
 func scaleTable(rows []scaleResult) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "| hosts × VMs | heartbeat p50 / p99 | errors | center CPU (with lists) | center RSS | GET /hosts p50 / p99 (size) | GET /vms p50 / p99 (size) | connected |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&sb, "| hosts × VMs | heartbeat p50 / p99 | errors | center CPU (with lists) | center RSS | GET /hosts p50 / p99 (default page) | GET /vms p50 / p99 (default page) | connected |\n|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		fmt.Fprintf(&sb, "| %d × %d | %v / %v | %d | %.0f %% (%.0f %%) | %d MiB | %v / %v (%d KB) | %v / %v (%d KB) | %d of %d |\n",
 			r.sc.hosts, r.sc.vms, r.hbP50.Round(100*time.Microsecond), r.hbP99.Round(100*time.Microsecond), r.errors, r.cpu, r.cpuLists, r.rssMiB,
@@ -400,8 +400,8 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 	res.hostsP50, res.hostsP99 = hostsLat.pct(50), hostsLat.pct(99)
 	res.vmsP50, res.vmsP99 = vmsLat.pct(50), vmsLat.pct(99)
 
-	var list []api.Host
-	if err := admin.Do(ctx, http.MethodGet, "/api/v1/hosts", nil, &list); err != nil {
+	list, err := api.GetAll[api.Host](ctx, admin, "/api/v1/hosts")
+	if err != nil {
 		b.Fatal(err)
 	}
 	res.registered = len(list)
