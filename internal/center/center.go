@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/http"
@@ -126,6 +127,10 @@ type Center struct {
 	revoked sync.Map
 	// hostCerts caches verified host certificates and the list of revoked serials.
 	hostCerts *hostCerts
+	// agreed holds, per host, the last report of its VMs that agreed with the store
+	// (host → agreement): the same report at the same store version needs no reading.
+	agreed  sync.Map
+	sumSeed maphash.Seed
 
 	// mux serves the route table (Routes); openapi is its description, made once.
 	mux         *api.Mux
@@ -180,7 +185,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
-	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(),
+	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(), sumSeed: maphash.MakeSeed(),
 		feeds: map[string]*feed{}, links: newLinks()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {

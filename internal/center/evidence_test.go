@@ -217,3 +217,44 @@ func TestHeartbeatCorrectsTheVMsHost(t *testing.T) {
 		t.Fatalf("audit records of the correction: %+v, %v", rs, err)
 	}
 }
+
+// TestHeartbeatAgreementSkipsOnlyWhatItMay: a host that reports again what agreed with
+// the store reads nothing; a change in the store since, or in the report, is acted on.
+func TestHeartbeatAgreementSkipsOnlyWhatItMay(t *testing.T) {
+	f := newEvidenceFixture(t)
+	ctx := context.Background()
+	f.beat(t, "host-1", api.VMRunning) // agrees with what the first beat wrote
+	if _, ok := f.c.agreed.Load("host-1"); !ok {
+		t.Fatal("a report that agrees with the store was not remembered")
+	}
+	state := func() api.VMStatus {
+		t.Helper()
+		r, err := f.c.store.VM(ctx, "web-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return api.VMStatus{State: r.State, PID: r.PID}
+	}
+	// The store changes behind the host's back: the same report must be compared again.
+	if err := f.c.store.SetState(ctx, "web-1", api.VMStatus{State: api.VMStopped}, f.now); err != nil {
+		t.Fatal(err)
+	}
+	f.beat(t, "host-1", api.VMRunning)
+	if s := state(); s.State != api.VMRunning || s.PID != 200 {
+		t.Errorf("after the store changed, the same report left the VM %+v; want running, PID 200", s)
+	}
+	f.beat(t, "host-1", api.VMRunning)
+	if _, ok := f.c.agreed.Load("host-1"); !ok {
+		t.Error("the report agreed again but was not remembered")
+	}
+	// The report changes.
+	f.beat(t, "host-1", api.VMStopped)
+	if s := state(); s.State != api.VMStopped {
+		t.Errorf("a report of the VM stopped left it %+v", s)
+	}
+	// A host that stops reporting the VM has nothing remembered.
+	f.beat(t, "host-1", "")
+	if _, ok := f.c.agreed.Load("host-1"); ok {
+		t.Error("a report without a VM recorded on the host was remembered as agreeing")
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,6 +75,13 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	if registered {
 		c.log.Info("host registered", "host", f.Name, "agent", f.AgentURL)
 	}
+	// A host that reports what it reported last time, when that was found to agree with
+	// the store in every way and the store has not changed since, has nothing to tell.
+	sum, v0 := c.reportSum(f.VMs), c.store.Version()
+	if m, ok := c.agreed.Load(f.Name); ok && m.(agreement) == (agreement{sum: sum, version: v0}) {
+		return nil
+	}
+	c.agreed.Delete(f.Name)
 	// Only this host's VMs: a heartbeat's cost must not grow with the cluster.
 	vms, err := c.store.VMStatesOn(ctx, f.Name)
 	if err != nil {
@@ -85,27 +94,58 @@ func (c *Center) heartbeat1(ctx context.Context, f api.HostFacts) error {
 	for _, s := range f.VMs {
 		reported[s.Name] = s
 	}
+	// agrees stays true while every VM reported is recorded here as reported, and every
+	// VM recorded here is reported, none migrating.
+	agrees := len(vms) == len(reported)
 	for _, r := range vms {
 		if c.migrating(r.Spec.Name) {
+			agrees = false
 			continue // a migration's outcome, not a heartbeat, moves the VM
 		}
 		s, ok := reported[r.Spec.Name]
 		switch {
 		case ok && s.UUID == r.Spec.UUID:
 			if s.State != r.State || s.Error != r.Error || s.PID != r.PID || s.Accel != r.Accel {
+				agrees = false
 				if err := c.store.SetState(ctx, r.Spec.Name, s, now); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
 				}
 			}
 		case now.Sub(r.Created) > c.cfg.HeartbeatTimeout && r.State != api.VMError:
+			agrees = false
 			// Being defined right now is the only innocent reason for a host not to know a VM.
 			msg := fmt.Sprintf("host %s does not report this VM", f.Name)
 			if err := c.store.SetState(ctx, r.Spec.Name, api.VMStatus{State: api.VMError, Error: msg}, now); err != nil && !errors.Is(err, store.ErrNotFound) {
 				return err
 			}
+		default:
+			agrees = false // not reported yet, or another VM of that name
 		}
 	}
+	if agrees && c.store.Version() == v0 {
+		c.agreed.Store(f.Name, agreement{sum: sum, version: v0})
+	}
 	return nil
+}
+
+// agreement is what a host last reported of its VMs (a hash) when it agreed with the
+// store at a store version.
+type agreement struct {
+	sum     uint64
+	version uint64
+}
+
+// reportSum hashes what a heartbeat reports of each VM that the center compares.
+func (c *Center) reportSum(vms []api.VMStatus) uint64 {
+	var h maphash.Hash
+	h.SetSeed(c.sumSeed)
+	for _, s := range vms {
+		for _, f := range []string{s.Name, s.UUID, s.State, s.Error, s.Accel, strconv.Itoa(s.PID)} {
+			h.WriteString(f)
+			h.WriteByte(0)
+		}
+	}
+	return h.Sum64()
 }
 
 // reconcileHosts corrects the host of each VM that host f reports running while the

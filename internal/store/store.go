@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/godwit/godwit/internal/api"
@@ -48,6 +49,8 @@ type Store struct {
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
+	// version counts writes (Version).
+	version atomic.Uint64
 }
 
 const schema = `
@@ -306,7 +309,7 @@ func (s *Store) commitGroup(group []*beat) {
 	if len(group) > 1 {
 		what = fmt.Sprintf("save heartbeats of %d hosts", len(group))
 	}
-	err := s.write(ctx, what, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, what, func(tx *sql.Tx) error {
 		for _, hb := range group {
 			hb.registered = false
 			res, err := tx.ExecContext(ctx, `UPDATE hosts SET facts = ?, last_heartbeat = ? WHERE name = ?`, hb.facts, ts(hb.now), hb.name)

@@ -40,7 +40,19 @@ func withoutTxHooks(ctx context.Context) context.Context {
 // run only when fn changed rows. Every change the store makes goes through it. fn's own
 // errors are returned as they are (callers test for ErrNotFound and *DuplicateError);
 // what names the write in the other errors.
+//
+// Each write but a heartbeat's changes Version.
 func (s *Store) write(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
+	defer s.version.Add(1) // after the commit (or the failure): a reader that saw the old version reads again
+	return s.writeTx(ctx, what, fn)
+}
+
+// Version changes with every write the store makes other than heartbeats (facts and
+// liveness of hosts): what was read at one version is still what the store holds while
+// Version returns the same.
+func (s *Store) Version() uint64 { return s.version.Load() }
+
+func (s *Store) writeTx(ctx context.Context, what string, fn func(tx *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
