@@ -90,21 +90,7 @@ func frameCount(t *testing.T, a *Agent, name, label, value string) float64 {
 // one made with another key, a tampered one, a short one and one for a NIC the VM lacks
 // reach nothing and are counted by reason.
 func TestFrameReceiverDropsForgeries(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root for network namespaces and TAPs")
-	}
-	a, _ := testAgent(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a.runCtx = ctx
-	defer a.wg.Wait()
-	defer cancel()
-	inNewNetns(t)
-	if err := netdev.EnsureBridge("br0"); err != nil {
-		t.Fatal(err)
-	}
-	v := &vm{spec: api.VMSpec{Name: "f1", UUID: "5f0c1e2a-0000-4000-8000-00000000f001", NICs: []api.NIC{{Network: "lab"}}}}
-	received := heldTap(t, a, v)
+	a, v, received := frameAgent(t, "f1", "5f0c1e2a-0000-4000-8000-00000000f001")
 
 	stream := bytes.Repeat([]byte{7}, 32)
 	r, err := a.receiveFrames(v, "127.0.0.1", "mig-f1", stream)
@@ -201,6 +187,26 @@ func FuzzOpenFrame(f *testing.F) {
 	})
 }
 
+// frameAgent is an agent running in a throwaway network namespace with a bridge, and a
+// VM of one NIC whose TAP the test holds as QEMU does (heldTap).
+func frameAgent(t *testing.T, name, uuid string) (*Agent, *vm, func(time.Duration) []uint32) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root for network namespaces and TAPs")
+	}
+	a, _ := testAgent(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	a.runCtx = ctx
+	t.Cleanup(a.wg.Wait)
+	t.Cleanup(cancel) // first: the agent's goroutines end, then they are waited for
+	inNewNetns(t)
+	if err := netdev.EnsureBridge("br0"); err != nil {
+		t.Fatal(err)
+	}
+	v := &vm{spec: api.VMSpec{Name: name, UUID: uuid, NICs: []api.NIC{{Network: "lab"}}}}
+	return a, v, heldTap(t, a, v)
+}
+
 // heldTap makes VM v's TAPs and holds NIC 0's queue as QEMU does (non-blocking, with a
 // virtio-net header). It returns the function that reads, within wait, the frames of
 // framePacket's kind that reached the VM.
@@ -268,21 +274,7 @@ func heldTap(t *testing.T, a *Agent, v *vm) func(wait time.Duration) []uint32 {
 // destination, each once; when the migration fails they all go back to the VM, the
 // diversion is gone, and so is the shadow.
 func TestFramesDivertedAndGivenBack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root for network namespaces and TAPs")
-	}
-	a, _ := testAgent(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a.runCtx = ctx
-	defer a.wg.Wait()
-	defer cancel()
-	inNewNetns(t)
-	if err := netdev.EnsureBridge("br0"); err != nil {
-		t.Fatal(err)
-	}
-	v := &vm{spec: api.VMSpec{Name: "f2", UUID: "5f0c1e2a-0000-4000-8000-00000000f002", NICs: []api.NIC{{Network: "lab"}}}}
-	received := heldTap(t, a, v)
+	a, v, received := frameAgent(t, "f2", "5f0c1e2a-0000-4000-8000-00000000f002")
 	tap := netdev.TapName(v.spec.UUID, 0)
 
 	dst, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})

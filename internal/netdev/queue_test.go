@@ -75,14 +75,14 @@ func attachQueue(t *testing.T, name string) int {
 	return fd
 }
 
-// TestInjectorReachesTheQueue sends frames on a TAP with Injector and reads them from
-// the TAP's queue with TapQueue, as the destination and the source of a migration do.
-func TestInjectorReachesTheQueue(t *testing.T) {
-	inThrowawayNetns(t)
+// heldQueue makes bridge br0 and the TAP of NIC 0 of VM uuid on it, and holds a queue of
+// it as QEMU does; it returns the TAP's name, the queue's descriptor and the queue.
+func heldQueue(t *testing.T, uuid string) (string, int, *TapQueue) {
+	t.Helper()
 	if err := EnsureBridge("br0"); err != nil {
 		t.Fatal(err)
 	}
-	name := TapName("7d3f5a80-0000-4000-8000-000000000002", 0)
+	name := TapName(uuid, 0)
 	if err := CreateTap(name, "br0", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,15 @@ func TestInjectorReachesTheQueue(t *testing.T) {
 		unix.Close(fd)
 		t.Fatal(err)
 	}
-	defer q.Close()
+	t.Cleanup(func() { q.Close() })
+	return name, fd, q
+}
+
+// TestInjectorReachesTheQueue sends frames on a TAP with Injector and reads them from
+// the TAP's queue with TapQueue, as the destination and the source of a migration do.
+func TestInjectorReachesTheQueue(t *testing.T) {
+	inThrowawayNetns(t)
+	name, fd, q := heldQueue(t, "7d3f5a80-0000-4000-8000-000000000002")
 	if _, err := newTapQueue(fd, "other0"); err == nil || !strings.Contains(err.Error(), "not to TAP other0") {
 		t.Errorf("a queue taken for the wrong TAP: err = %v", err)
 	}
@@ -224,22 +232,8 @@ func TestTapQueueOfQEMU(t *testing.T) {
 // TAP's queue stays there, and the shadow goes when it is closed.
 func TestDivert(t *testing.T) {
 	inThrowawayNetns(t)
-	if err := EnsureBridge("br0"); err != nil {
-		t.Fatal(err)
-	}
 	uuid := "7d3f5a80-0000-4000-8000-000000000003"
-	name := TapName(uuid, 0)
-	if err := CreateTap(name, "br0", 0); err != nil {
-		t.Fatal(err)
-	}
-	fd := attachQueue(t, name)
-	waitUp(t, name)
-	q, err := newTapQueue(fd, name)
-	if err != nil {
-		unix.Close(fd)
-		t.Fatal(err)
-	}
-	defer q.Close()
+	name, _, q := heldQueue(t, uuid)
 	sh, err := OpenShadow(ShadowName(uuid, 0), name)
 	if err != nil {
 		t.Fatal(err)
