@@ -92,6 +92,9 @@ type Center struct {
 	live   sync.Map
 	runCtx context.Context
 	wg     sync.WaitGroup
+	// loop drives every unfinished migration (reconcile.go), started on first use.
+	loopOnce sync.Once
+	loop     *migLoop
 	// feeds holds the progress feed of each source host with migrations followed
 	// (feed.go).
 	feedMu sync.Mutex
@@ -235,7 +238,7 @@ func (c *Center) Run(ctx context.Context) error {
 	if err := c.seedLinks(ctx); err != nil {
 		c.log.Warn("predictions start without the links' history", "err", err)
 	}
-	if err := c.resumeFollowing(ctx); err != nil {
+	if err := c.resumeMigrations(ctx); err != nil {
 		return err
 	}
 	var lns []net.Listener

@@ -47,10 +47,10 @@ type feed struct {
 }
 
 // follower is the mailbox of one followed migration: the feed leaves the latest view
-// in it, and the migration's own goroutine (follow) takes it.
+// in it and wakes the migration loop, which takes it.
 type follower struct {
 	id   string
-	wake chan struct{} // capacity 1: a view is waiting
+	wake chan struct{} // the migration loop's, capacity 1: some view is waiting
 
 	mu   sync.Mutex
 	view *api.Migration
@@ -89,10 +89,10 @@ func (f *follower) isCovered() bool {
 	return f.covered
 }
 
-// joinFeed makes m's follower and adds it to the feed of its source host, opening the
-// feed if it is the host's first.
-func (c *Center) joinFeed(m api.Migration) *follower {
-	f := &follower{id: m.ID, wake: make(chan struct{}, 1)}
+// joinFeed makes m's follower, which signals wake when it has a view, and adds it to the
+// feed of its source host, opening the feed if it is the host's first.
+func (c *Center) joinFeed(m api.Migration, wake chan struct{}) *follower {
+	f := &follower{id: m.ID, wake: wake}
 	c.feedMu.Lock()
 	defer c.feedMu.Unlock()
 	fd := c.feeds[m.Source]

@@ -95,8 +95,9 @@ func TestFeedOneStreamPerHost(t *testing.T) {
 		return append([]time.Time(nil), opened...)
 	}
 
-	a := c.joinFeed(api.Migration{ID: "m-a", Source: "host-1"})
-	b := c.joinFeed(api.Migration{ID: "m-b", Source: "host-1"})
+	wake := make(chan struct{}, 1)
+	a := c.joinFeed(api.Migration{ID: "m-a", Source: "host-1"}, wake)
+	b := c.joinFeed(api.Migration{ID: "m-b", Source: "host-1"}, wake)
 	time.Sleep(time.Second)
 	if n := len(streams()); n != 1 {
 		t.Fatalf("two migrations followed on host-1: %d streams opened; want one", n)

@@ -17,10 +17,6 @@ import (
 	"github.com/godwit/godwit/internal/ticket"
 )
 
-// recordRetry is how long follow waits before it tries again to record an outcome the
-// store (or the audit trail) refused.
-const recordRetry = 2 * time.Second
-
 func terminal(state string) bool {
 	return state == api.MigrationSucceeded || state == api.MigrationFailed || state == api.MigrationCancelled
 }
@@ -149,104 +145,13 @@ func (c *Center) migrateVM(ctx context.Context, name string, req api.MigrateRequ
 }
 
 // Following a migration. The source agent owns a migration once it started it, so its
-// record is the truth: the center takes the views its source pushes on the host's
-// progress stream (feed.go), or asks for them while the stream cannot tell, and records
-// what they say. When the source cannot be reached, or no longer knows the migration,
-// the outcome is never guessed from a timeout: the migration keeps its last known
-// state, its task says what the center waits for, and the outcome is recorded when a
-// host that knows answers — the source's record, or the hosts' heartbeats
-// (settleByEvidence).
-const (
-	// retryEvery is how often a follower asks the source for its migration while the
-	// progress stream does not speak of it.
-	retryEvery = time.Second
-	// quietPolls is how many unanswered requests in a row make the task say that the
-	// center waits for the source.
-	quietPolls = 3
-)
-
-// follow takes a migration's views from its source until it ends, then records the
-// outcome and, on success, the VM's new host. It runs until the center stops; a
-// restarted center follows the unfinished migrations again.
-func (c *Center) follow(m api.Migration) {
-	c.live.Store(m.ID, m)
-	f := c.joinFeed(m)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer c.live.Delete(m.ID)
-		defer c.leaveFeed(m.Source, f)
-		ctx := c.runCtx
-		last := m // the latest view: the source's, or the center's own at first
-		misses := 0
-		ask := time.NewTicker(retryEvery)
-		defer ask.Stop()
-		for {
-			var cur api.Migration
-			select {
-			case <-ctx.Done():
-				return
-			case <-f.wake:
-				var ok bool
-				if cur, ok = f.take(); !ok {
-					continue
-				}
-			case <-ask.C:
-				if f.isCovered() {
-					continue
-				}
-				var err error
-				if cur, err = c.pollSource(ctx, m); err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					misses++
-					var se *api.StatusError
-					unknown := errors.As(err, &se) && se.Status == http.StatusNotFound
-					if end, ok := c.settleByEvidence(ctx, last, unknown, err); ok {
-						c.record1(ctx, end)
-						return
-					}
-					if note := waitingFor(m, unknown, err); (misses >= quietPolls || unknown) && note != last.Waiting {
-						last.Waiting = note
-						c.live.Store(m.ID, last)
-						c.migrationChanged(ctx, last)
-						c.log.Warn("migration outcome pending: waiting for a host that knows it", "migration", m.ID, "vm", m.VM,
-							"source", m.Source, "err", err)
-					}
-					continue
-				}
-			}
-			if misses >= quietPolls {
-				c.log.Info("the source answers again", "migration", m.ID, "vm", m.VM, "source", m.Source, "unanswered", misses)
-			}
-			misses = 0
-			cur = withOrigin(cur, m)
-			last = cur
-			c.live.Store(m.ID, cur)
-			if terminal(cur.State) {
-				// Not recorded: record again a moment later, the newest view if the
-				// source sent one meanwhile.
-				for c.record1(ctx, cur) != nil {
-					select {
-					case <-ctx.Done():
-						return
-					case <-time.After(recordRetry):
-					}
-					if newer, ok := f.take(); ok && terminal(newer.State) {
-						cur = withOrigin(newer, m)
-					}
-				}
-				return
-			}
-			c.migrationChanged(ctx, cur)
-			if cur.State != m.State {
-				m.State = cur.State
-				_ = c.store.UpdateMigration(ctx, cur)
-			}
-		}
-	}()
-}
+// record is the truth: the migration loop (reconcile.go) takes the views its source
+// pushes on the host's progress stream (feed.go), or asks for them while the stream
+// cannot tell, and records what they say. When the source cannot be reached, or no
+// longer knows the migration, the outcome is never guessed from a timeout: the
+// migration keeps its last known state, its task says what the center waits for, and
+// the outcome is recorded when a host that knows answers — the source's record, or the
+// hosts' heartbeats (settleByEvidence).
 
 // withOrigin is the source's view cur of migration m, with when and how the migration
 // began as the center's own record knows it, should the source have had to rebuild its
@@ -366,25 +271,6 @@ func (c *Center) reports(ctx context.Context, host, uuid string, since time.Time
 		}
 	}
 	return nil, true
-}
-
-// resumeFollowing follows again the migrations that were unfinished when the center
-// stopped.
-func (c *Center) resumeFollowing(ctx context.Context) error {
-	active, err := c.store.Migrations(ctx, "", true, 1000)
-	if err != nil {
-		return err
-	}
-	c.requeue(ctx, active)
-	for _, m := range active {
-		if m.State == api.MigrationQueued {
-			continue
-		}
-		c.log.Info("following an unfinished migration again", "migration", m.ID, "vm", m.VM)
-		c.trail.MigrationResumed(ctx, m)
-		c.follow(m)
-	}
-	return nil
 }
 
 func (c *Center) getMigration(ctx context.Context, id string) (api.Migration, error) {

@@ -31,12 +31,13 @@ type submitted struct {
 	err error
 }
 
-// submit records a planned migration and hands it to the limiter. A high-priority one is
-// admitted at once or refused (nothing recorded); a normal or low one waits its turn,
-// and submit returns as soon as it has started or is known to wait.
+// submit records a planned migration and hands it to the migration loop. A
+// high-priority one is admitted at once or refused (nothing recorded); a normal or low
+// one waits its turn, and submit returns as soon as it has started or is known to wait.
 func (c *Center) submit(ctx context.Context, p plan, initiator string) (api.Migration, error) {
 	req := admission.Request{ID: p.m.ID, Priority: p.priority, Costs: p.costs}
 	p.m.Initiator = initiator
+	admitted := false
 	if p.priority == admission.High {
 		t, err := c.limiter.Acquire(ctx, req, nil)
 		var busy *admission.BusyError
@@ -53,129 +54,53 @@ func (c *Center) submit(ctx context.Context, p plan, initiator string) (api.Migr
 			t.Release()
 			return api.Migration{}, err
 		}
-		return c.launch(ctx, p, t, false)
-	}
-	audit.Params(ctx, map[string]any{"migration": p.m.ID})
-	if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
-		return api.Migration{}, err
+		c.tickets.Store(p.m.ID, t)
+		admitted = true
+	} else {
+		audit.Params(ctx, map[string]any{"migration": p.m.ID})
+		if err := c.recordNewMigration(ctx, p.m, initiator); err != nil {
+			return api.Migration{}, err
+		}
 	}
 	first := make(chan submitted, 1)
-	c.enqueue(p, first)
+	loop := c.migrations()
+	loop.send(loopMsg{adopt: []adoption{{m: p.m, plan: &p, admitted: admitted, reply: first}}})
 	select {
 	case s := <-first:
 		return s.m, s.err
 	case <-ctx.Done():
-		return c.getMigration(context.WithoutCancel(ctx), p.m.ID)
+	case <-loop.ctx.Done():
 	}
+	return c.getMigration(context.WithoutCancel(ctx), p.m.ID)
 }
 
-// enqueue waits for p's admission in a goroutine the center owns, then launches it. The
-// first outcome (started, queued, failed) goes to first, which must have room for one.
-func (c *Center) enqueue(p plan, first chan<- submitted) {
-	qctx, cancel := context.WithCancel(c.runCtx)
-	c.waiting.Store(p.m.ID, cancel)
-	c.live.Store(p.m.ID, p.m)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer cancel()
-		sent := false
-		send := func(m api.Migration, err error) {
-			if !sent {
-				sent = true
-				first <- submitted{m, err}
-			}
-		}
-		ctx := c.runCtx
-		req := admission.Request{ID: p.m.ID, Priority: p.priority, Costs: p.costs}
-		t, err := c.limiter.Acquire(qctx, req, func(w admission.Wait) {
-			p.m.Waiting = w.String()
-			c.live.Store(p.m.ID, p.m)
-			c.migrationChanged(ctx, p.m)
-			send(p.m, nil)
-		})
-		c.waiting.Delete(p.m.ID)
-		if err != nil {
-			if ctx.Err() != nil {
-				// The center stops: the migration stays queued in the store and is
-				// queued again when the center starts.
-				c.live.Delete(p.m.ID)
-				send(p.m, nil)
-				return
-			}
-			m := p.m
-			now := c.now().UTC()
-			m.State, m.Finished = api.MigrationCancelled, &now
-			m.Error = "cancelled while it waited in the queue"
-			if p.m.Waiting != "" {
-				m.Error += " (" + p.m.Waiting + ")"
-			}
-			if !errors.Is(err, context.Canceled) {
-				m.State, m.Error = api.MigrationFailed, "not admitted: "+err.Error()
-			}
-			c.record1(ctx, m)
-			c.live.Delete(p.m.ID)
-			send(m, nil)
-			return
-		}
-		m, err := c.launch(ctx, p, t, sent)
-		send(m, err)
-	}()
-}
-
-// launch starts an admitted migration on its source host and follows it; the ticket is
-// released when it ends (record1). A start that fails is an ended migration in the
-// audit trail when queued (async); otherwise the refused request's own record says it.
-func (c *Center) launch(ctx context.Context, p plan, t *admission.Ticket, async bool) (api.Migration, error) {
-	c.tickets.Store(p.m.ID, t)
-	m := p.m
-	m.State, m.Waiting = api.MigrationPreparing, ""
-	c.live.Store(m.ID, m)
-	if err := c.store.UpdateMigration(ctx, m); err != nil {
-		c.release(m.ID)
-		c.live.Delete(m.ID)
-		return api.Migration{}, err
-	}
-	c.migrationChanged(ctx, m)
-	fail := func(err error) (api.Migration, error) {
-		now := c.now().UTC()
-		m.State, m.Error, m.Finished = api.MigrationFailed, err.Error(), &now
-		if async {
-			c.record1(context.WithoutCancel(ctx), m)
-		} else {
-			c.release(m.ID)
-			_ = c.store.UpdateMigration(context.WithoutCancel(ctx), m)
-			c.migrationChanged(context.WithoutCancel(ctx), m)
-			c.metrics.RecordMigration(m)
-		}
-		c.live.Delete(m.ID)
-		return api.Migration{}, err
-	}
+// launch starts an admitted migration on its source host: its prediction, its ticket
+// (the center's signed word), and the source's start. It returns the migration as
+// started, with its prediction.
+func (c *Center) launch(ctx context.Context, p plan, m api.Migration) (api.Migration, error) {
 	srcClient, err := c.agent(p.src, time.Minute)
 	if err != nil {
-		return fail(err)
+		return m, err
 	}
 	if m.Prediction = c.predictAdmitted(ctx, m, p.src); m.Prediction != nil {
 		if err := c.store.SetMigrationPrediction(ctx, m.ID, *m.Prediction); err != nil {
 			c.log.Warn("could not store the migration's prediction", "migration", m.ID, "err", err)
 		}
-		c.live.Store(m.ID, m)
 	}
 	tk, err := c.issueTicket(ctx, m)
 	if err != nil {
-		return fail(err)
+		return m, err
 	}
 	areq := api.AgentMigrateRequest{ID: m.ID, Destination: p.dst.Facts.Name, DestinationURL: p.dst.Facts.AgentURL,
 		DestinationAddr: p.dst.Facts.Address, Policy: m.Policy, Encryption: m.Encryption, Priority: m.Priority, Postcopy: m.PostcopyAllowed,
 		MaxBandwidth: c.bandwidthShare(m.ID), Ticket: tk, Prediction: m.Prediction}
 	var started api.Migration
 	if err := srcClient.Do(ctx, http.MethodPost, "/agent/v1/vms/"+m.VM+"/migrate", areq, &started); err != nil {
-		return fail(hostError(p.src.Facts.Name, "start the migration of "+m.VM, err))
+		return m, hostError(p.src.Facts.Name, "start the migration of "+m.VM, err)
 	}
 	c.caps.Store(m.ID, areq.MaxBandwidth)
 	c.log.Info("migration started", "migration", m.ID, "vm", m.VM, "from", m.Source, "to", m.Destination,
 		"policy", m.Policy, "priority", m.Priority, "bandwidth_cap", areq.MaxBandwidth)
-	c.follow(m)
 	return m, nil
 }
 
@@ -263,40 +188,6 @@ func (c *Center) sendCap(ctx context.Context, id string, cap int64) error {
 		return err
 	}
 	return cl.Do(ctx, http.MethodPost, "/agent/v1/migrations/"+id+"/bandwidth", api.BandwidthRequest{MaxBandwidth: cap}, nil)
-}
-
-// requeue admits again, after a restart, the migrations the store holds as unfinished:
-// the running ones first (they hold their slots; they are admitted whatever the limits),
-// then the queued ones in the order they were asked for.
-func (c *Center) requeue(ctx context.Context, ms []api.Migration) {
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Started.Before(ms[j].Started) })
-	for _, m := range ms {
-		if m.State == api.MigrationQueued {
-			continue
-		}
-		costs := c.costsOf(ctx, m)
-		t, err := c.limiter.Acquire(ctx, admission.Request{ID: m.ID, Priority: admission.High, Costs: costs}, nil)
-		if err != nil {
-			c.log.Warn("an unfinished migration does not fit the limits; it runs on outside them", "migration", m.ID, "err", err)
-			continue
-		}
-		c.tickets.Store(m.ID, t)
-		c.caps.Store(m.ID, m.BandwidthCap)
-	}
-	for _, m := range ms {
-		if m.State != api.MigrationQueued {
-			continue
-		}
-		p, err := c.replan(ctx, m)
-		if err != nil {
-			now := c.now().UTC()
-			m.State, m.Error, m.Finished = api.MigrationFailed, "could not be queued again after the center restarted: "+err.Error(), &now
-			c.record1(ctx, m)
-			continue
-		}
-		c.log.Info("queueing an unfinished migration again", "migration", m.ID, "vm", m.VM)
-		c.enqueue(p, make(chan submitted, 1))
-	}
 }
 
 // costsOf is what a stored migration costs against the limits.
