@@ -179,13 +179,14 @@ func (en *Engine) Recommend(vm VM, hosts []Host, w Weights) (Recommendation, err
 func (en *Engine) evaluate(p *prepared, e *entry, errorsOnly bool) ([]Finding, metrics) {
 	m := measure(&e.host, p.vm.MemoryMiB)
 	var fs []Finding
+	initial := p.vm.Host == ""
 	for i := range en.checkers {
 		c := &en.checkers[i]
-		if c.source && p.vm.Host == "" {
+		switch {
+		case c.source && initial:
 			continue
-		}
-		if c.warns && errorsOnly && Blocked(fs) {
-			break // the warnings run after the errors: fs holds only errors here
+		case c.warns && errorsOnly && len(fs) > 0 && fs[0].Blocking():
+			return fs, m // the warnings run after the errors, so fs holds only errors
 		}
 		fs = c.check(p, e, &m, fs)
 	}
