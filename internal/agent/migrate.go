@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"github.com/godwit/godwit/internal/metrics"
 	"github.com/godwit/godwit/internal/migration"
 	"github.com/godwit/godwit/internal/pki"
+	"github.com/godwit/godwit/internal/placement"
 	"github.com/godwit/godwit/internal/qemu"
 	"github.com/godwit/godwit/internal/qmp"
 	"github.com/godwit/godwit/internal/ticket"
@@ -800,9 +802,10 @@ func listenURI(addr string) (string, error) {
 }
 
 // preflightRefusal is the answer to a VM that preflight refused: a 422 that names this
-// host and the VM, with the code of the check that failed (cpu_unsupported for a CPU
-// model that needs flags this host lacks, cpu_caps_unknown when this host does not know
-// its CPUs) or preflight_failed.
+// host and the VM, with the code of the check that failed (a placement finding's code
+// such as memory_short, qemu_incompatible, datastore_missing or network_missing;
+// cpu_unsupported for a CPU model that needs flags this host lacks, cpu_caps_unknown when
+// this host does not know its CPUs) or preflight_failed.
 func (a *Agent) preflightRefusal(vm string, err error) error {
 	code := "preflight_failed"
 	var se *api.StatusError
@@ -812,11 +815,33 @@ func (a *Agent) preflightRefusal(vm string, err error) error {
 	return api.Errorf(422, code, "host %s cannot take VM %s: %v", a.cfg.Name, vm, err)
 }
 
-// preflight checks that this host can run the VM: everything the spec names exists here
-// at the same place, memory is free, QEMU matches the source's, and this host can give
-// the guest its CPU model (every CPUID flag the model needs; see checkCPU).
+// ownChecks are the placement engine's checks a destination makes itself, from its own
+// fresh facts, of a VM about to migrate in: memory (the one rule, placement.MemoryFits),
+// the QEMU release, and the datastores and networks by name. Connection, health,
+// maintenance and the ranking of hosts are the center's.
+var ownChecks = mustEngine(placement.NewEngine(placement.CheckerMemory, placement.CheckerQEMU,
+	placement.CheckerDatastores, placement.CheckerNetworks))
+
+// mustEngine returns en, or panics on a checker name the placement engine does not know.
+func mustEngine(en *placement.Engine, err error) *placement.Engine {
+	if err != nil {
+		panic(err)
+	}
+	return en
+}
+
+// preflight checks that this host can run the VM: the placement engine's checks on this
+// host as it is now (see ownChecks), then what only this host can check: the spec is
+// valid here, every disk is visible at the same place, and this host can give the
+// guest its CPU model (every CPUID flag the model needs; see checkCPU).
 func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 	s := req.Spec
+	if err := s.CheckBounds(); err != nil { // a spec beyond the limits is refused as such first
+		return err
+	}
+	if err := a.placementCheck(req); err != nil {
+		return err
+	}
 	if err := a.validateSpec(s); err != nil {
 		return err
 	}
@@ -825,16 +850,6 @@ func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("disk %d: %s is not visible here; the datastore %s must be shared at the same path", i, p, d.Datastore)
 		}
-	}
-	_, free, err := readMemInfo("/proc/meminfo")
-	if err != nil {
-		return err
-	}
-	if free < s.MemoryMiB+256 {
-		return fmt.Errorf("only %d MiB of memory are free; the VM needs %d MiB plus headroom", free, s.MemoryMiB)
-	}
-	if req.QEMUVersion != "" && release(req.QEMUVersion) != release(a.qemuVer) {
-		return fmt.Errorf("QEMU here is %s, the source runs %s; VMs run the unversioned q35 machine, so they migrate only between the same QEMU release (major.minor)", a.qemuVer, req.QEMUVersion)
 	}
 	if err := a.checkCPU(ctx, s.CPUModel); err != nil {
 		if !errors.Is(err, qemu.ErrUnknownCPUModel) {
@@ -850,6 +865,66 @@ func (a *Agent) preflight(ctx context.Context, req api.IncomingRequest) error {
 		}
 	}
 	return nil
+}
+
+// placementCheck runs ownChecks on the VM of req against this host; a refusal is a 422
+// with the first error's code and every error's sentence.
+func (a *Agent) placementCheck(req api.IncomingRequest) error {
+	h, err := a.placementHost()
+	if err != nil {
+		return err
+	}
+	var msgs []string
+	code := ""
+	for _, f := range ownChecks.Check(incomingVM(req), h) {
+		if f.Blocking() {
+			code = cmp.Or(code, f.Code)
+			msgs = append(msgs, f.Message)
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return api.Errorf(http.StatusUnprocessableEntity, code, "%s", strings.Join(msgs, " "))
+}
+
+// placementHost describes this host as it is now for the placement engine: its free and
+// total memory from /proc/meminfo, its QEMU, accelerator, datastores and networks.
+func (a *Agent) placementHost() (placement.Host, error) {
+	total, free, err := readMemInfo("/proc/meminfo")
+	if err != nil {
+		return placement.Host{}, err
+	}
+	h := placement.Host{Name: a.cfg.Name, Connected: true, Health: placement.HealthOK, MemoryMiB: total, FreeMemoryMiB: free,
+		QEMUVersion: a.qemuVer, Datastores: a.datastoreNames()}
+	select {
+	case <-a.accelReady:
+		h.Accel = a.accel.Accel
+	default:
+	}
+	for n := range a.cfg.Networks {
+		h.Networks = append(h.Networks, n)
+	}
+	return h, nil
+}
+
+// incomingVM describes the VM of an incoming migration for the placement engine. The
+// source's QEMU release is compared when the request names it, as the center and source
+// agents always do; without it there is no stream version to compare, and the VM is
+// checked like one placed afresh (no source).
+func incomingVM(req api.IncomingRequest) placement.VM {
+	s := req.Spec
+	v := placement.VM{Name: s.Name, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs, CPUModel: s.CPUModel, QEMUVersion: req.QEMUVersion}
+	if req.QEMUVersion != "" {
+		v.Host = cmp.Or(req.Source, "the source")
+	}
+	for _, d := range s.Disks {
+		v.Datastores = append(v.Datastores, d.Datastore)
+	}
+	for _, n := range s.NICs {
+		v.Networks = append(v.Networks, n.Network)
+	}
+	return v
 }
 
 // FinishIncoming confirms that the VM, migrated in, runs here.
@@ -1229,13 +1304,4 @@ func (a *Agent) loadRecords() {
 			a.migrations[m.ID] = &outgoing{m: m, cancel: func() {}}
 		}
 	}
-}
-
-// release is a QEMU version's major.minor ("10.0" of "10.0.2").
-func release(v string) string {
-	parts := strings.SplitN(v, ".", 3)
-	if len(parts) < 2 {
-		return v
-	}
-	return parts[0] + "." + parts[1]
 }

@@ -97,7 +97,7 @@ func checkBulkShape(req api.BulkMigrateRequest) error {
 // autoDestination is the wizard's best host for vm, with the moves this request already
 // planned counted against the hosts.
 func (c *Center) autoDestination(ctx context.Context, vm string, plannedMiB, plannedMoves map[string]int) (string, error) {
-	_, v, hosts, byName, err := c.wizardInputs(ctx, vm)
+	_, v, hosts, _, err := c.wizardInputs(ctx, vm)
 	if err != nil {
 		return "", err
 	}
@@ -109,7 +109,6 @@ func (c *Center) autoDestination(ctx context.Context, vm string, plannedMiB, pla
 	if err != nil {
 		return "", err
 	}
-	rec = withModelFindings(rec, v, hosts, byName)
 	best, ok := rec.Best()
 	if !ok {
 		msgs := []string{}

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +16,7 @@ import (
 	"github.com/godwit/godwit/internal/api"
 	"github.com/godwit/godwit/internal/audit"
 	"github.com/godwit/godwit/internal/migration"
+	"github.com/godwit/godwit/internal/placement"
 	"github.com/godwit/godwit/internal/store"
 )
 
@@ -326,78 +327,108 @@ func checkDisks(h store.HostRecord, disks []api.Disk) error {
 	return nil
 }
 
-// place returns the requested host, checked, or picks the connected host with the most
-// free memory among those that have what the VM needs.
+// place decides where a new VM goes with the placement engine, as an initial placement
+// (no source host): the same checks as the migration wizard's — connected, healthy, not
+// in maintenance, CPU model, memory (placement.MemoryFits), datastores, networks, image —
+// and the same ranking. With req.Host it checks that host and refuses, with the
+// findings' sentences and the first one's code, a host that cannot take the VM; without
+// it, it takes the best-ranked host, or says why no host can take the VM (409 no_host).
 func (c *Center) place(ctx context.Context, req api.CreateVMRequest, spec api.VMSpec) (store.HostRecord, error) {
 	hosts, err := c.store.Hosts(ctx)
 	if err != nil {
 		return store.HostRecord{}, err
 	}
-	maint, err := c.store.Maintenances(ctx)
-	if err != nil {
-		return store.HostRecord{}, err
-	}
-	fits := func(h store.HostRecord) error {
-		if !c.connected(h) {
-			return fmt.Errorf("host %s is disconnected", h.Facts.Name)
-		}
-		if _, in := maint[h.Facts.Name]; in {
-			return fmt.Errorf("host %s is in maintenance mode", h.Facts.Name)
-		}
-		if err := c.providesModel(ctx, h, spec.CPUModel); err != nil && !errors.Is(err, errCPUUnknown) {
-			return err
-		}
-		if h.Facts.FreeMemoryMiB < spec.MemoryMiB {
-			return fmt.Errorf("host %s has %d MiB free, the VM needs %d", h.Facts.Name, h.Facts.FreeMemoryMiB, spec.MemoryMiB)
-		}
-		for _, d := range spec.Disks {
-			if !hasDatastore(h, d.Datastore) {
-				return fmt.Errorf("host %s does not see datastore %q", h.Facts.Name, d.Datastore)
-			}
-		}
-		for _, n := range spec.NICs {
-			if !hasNetwork(h, n.Network) {
-				return fmt.Errorf("host %s has no network %q", h.Facts.Name, n.Network)
-			}
-		}
-		if spec.Boot.Kernel == "" && !spec.Boot.FromDisk {
-			if img, _ := findImage(h, req.Image); img == nil {
-				return fmt.Errorf("host %s has no image %q", h.Facts.Name, req.Image)
-			}
-		}
-		return nil
-	}
 	if err := knownAnywhere(hosts, req, spec); err != nil {
 		return store.HostRecord{}, err
 	}
 	if req.Host != "" {
-		for _, h := range hosts {
-			if h.Facts.Name == req.Host {
-				if err := fits(h); err != nil {
-					return h, invalid("%v", err)
-				}
-				return h, nil
-			}
+		i := slices.IndexFunc(hosts, func(h store.HostRecord) bool { return h.Facts.Name == req.Host })
+		if i < 0 {
+			return store.HostRecord{}, invalid("there is no host named %q; `godwit host list` shows the hosts", req.Host)
 		}
-		return store.HostRecord{}, invalid("there is no host named %q; `godwit host list` shows the hosts", req.Host)
+		hosts = hosts[i : i+1]
+	} else if len(hosts) == 0 {
+		return store.HostRecord{}, api.Errorf(http.StatusConflict, "no_host", "no host has registered yet; start `godwit agent` on a host")
 	}
-	var ok []store.HostRecord
-	var why []string
+	inputs, err := c.hostInputs(ctx, hosts)
+	if err != nil {
+		return store.HostRecord{}, err
+	}
+	rec, err := placement.Recommend(c.newVMInput(ctx, req, spec, hosts), inputs, placement.DefaultWeights())
+	if err != nil {
+		return store.HostRecord{}, err
+	}
+	best, ok := rec.Best()
+	switch {
+	case !ok && req.Host != "":
+		errs := rec.Refused[0].Errors
+		return store.HostRecord{}, api.Errorf(http.StatusUnprocessableEntity, errs[0].Code, "host %s cannot run VM %s: %s",
+			req.Host, spec.Name, findingSentences(errs))
+	case !ok:
+		var errs []placement.Finding
+		for _, r := range rec.Refused {
+			errs = append(errs, r.Errors...)
+		}
+		return store.HostRecord{}, api.Errorf(http.StatusConflict, "no_host", "no host can run VM %s: %s", spec.Name, findingSentences(errs))
+	}
 	for _, h := range hosts {
-		if err := fits(h); err != nil {
-			why = append(why, err.Error())
+		if h.Facts.Name == best.Host {
+			return h, nil
+		}
+	}
+	return store.HostRecord{}, fmt.Errorf("the placement engine chose host %s, which is not among the hosts", best.Host)
+}
+
+// findingSentences joins the findings' sentences, each once.
+func findingSentences(fs []placement.Finding) string {
+	msgs := make([]string, len(fs))
+	for i, f := range fs {
+		msgs[i] = f.Message
+	}
+	return joinSentences(msgs)
+}
+
+// newVMInput describes a VM being created for the placement engine: no source host, the
+// datastores of its disks, the networks of its NICs, its image when it boots from one,
+// and the CPUID flags its CPU model needs when a host's CPU catalog tells (else the
+// engine checks the model's name against each host's models).
+func (c *Center) newVMInput(ctx context.Context, req api.CreateVMRequest, spec api.VMSpec, hosts []store.HostRecord) placement.VM {
+	v := placement.VM{Name: spec.Name, MemoryMiB: spec.MemoryMiB, CPUs: spec.CPUs, CPUModel: spec.CPUModel, Networks: vmNetworks(spec)}
+	for _, d := range spec.Disks {
+		// A disk given by an absolute path gets its datastore on the chosen host
+		// (resolveDiskPaths).
+		if d.Datastore != "" && !slices.Contains(v.Datastores, d.Datastore) {
+			v.Datastores = append(v.Datastores, d.Datastore)
+		}
+	}
+	if spec.Boot.Kernel == "" && !spec.Boot.FromDisk {
+		v.Image = req.Image
+	}
+	if v.CPUModel != "" {
+		v.CPUFlags = c.catalogFlags(ctx, hosts, v.CPUModel)
+	}
+	return v
+}
+
+// catalogFlags returns the CPUID flags of model as defined by the CPU catalog of the
+// first of hosts that has reported one and defines it; nil when none does. Each distinct
+// catalog is asked once; a disconnected host's only when the center has it already.
+func (c *Center) catalogFlags(ctx context.Context, hosts []store.HostRecord, model string) []string {
+	tried := map[string]bool{}
+	for _, h := range hosts {
+		key := h.Facts.GuestCPU.Catalog
+		if key == "" || tried[key] {
 			continue
 		}
-		ok = append(ok, h)
-	}
-	if len(ok) == 0 {
-		if len(hosts) == 0 {
-			return store.HostRecord{}, api.Errorf(http.StatusConflict, "no_host", "no host has registered yet; start `godwit agent` on a host")
+		if _, cached := c.cpuCatalogs.Load(key); !cached && !c.connected(h) {
+			continue
 		}
-		return store.HostRecord{}, api.Errorf(http.StatusConflict, "no_host", "no host can run VM %s: %s", spec.Name, strings.Join(why, "; "))
+		tried[key] = true
+		if flags, err := c.modelFlags(ctx, h, model); err == nil {
+			return flags
+		}
 	}
-	sort.SliceStable(ok, func(i, j int) bool { return ok[i].Facts.FreeMemoryMiB > ok[j].Facts.FreeMemoryMiB })
-	return ok[0], nil
+	return nil
 }
 
 // knownAnywhere refuses datastores, networks and images that no host has: those are

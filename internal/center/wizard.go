@@ -17,11 +17,12 @@ import (
 	"github.com/godwit/godwit/internal/store"
 )
 
-// The migration wizard: compatibility checks and recommendations (internal/placement)
-// fed with what the center knows now — hosts' heartbeats (memory, load, guest CPU
-// capabilities, datastores, networks, QEMU), maintenance mode, the migration slots in
-// use and queued (the admission limiter) and the migration traffic on each host's link.
-// Nothing here changes anything.
+// The migration wizard: compatibility checks and recommendations by the placement
+// engine (internal/placement) fed with what the center knows now — hosts' heartbeats
+// (memory, load, guest CPU capabilities and models, datastores and their images,
+// networks, QEMU), maintenance mode, the migration slots in use and queued (the
+// admission limiter) and the migration traffic on each host's link. VM creation
+// (place) feeds the same engine the same hosts. Nothing here changes anything.
 
 // modelFlags returns the CPUID flags that model needs, as the QEMU of host h defines it.
 // Catalogs are fetched from agents once per distinct catalog and kept.
@@ -127,13 +128,16 @@ func (c *Center) hostInputs(ctx context.Context, hosts []store.HostRecord) ([]pl
 		ph := placement.Host{
 			Name: f.Name, Connected: c.connected(h), Health: f.Health, HealthReason: f.HealthReason,
 			Cores: max(f.CPU.Threads, f.CPU.Cores), Load: f.Load, MemoryMiB: f.MemoryMiB, FreeMemoryMiB: f.FreeMemoryMiB,
-			CPUFlags: f.GuestCPU.Flags, QEMUVersion: f.QEMUVersion, Accel: f.Accel,
+			CPUFlags: f.GuestCPU.Flags, CPUModels: f.GuestCPU.Models, QEMUVersion: f.QEMUVersion, Accel: f.Accel,
 			MigrationsRunning: slots[res].InUse, MigrationsQueued: len(slots[res].Waiting), MigrationSlots: limit,
 			LinkLoad: linkBytes[f.Name] / float64(c.cfg.LinkRate),
 		}
 		_, ph.Maintenance = maint[f.Name]
 		for _, d := range f.Datastores {
 			ph.Datastores = append(ph.Datastores, d.Name)
+			for _, img := range d.Images {
+				ph.Images = append(ph.Images, img.Name)
+			}
 		}
 		for _, n := range f.Networks {
 			ph.Networks = append(ph.Networks, n.Name)
@@ -141,16 +145,6 @@ func (c *Center) hostInputs(ctx context.Context, hosts []store.HostRecord) ([]pl
 		out = append(out, ph)
 	}
 	return out, nil
-}
-
-// modelFinding is the CPU check when the model's flags are unknown: a host that lists its
-// supported models and lacks this one cannot take the VM.
-func modelFinding(v placement.VM, h placement.Host, models []string) []placement.Finding {
-	if len(v.CPUFlags) > 0 || v.CPUModel == "" || len(models) == 0 || slices.Contains(models, v.CPUModel) {
-		return nil
-	}
-	return []placement.Finding{{Code: placement.CodeCPUUnsupported, Severity: placement.SeverityError,
-		Message: fmt.Sprintf("Host %s cannot provide CPU model %s (it provides %s).", h.Name, v.CPUModel, strings.Join(models, ", "))}}
 }
 
 // wizardInputs gathers the VM and every host for the checks.
@@ -189,13 +183,12 @@ func (c *Center) checkMigration(ctx context.Context, name, to string) (api.Migra
 			return api.MigrationCheck{}, invalid("there is no host named %q; `godwit host list` shows the hosts", to)
 		}
 	}
+	if to != "" {
+		hosts = slices.DeleteFunc(hosts, func(h placement.Host) bool { return h.Name != to })
+	}
 	out := api.MigrationCheck{VM: name, Source: r.Host, Hosts: []api.HostCheck{}}
-	for _, h := range hosts {
-		if to != "" && h.Name != to {
-			continue
-		}
-		fs := append(modelFinding(v, h, byName[h.Name].Facts.GuestCPU.Models), placement.Check(v, h)...)
-		hc := api.HostCheck{Host: h.Name, Errors: []placement.Finding{}, Warnings: []placement.Finding{}}
+	for i, fs := range placement.NewIndex(hosts).Check(v) {
+		hc := api.HostCheck{Host: hosts[i].Name, Errors: []placement.Finding{}, Warnings: []placement.Finding{}}
 		for _, f := range fs {
 			if f.Blocking() {
 				hc.Errors = append(hc.Errors, f)
@@ -211,35 +204,11 @@ func (c *Center) checkMigration(ctx context.Context, name, to string) (api.Migra
 
 // recommend ranks the destinations for VM name.
 func (c *Center) recommend(ctx context.Context, name string) (api.Recommendation, error) {
-	_, v, hosts, byName, err := c.wizardInputs(ctx, name)
+	_, v, hosts, _, err := c.wizardInputs(ctx, name)
 	if err != nil {
 		return api.Recommendation{}, err
 	}
-	rec, err := placement.Recommend(v, hosts, placement.DefaultWeights())
-	if err != nil {
-		return rec, err
-	}
-	return withModelFindings(rec, v, hosts, byName), nil
-}
-
-// withModelFindings moves candidates that cannot provide the VM's CPU model (when its
-// flags are unknown) to the refused.
-func withModelFindings(rec api.Recommendation, v placement.VM, hosts []placement.Host, byName map[string]store.HostRecord) api.Recommendation {
-	idx := map[string]placement.Host{}
-	for _, h := range hosts {
-		idx[h.Name] = h
-	}
-	kept := rec.Candidates[:0]
-	for _, cand := range rec.Candidates {
-		if fs := modelFinding(v, idx[cand.Host], byName[cand.Host].Facts.GuestCPU.Models); len(fs) > 0 {
-			rec.Refused = append(rec.Refused, placement.Refusal{Host: cand.Host, Errors: fs})
-			continue
-		}
-		kept = append(kept, cand)
-	}
-	rec.Candidates = kept
-	sort.Slice(rec.Refused, func(i, j int) bool { return rec.Refused[i].Host < rec.Refused[j].Host })
-	return rec
+	return placement.Recommend(v, hosts, placement.DefaultWeights())
 }
 
 // destinationFindings checks one destination for a migration about to be asked for; an

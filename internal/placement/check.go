@@ -2,6 +2,7 @@ package placement
 
 import (
 	"fmt"
+	"math"
 	"strings"
 )
 
@@ -25,48 +26,63 @@ const (
 	LinkBusyThreshold = 0.7
 )
 
-// Check returns what stands between vm and host h: errors that forbid the
-// migration, then warnings that do not. Errors come in the order of the
-// Code constants, with one finding per missing datastore or network in name
-// order; warnings in the order host_loaded, memory_tight, slots_full,
-// link_busy. It returns nil when nothing is wrong. Check has no side effects.
+// MemoryNeedMiB is what a VM of vmMiB of guest memory needs of a host: that memory plus
+// VMOverheadMiB. It saturates rather than overflow.
+func MemoryNeedMiB(vmMiB int) int {
+	if vmMiB > math.MaxInt-VMOverheadMiB {
+		return math.MaxInt
+	}
+	return vmMiB + VMOverheadMiB
+}
+
+// MemoryFits is the one memory rule of placement: a host with freeMiB of available
+// memory can take a VM of vmMiB when, after keeping HostReserveMiB for itself, what is
+// left holds MemoryNeedMiB(vmMiB). VM creation, the migration wizard and a destination
+// agent's preflight all use it.
+func MemoryFits(freeMiB, vmMiB int) bool {
+	return freeMiB >= HostReserveMiB && freeMiB-HostReserveMiB >= MemoryNeedMiB(vmMiB)
+}
+
+// Check returns what stands between vm and host h: errors that forbid placing vm there,
+// then warnings that do not. Errors come in the order of the Code constants, with one
+// finding per missing datastore or network in name order; warnings in the order
+// host_loaded, memory_tight, slots_full, link_busy. It returns nil when nothing is
+// wrong. Check is DefaultEngine().Check; it has no side effects.
 func Check(vm VM, h Host) []Finding {
-	return NewIndex([]Host{h}).Check(vm)[0]
+	return defaultEngine.Check(vm, h)
 }
 
-// evaluate is Check against one entry of an index; it also returns the
-// measures the findings came from, which scoring reuses.
-func (p *prepared) evaluate(e *entry) ([]Finding, metrics) {
-	m := measure(&e.host, p.needMiB)
-	var fs []Finding
-	fs = p.checkState(e, fs)
-	fs = p.checkAccel(e, fs)
-	fs = p.checkQEMU(e, fs)
-	fs = p.checkCPU(e, fs)
-	fs = p.checkMemory(e, m, fs)
-	fs = p.checkDatastores(e, fs)
-	fs = p.checkNetworks(e, fs)
-	return p.checkWarnings(e, m, fs), m
-}
-
-// checkState reports a source, disconnected, unhealthy or maintenance host.
-func (p *prepared) checkState(e *entry, fs []Finding) []Finding {
-	h := &e.host
-	name := hostLabel(h.Name)
-	if p.vm.Host != "" && h.Name == p.vm.Host {
+// checkSameHost reports the VM's source host.
+func checkSameHost(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if p.vm.Host != "" && e.host.Name == p.vm.Host {
 		fs = append(fs, errorf(CodeSameHost,
-			"%s already runs on %s; choose a different destination host.", vmLabel(p.vm.Name), name))
+			"%s already runs on %s; choose a different destination host.", vmLabel(p.vm.Name), hostLabel(e.host.Name)))
 	}
-	if !h.Connected {
+	return fs
+}
+
+// checkConnected reports a host whose agent is not connected.
+func checkConnected(_ *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if !e.host.Connected {
 		fs = append(fs, errorf(CodeHostDisconnected,
-			"%s is not connected to the center; wait for its agent to reconnect or choose another host.", name))
+			"%s is not connected to the center; wait for its agent to reconnect or choose another host.", hostLabel(e.host.Name)))
 	}
-	if h.Health != HealthOK {
-		fs = append(fs, unhealthy(h))
+	return fs
+}
+
+// checkHealth reports a host whose health is not HealthOK.
+func checkHealth(_ *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if e.host.Health != HealthOK {
+		fs = append(fs, unhealthy(&e.host))
 	}
-	if h.Maintenance {
+	return fs
+}
+
+// checkMaintenance reports a host in maintenance mode.
+func checkMaintenance(_ *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if e.host.Maintenance {
 		fs = append(fs, errorf(CodeHostMaintenance,
-			"%s is in maintenance mode; take it out of maintenance or choose another host.", name))
+			"%s is in maintenance mode; take it out of maintenance or choose another host.", hostLabel(e.host.Name)))
 	}
 	return fs
 }
@@ -89,7 +105,7 @@ func unhealthy(h *Host) Finding {
 
 // checkAccel reports a host whose accelerator differs from the source's.
 // An unknown source accelerator is not checked.
-func (p *prepared) checkAccel(e *entry, fs []Finding) []Finding {
+func checkAccel(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
 	src := normAccel(p.vm.Accel)
 	dst := normAccel(e.host.Accel)
 	switch {
@@ -112,7 +128,7 @@ func normAccel(a string) string { return strings.ToLower(strings.TrimSpace(a)) }
 // checkQEMU reports a destination QEMU of another release (major.minor) than the
 // source's — older ones can never read the stream, newer ones define the unversioned
 // machine type differently — and versions that cannot be parsed.
-func (p *prepared) checkQEMU(e *entry, fs []Finding) []Finding {
+func checkQEMU(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
 	name := hostLabel(e.host.Name)
 	switch {
 	case p.qemuErr != nil:
@@ -138,23 +154,43 @@ func (p *prepared) checkQEMU(e *entry, fs []Finding) []Finding {
 	return fs
 }
 
-// checkCPU reports the CPU flags the VM's model needs and the host lacks.
-func (p *prepared) checkCPU(e *entry, fs []Finding) []Finding {
-	missing := p.flags.missing(e.flags)
-	if len(missing) == 0 {
-		return fs
-	}
-	model := "the VM's CPU baseline"
+// cpuModelLabel names the VM's CPU model in a message.
+func (p *prepared) cpuModelLabel() string {
 	if p.vm.CPUModel != "" {
-		model = "CPU model " + p.vm.CPUModel
+		return "CPU model " + p.vm.CPUModel
 	}
-	return append(fs, errorf(CodeCPUUnsupported, "%s cannot provide %s: it lacks %s.",
-		hostLabel(e.host.Name), model, strings.Join(missing, ", ")))
+	return "the VM's CPU baseline"
 }
 
-// checkMemory reports a host whose free memory, less HostReserveMiB, cannot
-// hold the VM's memory plus VMOverheadMiB.
-func (p *prepared) checkMemory(e *entry, m metrics, fs []Finding) []Finding {
+// checkCPUFlags reports the CPU flags the VM's model needs and the host lacks, or a
+// host that has reported no CPU flags at all while the VM needs some.
+func checkCPUFlags(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	missing := p.flags.missing(e.flags)
+	switch {
+	case len(missing) == 0:
+		return fs
+	case len(e.flags) == 0:
+		return append(fs, errorf(CodeCPUUnsupported,
+			"%s has not reported the CPU flags it can give guests, so it cannot be matched to %s; wait for its agent to finish probing its CPUs.",
+			hostLabel(e.host.Name), p.cpuModelLabel()))
+	}
+	return append(fs, errorf(CodeCPUUnsupported, "%s cannot provide %s: it lacks %s.",
+		hostLabel(e.host.Name), p.cpuModelLabel(), strings.Join(missing, ", ")))
+}
+
+// checkCPUModel is the CPU check when the flags of the VM's model are unknown: a host
+// that lists the CPU models it provides, without the VM's, cannot take it. A host that
+// has listed none yet is not checked.
+func checkCPUModel(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if len(p.flags.names) > 0 || p.vm.CPUModel == "" || len(e.models) == 0 || p.model.in(e.models) {
+		return fs
+	}
+	return append(fs, errorf(CodeCPUUnsupported, "%s cannot provide CPU model %s: it provides only %s.",
+		hostLabel(e.host.Name), p.vm.CPUModel, strings.Join(p.models.namesOf(e.models), ", ")))
+}
+
+// checkMemory reports a host whose free memory does not fit the VM (MemoryFits).
+func checkMemory(p *prepared, e *entry, m *metrics, fs []Finding) []Finding {
 	if !m.short {
 		return fs
 	}
@@ -172,7 +208,7 @@ func (p *prepared) checkMemory(e *entry, m metrics, fs []Finding) []Finding {
 }
 
 // checkDatastores reports each datastore of the VM the host cannot reach.
-func (p *prepared) checkDatastores(e *entry, fs []Finding) []Finding {
+func checkDatastores(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
 	for _, ds := range p.datastores.missing(e.datastores) {
 		fs = append(fs, errorf(CodeDatastoreMissing,
 			"%s cannot reach datastore %s, which %s's disks live on; attach the datastore to the host or move the disks first.",
@@ -182,7 +218,7 @@ func (p *prepared) checkDatastores(e *entry, fs []Finding) []Finding {
 }
 
 // checkNetworks reports each network of the VM the host lacks.
-func (p *prepared) checkNetworks(e *entry, fs []Finding) []Finding {
+func checkNetworks(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
 	for _, n := range p.networks.missing(e.networks) {
 		fs = append(fs, errorf(CodeNetworkMissing,
 			"%s has no network %s, which %s's NICs use; add the network to the host first.",
@@ -191,29 +227,54 @@ func (p *prepared) checkNetworks(e *entry, fs []Finding) []Finding {
 	return fs
 }
 
-// checkWarnings appends the host's warnings. Memory is not called tight when
-// it is already short.
-func (p *prepared) checkWarnings(e *entry, m metrics, fs []Finding) []Finding {
-	name := hostLabel(e.host.Name)
+// checkImage reports a host that does not hold the image a VM being created boots
+// from. A VM that names no image (it boots from a kernel or a disk) is not checked.
+func checkImage(p *prepared, e *entry, _ *metrics, fs []Finding) []Finding {
+	if p.vm.Image == "" || p.image.in(e.images) {
+		return fs
+	}
+	return append(fs, errorf(CodeImageMissing,
+		"%s has no image %s on its datastores, which %s boots from; copy the image to a datastore of the host or choose another host.",
+		hostLabel(e.host.Name), p.vm.Image, vmLabel(p.vm.Name)))
+}
+
+// warnLoad warns of a load per core above LoadPerCoreThreshold.
+func warnLoad(_ *prepared, e *entry, m *metrics, fs []Finding) []Finding {
 	if !(m.loadPerCore <= LoadPerCoreThreshold) {
 		fs = append(fs, warnf(CodeHostLoaded,
 			"%s is busy with a load of %.2f per core (above %.2f), so the VM may run slower there.",
-			name, m.loadPerCore, LoadPerCoreThreshold))
+			hostLabel(e.host.Name), m.loadPerCore, LoadPerCoreThreshold))
 	}
+	return fs
+}
+
+// warnMemoryTight warns of a host left with less than MemoryTightFraction of its memory
+// free. Memory is not called tight when it is already short.
+func warnMemoryTight(_ *prepared, e *entry, m *metrics, fs []Finding) []Finding {
 	if !m.short && m.freeShare < MemoryTightFraction {
 		fs = append(fs, warnf(CodeMemoryTight,
 			"%s would have only %d MiB (%.0f%%) of its %d MiB of memory free after the move, below the %.0f%% margin.",
-			name, m.freeAfterMiB, 100*m.freeShare, m.totalMiB, 100*MemoryTightFraction))
+			hostLabel(e.host.Name), m.freeAfterMiB, 100*m.freeShare, m.totalMiB, 100*MemoryTightFraction))
 	}
+	return fs
+}
+
+// warnSlots warns of a host whose migration slots are all in use.
+func warnSlots(_ *prepared, e *entry, m *metrics, fs []Finding) []Finding {
 	if m.running >= m.slots {
 		fs = append(fs, warnf(CodeSlotsFull,
 			"%s has no free migration slot (%d running, %s), so the migration will queue until a slot frees.",
-			name, m.running, plural(m.slots, "slot", "slots")))
+			hostLabel(e.host.Name), m.running, plural(m.slots, "slot", "slots")))
 	}
+	return fs
+}
+
+// warnLink warns of a migration link busier than LinkBusyThreshold.
+func warnLink(_ *prepared, e *entry, m *metrics, fs []Finding) []Finding {
 	if !(m.link <= LinkBusyThreshold) {
 		fs = append(fs, warnf(CodeLinkBusy,
 			"%s's migration link is %.0f%% busy (above %.0f%%), so the migration will be slower and may struggle to converge.",
-			name, 100*m.link, 100*LinkBusyThreshold))
+			hostLabel(e.host.Name), 100*m.link, 100*LinkBusyThreshold))
 	}
 	return fs
 }
@@ -231,13 +292,13 @@ type metrics struct {
 	link         float64
 }
 
-// measure computes the metrics of h for a VM needing needMiB.
-func measure(h *Host, needMiB int) metrics {
+// measure computes the metrics of h for a VM of vmMiB.
+func measure(h *Host, vmMiB int) metrics {
 	m := metrics{
 		loadPerCore:  h.Load / float64(max(h.Cores, 1)),
 		totalMiB:     max(h.MemoryMiB, h.FreeMemoryMiB),
-		freeAfterMiB: h.FreeMemoryMiB - needMiB,
-		short:        h.FreeMemoryMiB-HostReserveMiB < needMiB,
+		freeAfterMiB: h.FreeMemoryMiB - MemoryNeedMiB(vmMiB),
+		short:        !MemoryFits(h.FreeMemoryMiB, vmMiB),
 		running:      max(h.MigrationsRunning, 0),
 		queued:       max(h.MigrationsQueued, 0),
 		slots:        max(h.MigrationSlots, 1),

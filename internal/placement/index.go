@@ -34,10 +34,11 @@ func (b bitset) covers(need bitset) bool {
 	return true
 }
 
-// universe numbers the names of one kind (CPU flags, datastores or networks)
-// seen on the hosts of an Index.
+// universe numbers the names of one kind (CPU flags, CPU models, datastores, networks
+// or images) seen on the hosts of an Index.
 type universe struct {
-	ids map[string]int
+	ids   map[string]int
+	names []string // by number
 }
 
 // add returns the number of name, numbering it if it is new.
@@ -50,8 +51,35 @@ func (u *universe) add(name string) int {
 	}
 	id := len(u.ids)
 	u.ids[name] = id
+	u.names = append(u.names, name)
 	return id
 }
+
+// namesOf returns the names in b, sorted.
+func (u *universe) namesOf(b bitset) []string {
+	var out []string
+	for id, name := range u.names {
+		if b.has(id) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ref is one name resolved against a universe: its number, or -1 when no host has it.
+type ref int
+
+// ref resolves name against u without changing it.
+func (u *universe) ref(name string) ref {
+	if id, ok := u.ids[name]; ok && name != "" {
+		return ref(id)
+	}
+	return -1
+}
+
+// in reports whether the name is in b.
+func (r ref) in(b bitset) bool { return r >= 0 && b.has(int(r)) }
 
 // bits returns the set of names, numbering the new ones.
 func (u *universe) bits(names []string) bitset {
@@ -118,34 +146,46 @@ func sortedSet(names []string) []string {
 type entry struct {
 	host       Host // without its slices
 	flags      bitset
+	models     bitset
 	datastores bitset
 	networks   bitset
+	images     bitset
 	qemu       version
 	qemuErr    error
 }
 
-// Index holds hosts prepared for fast checks: their CPU flags, datastores and
-// networks as bit sets, their QEMU versions parsed. Build it once per
-// inventory snapshot and rank any number of VMs against it. An Index is
-// immutable and safe for concurrent use; it keeps no reference to the
+// Index holds hosts prepared for fast checks by an Engine: their CPU flags, CPU
+// models, datastores, networks and images as bit sets, their QEMU versions parsed.
+// Build it once per inventory snapshot and rank any number of VMs against it. An
+// Index is immutable and safe for concurrent use; it keeps no reference to the
 // slices of the hosts it was built from.
 type Index struct {
+	engine     *Engine
 	flags      universe
+	models     universe
 	datastores universe
 	networks   universe
+	images     universe
 	entries    []entry
 }
 
-// NewIndex prepares hosts for Check and Recommend.
+// NewIndex prepares hosts for Check and Recommend by the DefaultEngine.
 func NewIndex(hosts []Host) *Index {
+	return defaultEngine.Index(hosts)
+}
+
+// newIndex prepares hosts; the caller sets the engine.
+func newIndex(hosts []Host) *Index {
 	ix := &Index{entries: make([]entry, len(hosts))}
 	for i, h := range hosts {
 		e := &ix.entries[i]
 		e.flags = ix.flags.bits(h.CPUFlags)
+		e.models = ix.models.bits(h.CPUModels)
 		e.datastores = ix.datastores.bits(h.Datastores)
 		e.networks = ix.networks.bits(h.Networks)
+		e.images = ix.images.bits(h.Images)
 		e.qemu, e.qemuErr = parseVersion(h.QEMUVersion)
-		h.CPUFlags, h.Datastores, h.Networks = nil, nil, nil
+		h.CPUFlags, h.CPUModels, h.Datastores, h.Networks, h.Images = nil, nil, nil, nil, nil
 		e.host = h
 	}
 	return ix
@@ -155,12 +195,12 @@ func NewIndex(hosts []Host) *Index {
 func (ix *Index) Len() int { return len(ix.entries) }
 
 // Check returns the findings of every host of the index for vm, in the
-// index's host order: for each host, what Check(vm, host) returns.
+// index's host order: for each host, what the engine's Check(vm, host) returns.
 func (ix *Index) Check(vm VM) [][]Finding {
 	p := ix.prepare(vm)
 	out := make([][]Finding, len(ix.entries))
 	for i := range ix.entries {
-		out[i], _ = p.evaluate(&ix.entries[i])
+		out[i], _ = ix.engine.evaluate(p, &ix.entries[i], false)
 	}
 	return out
 }
@@ -169,11 +209,14 @@ func (ix *Index) Check(vm VM) [][]Finding {
 type prepared struct {
 	vm         VM
 	flags      need
+	model      ref
+	models     *universe // for messages
 	datastores need
 	networks   need
+	image      ref
 	qemu       version
 	qemuErr    error
-	needMiB    int // memory plus overhead
+	needMiB    int // MemoryNeedMiB of the VM's memory
 }
 
 // prepare resolves vm against the index's universes.
@@ -181,9 +224,12 @@ func (ix *Index) prepare(vm VM) *prepared {
 	p := &prepared{
 		vm:         vm,
 		flags:      ix.flags.need(vm.CPUFlags),
+		model:      ix.models.ref(vm.CPUModel),
+		models:     &ix.models,
 		datastores: ix.datastores.need(vm.Datastores),
 		networks:   ix.networks.need(vm.Networks),
-		needMiB:    vm.MemoryMiB + VMOverheadMiB,
+		image:      ix.images.ref(vm.Image),
+		needMiB:    MemoryNeedMiB(vm.MemoryMiB),
 	}
 	p.qemu, p.qemuErr = parseVersion(vm.QEMUVersion)
 	return p

@@ -113,15 +113,16 @@ func Stars(score float64) int {
 }
 
 // Recommend checks every host for vm and ranks the compatible ones. It is
-// NewIndex(hosts).Recommend(vm, w); build an Index to rank many VMs against
-// the same hosts.
+// NewIndex(hosts).Recommend(vm, w), by the DefaultEngine; build an Index to rank many
+// VMs against the same hosts.
 func Recommend(vm VM, hosts []Host, w Weights) (Recommendation, error) {
-	return NewIndex(hosts).Recommend(vm, w)
+	return defaultEngine.Recommend(vm, hosts, w)
 }
 
-// Recommend checks every host of the index for vm and ranks the compatible
-// ones: candidates best first by score (rounded to 0.1), ties by host name;
-// refused hosts by name, with their errors. It fails only on invalid weights.
+// Recommend checks every host of the index for vm with the engine's checkers and ranks
+// the compatible ones with its scorers: candidates best first by score (rounded to 0.1),
+// ties by host name; refused hosts by name, with their errors. It fails only on invalid
+// weights.
 func (ix *Index) Recommend(vm VM, w Weights) (Recommendation, error) {
 	if err := w.Validate(); err != nil {
 		return Recommendation{}, fmt.Errorf("recommend a destination for %s: %w", vmLabel(vm.Name), err)
@@ -134,20 +135,20 @@ func (ix *Index) Recommend(vm VM, w Weights) (Recommendation, error) {
 	}
 	for i := range ix.entries {
 		e := &ix.entries[i]
-		fs, m := p.evaluate(e)
+		fs, m := ix.engine.evaluate(p, e, true)
 		if n := countErrors(fs); n > 0 {
 			rec.Refused = append(rec.Refused, Refusal{Host: e.host.Name, Errors: fs[:n:n]})
 			continue
 		}
-		rec.Candidates = append(rec.Candidates, candidate(e.host.Name, m, nw, fs))
+		rec.Candidates = append(rec.Candidates, ix.engine.candidate(e.host.Name, &m, nw, fs))
 	}
 	slices.SortStableFunc(rec.Candidates, byScore)
 	slices.SortStableFunc(rec.Refused, func(a, b Refusal) int { return strings.Compare(a.Host, b.Host) })
 	return rec, nil
 }
 
-// countErrors returns how many findings lead fs with SeverityError; check
-// puts all errors before the warnings.
+// countErrors returns how many findings lead fs with SeverityError; the engine runs the
+// error checkers before the warning ones.
 func countErrors(fs []Finding) int {
 	n := 0
 	for n < len(fs) && fs[n].Blocking() {
@@ -164,55 +165,73 @@ func byScore(a, b Candidate) int {
 	return strings.Compare(a.Host, b.Host)
 }
 
-// candidate scores a compatible host with normalized weights w.
-func candidate(host string, m metrics, w Weights, warnings []Finding) Candidate {
+// scorer is one named scorer of an Engine: it scores one criterion of a compatible host.
+type scorer struct {
+	name string
+	// weight picks the criterion's weight.
+	weight func(Weights) float64
+	// score is the unrounded criterion score, 0..100.
+	score func(*metrics) float64
+	// describe is the raw value behind the score, in words.
+	describe func(*metrics) string
+}
+
+// allScorers are the scorers of every engine, in breakdown order.
+var allScorers = []scorer{
+	{
+		name:     CriterionCPU,
+		weight:   func(w Weights) float64 { return w.CPU },
+		score:    func(m *metrics) float64 { return 100 * (1 - badness(m.loadPerCore)) },
+		describe: func(m *metrics) string { return fmt.Sprintf("load %.2f/core", m.loadPerCore) },
+	},
+	{
+		name:   CriterionMemory,
+		weight: func(w Weights) float64 { return w.Memory },
+		score:  func(m *metrics) float64 { return 100 * (1 - badness(1-m.freeShare)) }, // the free share, clamped to 0..1
+		describe: func(m *metrics) string {
+			return fmt.Sprintf("%.1f GiB free after move (%.0f%%)", float64(m.freeAfterMiB)/1024, 100*m.freeShare)
+		},
+	},
+	{
+		name:   CriterionMigrations,
+		weight: func(w Weights) float64 { return w.Migrations },
+		score: func(m *metrics) float64 {
+			return 100 * (1 - badness(float64(m.running+m.queued)/float64(m.slots)))
+		},
+		describe: func(m *metrics) string {
+			return fmt.Sprintf("%d running, %d queued of %s", m.running, m.queued, plural(m.slots, "slot", "slots"))
+		},
+	},
+	{
+		name:     CriterionLink,
+		weight:   func(w Weights) float64 { return w.Link },
+		score:    func(m *metrics) float64 { return 100 * (1 - badness(m.link)) },
+		describe: func(m *metrics) string { return fmt.Sprintf("link %.0f%% busy", 100*m.link) },
+	},
+}
+
+// candidate scores a compatible host with the engine's scorers and normalized weights w.
+func (en *Engine) candidate(host string, m *metrics, w Weights, warnings []Finding) Candidate {
 	if warnings == nil {
 		warnings = []Finding{}
 	}
-	raw := rawScores(m)
-	c := Candidate{Host: host, Breakdown: make([]Criterion, len(raw)), Warnings: warnings}
+	c := Candidate{Host: host, Breakdown: make([]Criterion, len(en.scorers)), Warnings: warnings}
 	total := 0.0
-	for i, nw := range w.named() {
-		contribution := raw[i] * nw.weight
+	for i, s := range en.scorers {
+		raw, weight := s.score(m), s.weight(w)
+		contribution := raw * weight
 		total += contribution
 		c.Breakdown[i] = Criterion{
-			Name:         nw.name,
-			Value:        describe(nw.name, m),
-			Score:        round(raw[i], 1),
-			Weight:       round(nw.weight, 4),
+			Name:         s.name,
+			Value:        s.describe(m),
+			Score:        round(raw, 1),
+			Weight:       round(weight, 4),
 			Contribution: round(contribution, 1),
 		}
 	}
 	c.Score = round(total, 1)
 	c.Stars = Stars(c.Score)
 	return c
-}
-
-// rawScores returns the unrounded criterion scores, 0..100, in breakdown
-// order.
-func rawScores(m metrics) [4]float64 {
-	busy := float64(m.running+m.queued) / float64(m.slots)
-	return [4]float64{
-		100 * (1 - badness(m.loadPerCore)),
-		100 * (1 - badness(1-m.freeShare)), // the free share, clamped to 0..1
-		100 * (1 - badness(busy)),
-		100 * (1 - badness(m.link)),
-	}
-}
-
-// describe returns the raw value behind a criterion in words.
-func describe(name string, m metrics) string {
-	switch name {
-	case CriterionCPU:
-		return fmt.Sprintf("load %.2f/core", m.loadPerCore)
-	case CriterionMemory:
-		return fmt.Sprintf("%.1f GiB free after move (%.0f%%)", float64(m.freeAfterMiB)/1024, 100*m.freeShare)
-	case CriterionMigrations:
-		return fmt.Sprintf("%d running, %d queued of %s", m.running, m.queued, plural(m.slots, "slot", "slots"))
-	case CriterionLink:
-		return fmt.Sprintf("link %.0f%% busy", 100*m.link)
-	}
-	return ""
 }
 
 // badness clamps x to 0..1; NaN, an unknown measure, counts as the worst.

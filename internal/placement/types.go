@@ -2,11 +2,13 @@ package placement
 
 import "github.com/godwit/godwit/internal/migration"
 
-// VM is the VM being moved, as the center knows it.
+// VM is the VM to place: one being moved, as the center knows it, or one being created.
 type VM struct {
 	// Name is the VM's name; messages use it.
 	Name string `json:"name"`
-	// Host is the VM's current (source) host.
+	// Host is the VM's current (source) host. Empty means an initial placement (a VM
+	// being created): there is no source, so the checks that compare a host with the
+	// source (same host, accelerator, QEMU release) are skipped.
 	Host string `json:"host"`
 	// MemoryMiB is the guest's memory.
 	MemoryMiB int `json:"memory_mib"`
@@ -14,7 +16,8 @@ type VM struct {
 	CPUs int `json:"cpus"`
 	// CPUModel is the guest CPU model, e.g. "Nehalem" or "qemu64".
 	CPUModel string `json:"cpu_model"`
-	// CPUFlags are the CPUID flags the model needs, computed by the caller.
+	// CPUFlags are the CPUID flags the model needs, computed by the caller. Empty
+	// means unknown: then the host's CPUModels are checked for the model's name.
 	CPUFlags []string `json:"cpu_flags"`
 	// Datastores are the datastores the VM's disks live on.
 	Datastores []string `json:"datastores"`
@@ -25,6 +28,9 @@ type VM struct {
 	// Accel is the source's accelerator, "kvm" or "tcg"; empty means unknown
 	// and is not checked.
 	Accel string `json:"accel"`
+	// Image is the image a VM being created boots from; empty when it boots from a
+	// kernel or a disk (or is not being created), and then it is not checked.
+	Image string `json:"image,omitempty"`
 }
 
 // Host is one candidate destination, from its live heartbeats.
@@ -49,6 +55,9 @@ type Host struct {
 	FreeMemoryMiB int `json:"free_memory_mib"`
 	// CPUFlags are the CPUID flags the host can give guests.
 	CPUFlags []string `json:"cpu_flags"`
+	// CPUModels are the CPU models the host can give guests; empty means not
+	// reported yet, and then model names are not checked.
+	CPUModels []string `json:"cpu_models,omitempty"`
 	// QEMUVersion is the host's QEMU, e.g. "10.0.2".
 	QEMUVersion string `json:"qemu_version"`
 	// Accel is the host's accelerator, "kvm" or "tcg"; empty while the agent
@@ -58,6 +67,8 @@ type Host struct {
 	Datastores []string `json:"datastores"`
 	// Networks are the networks the host has.
 	Networks []string `json:"networks"`
+	// Images are the names of the images on the host's datastores.
+	Images []string `json:"images,omitempty"`
 	// MigrationsRunning is the number of migrations in flight on the host.
 	MigrationsRunning int `json:"migrations_running"`
 	// MigrationsQueued is the number of migrations waiting for a slot.
@@ -80,7 +91,8 @@ const (
 	SeverityWarning = "warning"
 )
 
-// Error codes: each blocks a migration to the host.
+// Error codes: each blocks placing the VM on the host (a migration there, or creating it
+// there).
 const (
 	// CodeSameHost: the host is the VM's source host.
 	CodeSameHost = "same_host"
@@ -95,15 +107,20 @@ const (
 	// CodeQEMUIncompatible: the host's QEMU is older than the source's by
 	// major.minor, or a version cannot be parsed.
 	CodeQEMUIncompatible = "qemu_incompatible"
-	// CodeCPUUnsupported: the host lacks CPU flags the VM's CPU model needs.
+	// CodeCPUUnsupported: the host lacks CPU flags the VM's CPU model needs or,
+	// when those flags are unknown, does not list the model among its CPU models.
 	CodeCPUUnsupported = "cpu_unsupported"
-	// CodeMemoryShort: the host's free memory minus HostReserveMiB is less
-	// than the VM's memory plus VMOverheadMiB.
+	// CodeMemoryShort: the host's free memory does not fit the VM (see
+	// MemoryFits): free memory minus HostReserveMiB is less than the VM's memory
+	// plus VMOverheadMiB.
 	CodeMemoryShort = "memory_short"
 	// CodeDatastoreMissing: the host cannot reach a datastore of the VM.
 	CodeDatastoreMissing = "datastore_missing"
 	// CodeNetworkMissing: the host lacks a network of the VM.
 	CodeNetworkMissing = "network_missing"
+	// CodeImageMissing: no datastore of the host holds the image a VM being created
+	// boots from.
+	CodeImageMissing = "image_missing"
 )
 
 // Warning codes: each leaves the host usable.
