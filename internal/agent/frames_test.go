@@ -354,8 +354,10 @@ func TestFramesDivertedAndGivenBack(t *testing.T) {
 	if !slices.Equal(got, all(30)) {
 		t.Errorf("the VM got back frames %v; want 0..29, each once", got)
 	}
-	if n := frameCount(t, a, "godwit_agent_frames_carried_total", "direction", metrics.FramesReturned); n != 30 {
-		t.Errorf("frames returned: %v, want 30", n)
+	// The count also takes any frame the host itself sent the VM meanwhile (the bridge's
+	// IPv6 or STP frames), which the VM gets back too.
+	if n := frameCount(t, a, "godwit_agent_frames_carried_total", "direction", metrics.FramesReturned); n < 30 {
+		t.Errorf("frames returned: %v, want at least the 30 sent", n)
 	}
 	if _, err := netlink.LinkByName(netdev.ShadowName(v.spec.UUID, 0)); err == nil {
 		t.Error("the shadow TAP outlived the migration")
