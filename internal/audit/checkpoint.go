@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -136,6 +137,32 @@ type anchors struct {
 	// warned is the checkpoint last logged as broken, per host, so that a heartbeat every
 	// 2 s does not log it every time.
 	warned map[string]int64
+	// valid is the checkpoint each host last reported that carried the center's valid
+	// signature: the same bytes again need no second verification (it depends on
+	// nothing but them and the CA). Whether its record still holds is checked every time.
+	valid map[string]api.AuditCheckpoint
+	// seen is, per record id, the hash a heartbeat's check last read for it and when:
+	// every host holds the same few checkpoints, so one read per record per
+	// recordRecheck serves them all. Verify always reads.
+	seen map[int64]seenRecord
+}
+
+// seenRecord is a record's hash as read at a time.
+type seenRecord struct {
+	hash string
+	at   time.Time
+}
+
+// recordRecheck is how long a heartbeat's check of a host's checkpoint trusts the hash
+// it last read for the checkpoint's record. A cut chain is seen at once (its head is
+// read every time); a record rewritten in place under the running center, within this
+// bound, and `godwit audit verify` reads every record.
+const recordRecheck = 30 * time.Second
+
+// sameCheckpoint reports whether a and b are the same signed checkpoint, byte for byte.
+func sameCheckpoint(a, b api.AuditCheckpoint) bool {
+	return a.ID == b.ID && a.Hash == b.Hash && a.Time.Equal(b.Time) &&
+		bytes.Equal(a.Signature, b.Signature) && bytes.Equal(a.Certificate, b.Certificate)
 }
 
 type heldCheckpoint struct {
@@ -161,7 +188,15 @@ func (l *Log) Checkpoint(ctx context.Context, host string, held *api.AuditCheckp
 	n := a.notary
 	var h heldCheckpoint
 	if n != nil && held != nil {
-		h = heldCheckpoint{cp: *held, reported: l.now(), invalid: VerifyCheckpoint(*held, n.Roots)}
+		h = heldCheckpoint{cp: *held, reported: l.now()}
+		if last, ok := a.valid[host]; !ok || !sameCheckpoint(last, *held) {
+			if h.invalid = VerifyCheckpoint(*held, n.Roots); h.invalid == nil {
+				if a.valid == nil {
+					a.valid = map[string]api.AuditCheckpoint{}
+				}
+				a.valid[host] = *held
+			}
+		}
 		if a.held == nil {
 			a.held = map[string]heldCheckpoint{}
 		}
@@ -171,12 +206,12 @@ func (l *Log) Checkpoint(ctx context.Context, host string, held *api.AuditCheckp
 	if n == nil {
 		return nil, nil
 	}
-	st, err := readChain(ctx, l.db)
+	st, err := l.recentChain(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if held != nil {
-		anc, err := l.checkAnchor(ctx, st, host, h)
+		anc, err := l.checkAnchor(ctx, st, host, h, true)
 		if err != nil {
 			return nil, err
 		}
@@ -210,6 +245,28 @@ func (l *Log) Checkpoint(ctx context.Context, host string, held *api.AuditCheckp
 	return &cp, nil
 }
 
+// recentChain is the chain's state, as read within Options.HeadReuse.
+func (l *Log) recentChain(ctx context.Context) (chainState, error) {
+	if l.headReuse > 0 {
+		l.headMu.Lock()
+		st, at := l.head, l.headAt
+		l.headMu.Unlock()
+		if !at.IsZero() && time.Since(at) < l.headReuse {
+			return st, nil
+		}
+	}
+	st, err := scanChain(l.chainStmt.QueryRowContext(ctx))
+	if err != nil {
+		return st, err
+	}
+	if l.headReuse > 0 {
+		l.headMu.Lock()
+		l.head, l.headAt = st, time.Now()
+		l.headMu.Unlock()
+	}
+	return st, nil
+}
+
 // heldAnchors returns the checkpoints the hosts reported, by host name.
 func (l *Log) heldAnchors() map[string]heldCheckpoint {
 	a := &l.anchors
@@ -233,7 +290,7 @@ func (l *Log) checkAnchors(ctx context.Context, st chainState, held map[string]h
 	out := make([]Anchor, 0, len(hosts))
 	var first *Break
 	for _, h := range hosts {
-		anc, err := l.checkAnchor(ctx, st, h, held[h])
+		anc, err := l.checkAnchor(ctx, st, h, held[h], false)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -249,8 +306,9 @@ func (l *Log) checkAnchors(ctx context.Context, st chainState, held map[string]h
 	return out, first, nil
 }
 
-// checkAnchor checks one host's checkpoint against the chain st describes.
-func (l *Log) checkAnchor(ctx context.Context, st chainState, host string, h heldCheckpoint) (Anchor, error) {
+// checkAnchor checks one host's checkpoint against the chain st describes; with recent,
+// a hash of the checkpoint's record read within recordRecheck will do.
+func (l *Log) checkAnchor(ctx context.Context, st chainState, host string, h heldCheckpoint, recent bool) (Anchor, error) {
 	cp := h.cp
 	a := Anchor{Host: host, ID: cp.ID, Hash: cp.Hash, Signed: cp.Time, Reported: h.reported, Status: AnchorHolds}
 	which := fmt.Sprintf("host %s holds the center's checkpoint of record %d (hash %s, signed %s)", host, cp.ID, short(cp.Hash),
@@ -271,8 +329,31 @@ func (l *Log) checkAnchor(ctx context.Context, st chainState, host string, h hel
 		a.Status, a.Detail = AnchorBroken, fmt.Sprintf("%s, but the chain ends at record %d: the chain was cut — the newest records were deleted and its head rewritten", which, st.HeadID)
 		return a, nil
 	}
+	a0 := &l.anchors
+	if recent {
+		a0.mu.Lock()
+		r, ok := a0.seen[cp.ID]
+		a0.mu.Unlock()
+		if ok && r.hash == cp.Hash && l.now().Sub(r.at) < recordRecheck {
+			return a, nil
+		}
+	}
 	var hash string
-	err := l.db.QueryRowContext(ctx, `SELECT hash FROM audit_log WHERE id = ?`, cp.ID).Scan(&hash)
+	var row *sql.Row
+	if recent {
+		row = l.hashStmt.QueryRowContext(ctx, cp.ID)
+	} else {
+		row = l.db.QueryRowContext(ctx, `SELECT hash FROM audit_log WHERE id = ?`, cp.ID)
+	}
+	err := row.Scan(&hash)
+	if err == nil && hash == cp.Hash {
+		a0.mu.Lock()
+		if a0.seen == nil || len(a0.seen) > 1024 {
+			a0.seen = map[int64]seenRecord{}
+		}
+		a0.seen[cp.ID] = seenRecord{hash: hash, at: l.now()}
+		a0.mu.Unlock()
+	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		a.Status, a.Detail = AnchorBroken, fmt.Sprintf("%s, but record %d is missing: records were deleted", which, cp.ID)

@@ -178,3 +178,100 @@ func FuzzVerifyCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// A host's checkpoint is verified once per distinct checkpoint: the same bytes again are
+// taken as verified, but any change — a forged signature over the same record, another
+// signer — is verified anew and refused.
+func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
+	l, _, clk := openTest(t)
+	ctx := context.Background()
+	center, host := testNotary(t, clk.now())
+	l.SetNotary(center)
+	appendN(t, l, clk, 3)
+	cp, err := l.Checkpoint(ctx, "host-1", nil)
+	if err != nil || cp == nil {
+		t.Fatalf("checkpoint of 3 records: %+v %v", cp, err)
+	}
+	for range 3 {
+		if _, err := l.Checkpoint(ctx, "host-1", cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v := verify(t, l); !v.OK || len(v.Anchors) != 1 || v.Anchors[0].Status != AnchorHolds {
+		t.Fatalf("host-1 holding the center's checkpoint: %+v", v.Anchors)
+	}
+	forged := *cp
+	forged.Signature = append([]byte(nil), cp.Signature...)
+	forged.Signature[len(forged.Signature)-1] ^= 1
+	if _, err := l.Checkpoint(ctx, "host-1", &forged); err != nil {
+		t.Fatal(err)
+	}
+	if v := verify(t, l); len(v.Anchors) != 1 || v.Anchors[0].Status != AnchorInvalid {
+		t.Fatalf("host-1 holding a checkpoint with a flipped signature bit after the valid one: %+v; want it invalid", v.Anchors)
+	}
+	byHost, _ := SignCheckpoint(cp.ID, cp.Hash, cp.Time, host.Key, host.Cert)
+	if _, err := l.Checkpoint(ctx, "host-1", &byHost); err != nil {
+		t.Fatal(err)
+	}
+	if v := verify(t, l); len(v.Anchors) != 1 || v.Anchors[0].Status != AnchorInvalid || !strings.Contains(v.Anchors[0].Detail, "not by the center") {
+		t.Fatalf("host-1 holding the same record signed by a host: %+v; want it invalid", v.Anchors)
+	}
+	// The valid one again: verified again, and holds.
+	if _, err := l.Checkpoint(ctx, "host-1", cp); err != nil {
+		t.Fatal(err)
+	}
+	if v := verify(t, l); !v.OK || v.Anchors[0].Status != AnchorHolds {
+		t.Fatalf("host-1 holding the center's checkpoint again: %+v", v.Anchors)
+	}
+}
+
+// A record rewritten in place under a running center is seen by the heartbeats' check
+// within recordRecheck (the hash last read serves the hosts until then), and by verify at
+// once; a cut chain is seen by the next heartbeat.
+func TestCheckpointRereadsItsRecord(t *testing.T) {
+	l, db, clk := openTest(t)
+	ctx := context.Background()
+	center, _ := testNotary(t, clk.now())
+	l.SetNotary(center)
+	appendN(t, l, clk, 3)
+	cp, err := l.Checkpoint(ctx, "host-1", nil)
+	if err != nil || cp == nil || cp.ID != 3 {
+		t.Fatalf("checkpoint of 3 records: %+v %v", cp, err)
+	}
+	if next, err := l.Checkpoint(ctx, "host-1", cp); err != nil || next == nil {
+		t.Fatalf("host-1 holding the head: %+v %v; want the head's checkpoint", next, err)
+	}
+	tamper(t, db, `UPDATE audit_log SET hash = ? WHERE id = 3`, strings.Repeat("ab", 32))
+	if v := verify(t, l); v.OK {
+		t.Fatal("verify did not see record 3 rewritten")
+	}
+	// verify read the rewritten hash, which differs: the heartbeats' memory of it is the
+	// earlier read, still within recordRecheck.
+	clk.add(recordRecheck)
+	if next, err := l.Checkpoint(ctx, "host-2", cp); err != nil || next != nil {
+		t.Fatalf("host-2 holding record 3's checkpoint %s after its record was rewritten: sent %+v %v; want nothing, so that it keeps the evidence", recordRecheck, next, err)
+	}
+}
+
+// With HeadReuse, the heartbeats' checkpoints name the head as last read until it is
+// that old; then the newest head again.
+func TestCheckpointHeadReuse(t *testing.T) {
+	l, _, clk := openTest(t)
+	ctx := context.Background()
+	center, _ := testNotary(t, clk.now())
+	l.SetNotary(center)
+	l.headReuse = 300 * time.Millisecond
+	appendN(t, l, clk, 2)
+	cp, err := l.Checkpoint(ctx, "host-1", nil)
+	if err != nil || cp == nil || cp.ID != 2 {
+		t.Fatalf("checkpoint of 2 records: %+v %v", cp, err)
+	}
+	appendN(t, l, clk, 3)
+	if again, err := l.Checkpoint(ctx, "host-1", cp); err != nil || again == nil || again.ID != 2 {
+		t.Fatalf("within HeadReuse of the last read: %+v %v; want the head as read then, record 2", again, err)
+	}
+	time.Sleep(l.headReuse)
+	if newer, err := l.Checkpoint(ctx, "host-1", cp); err != nil || newer == nil || newer.ID != 5 {
+		t.Fatalf("after HeadReuse: %+v %v; want the newest head, record 5", newer, err)
+	}
+}

@@ -70,6 +70,15 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Reader is a pool of connections that only read the same (WAL) database, beside
+	// the one that writes; the heartbeats' checkpoint checks read through it, with
+	// statements prepared once. Default: the writing database.
+	Reader *sql.DB
+	// HeadReuse is how long the heartbeats' checkpoints may reuse the chain's state
+	// (its head) as last read, rather than read it for every heartbeat: a checkpoint
+	// then names a head at most this old, and a cut chain is seen at most this late.
+	// 0: read every time.
+	HeadReuse time.Duration
 }
 
 // Log is the audit trail in a database. Its methods are safe for concurrent use.
@@ -85,6 +94,15 @@ type Log struct {
 	trimMu sync.RWMutex
 	// anchors are the checkpoints that anchor the chain's head on the hosts.
 	anchors anchors
+	// chainStmt and hashStmt read the chain's state and a record's hash for the
+	// heartbeats' checkpoint checks, on Options.Reader.
+	chainStmt, hashStmt *sql.Stmt
+	// headReuse is Options.HeadReuse; head is the chain's state as last read for a
+	// checkpoint, and when (monotonic).
+	headReuse time.Duration
+	headMu    sync.Mutex
+	head      chainState
+	headAt    time.Time
 }
 
 // Open prepares the audit trail's tables in db (the center's database) and returns the
@@ -99,7 +117,18 @@ func Open(ctx context.Context, db *sql.DB, opts Options) (*Log, error) {
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return nil, fmt.Errorf("create the audit trail's tables: %w", err)
 	}
-	return &Log{db: db, log: opts.Logger, now: opts.Now}, nil
+	if opts.Reader == nil {
+		opts.Reader = db
+	}
+	l := &Log{db: db, log: opts.Logger, now: opts.Now, headReuse: opts.HeadReuse}
+	var err error
+	if l.chainStmt, err = opts.Reader.PrepareContext(ctx, chainQuery); err != nil {
+		return nil, fmt.Errorf("prepare the audit trail's chain read: %w", err)
+	}
+	if l.hashStmt, err = opts.Reader.PrepareContext(ctx, `SELECT hash FROM audit_log WHERE id = ?`); err != nil {
+		return nil, fmt.Errorf("prepare the audit trail's record read: %w", err)
+	}
+	return l, nil
 }
 
 // chainState is the audit_chain row: where the chain starts (the anchor: the last
@@ -117,10 +146,17 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
+// chainQuery reads the audit_chain row.
+const chainQuery = `SELECT anchor_id, anchor_hash, head_id, head_hash, trimmed, trimmed_at FROM audit_chain WHERE one = 1`
+
 func readChain(ctx context.Context, q querier) (chainState, error) {
+	return scanChain(q.QueryRowContext(ctx, chainQuery))
+}
+
+// scanChain reads the chain's state from row, a chainQuery's.
+func scanChain(row *sql.Row) (chainState, error) {
 	var s chainState
-	err := q.QueryRowContext(ctx, `SELECT anchor_id, anchor_hash, head_id, head_hash, trimmed, trimmed_at
-		FROM audit_chain WHERE one = 1`).Scan(&s.AnchorID, &s.AnchorHash, &s.HeadID, &s.HeadHash, &s.Trimmed, &s.TrimmedAt)
+	err := row.Scan(&s.AnchorID, &s.AnchorHash, &s.HeadID, &s.HeadHash, &s.Trimmed, &s.TrimmedAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return s, errors.New("the audit trail's chain state (table audit_chain) is missing; the database was tampered with or damaged")
 	}

@@ -71,6 +71,11 @@ type Config struct {
 	Log      *slog.Logger
 }
 
+// auditHeadReuse is how long the heartbeats' audit checkpoints reuse the trail's head as
+// last read (audit.Options.HeadReuse): a host's checkpoint is at most this much behind,
+// and a thousand hosts cost the database four reads a second, not five hundred.
+const auditHeadReuse = 250 * time.Millisecond
+
 // Center is a running management server.
 type Center struct {
 	cfg   Config
@@ -191,7 +196,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(), sumSeed: maphash.MakeSeed(),
 		feeds: map[string]*feed{}, links: newLinks()}
 	c.agents = api.NewHostClients(c.agentTLS)
-	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }}); err != nil {
+	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }, Reader: st.ReadDB(), HeadReuse: auditHeadReuse}); err != nil {
 		st.Close()
 		return nil, err
 	}

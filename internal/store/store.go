@@ -219,6 +219,10 @@ func (s *Store) Close() error {
 // the same file (the audit trail).
 func (s *Store) DB() *sql.DB { return s.db }
 
+// ReadDB is the pool of connections that only read, beside DB (WAL): what they read is
+// what was committed when their statement began.
+func (s *Store) ReadDB() *sql.DB { return s.rdb }
+
 func ts(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
 func parseTS(s string) time.Time {

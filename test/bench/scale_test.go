@@ -330,6 +330,10 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 				err := h.c.Do(c, http.MethodPost, "/api/v1/hosts/heartbeat", h.facts, &rep)
 				d := time.Since(t0)
 				cc()
+				if err == nil && rep.AuditCheckpoint != nil {
+					// Held and sent back with the next heartbeat, as an agent does.
+					h.facts.AuditCheckpoint = rep.AuditCheckpoint
+				}
 				if hbCtx.Err() != nil {
 					return
 				}
