@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"crypto/x509"
+	"database/sql"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -179,19 +180,27 @@ func FuzzVerifyCheckpoint(f *testing.F) {
 	})
 }
 
+// notarizedTrail is a trail of n records with the center's notary, the other notary
+// (a host's), and the checkpoint of its head as host-1 is first sent it.
+func notarizedTrail(t *testing.T, n int) (*Log, *sql.DB, *clock, Notary, *api.AuditCheckpoint) {
+	t.Helper()
+	l, db, clk := openTest(t)
+	center, host := testNotary(t, clk.now())
+	l.SetNotary(center)
+	appendN(t, l, clk, n)
+	cp, err := l.Checkpoint(context.Background(), "host-1", nil)
+	if err != nil || cp == nil || cp.ID != int64(n) {
+		t.Fatalf("checkpoint of %d records: %+v %v", n, cp, err)
+	}
+	return l, db, clk, host, cp
+}
+
 // A host's checkpoint is verified once per distinct checkpoint: the same bytes again are
 // taken as verified, but any change — a forged signature over the same record, another
 // signer — is verified anew and refused.
 func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
-	l, _, clk := openTest(t)
+	l, _, _, host, cp := notarizedTrail(t, 3)
 	ctx := context.Background()
-	center, host := testNotary(t, clk.now())
-	l.SetNotary(center)
-	appendN(t, l, clk, 3)
-	cp, err := l.Checkpoint(ctx, "host-1", nil)
-	if err != nil || cp == nil {
-		t.Fatalf("checkpoint of 3 records: %+v %v", cp, err)
-	}
 	for range 3 {
 		if _, err := l.Checkpoint(ctx, "host-1", cp); err != nil {
 			t.Fatal(err)
@@ -229,15 +238,8 @@ func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
 // within recordRecheck (the hash last read serves the hosts until then), and by verify at
 // once; a cut chain is seen by the next heartbeat.
 func TestCheckpointRereadsItsRecord(t *testing.T) {
-	l, db, clk := openTest(t)
+	l, db, clk, _, cp := notarizedTrail(t, 3)
 	ctx := context.Background()
-	center, _ := testNotary(t, clk.now())
-	l.SetNotary(center)
-	appendN(t, l, clk, 3)
-	cp, err := l.Checkpoint(ctx, "host-1", nil)
-	if err != nil || cp == nil || cp.ID != 3 {
-		t.Fatalf("checkpoint of 3 records: %+v %v", cp, err)
-	}
 	if next, err := l.Checkpoint(ctx, "host-1", cp); err != nil || next == nil {
 		t.Fatalf("host-1 holding the head: %+v %v; want the head's checkpoint", next, err)
 	}
@@ -256,15 +258,12 @@ func TestCheckpointRereadsItsRecord(t *testing.T) {
 // With HeadReuse, the heartbeats' checkpoints name the head as last read until it is
 // that old; then the newest head again.
 func TestCheckpointHeadReuse(t *testing.T) {
-	l, _, clk := openTest(t)
+	l, _, clk, _, cp := notarizedTrail(t, 2)
 	ctx := context.Background()
-	center, _ := testNotary(t, clk.now())
-	l.SetNotary(center)
 	l.headReuse = 300 * time.Millisecond
-	appendN(t, l, clk, 2)
-	cp, err := l.Checkpoint(ctx, "host-1", nil)
-	if err != nil || cp == nil || cp.ID != 2 {
-		t.Fatalf("checkpoint of 2 records: %+v %v", cp, err)
+	// With reuse on, this read of the head is the one the next checkpoints reuse.
+	if _, err := l.Checkpoint(ctx, "host-1", cp); err != nil {
+		t.Fatal(err)
 	}
 	appendN(t, l, clk, 3)
 	if again, err := l.Checkpoint(ctx, "host-1", cp); err != nil || again == nil || again.ID != 2 {
