@@ -141,6 +141,11 @@ type anchors struct {
 	// signature: the same bytes again need no second verification (it depends on
 	// nothing but them and the CA). Whether its record still holds is checked every time.
 	valid map[string]api.AuditCheckpoint
+	// mine are the checkpoints this center signed lately, by signature: a host that
+	// holds one of them byte for byte holds a valid checkpoint without a verification.
+	mine map[string]api.AuditCheckpoint
+	// verifications counts the checkpoints verified by their signature.
+	verifications int
 	// seen is, per record id, the hash a heartbeat's check last read for it and when:
 	// every host holds the same few checkpoints, so one read per record per
 	// recordRecheck serves them all. Verify always reads.
@@ -158,6 +163,9 @@ type seenRecord struct {
 // read every time); a record rewritten in place under the running center, within this
 // bound, and `godwit audit verify` reads every record.
 const recordRecheck = 30 * time.Second
+
+// maxMine bounds the checkpoints signed that are remembered as the center's own.
+const maxMine = 256
 
 // sameCheckpoint reports whether a and b are the same signed checkpoint, byte for byte.
 func sameCheckpoint(a, b api.AuditCheckpoint) bool {
@@ -189,7 +197,12 @@ func (l *Log) Checkpoint(ctx context.Context, host string, held *api.AuditCheckp
 	var h heldCheckpoint
 	if n != nil && held != nil {
 		h = heldCheckpoint{cp: *held, reported: l.now()}
-		if last, ok := a.valid[host]; !ok || !sameCheckpoint(last, *held) {
+		last, ok := a.valid[host]
+		if !ok || !sameCheckpoint(last, *held) {
+			last, ok = a.mine[string(held.Signature)]
+		}
+		if !ok || !sameCheckpoint(last, *held) {
+			a.verifications++
 			if h.invalid = VerifyCheckpoint(*held, n.Roots); h.invalid == nil {
 				if a.valid == nil {
 					a.valid = map[string]api.AuditCheckpoint{}
@@ -242,6 +255,10 @@ func (l *Log) Checkpoint(ctx context.Context, host string, held *api.AuditCheckp
 		return nil, err
 	}
 	a.signed = &cp
+	if a.mine == nil || len(a.mine) >= maxMine {
+		a.mine = map[string]api.AuditCheckpoint{}
+	}
+	a.mine[string(cp.Signature)] = cp
 	return &cp, nil
 }
 

@@ -195,9 +195,9 @@ func notarizedTrail(t *testing.T, n int) (*Log, *sql.DB, *clock, Notary, *api.Au
 	return l, db, clk, host, cp
 }
 
-// A host's checkpoint is verified once per distinct checkpoint: the same bytes again are
-// taken as verified, but any change — a forged signature over the same record, another
-// signer — is verified anew and refused.
+// A host's checkpoint is verified by its signature only when the center did not sign it
+// itself and has not verified those bytes for the host before; any change — a forged
+// signature over the same record, another signer — is verified anew and refused.
 func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
 	l, _, _, host, cp := notarizedTrail(t, 3)
 	ctx := context.Background()
@@ -209,6 +209,16 @@ func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
 	if v := verify(t, l); !v.OK || len(v.Anchors) != 1 || v.Anchors[0].Status != AnchorHolds {
 		t.Fatalf("host-1 holding the center's checkpoint: %+v", v.Anchors)
 	}
+	verified := func(want int) {
+		t.Helper()
+		l.anchors.mu.Lock()
+		got := l.anchors.verifications
+		l.anchors.mu.Unlock()
+		if got != want {
+			t.Fatalf("%d checkpoints verified by their signature; want %d", got, want)
+		}
+	}
+	verified(0) // the center's own, as it signed it
 	forged := *cp
 	forged.Signature = append([]byte(nil), cp.Signature...)
 	forged.Signature[len(forged.Signature)-1] ^= 1
@@ -218,6 +228,7 @@ func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
 	if v := verify(t, l); len(v.Anchors) != 1 || v.Anchors[0].Status != AnchorInvalid {
 		t.Fatalf("host-1 holding a checkpoint with a flipped signature bit after the valid one: %+v; want it invalid", v.Anchors)
 	}
+	verified(1)
 	byHost, _ := SignCheckpoint(cp.ID, cp.Hash, cp.Time, host.Key, host.Cert)
 	if _, err := l.Checkpoint(ctx, "host-1", &byHost); err != nil {
 		t.Fatal(err)
@@ -232,6 +243,18 @@ func TestCheckpointVerifiedOncePerBytes(t *testing.T) {
 	if v := verify(t, l); !v.OK || v.Anchors[0].Status != AnchorHolds {
 		t.Fatalf("host-1 holding the center's checkpoint again: %+v", v.Anchors)
 	}
+	verified(2)
+	// A checkpoint signed by another center process (before a restart) is verified
+	// once, then known by its bytes.
+	l.anchors.mu.Lock()
+	l.anchors.mine, l.anchors.valid = nil, nil
+	l.anchors.mu.Unlock()
+	for range 3 {
+		if _, err := l.Checkpoint(ctx, "host-1", cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verified(3)
 }
 
 // A record rewritten in place under a running center is seen by the heartbeats' check
