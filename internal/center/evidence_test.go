@@ -258,3 +258,47 @@ func TestHeartbeatAgreementSkipsOnlyWhatItMay(t *testing.T) {
 		t.Error("a report without a VM recorded on the host was remembered as agreeing")
 	}
 }
+
+// The migration loop is driven from the store: a migration the store holds as under way
+// that nothing drives (its request died between its record and the loop) is found by the
+// loop's look in the store, followed — its task says the center waits for the source,
+// which does not answer — and settled when the hosts' heartbeats show where the VM runs.
+func TestLoopTakesWhatTheStoreHolds(t *testing.T) {
+	f := newEvidenceFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); f.c.wg.Wait() }()
+	f.c.runCtx = ctx
+	m := api.Migration{ID: "m-orphan", VM: "web-1", Source: "host-1", Destination: "host-2", State: api.MigrationRunning,
+		Started: f.now.Add(-time.Minute)}
+	if err := f.c.recordNewMigration(ctx, m, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	loop := f.c.migrations()
+	if _, ok := f.c.live.Load(m.ID); ok {
+		t.Fatal("the loop drives the migration before it looked in the store")
+	}
+	loop.send(loopMsg{scan: true})
+	var task api.Task
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if task, _ = f.c.getTask(ctx, m.ID); strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
+			break
+		}
+	}
+	if _, ok := f.c.live.Load(m.ID); !ok || !strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
+		t.Fatalf("after the loop's look in the store: followed %v, task %+v; want it followed, waiting for host-1", ok, task)
+	}
+	f.beat(t, "host-2", api.VMRunning)
+	f.beat(t, "host-1", "")
+	var cur api.Migration
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if cur, _ = f.c.getMigration(ctx, m.ID); terminal(cur.State) {
+			break
+		}
+	}
+	if cur.State != api.MigrationSucceeded {
+		t.Fatalf("the adopted migration after the hosts' reports: %+v; want succeeded", cur)
+	}
+	if r, err := f.c.store.VM(ctx, "web-1"); err != nil || r.Host != "host-2" {
+		t.Fatalf("VM web-1 after the outcome: %+v %v; want it on host-2", r.Host, err)
+	}
+}

@@ -58,6 +58,8 @@ type tracked struct {
 type loopMsg struct {
 	ev    migEvent
 	adopt []adoption
+	// scan asks for a look in the store now (scanStore).
+	scan bool
 }
 
 // adoption is a migration handed to the loop: a new one (plan, reply, and whether it was
@@ -116,6 +118,10 @@ func (l *migLoop) run() {
 		case <-l.ctx.Done():
 			return
 		case msg := <-l.in:
+			if msg.scan {
+				l.scanStore()
+				continue
+			}
 			if msg.adopt != nil {
 				for _, a := range msg.adopt {
 					l.take(a)
