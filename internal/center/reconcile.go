@@ -63,13 +63,12 @@ type loopMsg struct {
 }
 
 // adoption is a migration handed to the loop: a new one (plan, reply, and whether it was
-// admitted already) or one the store holds as unfinished (resumed: after a restart).
+// admitted already) or one the store holds as unfinished.
 type adoption struct {
 	m        api.Migration
 	plan     *plan
 	admitted bool
 	reply    chan<- submitted
-	resumed  bool
 }
 
 // migLoop is the loop and its inbox.
@@ -338,7 +337,7 @@ func (l *migLoop) scanStore() {
 			orphans = append(orphans, m)
 		}
 	}
-	for _, a := range adoptions(orphans, false) {
+	for _, a := range adoptions(orphans) {
 		c.log.Warn("an unfinished migration had no driver; driving it", "migration", a.m.ID, "vm", a.m.VM, "state", a.m.State)
 		l.take(a)
 	}
@@ -346,7 +345,7 @@ func (l *migLoop) scanStore() {
 
 // adoptions orders stored unfinished migrations for the loop: the started ones first
 // (they hold their slots), then the queued ones in the order they were asked for.
-func adoptions(ms []api.Migration, resumed bool) []adoption {
+func adoptions(ms []api.Migration) []adoption {
 	sort.SliceStable(ms, func(i, j int) bool {
 		qi, qj := ms[i].State == api.MigrationQueued, ms[j].State == api.MigrationQueued
 		if qi != qj {
@@ -356,7 +355,7 @@ func adoptions(ms []api.Migration, resumed bool) []adoption {
 	})
 	out := make([]adoption, len(ms))
 	for i, m := range ms {
-		out[i] = adoption{m: m, resumed: resumed}
+		out[i] = adoption{m: m}
 	}
 	return out
 }
@@ -374,7 +373,7 @@ func (c *Center) resumeMigrations(ctx context.Context) error {
 		}
 	}
 	if len(active) > 0 {
-		c.migrations().send(loopMsg{adopt: adoptions(active, true)})
+		c.migrations().send(loopMsg{adopt: adoptions(active)})
 	}
 	return nil
 }
