@@ -277,11 +277,20 @@ func (l *Log) recentChain(ctx context.Context) (chainState, error) {
 		return st, err
 	}
 	if l.headReuse > 0 {
-		l.headMu.Lock()
-		l.head, l.headAt = st, time.Now()
-		l.headMu.Unlock()
+		l.rememberHead(st)
 	}
 	return st, nil
+}
+
+// rememberHead keeps st as the chain's state last read, unless the one kept has a newer
+// head: a read that began before a commit may end after a newer read, and a host may
+// already hold a checkpoint of the newer head, which must not look cut.
+func (l *Log) rememberHead(st chainState) {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	if l.headAt.IsZero() || st.HeadID >= l.head.HeadID {
+		l.head, l.headAt = st, time.Now()
+	}
 }
 
 // heldAnchors returns the checkpoints the hosts reported, by host name.

@@ -293,7 +293,15 @@ func TestCheckpointHeadReuse(t *testing.T) {
 		t.Fatalf("within HeadReuse of the last read: %+v %v; want the head as read then, record 2", again, err)
 	}
 	time.Sleep(l.headReuse)
-	if newer, err := l.Checkpoint(ctx, "host-1", cp); err != nil || newer == nil || newer.ID != 5 {
+	newer, err := l.Checkpoint(ctx, "host-1", cp)
+	if err != nil || newer == nil || newer.ID != 5 {
 		t.Fatalf("after HeadReuse: %+v %v; want the newest head, record 5", newer, err)
+	}
+	// A read of the head that began before record 5 was written and ended after this
+	// one: the head kept does not go back, or host-1, holding record 5's checkpoint,
+	// would look like evidence of a cut chain.
+	l.rememberHead(chainState{HeadID: 2})
+	if again, err := l.Checkpoint(ctx, "host-1", newer); err != nil || again == nil || again.ID != 5 {
+		t.Fatalf("host-1 holding record 5's checkpoint after a late read of head 2: %+v %v; want record 5's checkpoint again", again, err)
 	}
 }
