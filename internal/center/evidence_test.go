@@ -57,6 +57,19 @@ func (f *evidenceFixture) beat(t *testing.T, host, state string) {
 	}
 }
 
+// waitUnreachable waits (up to 20 s) for migration id's task to say that the center cannot
+// reach host-1, and returns the task as it last read it.
+func (f *evidenceFixture) waitUnreachable(t *testing.T, id string) api.Task {
+	t.Helper()
+	var task api.Task
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if task, _ = f.c.getTask(context.Background(), id); strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
+			break
+		}
+	}
+	return task
+}
+
 func (f *evidenceFixture) host(t *testing.T) string {
 	t.Helper()
 	r, err := f.c.store.VM(context.Background(), "web-1")
@@ -118,12 +131,7 @@ func TestFollowWaitsForEvidence(t *testing.T) {
 	}
 	f.c.follow(m)
 
-	var task api.Task
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if task, _ = f.c.getTask(ctx, m.ID); strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
-			break
-		}
-	}
+	task := f.waitUnreachable(t, m.ID)
 	if task.State != api.TaskRunning || !strings.HasPrefix(task.Progress.Phase, "waiting: the center cannot reach source host host-1") {
 		t.Fatalf("task while the source does not answer: %+v; want running, waiting for host-1", task)
 	}
@@ -278,12 +286,7 @@ func TestLoopTakesWhatTheStoreHolds(t *testing.T) {
 		t.Fatal("the loop drives the migration before it looked in the store")
 	}
 	loop.send(loopMsg{scan: true})
-	var task api.Task
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if task, _ = f.c.getTask(ctx, m.ID); strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
-			break
-		}
-	}
+	task := f.waitUnreachable(t, m.ID)
 	if _, ok := f.c.live.Load(m.ID); !ok || !strings.Contains(task.Progress.Phase, "cannot reach source host host-1") {
 		t.Fatalf("after the loop's look in the store: followed %v, task %+v; want it followed, waiting for host-1", ok, task)
 	}

@@ -266,7 +266,8 @@ func (s *migState) step(ev migEvent, now time.Time) []effect {
 		s.misses = 0
 		s.m = cur
 		if terminal(cur.State) {
-			do(effLive)
+			// Not published until recorded: the outcome and the VM's move are seen
+			// together, from the store.
 			record()
 			return out
 		}

@@ -81,7 +81,7 @@ func TestLifecycleQueuedToSucceeded(t *testing.T) {
 	expect(t, s, migEvent{kind: evView, view: run}, now, phaseFollowing, effPublish)
 	end := run
 	end.State = api.MigrationSucceeded
-	expect(t, s, migEvent{kind: evView, view: end}, now, phaseRecording, effLive, effRecord)
+	expect(t, s, migEvent{kind: evView, view: end}, now, phaseRecording, effRecord)
 	// While it is recorded, no request to the source and no second recording.
 	expect(t, s, migEvent{kind: evTick}, now.Add(time.Minute), phaseRecording)
 	expect(t, s, migEvent{kind: evRecorded}, now, phaseDone, effUnfollow, effForget)
