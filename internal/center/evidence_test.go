@@ -57,6 +57,32 @@ func (f *evidenceFixture) beat(t *testing.T, host, state string) {
 	}
 }
 
+// running runs the center until the test ends and records migration id of web-1,
+// host-1 → host-2, as running since started, with its task; nothing follows it yet.
+func (f *evidenceFixture) running(t *testing.T, id string, started time.Time) (context.Context, api.Migration) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); f.c.wg.Wait() })
+	f.c.runCtx = ctx
+	m := api.Migration{ID: id, VM: "web-1", Source: "host-1", Destination: "host-2", State: api.MigrationRunning, Started: started}
+	if err := f.c.recordNewMigration(ctx, m, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, m
+}
+
+// waitEnded waits (up to 10 s) for migration id to end, and returns it as last read.
+func (f *evidenceFixture) waitEnded(t *testing.T, id string) api.Migration {
+	t.Helper()
+	var cur api.Migration
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if cur, _ = f.c.getMigration(context.Background(), id); terminal(cur.State) {
+			break
+		}
+	}
+	return cur
+}
+
 // waitUnreachable waits (up to 20 s) for migration id's task to say that the center cannot
 // reach host-1, and returns the task as it last read it.
 func (f *evidenceFixture) waitUnreachable(t *testing.T, id string) api.Task {
@@ -121,14 +147,7 @@ func TestSettleByEvidence(t *testing.T) {
 // says why, for as long as it takes; the hosts' heartbeats then settle it.
 func TestFollowWaitsForEvidence(t *testing.T) {
 	f := newEvidenceFixture(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); f.c.wg.Wait() }()
-	f.c.runCtx = ctx
-	m := api.Migration{ID: "m-2", VM: "web-1", Source: "host-1", Destination: "host-2", State: api.MigrationRunning,
-		Started: f.now}
-	if err := f.c.recordNewMigration(ctx, m, "alice"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, m := f.running(t, "m-2", f.now)
 	f.c.follow(m)
 
 	task := f.waitUnreachable(t, m.ID)
@@ -147,12 +166,7 @@ func TestFollowWaitsForEvidence(t *testing.T) {
 	// The hosts report it done: the destination runs the VM, the source has it no more.
 	f.beat(t, "host-2", api.VMRunning)
 	f.beat(t, "host-1", "")
-	var cur api.Migration
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if cur, _ = f.c.getMigration(ctx, m.ID); terminal(cur.State) {
-			break
-		}
-	}
+	cur := f.waitEnded(t, m.ID)
 	if cur.State != api.MigrationSucceeded || cur.Waiting != "" || f.host(t) != "host-2" {
 		t.Fatalf("migration after the hosts' reports: %+v, VM on %s; want succeeded, on host-2", cur, f.host(t))
 	}
@@ -273,14 +287,7 @@ func TestHeartbeatAgreementSkipsOnlyWhatItMay(t *testing.T) {
 // which does not answer — and settled when the hosts' heartbeats show where the VM runs.
 func TestLoopTakesWhatTheStoreHolds(t *testing.T) {
 	f := newEvidenceFixture(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); f.c.wg.Wait() }()
-	f.c.runCtx = ctx
-	m := api.Migration{ID: "m-orphan", VM: "web-1", Source: "host-1", Destination: "host-2", State: api.MigrationRunning,
-		Started: f.now.Add(-time.Minute)}
-	if err := f.c.recordNewMigration(ctx, m, "alice"); err != nil {
-		t.Fatal(err)
-	}
+	ctx, m := f.running(t, "m-orphan", f.now.Add(-time.Minute))
 	loop := f.c.migrations()
 	if _, ok := f.c.live.Load(m.ID); ok {
 		t.Fatal("the loop drives the migration before it looked in the store")
@@ -292,12 +299,7 @@ func TestLoopTakesWhatTheStoreHolds(t *testing.T) {
 	}
 	f.beat(t, "host-2", api.VMRunning)
 	f.beat(t, "host-1", "")
-	var cur api.Migration
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if cur, _ = f.c.getMigration(ctx, m.ID); terminal(cur.State) {
-			break
-		}
-	}
+	cur := f.waitEnded(t, m.ID)
 	if cur.State != api.MigrationSucceeded {
 		t.Fatalf("the adopted migration after the hosts' reports: %+v; want succeeded", cur)
 	}
