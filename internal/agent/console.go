@@ -19,12 +19,12 @@ import (
 // Config.ConsoleLogMax moves to console.log.1 (its newest ConsoleLogMax bytes, replacing
 // the older one) and is emptied; QEMU, which opened it for appending, goes on writing at
 // its new end. So a VM's console takes at most twice ConsoleLogMax on disk, plus what
-// its guest writes in a second (a few bytes written while the log is emptied may be
+// its guest writes in consoleCheckEvery (a few bytes written while the log is emptied may be
 // lost). GET …/console answers at most api.MaxConsoleBytes of the newest output, from
 // both files.
 
 // consoleCheckEvery is how often the agent checks the size of its VMs' console logs.
-const consoleCheckEvery = time.Second
+const consoleCheckEvery = 250 * time.Millisecond
 
 // consoleLogs is a VM's console log and its older part.
 func consoleLogs(dir string) (current, older string) {
