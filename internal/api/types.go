@@ -236,11 +236,96 @@ type Host struct {
 	Baseline string `json:"baseline,omitempty"`
 }
 
-// MaintenanceMode is a host's maintenance mode: no VM is placed or migrated onto it.
+// MaintenanceMode is a host's maintenance mode: no VM is placed or migrated onto it,
+// and the center moves its running VMs away by a plan.
 type MaintenanceMode struct {
 	Reason string    `json:"reason,omitempty"`
 	Since  time.Time `json:"since"`
+	// State is one of the Maintenance* states: entering while VMs still run on the
+	// host, blocked when a VM cannot move (Blocked says which and why), in maintenance
+	// once the host's last QEMU has exited.
+	State string `json:"state,omitempty"`
+	// Plan is the evacuation plan's id (`godwit plan show ID`).
+	Plan string `json:"plan,omitempty"`
+	// Blocked are the moves that cannot go on, with their typed reasons.
+	Blocked []PlanMove `json:"blocked,omitempty"`
 }
+
+// Maintenance states of a host.
+const (
+	MaintenanceEntering = "entering"
+	MaintenanceBlocked  = "blocked"
+	MaintenanceIn       = "in_maintenance"
+)
+
+// Plan is an automatic action of the center: ordered moves, each with its destination,
+// reason and prediction. A maintenance plan empties a host. The center follows a plan
+// until each of its VMs has left the host (or is stopped), resumes it after a restart
+// without moving any VM twice, and cancels it when the host leaves maintenance.
+type Plan struct {
+	ID   string `json:"id"`
+	Kind string `json:"kind"`
+	// Host is the host the plan is about (the one entering maintenance).
+	Host   string `json:"host"`
+	Reason string `json:"reason"`
+	// State is one of the Plan* states.
+	State     string     `json:"state"`
+	Initiator string     `json:"initiator,omitempty"`
+	Created   time.Time  `json:"created"`
+	Finished  *time.Time `json:"finished,omitempty"`
+	Moves     []PlanMove `json:"moves"`
+	// PredictedMakespanMS is how long the moves are expected to take together, with
+	// the migration slots there are; ActualMakespanMS how long they took.
+	PredictedMakespanMS float64 `json:"predicted_makespan_ms"`
+	ActualMakespanMS    float64 `json:"actual_makespan_ms,omitempty"`
+	// Note says what the plan waits for, when it does.
+	Note string `json:"note,omitempty"`
+}
+
+// Plan kinds and states.
+const (
+	PlanMaintenance = "maintenance"
+
+	PlanProposed  = "proposed" // a dry run: shown, not stored
+	PlanRunning   = "running"
+	PlanBlocked   = "blocked"
+	PlanDone      = "done"
+	PlanCancelled = "cancelled"
+)
+
+// PlanMove is one VM's move in a plan.
+type PlanMove struct {
+	VM        string `json:"vm"`
+	From      string `json:"from"`
+	To        string `json:"to,omitempty"`
+	MemoryMiB int    `json:"memory_mib"`
+	// State is one of the Move* states.
+	State string `json:"state"`
+	// Migration is the move's current (or last) migration; Attempts how many the plan
+	// started for this VM.
+	Migration string `json:"migration,omitempty"`
+	Attempts  int    `json:"attempts,omitempty"`
+	// Code and Error say why a move is blocked or its last attempt failed: Code is a
+	// placement finding's code (placement.Code*) or migration_failed.
+	Code  string `json:"code,omitempty"`
+	Error string `json:"error,omitempty"`
+	// Prediction is what the move is expected to take; ActualTotalMS and
+	// ActualDowntimeMS what it took.
+	Prediction       *Prediction `json:"prediction,omitempty"`
+	ActualTotalMS    float64     `json:"actual_total_ms,omitempty"`
+	ActualDowntimeMS float64     `json:"actual_downtime_ms,omitempty"`
+}
+
+// Move states.
+const (
+	MovePending   = "pending"   // not started yet
+	MoveMigrating = "migrating" // its migration is queued or running
+	MoveDone      = "done"      // the VM left the host by this plan's migration
+	MoveLeft      = "left"      // the VM left the host otherwise (moved by someone else, or deleted)
+	MoveStopped   = "stopped"   // the VM is powered off on the host: nothing to move
+	MoveBlocked   = "blocked"   // it cannot move: Code and Error say why
+	MoveCancelled = "cancelled" // the plan was cancelled before it moved
+)
 
 // MaintenanceRequest is the body of POST /api/v1/hosts/{name}/maintenance.
 type MaintenanceRequest struct {
@@ -425,6 +510,10 @@ type Migration struct {
 	PostcopyRecoveries int  `json:"postcopy_recoveries,omitempty"`
 	// Prediction is what the migration was expected to take when it was admitted.
 	Prediction *Prediction `json:"prediction,omitempty"`
+	// Plan names the plan the migration is a move of (empty: asked for by itself), and
+	// Reason why the plan moves the VM.
+	Plan   string `json:"plan,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // PauseBreakdown divides a migration's pause, from the moment the source began to stop

@@ -43,6 +43,9 @@ func (l *Log) MigrationResumed(ctx context.Context, m api.Migration) {
 func migrationRecord(m api.Migration, action, outcome string, extra map[string]any) Record {
 	p := map[string]any{"vm": m.VM, "source": m.Source, "destination": m.Destination, "policy": m.Policy,
 		"priority": orNormal(m.Priority), "encrypted": m.Encrypted}
+	if m.Plan != "" {
+		p["plan"], p["reason"] = m.Plan, m.Reason
+	}
 	for k, v := range extra {
 		p[k] = v
 	}

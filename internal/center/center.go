@@ -127,6 +127,8 @@ type Center struct {
 	cpuCatalogs sync.Map
 	// links keeps what past migrations achieved between hosts, for predictions.
 	links *links
+	// plans is the maintenance loop's lock and wake-up (maintenance.go).
+	plans *plansOf
 
 	// agents pools the connections to each host's agent.
 	agents *api.HostClients
@@ -194,7 +196,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
 	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(), sumSeed: maphash.MakeSeed(),
-		feeds: map[string]*feed{}, links: newLinks()}
+		feeds: map[string]*feed{}, links: newLinks(), plans: newPlansOf()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }, Reader: st.ReadDB(), HeadReuse: auditHeadReuse}); err != nil {
 		st.Close()
@@ -270,7 +272,7 @@ func (c *Center) Run(ctx context.Context) error {
 	// caps follow the migrations admitted, until Run returns.
 	bgCtx, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	c.wg.Add(3)
+	c.wg.Add(4)
 	go func() {
 		defer c.wg.Done()
 		c.trail.Retain(bgCtx, c.cfg.AuditRetention)
@@ -282,6 +284,10 @@ func (c *Center) Run(ctx context.Context) error {
 	go func() {
 		defer c.wg.Done()
 		c.rebalance(bgCtx)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runPlans(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
 	runErr := c.cfg.HTTP.Serve(ctx, c.routes(false), lns...)

@@ -209,7 +209,7 @@ func (c *Center) hostView(ctx context.Context, h store.HostRecord, vmCount map[s
 		out.State = api.HostConnected
 	}
 	if m, ok := maint[h.Facts.Name]; ok {
-		out.Maintenance = &api.MaintenanceMode{Reason: m.Reason, Since: m.Since}
+		out.Maintenance = c.maintenanceView(ctx, h.Facts.Name, m)
 	}
 	out.Baseline = "unknown"
 	if err := c.providesModel(ctx, h, c.cfg.CPUBaseline); err == nil {

@@ -166,6 +166,13 @@ func withOrigin(cur, m api.Migration) api.Migration {
 	if cur.Prediction == nil {
 		cur.Prediction = m.Prediction
 	}
+	// Who asked, and the plan it belongs to, are the center's to know, not the source's.
+	if cur.Initiator == "" {
+		cur.Initiator = m.Initiator
+	}
+	if cur.Plan == "" {
+		cur.Plan, cur.Reason = m.Plan, m.Reason
+	}
 	return cur
 }
 
@@ -212,6 +219,9 @@ func (c *Center) record1(ctx context.Context, m api.Migration) error {
 		return err
 	}
 	c.migrationChanged(ctx, m)
+	if m.Plan != "" {
+		c.wakePlans()
+	}
 	c.metrics.RecordMigration(m)
 	c.links.learn(m)
 	c.log.Info("migration ended", "migration", m.ID, "vm", m.VM, "state", m.State, "total_ms", m.TotalMS,

@@ -192,8 +192,27 @@ func (c *Center) buildMux() (*api.Mux, error) {
 			api.WriteError(w, err)
 			return
 		}
-		h, err := c.setMaintenance(r.Context(), r.PathValue("name"), req)
+		var h api.Host
+		var err error
+		if req.Enter {
+			h, err = c.enterMaintenance(r.Context(), r.PathValue("name"), req, audit.ActorOf(r).Name)
+		} else {
+			h, err = c.exitMaintenance(r.Context(), r.PathValue("name"))
+		}
 		writeResult(w, http.StatusOK, h, err)
+	})
+	mux.HandleFunc("GET /api/v1/hosts/{name}/maintenance/plan", func(w http.ResponseWriter, r *http.Request) {
+		p, err := c.proposeEvacuation(r.Context(), r.PathValue("name"), r.URL.Query().Get("reason"), audit.ActorOf(r).Name)
+		writeResult(w, http.StatusOK, p, err)
+	})
+	mux.HandleFunc("GET /api/v1/plans", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		ps, err := c.store.Plans(r.Context(), q.Get("host"), q.Get("state") == "open", 200)
+		writeResult(w, http.StatusOK, ps, err)
+	})
+	mux.HandleFunc("GET /api/v1/plans/{id}", func(w http.ResponseWriter, r *http.Request) {
+		p, err := c.getPlan(r.Context(), r.PathValue("id"))
+		writeResult(w, http.StatusOK, p, err)
 	})
 	mux.HandleFunc("GET /api/v1/tasks", func(w http.ResponseWriter, r *http.Request) {
 		f, err := taskFilter(r)

@@ -36,7 +36,8 @@ func Routes() []api.Route {
 
 		{Method: "GET", Path: "/api/v1/hosts", Access: viewer, Summary: "The hosts, a page at a time in name order (Link: rel=next; X-Total-Count)", Query: []string{"limit", "after"}, Response: []api.Host{}},
 		{Method: "GET", Path: "/api/v1/hosts/{name}", Access: viewer, Summary: "One host", Response: api.Host{}},
-		{Method: "POST", Path: "/api/v1/hosts/{name}/maintenance", Access: admin, Action: "host.maintenance", Target: "name", Summary: "Put a host into or out of maintenance mode", Request: api.MaintenanceRequest{}, Response: api.Host{}},
+		{Method: "POST", Path: "/api/v1/hosts/{name}/maintenance", Access: admin, Action: "host.maintenance", Target: "name", Summary: "Put a host into maintenance mode, which moves its running VMs away by a plan, or take it out (cancelling the plan's queued moves)", Request: api.MaintenanceRequest{}, Response: api.Host{}},
+		{Method: "GET", Path: "/api/v1/hosts/{name}/maintenance/plan", Access: viewer, Summary: "The plan entering maintenance would carry out now: each VM's destination and predicted time and downtime, and the makespan (nothing changes)", Query: []string{"reason"}, Response: api.Plan{}},
 		{Method: "POST", Path: "/api/v1/hosts/{name}/revoke", Access: admin, Action: "host.revoke", Target: "name", Summary: "Revoke every certificate of a host", Request: api.RevokeRequest{}, Response: []api.Certificate{}},
 		{Method: "GET", Path: "/api/v1/datastores", Access: viewer, Summary: "Every datastore and the hosts that see it", Response: []api.Datastore{}},
 		{Method: "GET", Path: "/api/v1/networks", Access: viewer, Summary: "Every network and the hosts that have it", Response: []api.Network{}},
@@ -58,6 +59,9 @@ func Routes() []api.Route {
 		{Method: "POST", Path: "/api/v1/migrations/{id}/cancel", Access: operator, Action: "migration.cancel", Target: "id", Summary: "Cancel a migration; the VM stays on its source", Response: api.Migration{}},
 		{Method: "GET", Path: "/api/v1/migration-slots", Access: viewer, Summary: "Migration slots in use and the queue", Response: api.MigrationSlots{}},
 		{Method: "GET", Path: "/api/v1/migration-policies", Access: viewer, Summary: "The migration policies", Response: []migration.Policy{}},
+
+		{Method: "GET", Path: "/api/v1/plans", Access: viewer, Summary: "The center's plans (maintenance evacuations), newest first; state=open for the unfinished ones", Query: []string{"host", "state"}, Response: []api.Plan{}},
+		{Method: "GET", Path: "/api/v1/plans/{id}", Access: viewer, Summary: "One plan: its moves, each predicted against actual", Response: api.Plan{}},
 
 		{Method: "GET", Path: "/api/v1/tasks", Access: viewer, Summary: "Tasks, newest first", Query: []string{"state", "target", "kind", "limit"}, Response: []api.Task{}},
 		{Method: "GET", Path: "/api/v1/tasks/stream", Access: viewer, Summary: "Every change of a task, as Server-Sent Events", Stream: true},

@@ -234,19 +234,6 @@ func (c *Center) destinationFindings(ctx context.Context, name, to string) ([]pl
 	return hc.Warnings, nil
 }
 
-// setMaintenance puts a host into maintenance mode or takes it out.
-func (c *Center) setMaintenance(ctx context.Context, name string, req api.MaintenanceRequest) (api.Host, error) {
-	if _, err := c.store.Host(ctx, name); errors.Is(err, store.ErrNotFound) {
-		return api.Host{}, api.NotFound("there is no host named %q; `godwit host list` shows the hosts", name)
-	} else if err != nil {
-		return api.Host{}, err
-	}
-	if err := c.store.SetMaintenance(ctx, name, req.Enter, req.Reason, c.now().UTC()); err != nil {
-		return api.Host{}, err
-	}
-	return c.getHost(ctx, name)
-}
-
 // errCPUUnknown means a host has not reported its guest CPU capabilities yet.
 var errCPUUnknown = errors.New("the host has not reported its guest CPU capabilities yet")
 

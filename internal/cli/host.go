@@ -31,7 +31,7 @@ func newHostCmd(e *env) *cobra.Command {
 			for _, h := range hosts {
 				maint := "-"
 				if h.Maintenance != nil {
-					maint = "since " + h.Maintenance.Since.UTC().Format(time.RFC3339)
+					maint = maintenanceWords(*h.Maintenance)
 				}
 				t.row(h.Name, h.State, h.Address, fmt.Sprint(h.VMCount), fmt.Sprint(h.CPU.Threads),
 					fmt.Sprintf("%s/%s", mib(h.FreeMemoryMiB), mib(h.MemoryMiB)), fmt.Sprintf("%.2f", h.Load),
@@ -75,7 +75,7 @@ func newHostCmd(e *env) *cobra.Command {
 				"QEMU", h.QEMUVersion, "Accelerator", fmt.Sprintf("%s (%s)", orDash(h.Accel), h.AccelReason),
 				"Health", strings.TrimSpace(h.Health+" "+h.HealthReason),
 				"Datastores", orDash(strings.Join(ds, "; ")), "Networks", orDash(strings.Join(nets, "; ")),
-				"VMs", fmt.Sprint(h.VMCount))
+				"VMs", fmt.Sprint(h.VMCount), "Maintenance", maintenanceLine(h))
 		},
 	})
 	addHostPKICmds(e, cmd)

@@ -119,35 +119,5 @@ func addHostPKICmds(e *env, host *cobra.Command) {
 	revoke.Flags().StringVar(&reason, "reason", "", "why, for the audit trail")
 	host.AddCommand(revoke)
 
-	var why string
-	maint := &cobra.Command{
-		Use:   "maintenance NAME on|off",
-		Short: "Put a host in maintenance mode (no VM is placed or migrated onto it), or take it out",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[1] != "on" && args[1] != "off" {
-				return fmt.Errorf("say on or off, not %q", args[1])
-			}
-			c, err := e.client()
-			if err != nil {
-				return err
-			}
-			var h api.Host
-			if err := c.Do(cmd.Context(), http.MethodPost, "/api/v1/hosts/"+args[0]+"/maintenance",
-				api.MaintenanceRequest{Enter: args[1] == "on", Reason: why}, &h); err != nil {
-				return err
-			}
-			if e.output == "json" {
-				return printJSON(e.out, h)
-			}
-			if h.Maintenance != nil {
-				fmt.Fprintf(e.out, "Host %s is in maintenance mode since %s.\n", h.Name, h.Maintenance.Since.UTC().Format(time.RFC3339))
-			} else {
-				fmt.Fprintf(e.out, "Host %s is not in maintenance mode.\n", h.Name)
-			}
-			return nil
-		},
-	}
-	maint.Flags().StringVar(&why, "reason", "", "why, for the audit trail and the host list")
-	host.AddCommand(maint)
+	host.AddCommand(newMaintenanceCmd(e))
 }

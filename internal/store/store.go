@@ -145,7 +145,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	// One writer at a time is what SQLite does anyway; a single connection keeps
 	// transactions from tripping over SQLITE_BUSY.
 	db.SetMaxOpenConns(1)
-	if _, err := db.ExecContext(ctx, schema+pkiSchema+schedulesSchema); err != nil {
+	if _, err := db.ExecContext(ctx, schema+pkiSchema+schedulesSchema+plansSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create schema in %s: %w", path, err)
 	}
