@@ -464,6 +464,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 
 // kick sends a heartbeat now so the center sees a state change without waiting.
 func (a *Agent) kick() {
+	if a.center == nil {
+		return // not joined: no center to tell
+	}
 	ctx, cancel := context.WithTimeout(a.runCtx, 3*time.Second)
 	defer cancel()
 	if err := a.sendHeartbeat(ctx); err != nil && a.runCtx.Err() == nil {

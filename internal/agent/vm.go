@@ -55,6 +55,11 @@ type vm struct {
 	frames *frameReceiver
 	// memory is the latest measurement of its memory activity (memory.go).
 	memory *api.MemoryActivity
+	// exit says why its QEMU last ended (api.Exit*), and exitedAt when; events
+	// follows the events of its current QEMU (exit.go).
+	exit     string
+	exitedAt *time.Time
+	events   *exitListener
 
 	// saveMu orders writes of vm.json with the removal of the directory (gone).
 	saveMu sync.Mutex
@@ -69,6 +74,11 @@ type persisted struct {
 	Incoming string          `json:"incoming,omitempty"`
 	Ticket   string          `json:"ticket,omitempty"`
 	Outgoing *outgoingRecord `json:"outgoing,omitempty"`
+	// Running says its QEMU ran when this was written; Exit and ExitedAt why and when
+	// it last ended.
+	Running  bool       `json:"running,omitempty"`
+	Exit     string     `json:"exit,omitempty"`
+	ExitedAt *time.Time `json:"exited_at,omitempty"`
 }
 
 const maxSocketPath = 107
@@ -132,7 +142,8 @@ func (v *vm) save() error {
 	if v.gone {
 		return nil
 	}
-	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Ticket: v.ticket, Outgoing: v.outgoing}, "", "  ")
+	b, err := json.MarshalIndent(persisted{Spec: v.spec, Owned: v.owned, Error: v.errMsg, Incoming: v.incoming, Ticket: v.ticket, Outgoing: v.outgoing,
+		Running: v.proc != nil, Exit: v.exit, ExitedAt: v.exitedAt}, "", "  ")
 	if err != nil {
 		return err
 	}
@@ -206,6 +217,8 @@ func (a *Agent) status(v *vm) api.VMStatus {
 	st := api.VMStatus{Name: v.spec.Name, UUID: v.spec.UUID, State: v.state, Error: v.errMsg, Accel: v.accel}
 	if v.proc != nil {
 		st.PID = v.proc.PID
+	} else {
+		st.Exit, st.ExitedAt = v.exit, v.exitedAt
 	}
 	if v.state == api.VMRunning {
 		st.Memory = v.memory // of a guest that runs: a stopped one's memory is gone
@@ -412,6 +425,7 @@ func (a *Agent) Start(ctx context.Context, name string) (api.VMStatus, error) {
 	}
 	a.mu.Lock()
 	v.proc, v.state, v.errMsg, v.accel, v.stopping = p, api.VMRunning, "", probe.Accel, false
+	v.exit, v.exitedAt = "", nil
 	v.memory = nil // a fresh guest: what the last one did says nothing
 	a.mu.Unlock()
 	_ = v.save()
@@ -422,6 +436,10 @@ func (a *Agent) Start(ctx context.Context, name string) (api.VMStatus, error) {
 
 // watch follows a VM's QEMU process until it exits or the agent stops.
 func (a *Agent) watch(v *vm, p *qemu.Process) {
+	events := a.listenExit(a.runCtx, qemu.Spec{RunDir: p.RunDir}.EventsPath())
+	a.mu.Lock()
+	v.events = events
+	a.mu.Unlock()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -429,10 +447,16 @@ func (a *Agent) watch(v *vm, p *qemu.Process) {
 			return // the agent is stopping; the VM keeps running
 		}
 		a.mu.Lock()
+		wanted := v.stopping
+		a.mu.Unlock()
+		exit := events.verdict(wanted, time.Second)
+		exitedAt := time.Now().UTC()
+		a.mu.Lock()
 		if v.proc != p {
 			a.mu.Unlock()
 			return
 		}
+		v.exit, v.exitedAt = exit, &exitedAt
 		if v.incoming != "" {
 			// The migration bringing the VM in failed: QEMU exits on a broken stream.
 			a.mu.Unlock()
@@ -440,15 +464,17 @@ func (a *Agent) watch(v *vm, p *qemu.Process) {
 			a.log.Info("incoming VM's QEMU ended; the copy is dropped", "vm", v.spec.Name)
 			return
 		}
-		wanted := v.stopping
+		wanted = wanted || v.stopping
 		v.proc, v.state, v.stopping = nil, api.VMStopped, false
 		if !wanted {
 			v.errMsg = ""
+		} else {
+			v.exit = api.ExitRequested
 		}
 		a.mu.Unlock()
 		a.deleteTaps(v)
 		_ = v.save()
-		a.log.Info("VM stopped", "vm", v.spec.Name, "requested", wanted)
+		a.log.Info("VM stopped", "vm", v.spec.Name, "requested", wanted, "exit", v.exit)
 		go a.kick()
 	}()
 }
@@ -484,7 +510,9 @@ func (a *Agent) Stop(ctx context.Context, name string, force bool, grace time.Du
 	}
 	a.mu.Lock()
 	if v.proc == p {
+		now := time.Now().UTC()
 		v.proc, v.state, v.errMsg, v.stopping = nil, api.VMStopped, "", false
+		v.exit, v.exitedAt = api.ExitRequested, &now
 	}
 	a.mu.Unlock()
 	a.deleteTaps(v)
@@ -556,7 +584,7 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 			continue
 		}
 		v := &vm{spec: p.Spec, dir: dir, owned: p.Owned, state: api.VMStopped,
-			incoming: p.Incoming, ticket: p.Ticket, outgoing: p.Outgoing}
+			incoming: p.Incoming, ticket: p.Ticket, outgoing: p.Outgoing, exit: p.Exit, exitedAt: p.ExitedAt}
 		proc, err := qemu.Adopt(ctx, v.dir, p.Spec.UUID)
 		switch {
 		case err == nil && v.incoming != "":
@@ -581,6 +609,16 @@ func (a *Agent) adoptAll(ctx context.Context) error {
 		case errors.Is(err, qemu.ErrNotRunning):
 			if p.Error != "" {
 				v.state, v.errMsg = api.VMError, p.Error
+			}
+			if p.Running {
+				// It ran when this agent last saw it: the host restarted, or QEMU
+				// ended while the agent was down.
+				now := time.Now().UTC()
+				v.exit, v.exitedAt = api.ExitLost, &now
+				if err := v.save(); err != nil {
+					a.log.Warn("could not record that a VM's QEMU was lost", "vm", v.spec.Name, "err", err)
+				}
+				a.log.Warn("VM's QEMU was gone when the agent started", "vm", v.spec.Name)
 			}
 			a.deleteTaps(v)
 		default:

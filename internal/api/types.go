@@ -402,7 +402,33 @@ type VMStatus struct {
 	// Memory is the VM's latest measured memory activity (running VMs, measured by
 	// their host every 30 s).
 	Memory *MemoryActivity `json:"memory,omitempty"`
+	// Exit says why the VM's QEMU last ended (one of the Exit* reasons; empty while
+	// it runs, or when it never ran on this host), and ExitedAt when.
+	Exit     string     `json:"exit,omitempty"`
+	ExitedAt *time.Time `json:"exited_at,omitempty"`
 }
+
+// Why a VM's QEMU ended, as its host saw it (VMStatus.Exit). The center restarts a VM
+// it wants running when its QEMU crashed, was killed or was lost, and takes a guest's
+// own power-off as the guest's wish.
+const (
+	// ExitRequested: stopped by its host on request (a stop, or the end of an
+	// outgoing migration).
+	ExitRequested = "requested"
+	// ExitGuestPoweroff: the guest powered itself off (QEMU's SHUTDOWN event from the
+	// guest).
+	ExitGuestPoweroff = "guest_poweroff"
+	// ExitKilled: a signal from someone on the host ended QEMU (SHUTDOWN, host-signal).
+	ExitKilled = "killed"
+	// ExitCrashed: QEMU ended without a shutdown (killed by SIGKILL or the OOM killer,
+	// or crashed), or with an error.
+	ExitCrashed = "crashed"
+	// ExitLost: QEMU was gone when the agent started, though it ran when the agent
+	// last saw it (the host restarted, or QEMU ended while the agent was down).
+	ExitLost = "lost"
+	// ExitUnknown: QEMU ended while its host could not follow its events.
+	ExitUnknown = "unknown"
+)
 
 // Error is the body of every error response.
 type Error struct {

@@ -272,7 +272,7 @@ func (c *Center) Run(ctx context.Context) error {
 	// caps follow the migrations admitted, until Run returns.
 	bgCtx, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	c.wg.Add(4)
+	c.wg.Add(5)
 	go func() {
 		defer c.wg.Done()
 		c.trail.Retain(bgCtx, c.cfg.AuditRetention)
@@ -288,6 +288,10 @@ func (c *Center) Run(ctx context.Context) error {
 	go func() {
 		defer c.wg.Done()
 		c.runPlans(bgCtx)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runPower(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
 	runErr := c.cfg.HTTP.Serve(ctx, c.routes(false), lns...)

@@ -75,6 +75,13 @@ func Run(ctx context.Context, opt Options) error {
 	pause := NewPauseMeter(DefaultPauseInterval)
 	disk := &Disk{Path: opt.DiskPath}
 	srv := NewServer(log, mem, pause, disk, readBootID(), cfg)
+	if opt.PowerOff {
+		srv.PowerOff = func() {
+			if err := PowerOff(log); err != nil {
+				log.Error("power: cannot power off", "err", err)
+			}
+		}
+	}
 
 	httpLn, err := net.Listen("tcp", opt.HTTPAddr)
 	if err != nil {

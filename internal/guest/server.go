@@ -51,7 +51,10 @@ type Server struct {
 	Disk   *Disk
 	BootID string
 	Config Config
-	start  time.Time
+	// PowerOff, when set, powers the guest off (POST /poweroff): the guest's own
+	// shutdown, as a user inside it would do.
+	PowerOff func()
+	start    time.Time
 }
 
 // NewServer returns a server; its uptime counts from now.
@@ -76,6 +79,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /dirty", func(w http.ResponseWriter, r *http.Request) {
 		s.Memory.StopDirty()
 		writeJSON(w, s.Memory.Stats().Dirty)
+	})
+	mux.HandleFunc("POST /poweroff", func(w http.ResponseWriter, r *http.Request) {
+		if s.PowerOff == nil {
+			http.Error(w, "this guest program does not run as the guest's init, so it cannot power the guest off", http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		io.WriteString(w, "powering off\n")
+		// Answer first, then power off.
+		time.AfterFunc(100*time.Millisecond, s.PowerOff)
 	})
 	mux.HandleFunc("PUT /disk/{slot}", s.handleDiskPut)
 	mux.HandleFunc("GET /disk/{slot}", s.handleDiskGet)

@@ -43,6 +43,7 @@ func Args(s Spec) []string {
 	a = append(a, traceArgs...)
 	a = append(a,
 		"-qmp", "unix:"+esc(s.QMPPath())+",server=on,wait=off",
+		"-qmp", "unix:"+esc(s.EventsPath())+",server=on,wait=off",
 		"-chardev", "socket,id=ser0,path="+esc(s.ConsoleSocketPath())+
 			",server=on,wait=off,logfile="+esc(s.ConsoleLogPath())+",logappend=on",
 		"-serial", "chardev:ser0",

@@ -33,6 +33,7 @@ func TestArgs(t *testing.T) {
 			"-trace", "enable=migration_block_activation",
 			"-trace", "enable=vm_state_notify",
 			"-qmp", "unix:" + dir + "/qmp.sock,server=on,wait=off",
+			"-qmp", "unix:" + dir + "/events.sock,server=on,wait=off",
 			"-chardev", "socket,id=ser0,path=" + dir + "/console.sock,server=on,wait=off,logfile=" + dir + "/console.log,logappend=on",
 			"-serial", "chardev:ser0",
 		}

@@ -108,6 +108,10 @@ type NIC struct {
 // QMPPath is the QMP socket.
 func (s Spec) QMPPath() string { return filepath.Join(s.RunDir, "qmp.sock") }
 
+// EventsPath is the second QMP socket, on which the host only listens to QEMU's
+// events (the first, QMPPath, serves one client at a time for commands).
+func (s Spec) EventsPath() string { return filepath.Join(s.RunDir, "events.sock") }
+
 // ConsoleSocketPath is the serial console socket (attach interactively).
 func (s Spec) ConsoleSocketPath() string { return filepath.Join(s.RunDir, "console.sock") }
 

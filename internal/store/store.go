@@ -572,6 +572,21 @@ func (s *Store) VMStatesOn(ctx context.Context, host string) ([]VMRecord, error)
 	}, "VM states on "+host, `SELECT name, uuid, host, desired, state, error, pid, accel, created, updated FROM vms WHERE host = ? ORDER BY name`, host)
 }
 
+// VMsDown returns the VMs whose desired state is running while their recorded state is
+// stopped or error: what the center's power loop looks at.
+func (s *Store) VMsDown(ctx context.Context) ([]VMRecord, error) {
+	return queryAll(ctx, s.rdb, func(sc scanner) (VMRecord, error) {
+		var r VMRecord
+		var created, updated string
+		if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
+			return VMRecord{}, err
+		}
+		r.Created, r.Updated = parseTS(created), parseTS(updated)
+		return r, nil
+	}, "VMs wanted running and down", `SELECT name, uuid, host, desired, state, error, pid, accel, created, updated FROM vms
+		WHERE desired = 'running' AND state IN ('stopped', 'error') ORDER BY name`)
+}
+
 // VMCounts returns how many VMs each host has on record.
 func (s *Store) VMCounts(ctx context.Context) (map[string]int, error) {
 	rows, err := s.rdb.QueryContext(ctx, `SELECT host, count(*) FROM vms GROUP BY host`)
