@@ -119,10 +119,13 @@ type CreateVMRequest struct {
 
 // VM is a VM as the center reports it.
 type VM struct {
-	Name      string    `json:"name"`
-	UUID      string    `json:"uuid"`
-	Host      string    `json:"host"`
-	State     string    `json:"state"`
+	Name  string `json:"name"`
+	UUID  string `json:"uuid"`
+	Host  string `json:"host"`
+	State string `json:"state"`
+	// Desired is the power state the center keeps the VM in (running or stopped):
+	// set by start and stop, and by the center when the guest powers itself off.
+	Desired   string    `json:"desired,omitempty"`
 	Error     string    `json:"error,omitempty"`
 	IP        string    `json:"ip"`
 	MAC       string    `json:"mac"`

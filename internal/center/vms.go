@@ -33,7 +33,7 @@ const (
 
 func (c *Center) vmView(r store.VMRecord, lastBeat map[string]time.Time) api.VM {
 	v := api.VM{
-		Name: r.Spec.Name, UUID: r.Spec.UUID, Host: r.Host, State: r.State, Error: r.Error,
+		Name: r.Spec.Name, UUID: r.Spec.UUID, Host: r.Host, State: r.State, Desired: r.Desired, Error: r.Error,
 		CPUs: r.Spec.CPUs, MemoryMiB: r.Spec.MemoryMiB, Spec: r.Spec, PID: r.PID, Accel: r.Accel,
 		Created: r.Created, Updated: r.Updated,
 	}
