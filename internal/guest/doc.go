@@ -35,6 +35,8 @@
 //	                             48 MiB of the guest's memory free (the old run is stopped
 //	                             either way)
 //	POST   /dirty?mib=0          stops the dirtier and frees its memory (also DELETE /dirty)
+//	POST   /poweroff             202, then the guest powers itself off (as init only; 409
+//	                             otherwise): the guest's own shutdown, for tests of HA
 //	PUT    /disk/{slot}          writes a disk record (slot 0..63, body <= DiskMaxBody, i.e.
 //	                             1 MiB - 44 bytes; see [EncodeDiskRecord]) with O_DIRECT and
 //	                             fdatasync before replying 200; 413 if too large
