@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"strings"
 	"sync"
@@ -51,6 +52,67 @@ type Store struct {
 	once  sync.Once
 	// version counts writes (Version).
 	version atomic.Uint64
+	// live holds each host's newest heartbeat (liveHost), ahead of what is written.
+	liveMu sync.Mutex
+	live   map[string]*liveHost
+}
+
+// Live load. What a host reports every 2 s is mostly what it reported before: its CPU,
+// flags, datastores, networks and VMs change seldom, its load, free memory, datastores'
+// free space and VMs' memory activity all the time. A heartbeat whose facts differ from
+// the ones last written only in those live figures is kept in memory, where every reader
+// of hosts finds it (Host, Hosts, HostsPage, LastHeartbeats), and written at most every
+// liveFlush; any other change is written at once, through the group commit. What a
+// crash of the center can lose is live load and liveness no older than liveFlush, which
+// the hosts' next heartbeats (2 s) report again; no acknowledged change of a host's
+// inventory is ever held back.
+const liveFlush = 30 * time.Second
+
+// liveHost is a host's newest heartbeat: its facts, when it came, and what was last
+// written (the facts' stable part, by hash, and when).
+type liveHost struct {
+	facts   api.HostFacts
+	beat    time.Time
+	stable  uint64
+	written time.Time
+}
+
+// stableSum hashes a host's facts without their live figures (see liveFlush).
+func stableSum(f api.HostFacts) (uint64, error) {
+	f.Load, f.FreeMemoryMiB, f.AuditCheckpoint, f.Refusals = 0, 0, nil, nil
+	if len(f.Datastores) > 0 {
+		ds := make([]api.Datastore, len(f.Datastores))
+		for i, d := range f.Datastores {
+			d.FreeByte = 0
+			ds[i] = d
+		}
+		f.Datastores = ds
+	}
+	if len(f.VMs) > 0 {
+		vms := make([]api.VMStatus, len(f.VMs))
+		for i, v := range f.VMs {
+			v.Memory = nil
+			vms[i] = v
+		}
+		f.VMs = vms
+	}
+	b, err := json.Marshal(f)
+	if err != nil {
+		return 0, err
+	}
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64(), nil
+}
+
+// overlay gives h the host's newest heartbeat, if it is newer than what was written.
+func (s *Store) overlay(h *HostRecord) {
+	s.liveMu.Lock()
+	lh := s.live[h.Facts.Name]
+	s.liveMu.Unlock()
+	if lh != nil && lh.beat.After(h.LastHeartbeat) {
+		h.Facts, h.LastHeartbeat = lh.facts, lh.beat
+	}
 }
 
 const schema = `
@@ -165,7 +227,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	rdb.SetMaxOpenConns(maxReaders)
 	rdb.SetMaxIdleConns(maxReaders)
-	s := &Store{db: db, rdb: rdb, beats: make(chan *beat, maxBeatGroup), stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Store{db: db, rdb: rdb, beats: make(chan *beat, maxBeatGroup), stop: make(chan struct{}), done: make(chan struct{}),
+		live: map[string]*liveHost{}}
 	go s.commitBeats()
 	return s, nil
 }
@@ -241,6 +304,28 @@ type HostRecord struct {
 // Heartbeats that arrive together are committed in one transaction (a group commit:
 // one fsync for many hosts); it returns once its own is on disk.
 func (s *Store) SaveHeartbeat(ctx context.Context, f api.HostFacts, now time.Time) (registered bool, err error) {
+	stable, err := stableSum(f)
+	if err != nil {
+		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
+	}
+	s.liveMu.Lock()
+	if lh := s.live[f.Name]; lh != nil && lh.stable == stable && now.Sub(lh.written) < liveFlush && !now.Before(lh.beat) {
+		lh.facts, lh.beat = f, now
+		s.liveMu.Unlock()
+		return false, nil
+	}
+	s.liveMu.Unlock()
+	registered, err = s.writeHeartbeat(ctx, f, now)
+	if err == nil {
+		s.liveMu.Lock()
+		s.live[f.Name] = &liveHost{facts: f, beat: now, stable: stable, written: now}
+		s.liveMu.Unlock()
+	}
+	return registered, err
+}
+
+// writeHeartbeat writes a host's facts through the group commit.
+func (s *Store) writeHeartbeat(ctx context.Context, f api.HostFacts, now time.Time) (registered bool, err error) {
 	b, err := json.Marshal(f)
 	if err != nil {
 		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
@@ -362,6 +447,7 @@ func (s *Store) hosts(ctx context.Context, q string, args ...any) ([]HostRecord,
 			return nil, fmt.Errorf("decode host record: %w", err)
 		}
 		h.Registered, h.LastHeartbeat = parseTS(reg), parseTS(hb)
+		s.overlay(&h)
 		out = append(out, h)
 	}
 	return out, rows.Err()
@@ -396,6 +482,13 @@ func (s *Store) LastHeartbeats(ctx context.Context) (map[string]time.Time, error
 		}
 		out[name] = parseTS(hb)
 	}
+	s.liveMu.Lock()
+	for name, lh := range s.live {
+		if t, ok := out[name]; ok && lh.beat.After(t) {
+			out[name] = lh.beat
+		}
+	}
+	s.liveMu.Unlock()
 	return out, rows.Err()
 }
 
@@ -415,6 +508,7 @@ func (s *Store) Host(ctx context.Context, name string) (HostRecord, error) {
 		return HostRecord{}, fmt.Errorf("decode host %s: %w", name, err)
 	}
 	h.Registered, h.LastHeartbeat = parseTS(reg), parseTS(hb)
+	s.overlay(&h)
 	return h, nil
 }
 

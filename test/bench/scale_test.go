@@ -323,7 +323,10 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 			}
 			t := time.NewTicker(period)
 			defer t.Stop()
-			for {
+			for beat := 0; ; beat++ {
+				// Live load changes every beat, as on a real host.
+				h.facts.Load = 0.25 + float64((i*7+beat*13)%100)/100
+				h.facts.FreeMemoryMiB = 20000 - (i*31+beat*17)%512
 				c, cc := context.WithTimeout(hbCtx, 5*time.Second)
 				t0 := time.Now()
 				var rep api.HeartbeatReply
