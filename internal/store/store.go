@@ -62,8 +62,8 @@ type Store struct {
 // free space and VMs' memory activity all the time. A heartbeat whose facts differ from
 // the ones last written only in those live figures is kept in memory, where every reader
 // of hosts finds it (Host, Hosts, HostsPage, LastHeartbeats), and written at most every
-// liveFlush; any other change is written at once, through the group commit. What a
-// crash of the center can lose is live load and liveness no older than liveFlush, which
+// liveFlush, and when the store closes; any other change is written at once, through
+// the group commit. What a crash of the center can lose is live load and liveness no older than liveFlush, which
 // the hosts' next heartbeats (2 s) report again; no acknowledged change of a host's
 // inventory is ever held back.
 const liveFlush = 30 * time.Second
@@ -271,11 +271,35 @@ func addColumn(ctx context.Context, db *sql.DB, table, column, def string) error
 	return nil
 }
 
-// Close stops the heartbeat writer and closes the database.
+// Close stops the heartbeat writer, writes the live figures held in memory, and closes
+// the database.
 func (s *Store) Close() error {
 	s.once.Do(func() { close(s.stop) })
 	<-s.done
-	return errors.Join(s.rdb.Close(), s.db.Close())
+	ferr := s.flushLive()
+	return errors.Join(ferr, s.rdb.Close(), s.db.Close())
+}
+
+// flushLive writes every host's newest heartbeat not written yet, in one transaction.
+func (s *Store) flushLive() error {
+	s.liveMu.Lock()
+	var group []*beat
+	for name, lh := range s.live {
+		if lh.beat.After(lh.written) {
+			b, err := json.Marshal(lh.facts)
+			if err != nil {
+				continue
+			}
+			group = append(group, &beat{name: name, facts: string(b), now: lh.beat, done: make(chan struct{})})
+			lh.written = lh.beat
+		}
+	}
+	s.liveMu.Unlock()
+	if len(group) == 0 {
+		return nil
+	}
+	s.commitGroup(group)
+	return group[0].err
 }
 
 // DB returns the database handle, for parts of the center that keep their own tables in
@@ -304,6 +328,11 @@ type HostRecord struct {
 // Heartbeats that arrive together are committed in one transaction (a group commit:
 // one fsync for many hosts); it returns once its own is on disk.
 func (s *Store) SaveHeartbeat(ctx context.Context, f api.HostFacts, now time.Time) (registered bool, err error) {
+	select {
+	case <-s.stop:
+		return false, fmt.Errorf("save heartbeat of host %s: the store is closed", f.Name)
+	default:
+	}
 	stable, err := stableSum(f)
 	if err != nil {
 		return false, fmt.Errorf("encode facts of host %s: %w", f.Name, err)
