@@ -133,13 +133,37 @@ type scaleResult struct {
 	vmsBytes              int
 	connected, registered int
 	setup                 time.Duration
+	// errorsBySecond is, for each error, the second of the measurement it came in.
+	errorsBySecond []int
 }
 
 func (r scaleResult) line() string {
-	return fmt.Sprintf("%d hosts × %d VMs: %d heartbeats in %v, p50 %v p99 %v, %d errors%s; center CPU %.0f %% (%.0f %% with the lists), RSS %d MiB; GET /hosts p50 %v p99 %v (%d bytes); GET /vms p50 %v p99 %v (%d bytes); %d of %d hosts connected at the end (set-up %v)",
+	return fmt.Sprintf("%d hosts × %d VMs: %d heartbeats in %v, p50 %v p99 %v, %d errors%s; center CPU %.0f %% (%.0f %% with the lists), RSS %d MiB; GET /hosts p50 %v p99 %v (%d bytes); GET /vms p50 %v p99 %v (%d bytes); %d of %d hosts connected at the end (set-up %v)%s",
 		r.sc.hosts, r.sc.vms, r.beats, r.sc.window, r.hbP50.Round(100*time.Microsecond), r.hbP99.Round(100*time.Microsecond), r.errors, firstErrNote(r.firstErr),
 		r.cpu, r.cpuLists, r.rssMiB, r.hostsP50.Round(100*time.Microsecond), r.hostsP99.Round(100*time.Microsecond), r.hostsBytes,
-		r.vmsP50.Round(100*time.Microsecond), r.vmsP99.Round(100*time.Microsecond), r.vmsBytes, r.connected, r.registered, r.setup.Round(time.Second))
+		r.vmsP50.Round(100*time.Microsecond), r.vmsP99.Round(100*time.Microsecond), r.vmsBytes, r.connected, r.registered, r.setup.Round(time.Second), errorSeconds(r.errorsBySecond))
+}
+
+// errorSeconds says in which seconds of the measurement the errors came, as
+// "second:count" pairs.
+func errorSeconds(secs []int) string {
+	if len(secs) == 0 {
+		return ""
+	}
+	count := map[int]int{}
+	for _, s := range secs {
+		count[s]++
+	}
+	keys := make([]int, 0, len(count))
+	for k := range count {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d:%d", k, count[k])
+	}
+	return " (errors by second of the measurement: " + strings.Join(parts, " ") + ")"
 }
 
 func firstErrNote(s string) string {
@@ -307,6 +331,11 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 	var errs atomic.Int64
 	var firstErr atomic.Value
 	measuring := atomic.Bool{}
+	// beaten counts the hosts whose heartbeats got through since they joined.
+	var beaten atomic.Int64
+	var errMu sync.Mutex
+	var errAt []time.Duration // when each error came, from the start of the measurement
+	var measureStart time.Time
 	hbCtx, stopBeats := context.WithCancel(ctx)
 	defer stopBeats()
 	var beats sync.WaitGroup
@@ -315,6 +344,7 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 		beats.Add(1)
 		go func() {
 			defer beats.Done()
+			through := false
 			phase := period * time.Duration(i) / time.Duration(len(hosts))
 			select {
 			case <-time.After(phase):
@@ -333,6 +363,10 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 				err := h.c.Do(c, http.MethodPost, "/api/v1/hosts/heartbeat", h.facts, &rep)
 				d := time.Since(t0)
 				cc()
+				if err == nil && !through {
+					through = true
+					beaten.Add(1)
+				}
 				if err == nil && rep.AuditCheckpoint != nil {
 					// Held and sent back with the next heartbeat, as an agent does.
 					h.facts.AuditCheckpoint = rep.AuditCheckpoint
@@ -344,6 +378,9 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 					if err != nil {
 						errs.Add(1)
 						firstErr.CompareAndSwap(nil, err.Error())
+						errMu.Lock()
+						errAt = append(errAt, time.Since(measureStart))
+						errMu.Unlock()
 					} else {
 						lat.add(d)
 					}
@@ -356,10 +393,17 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 			}
 		}()
 	}
-	// One round to register every host, one more to settle.
-	time.Sleep(2 * period)
+	// Until every host's heartbeats have got through once (the first round registers
+	// them: a TLS handshake and a first look at its VMs each), then one more round.
+	for deadline := time.Now().Add(3 * time.Minute); beaten.Load() < int64(len(hosts)); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatalf("after 3 minutes only %d of %d hosts' heartbeats got through", beaten.Load(), len(hosts))
+		}
+	}
+	time.Sleep(period)
 	res.setup = time.Since(start)
 
+	measureStart = time.Now()
 	measuring.Store(true)
 	// The first half: heartbeats alone, for what the center costs to keep the hosts.
 	cpu0, _ := procCPU(cmd.Process.Pid)
@@ -401,6 +445,11 @@ func runScale(b *testing.B, bin string, sc scaleScenario) scaleResult {
 	measuring.Store(false)
 	res.beats, res.hbP50, res.hbP99 = lat.n(), lat.pct(50), lat.pct(99)
 	res.errors = errs.Load()
+	errMu.Lock()
+	for _, at := range errAt {
+		res.errorsBySecond = append(res.errorsBySecond, int(at/time.Second))
+	}
+	errMu.Unlock()
 	if s, ok := firstErr.Load().(string); ok {
 		res.firstErr = s
 	}
