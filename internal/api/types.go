@@ -288,6 +288,7 @@ type Plan struct {
 // Plan kinds and states.
 const (
 	PlanMaintenance = "maintenance"
+	PlanReturn      = "return" // the VMs a maintenance plan moved, moved back
 
 	PlanProposed  = "proposed" // a dry run: shown, not stored
 	PlanRunning   = "running"
@@ -334,6 +335,9 @@ const (
 type MaintenanceRequest struct {
 	Enter  bool   `json:"enter"`
 	Reason string `json:"reason,omitempty"`
+	// Return, on leaving maintenance, moves the VMs the host's last maintenance plan
+	// took away back to it, by a plan of kind return.
+	Return bool `json:"return,omitempty"`
 }
 
 // MigrationCheck is the answer of GET /api/v1/vms/{name}/migrate/check: for each

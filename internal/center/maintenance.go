@@ -98,7 +98,12 @@ func (c *Center) planRound(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		next := c.advancePlan(ctx, p)
+		var next api.Plan
+		if p.Kind == api.PlanReturn {
+			next = c.advanceReturn(ctx, p)
+		} else {
+			next = c.advancePlan(ctx, p)
+		}
 		if samePlan(next, p) {
 			continue
 		}
@@ -520,6 +525,9 @@ func makespan(moves []api.PlanMove) float64 {
 // enterMaintenance puts a host into maintenance mode and stores its evacuation plan; the
 // maintenance loop carries the plan out. A host already in maintenance is refused.
 func (c *Center) enterMaintenance(ctx context.Context, name string, req api.MaintenanceRequest, initiator string) (api.Host, error) {
+	if req.Return {
+		return api.Host{}, api.BadRequest("return moves VMs back when a host leaves maintenance: `host maintenance exit %s --return` (enter false, return true)", name)
+	}
 	if err := c.plans.mu.lock(ctx); err != nil {
 		return api.Host{}, err
 	}
@@ -527,6 +535,18 @@ func (c *Center) enterMaintenance(ctx context.Context, name string, req api.Main
 	p, err := c.proposeEvacuation(ctx, name, req.Reason, initiator)
 	if err != nil {
 		return api.Host{}, err
+	}
+	// VMs still on their way back from an earlier maintenance stay where they are.
+	if open, err := c.store.Plans(ctx, name, true, 20); err == nil {
+		for _, o := range open {
+			if o.Kind == api.PlanReturn {
+				fin := c.now().UTC()
+				o.State, o.Finished, o.Note = api.PlanCancelled, &fin, "the host entered maintenance again"
+				if err := c.store.UpdatePlan(ctx, o); err != nil {
+					return api.Host{}, err
+				}
+			}
+		}
 	}
 	p.State, p.Created = api.PlanRunning, c.now().UTC()
 	audit.Params(ctx, map[string]any{"plan": p.ID, "moves": len(p.Moves)})
@@ -546,8 +566,9 @@ func (c *Center) enterMaintenance(ctx context.Context, name string, req api.Main
 }
 
 // exitMaintenance takes a host out of maintenance mode: its plan is cancelled, the
-// plan's queued migrations with it (those already running finish).
-func (c *Center) exitMaintenance(ctx context.Context, name string) (api.Host, error) {
+// plan's queued migrations with it (those already running finish). With ret, the VMs
+// the host's last maintenance plan moved away are moved back, by a return plan.
+func (c *Center) exitMaintenance(ctx context.Context, name string, ret bool, initiator string) (api.Host, error) {
 	if _, err := c.store.Host(ctx, name); errors.Is(err, store.ErrNotFound) {
 		return api.Host{}, api.NotFound("there is no host named %q; `godwit host list` shows the hosts", name)
 	} else if err != nil {
@@ -576,7 +597,137 @@ func (c *Center) exitMaintenance(ctx context.Context, name string) (api.Host, er
 		audit.Params(ctx, map[string]any{"plan": p.ID, "cancelled": true})
 		c.log.Info("plan cancelled", "plan", p.ID, "host", name)
 	}
+	if ret {
+		if err := c.planReturn(ctx, name, initiator); err != nil {
+			return api.Host{}, err
+		}
+	}
 	return c.getHost(ctx, name)
+}
+
+// planReturn stores the plan that moves back to host the VMs its last maintenance plan
+// moved away; the maintenance loop carries it out.
+func (c *Center) planReturn(ctx context.Context, host, initiator string) error {
+	ps, err := c.store.Plans(ctx, host, false, 20)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(ps, func(p api.Plan) bool { return p.Kind == api.PlanMaintenance })
+	if i < 0 {
+		return api.Conflict("host %s has no maintenance plan whose VMs could go back; it is out of maintenance", host)
+	}
+	last := ps[i]
+	p := api.Plan{ID: c.newID(), Kind: api.PlanReturn, Host: host, Reason: "back to " + host + " after its maintenance (plan " + last.ID + ")",
+		State: api.PlanRunning, Initiator: initiator, Created: c.now().UTC(), Moves: []api.PlanMove{}}
+	for _, mv := range last.Moves {
+		if mv.State == api.MoveDone && mv.To != "" {
+			p.Moves = append(p.Moves, api.PlanMove{VM: mv.VM, From: mv.To, To: host, MemoryMiB: mv.MemoryMiB, State: api.MovePending})
+		}
+	}
+	if len(p.Moves) == 0 {
+		return nil
+	}
+	if err := c.store.InsertPlan(ctx, p); err != nil {
+		return err
+	}
+	audit.Params(ctx, map[string]any{"return_plan": p.ID, "returning": len(p.Moves)})
+	c.log.Info("VMs moving back after maintenance", "host", host, "plan", p.ID, "moves", len(p.Moves))
+	c.wakePlans()
+	return nil
+}
+
+// advanceReturn brings a return plan one step closer: each VM to the plan's host. A VM
+// that went elsewhere since, or was deleted, is left where it is; one stopped is not
+// moved; one whose migration failed twice the same way blocks the plan.
+func (c *Center) advanceReturn(ctx context.Context, p api.Plan) api.Plan {
+	ms, err := c.store.PlanMigrations(ctx, p.ID)
+	if err != nil {
+		c.log.Warn("could not read a plan's migrations; tried again next round", "plan", p.ID, "err", err)
+		return p
+	}
+	migs := map[string][]api.Migration{}
+	for _, m := range ms {
+		migs[m.VM] = append(migs[m.VM], withLiveView(m, c))
+	}
+	p.Moves = slices.Clone(p.Moves)
+	for i := range p.Moves {
+		mv := &p.Moves[i]
+		vm := migs[mv.VM]
+		mv.Attempts = len(vm)
+		if len(vm) > 0 {
+			mv.Migration = vm[0].ID
+		}
+		r, err := c.store.VM(ctx, mv.VM)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			mv.State, mv.Code, mv.Error = api.MoveLeft, "", ""
+			continue
+		case err != nil:
+			continue
+		case len(vm) > 0 && !terminal(vm[0].State):
+			mv.State, mv.Code, mv.Error, mv.Prediction = api.MoveMigrating, "", "", vm[0].Prediction
+			continue
+		case r.Host == p.Host:
+			mv.State, mv.Code, mv.Error = api.MoveDone, "", ""
+			if len(vm) > 0 && vm[0].State == api.MigrationSucceeded {
+				mv.ActualTotalMS, mv.ActualDowntimeMS, mv.Prediction = vm[0].TotalMS, vm[0].DowntimeMS, vm[0].Prediction
+			}
+			continue
+		case r.Host != mv.From:
+			mv.State, mv.Code, mv.Error = api.MoveLeft, "", ""
+			continue
+		case r.State != api.VMRunning:
+			mv.State, mv.Code, mv.Error = api.MoveStopped, "", ""
+			continue
+		case failedOut(vm):
+			mv.State, mv.Code = api.MoveBlocked, "migration_failed"
+			mv.Error = fmt.Sprintf("its migration back failed %d times (last: %s); the plan does not try again", len(vm), vm[0].Error)
+			continue
+		}
+		if active, err := c.store.Migrations(ctx, mv.VM, true, 1); err != nil || len(active) > 0 {
+			continue // another migration of the VM: wait for it
+		}
+		pl, err := c.planMigration(ctx, mv.VM, api.MigrateRequest{To: p.Host})
+		if err == nil {
+			pl.m.Plan, pl.m.Reason = p.ID, p.Reason
+			rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindAutomation, OnBehalfOf: p.Initiator,
+				Action: "vm.migrate", Target: mv.VM, Outcome: audit.Succeeded}
+			rec.Params, _ = audit.EncodeParams(map[string]any{"migration": pl.m.ID, "source": pl.m.Source, "destination": pl.m.Destination,
+				"policy": pl.m.Policy, "priority": pl.m.Priority, "encryption": pl.m.Encryption, "plan": p.ID, "reason": pl.m.Reason})
+			var m api.Migration
+			if m, err = c.submit(store.WithTxHook(ctx, c.trail.AppendOnceHook(rec)), pl, fmt.Sprintf("plan %s: return to %s (by %s)", p.ID, p.Host, p.Initiator)); err == nil {
+				mv.State, mv.Code, mv.Error = api.MoveMigrating, "", ""
+				mv.Migration, mv.Attempts, mv.Prediction = m.ID, mv.Attempts+1, m.Prediction
+				continue
+			}
+		}
+		mv.State, mv.Code, mv.Error = api.MoveBlocked, errCode(err), err.Error()
+	}
+	return settleReturn(p, c.now())
+}
+
+// settleReturn says where a return plan stands once its moves are observed.
+func settleReturn(p api.Plan, now time.Time) api.Plan {
+	togo, blocked := 0, []string{}
+	for _, mv := range p.Moves {
+		switch mv.State {
+		case api.MovePending, api.MoveMigrating:
+			togo++
+		case api.MoveBlocked:
+			blocked = append(blocked, mv.VM)
+		}
+	}
+	p.Note = ""
+	switch {
+	case togo > 0:
+		p.State, p.Note = api.PlanRunning, fmt.Sprintf("%d of %d moves to go", togo, len(p.Moves))
+	case len(blocked) > 0:
+		p.State, p.Note = api.PlanBlocked, "blocked by "+strings.Join(blocked, ", ")
+	default:
+		fin := now.UTC()
+		p.State, p.Finished, p.ActualMakespanMS = api.PlanDone, &fin, float64(fin.Sub(p.Created).Milliseconds())
+	}
+	return p
 }
 
 // maintenanceView is the maintenance mode of a host as users see it: its state comes

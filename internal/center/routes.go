@@ -197,7 +197,7 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		if req.Enter {
 			h, err = c.enterMaintenance(r.Context(), r.PathValue("name"), req, audit.ActorOf(r).Name)
 		} else {
-			h, err = c.exitMaintenance(r.Context(), r.PathValue("name"))
+			h, err = c.exitMaintenance(r.Context(), r.PathValue("name"), req.Return, audit.ActorOf(r).Name)
 		}
 		writeResult(w, http.StatusOK, h, err)
 	})

@@ -52,14 +52,20 @@ func newMaintenanceCmd(e *env) *cobra.Command {
 	enter.Flags().StringVar(&reason, "reason", "", "why, for the audit trail, the plan and the host list")
 	enter.Flags().BoolVar(&dryRun, "dry-run", false, "show the plan; change nothing")
 	enter.Flags().BoolVar(&wait, "wait", false, "wait until the host is in maintenance (or blocked), showing each move")
+	var back bool
 	exit := &cobra.Command{
 		Use:   "exit HOST",
 		Short: "Take a host out of maintenance mode; its plan's queued moves are cancelled (running ones finish)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Take a host out of maintenance mode; its plan's queued moves are cancelled (running ones finish).\n" +
+			"With --return, the VMs its last maintenance plan moved away are moved back, by a plan of its own\n" +
+			"(`godwit plan list --host HOST`); --wait follows it to the end.",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return setMaintenance(cmd.Context(), e, args[0], false, "", false)
+			return exitMaintenance(cmd.Context(), e, args[0], back, wait)
 		},
 	}
+	exit.Flags().BoolVar(&back, "return", false, "move the VMs the last maintenance plan moved away back to the host")
+	exit.Flags().BoolVar(&wait, "wait", false, "with --return, wait until the VMs are back (or the plan is blocked)")
 	maint.AddCommand(enter, exit)
 	return maint
 }
@@ -97,6 +103,57 @@ func setMaintenance(ctx context.Context, e *env, host string, on bool, reason st
 			return err
 		}
 		return printPlan(e.out, p)
+	}
+	return nil
+}
+
+// exitMaintenance takes host out of maintenance mode; with back, the VMs its last plan
+// moved away go back, and with wait the return plan is followed to its end.
+func exitMaintenance(ctx context.Context, e *env, host string, back, wait bool) error {
+	c, err := e.client()
+	if err != nil {
+		return err
+	}
+	var h api.Host
+	if err := c.Do(ctx, http.MethodPost, "/api/v1/hosts/"+url.PathEscape(host)+"/maintenance",
+		api.MaintenanceRequest{Enter: false, Return: back}, &h); err != nil {
+		return err
+	}
+	var ret *api.Plan
+	if back {
+		var open []api.Plan
+		if err := c.Do(ctx, http.MethodGet, "/api/v1/plans?state=open&host="+url.QueryEscape(host), nil, &open); err != nil {
+			return err
+		}
+		for i := range open {
+			if open[i].Kind == api.PlanReturn {
+				ret = &open[i]
+				break
+			}
+		}
+		for wait && ret != nil && ret.State == api.PlanRunning {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+			if err := c.Do(ctx, http.MethodGet, "/api/v1/plans/"+url.PathEscape(ret.ID), nil, ret); err != nil {
+				return err
+			}
+		}
+	}
+	if e.output == "json" {
+		if back {
+			return printJSON(e.out, ret)
+		}
+		return printJSON(e.out, h)
+	}
+	fmt.Fprintln(e.out, maintenanceLine(h))
+	if ret != nil {
+		return printPlan(e.out, *ret)
+	}
+	if back {
+		fmt.Fprintln(e.out, "No VM to move back.")
 	}
 	return nil
 }

@@ -174,7 +174,32 @@ func TestMaintenanceEmptiesTheHost(t *testing.T) {
 		t.Errorf("plan show: %q", out)
 	}
 	t.Logf("the plan, done:\n%s", out)
-	l.MustRun("host", "maintenance", "exit", "host-1")
+
+	// Out of maintenance, and the VMs back where they were.
+	var back api.Plan
+	l.RunJSON(&back, "host", "maintenance", "exit", "host-1", "--return", "--wait")
+	if back.Kind != api.PlanReturn || back.State != api.PlanDone || len(back.Moves) != 2 {
+		t.Fatalf("the return plan: %+v; want done, two moves", back)
+	}
+	for _, mv := range back.Moves {
+		if mv.State != api.MoveDone || mv.From != "host-3" || mv.To != "host-1" || mv.Attempts != 1 {
+			t.Errorf("return move of %s: %+v; want done, host-3 to host-1, one attempt", mv.VM, mv)
+		}
+		var vm api.VM
+		l.RunJSON(&vm, "vm", "show", mv.VM)
+		if vm.Host != "host-1" || vm.State != api.VMRunning {
+			t.Errorf("VM %s after the return: on %s, %s; want running on host-1", mv.VM, vm.Host, vm.State)
+		}
+	}
+	if h := hostShow("host-1"); h.Maintenance != nil {
+		t.Errorf("host-1 after exit: %+v; want out of maintenance", h.Maintenance)
+	}
+	if st, body := l.RawAPI("POST", "/api/v1/hosts/host-1/maintenance", `{"enter":true,"return":true}`); st != 400 || !strings.Contains(body, "exit") {
+		t.Errorf("enter with return: %d %s; want 400 pointing to exit --return", st, body)
+	}
+	if h := hostShow("host-1"); h.Maintenance != nil {
+		t.Errorf("host-1 after a refused enter: %+v; want it unchanged", h.Maintenance)
+	}
 	l.MustRun("host", "maintenance", "host-2", "off")
 }
 
