@@ -255,4 +255,3 @@ func TestMaintenanceThroughTheAPI(t *testing.T) {
 		t.Fatalf("empty host after a round: %+v; want in maintenance", h.Maintenance)
 	}
 }
-
