@@ -81,6 +81,8 @@ const (
 	bulkVMs   = 4
 	bulkMiB   = 512
 	bulkSlack = 2.0
+	// evacSlack is the evacuation's target: its makespan at most this times the floor.
+	evacSlack = 1.5
 	// controlWindow is how long each control window watches.
 	controlWindow = 3 * time.Second
 	// controlTool and inPlaceTool mark the control windows among the runs: no
@@ -528,6 +530,67 @@ type bulkResult struct {
 	lost, retrans   map[string]int       // ICMP requests unanswered, TCP retransmissions
 	completed, all  map[string]int
 	totals          map[string][]float64 // each VM's total time in a bulk move (ms)
+	// evac is the evacuation of the host holding the guests by maintenance mode, on
+	// links shaped to 1 Gbit/s.
+	evac *evacResult
+}
+
+// evacResult is one maintenance evacuation: the plan's makespan, predicted and actual,
+// and the bytes its migrations sent.
+type evacResult struct {
+	plan      api.Plan
+	bytes     uint64
+	completed int
+}
+
+// floor is the evacuation's least possible makespan: its bytes over the shaped link.
+func (e *evacResult) floor() float64 { return float64(e.bytes) / shapedRate }
+
+// runEvacuation shapes both hosts' links to 1 Gbit/s, puts host (holding vms) into
+// maintenance and waits until it is in maintenance, then takes it out with --return
+// (the VMs move back, not measured) and lifts the shaping.
+func runEvacuation(b *testing.B, l *labtest.Lab, host string, vms []api.VM) *evacResult {
+	for _, h := range []string{"host-1", "host-2"} {
+		l.Shape(h, "1gbit")
+	}
+	defer func() {
+		for _, h := range []string{"host-1", "host-2"} {
+			l.Shape(h, "off")
+		}
+	}()
+	res := &evacResult{}
+	var h api.Host
+	l.RunJSON(&h, "host", "maintenance", "enter", host, "--wait", "--reason", "benchmark")
+	if h.Maintenance == nil || h.Maintenance.Plan == "" {
+		b.Fatalf("maintenance of %s: %+v", host, h.Maintenance)
+	}
+	l.RunJSON(&res.plan, "plan", "show", h.Maintenance.Plan)
+	for _, mv := range res.plan.Moves {
+		if mv.Migration == "" {
+			continue
+		}
+		var m api.Migration
+		l.RunJSON(&m, "migration", "show", mv.Migration)
+		res.bytes += m.Bytes
+		if m.State == api.MigrationSucceeded {
+			res.completed++
+		}
+	}
+	fmt.Printf("\n(d) evacuation of %s by maintenance mode, links shaped to 1 Gbit/s: %s; %d of %d moved; makespan %.2f s (predicted %.2f s); %.0f MB sent, floor (bytes ÷ link rate) %.2f s, ratio %.2f\n",
+		host, res.plan.State, res.completed, len(vms), res.plan.ActualMakespanMS/1000, res.plan.PredictedMakespanMS/1000,
+		float64(res.bytes)/1e6, res.floor(), res.plan.ActualMakespanMS/1000/res.floor())
+	for _, mv := range res.plan.Moves {
+		pred := "-"
+		if mv.Prediction != nil {
+			pred = fmt.Sprintf("%.2f s / %.0f ms", mv.Prediction.TotalMS/1000, mv.Prediction.DowntimeMS)
+		}
+		fmt.Printf("  %s → %s: %s, predicted %s, actual %.2f s / %.0f ms\n", mv.VM, mv.To, mv.State, pred, mv.ActualTotalMS/1000, mv.ActualDowntimeMS)
+	}
+	l.MustRun("host", "maintenance", "exit", host, "--return", "--wait")
+	for _, vm := range vms {
+		waitRunning(b, l, vm.Name, host)
+	}
+	return res
 }
 
 // runBulk creates bulkVMs idle guests on host-1 and, per tool, moves each alone once
@@ -625,6 +688,7 @@ func runBulk(b *testing.B, l *labtest.Lab, runs int) *bulkResult {
 			toolLabel(tool), span(a), span(t), t.median/a.median, span(summarise(res.totals[tool])), res.completed[tool], res.all[tool],
 			res.lost[tool], res.retrans[tool])
 	}
+	res.evac = runEvacuation(b, l, host, vms)
 	for _, vm := range vms {
 		l.MustRun("vm", "stop", vm.Name, "--force")
 		l.MustRun("vm", "delete", vm.Name)
@@ -919,6 +983,12 @@ func verdicts(all map[string][]migRun, bulk *bulkResult) []string {
 			mark(a.n > 0 && t.n == bulk.all[gw] && t.median <= bulkSlack*a.median), bulkVMs, t.median, t.hi, a.median, t.median/a.median, bulkSlack))
 		out = append(out, fmt.Sprintf("%s (d) Godwit: %d ICMP echo requests unanswered, %d TCP retransmissions; want 0 and 0",
 			mark(bulk.lost[gw] == 0 && bulk.retrans[gw] == 0), bulk.lost[gw], bulk.retrans[gw]))
+		if ev := bulk.evac; ev != nil {
+			ratio := ev.plan.ActualMakespanMS / 1000 / ev.floor()
+			out = append(out, fmt.Sprintf("%s maintenance: %d idle %d MiB VMs evacuated in %.2f s on 1 Gbit/s; floor (bytes ÷ link rate) %.2f s, ratio %.2f; want at most %.1f× (issue 12)",
+				mark(ev.completed == bulkVMs && ev.plan.State == api.PlanDone && ratio <= evacSlack), ev.completed, bulkMiB,
+				ev.plan.ActualMakespanMS/1000, ev.floor(), ratio, evacSlack))
+		}
 	}
 	var errs []float64
 	for _, rs := range all {
