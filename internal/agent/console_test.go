@@ -31,6 +31,26 @@ func guestKernel(t *testing.T, ds string) string {
 	return "[shared] images/g/vmlinuz"
 }
 
+// startTestQEMU starts the QEMU of defined VM name under TCG, as the agent would, and
+// kills it when the test ends.
+func startTestQEMU(ctx context.Context, t *testing.T, a *Agent, name string) (*vm, *qemu.Process, qemu.Spec) {
+	t.Helper()
+	v, err := a.get(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := a.qemuSpec(v, "tcg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := qemu.Start(ctx, "qemu-system-x86_64", q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill() })
+	return v, p, q
+}
+
 // consoleGet asks the agent's API for a VM's console with the query q.
 func consoleGet(t *testing.T, a *Agent, name, q string) []byte {
 	t.Helper()
@@ -65,19 +85,7 @@ func TestConsoleLogOfChattyGuestStaysBounded(t *testing.T) {
 	if _, _, err := a.Define(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	v, err := a.get("chatty")
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := a.qemuSpec(v, "tcg")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := qemu.Start(ctx, "qemu-system-x86_64", q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Kill() })
+	v, p, _ := startTestQEMU(ctx, t, a, "chatty")
 	keepCtx, stopKeeping := context.WithCancel(ctx)
 	kept := make(chan struct{})
 	go func() { defer close(kept); a.keepConsoles(keepCtx) }()

@@ -54,15 +54,7 @@ func TestExitReasonsOfARealQEMU(t *testing.T) {
 	}
 	start := func() (*qemu.Process, qemu.Spec) {
 		t.Helper()
-		q, err := a.qemuSpec(v, "tcg")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := qemu.Start(ctx, "qemu-system-x86_64", q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = p.Kill() })
+		_, p, q := startTestQEMU(ctx, t, a, "ends")
 		a.mu.Lock()
 		v.proc, v.state, v.exit, v.exitedAt = p, api.VMRunning, "", nil
 		a.mu.Unlock()

@@ -437,17 +437,22 @@ func (c *Center) startMove(ctx context.Context, p api.Plan, mv api.PlanMove, pla
 	if err != nil {
 		return api.Migration{}, err
 	}
-	pl.m.Plan, pl.m.Reason = p.ID, moveReason(p)
+	return c.submitMove(ctx, p, pl, moveReason(p), fmt.Sprintf("plan %s: maintenance of %s (by %s)", p.ID, p.Host, p.Initiator))
+}
+
+// submitMove submits a plan's migration, which names the plan and why; its vm.migrate
+// record, the center's act on behalf of whoever made the plan, commits with it.
+func (c *Center) submitMove(ctx context.Context, p api.Plan, pl plan, reason, initiator string) (api.Migration, error) {
+	pl.m.Plan, pl.m.Reason = p.ID, reason
 	rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindAutomation, OnBehalfOf: p.Initiator,
-		Action: "vm.migrate", Target: mv.VM, Outcome: audit.Succeeded}
+		Action: "vm.migrate", Target: pl.m.VM, Outcome: audit.Succeeded}
 	rec.Params, _ = audit.EncodeParams(map[string]any{"migration": pl.m.ID, "source": pl.m.Source, "destination": pl.m.Destination,
-		"policy": pl.m.Policy, "priority": pl.m.Priority, "encryption": pl.m.Encryption, "plan": p.ID, "reason": pl.m.Reason})
-	hooked := store.WithTxHook(ctx, c.trail.AppendOnceHook(rec))
-	m, err := c.submit(hooked, pl, fmt.Sprintf("plan %s: maintenance of %s (by %s)", p.ID, p.Host, p.Initiator))
+		"policy": pl.m.Policy, "priority": pl.m.Priority, "encryption": pl.m.Encryption, "plan": p.ID, "reason": reason})
+	m, err := c.submit(store.WithTxHook(ctx, c.trail.AppendOnceHook(rec)), pl, initiator)
 	if err != nil {
 		return m, err
 	}
-	c.log.Info("plan move started", "plan", p.ID, "vm", mv.VM, "to", m.Destination, "migration", m.ID, "state", m.State)
+	c.log.Info("plan move started", "plan", p.ID, "vm", m.VM, "to", m.Destination, "migration", m.ID, "state", m.State)
 	return m, nil
 }
 
@@ -689,13 +694,8 @@ func (c *Center) advanceReturn(ctx context.Context, p api.Plan) api.Plan {
 		}
 		pl, err := c.planMigration(ctx, mv.VM, api.MigrateRequest{To: p.Host})
 		if err == nil {
-			pl.m.Plan, pl.m.Reason = p.ID, p.Reason
-			rec := audit.Record{Actor: audit.CenterActor, ActorKind: audit.KindAutomation, OnBehalfOf: p.Initiator,
-				Action: "vm.migrate", Target: mv.VM, Outcome: audit.Succeeded}
-			rec.Params, _ = audit.EncodeParams(map[string]any{"migration": pl.m.ID, "source": pl.m.Source, "destination": pl.m.Destination,
-				"policy": pl.m.Policy, "priority": pl.m.Priority, "encryption": pl.m.Encryption, "plan": p.ID, "reason": pl.m.Reason})
 			var m api.Migration
-			if m, err = c.submit(store.WithTxHook(ctx, c.trail.AppendOnceHook(rec)), pl, fmt.Sprintf("plan %s: return to %s (by %s)", p.ID, p.Host, p.Initiator)); err == nil {
+			if m, err = c.submitMove(ctx, p, pl, p.Reason, fmt.Sprintf("plan %s: return to %s (by %s)", p.ID, p.Host, p.Initiator)); err == nil {
 				mv.State, mv.Code, mv.Error = api.MoveMigrating, "", ""
 				mv.Migration, mv.Attempts, mv.Prediction = m.ID, mv.Attempts+1, m.Prediction
 				continue

@@ -684,29 +684,26 @@ func (s *Store) VMsPage(ctx context.Context, f VMFilter, after string, limit int
 // VMStatesOn returns the VMs recorded on host with what a heartbeat compares (no spec
 // but the name and UUID, which it does not decode), by name.
 func (s *Store) VMStatesOn(ctx context.Context, host string) ([]VMRecord, error) {
-	return queryAll(ctx, s.rdb, func(sc scanner) (VMRecord, error) {
-		var r VMRecord
-		var created, updated string
-		if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
-			return VMRecord{}, err
-		}
-		r.Created, r.Updated = parseTS(created), parseTS(updated)
-		return r, nil
-	}, "VM states on "+host, `SELECT name, uuid, host, desired, state, error, pid, accel, created, updated FROM vms WHERE host = ? ORDER BY name`, host)
+	return queryAll(ctx, s.rdb, scanVMState, "VM states on "+host, `SELECT `+vmStateCols+` FROM vms WHERE host = ? ORDER BY name`, host)
+}
+
+// vmStateCols are what scanVMState reads: a VM's state without its spec.
+const vmStateCols = `name, uuid, host, desired, state, error, pid, accel, created, updated`
+
+func scanVMState(sc scanner) (VMRecord, error) {
+	var r VMRecord
+	var created, updated string
+	if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
+		return VMRecord{}, err
+	}
+	r.Created, r.Updated = parseTS(created), parseTS(updated)
+	return r, nil
 }
 
 // VMsDown returns the VMs whose desired state is running while their recorded state is
 // stopped or error: what the center's power loop looks at.
 func (s *Store) VMsDown(ctx context.Context) ([]VMRecord, error) {
-	return queryAll(ctx, s.rdb, func(sc scanner) (VMRecord, error) {
-		var r VMRecord
-		var created, updated string
-		if err := sc.Scan(&r.Spec.Name, &r.Spec.UUID, &r.Host, &r.Desired, &r.State, &r.Error, &r.PID, &r.Accel, &created, &updated); err != nil {
-			return VMRecord{}, err
-		}
-		r.Created, r.Updated = parseTS(created), parseTS(updated)
-		return r, nil
-	}, "VMs wanted running and down", `SELECT name, uuid, host, desired, state, error, pid, accel, created, updated FROM vms
+	return queryAll(ctx, s.rdb, scanVMState, "VMs wanted running and down", `SELECT `+vmStateCols+` FROM vms
 		WHERE desired = 'running' AND state IN ('stopped', 'error') ORDER BY name`)
 }
 
