@@ -67,6 +67,18 @@ const (
 	MaxDiskMiB = 64 << 20
 )
 
+// MaxReason bounds the reason a user gives for an action (maintenance, a revocation),
+// which is stored and shown with it.
+const MaxReason = 1024
+
+// CheckReason refuses a reason longer than MaxReason, saying so.
+func CheckReason(reason string) error {
+	if len(reason) > MaxReason {
+		return BadRequest("the reason is %d bytes long; at most %d are allowed", len(reason), MaxReason)
+	}
+	return nil
+}
+
 // CheckBounds says which bound of the above s exceeds, if any, in a sentence.
 func (s VMSpec) CheckBounds() error {
 	long := func(what, v string, n int) error {

@@ -470,6 +470,9 @@ func moveReason(p api.Plan) string {
 // counted against the hosts), its prediction, and the plan's predicted makespan. A VM no
 // host can take is a blocked move with the reason. Nothing changes.
 func (c *Center) proposeEvacuation(ctx context.Context, host, reason, initiator string) (api.Plan, error) {
+	if err := api.CheckReason(reason); err != nil {
+		return api.Plan{}, err
+	}
 	if _, err := c.store.Host(ctx, host); errors.Is(err, store.ErrNotFound) {
 		return api.Plan{}, api.NotFound("there is no host named %q; `godwit host list` shows the hosts", host)
 	} else if err != nil {

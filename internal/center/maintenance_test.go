@@ -238,6 +238,13 @@ func TestMaintenanceThroughTheAPI(t *testing.T) {
 	if st := call("POST", "/api/v1/hosts/nohost/maintenance", `{"enter":true}`, &e); st != http.StatusNotFound {
 		t.Fatalf("unknown host: %d %+v; want 404", st, e)
 	}
+	long := `{"enter":true,"reason":"` + strings.Repeat("x", api.MaxReason+1) + `"}`
+	if st := call("POST", "/api/v1/hosts/host-1/maintenance", long, &e); st != http.StatusBadRequest || !strings.Contains(e.Error, "reason") {
+		t.Fatalf("a reason over the limit: %d %+v; want 400 naming the reason", st, e)
+	}
+	if m, _ := c.store.Maintenances(ctx); len(m) != 0 {
+		t.Fatalf("a refused enter left hosts in maintenance: %v", m)
+	}
 	if st := call("GET", "/api/v1/plans/nope", "", &e); st != http.StatusNotFound {
 		t.Fatalf("unknown plan: %d %+v; want 404", st, e)
 	}

@@ -493,7 +493,9 @@ func (c *Center) revokeHost(ctx context.Context, name, reason string) ([]api.Cer
 	if err := hostName(name); err != nil {
 		return nil, err
 	}
-
+	if err := api.CheckReason(reason); err != nil {
+		return nil, err
+	}
 	serials, err := c.store.RevokeCerts(ctx, name, orDefault(reason, "revoked by an administrator"), c.now())
 	if err != nil {
 		return nil, err
