@@ -383,6 +383,7 @@ func (a *Agent) datastoreNames() []string {
 
 // Facts gathers what the heartbeat reports.
 func (a *Agent) Facts() api.HostFacts {
+	a.sampleCPU(time.Now())
 	f := api.HostFacts{
 		Name: a.cfg.Name, AgentURL: a.cfg.Advertise, Version: a.version,
 		QEMUVersion: a.qemuVer, BootTime: a.boot, Health: "ok",

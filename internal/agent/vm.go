@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +61,8 @@ type vm struct {
 	exit     string
 	exitedAt *time.Time
 	events   *exitListener
+	// cpu is its QEMU's CPU use (cpuuse.go).
+	cpu cpuSample
 
 	// saveMu orders writes of vm.json with the removal of the directory (gone).
 	saveMu sync.Mutex
@@ -222,6 +225,9 @@ func (a *Agent) status(v *vm) api.VMStatus {
 	}
 	if v.state == api.VMRunning {
 		st.Memory = v.memory // of a guest that runs: a stopped one's memory is gone
+		if v.cpu.ok {
+			st.CPU = math.Round(v.cpu.cores*1000) / 1000
+		}
 	}
 	return st
 }

@@ -283,18 +283,83 @@ type Plan struct {
 	ActualMakespanMS    float64 `json:"actual_makespan_ms,omitempty"`
 	// Note says what the plan waits for, when it does.
 	Note string `json:"note,omitempty"`
+	// Explanation is why the balancer made it (balance plans).
+	Explanation *BalanceExplanation `json:"explanation,omitempty"`
+}
+
+// BalancerSettings are the balancer's desired state: its mode (off, recommend or
+// automatic) and its aggressiveness, level 1 (only mandatory moves) to 5.
+type BalancerSettings struct {
+	Mode  string `json:"mode"`
+	Level int    `json:"level"`
+}
+
+// Balancer modes.
+const (
+	BalancerOff       = "off"
+	BalancerRecommend = "recommend"
+	BalancerAutomatic = "automatic"
+)
+
+// BalancerStatus is the balancer's settings and what its last round saw.
+type BalancerStatus struct {
+	BalancerSettings
+	// Imbalance is the standard deviation of the hosts' loads, Target what the level
+	// tolerates; RoundsOver how many rounds in a row it has been over (a move needs
+	// HoldRounds).
+	Imbalance  float64    `json:"imbalance"`
+	Target     float64    `json:"target"`
+	RoundsOver int        `json:"rounds_over"`
+	HoldRounds int        `json:"hold_rounds"`
+	LastRound  *time.Time `json:"last_round,omitempty"`
+	Hosts      []HostLoad `json:"hosts"`
+	// Note says what the last round decided, in words.
+	Note string `json:"note,omitempty"`
+}
+
+// HostLoad is one host's load as the balancer sees it: max(CPU, memory).
+type HostLoad struct {
+	Host string  `json:"host"`
+	Load float64 `json:"load"`
+	VMs  int     `json:"vms"`
+}
+
+// BalanceExplanation is why the balancer recommends a move, in numbers.
+type BalanceExplanation struct {
+	Level          int     `json:"level"`
+	Imbalance      float64 `json:"imbalance"`
+	ImbalanceAfter float64 `json:"imbalance_after"`
+	Target         float64 `json:"target"`
+	RoundsOver     int     `json:"rounds_over"`
+	// The loads of the source and the destination, before and after.
+	SourceLoad           float64 `json:"source_load"`
+	SourceLoadAfter      float64 `json:"source_load_after"`
+	DestinationLoad      float64 `json:"destination_load"`
+	DestinationLoadAfter float64 `json:"destination_load_after"`
+	// Rejected are the best moves turned down, each with why.
+	Rejected []RejectedMove `json:"rejected,omitempty"`
+}
+
+// RejectedMove is a move the balancer considered and turned down.
+type RejectedMove struct {
+	VM             string  `json:"vm"`
+	To             string  `json:"to"`
+	ImbalanceAfter float64 `json:"imbalance_after"`
+	Reason         string  `json:"reason"`
 }
 
 // Plan kinds and states.
 const (
 	PlanMaintenance = "maintenance"
-	PlanReturn      = "return" // the VMs a maintenance plan moved, moved back
+	PlanBalance     = "balance" // a move of the balancer
+	PlanReturn      = "return"  // the VMs a maintenance plan moved, moved back
 
-	PlanProposed  = "proposed" // a dry run: shown, not stored
-	PlanRunning   = "running"
-	PlanBlocked   = "blocked"
-	PlanDone      = "done"
-	PlanCancelled = "cancelled"
+	PlanProposed    = "proposed"    // a dry run: shown, not stored
+	PlanRecommended = "recommended" // the balancer's, in recommend mode: stored, applied on request
+	PlanRunning     = "running"
+	PlanBlocked     = "blocked"
+	PlanDone        = "done"
+	PlanCancelled   = "cancelled"
 )
 
 // PlanMove is one VM's move in a plan.
@@ -413,6 +478,8 @@ type VMStatus struct {
 	// it runs, or when it never ran on this host), and ExitedAt when.
 	Exit     string     `json:"exit,omitempty"`
 	ExitedAt *time.Time `json:"exited_at,omitempty"`
+	// CPU is the cores its QEMU uses (running VMs), averaged over about a minute.
+	CPU float64 `json:"cpu,omitempty"`
 }
 
 // Why a VM's QEMU ended, as its host saw it (VMStatus.Exit). The center restarts a VM

@@ -52,6 +52,8 @@ type Config struct {
 	// by priority. Defaults: "migration", 10 Gbit/s.
 	MigrationNetwork string
 	LinkRate         int64
+	// BalanceInterval is how often the balancer runs a round (default a minute).
+	BalanceInterval time.Duration
 	// CPUBaseline is the cluster's baseline CPU model (like VMware's EVC): VMs created
 	// without a CPU model get it, so they keep one CPU definition wherever they run.
 	// Default qemu64.
@@ -129,6 +131,8 @@ type Center struct {
 	links *links
 	// plans is the maintenance loop's lock and wake-up (maintenance.go).
 	plans *plansOf
+	// balancer is the balancer loop's memory and last status (balancer.go).
+	balancer *balancerState
 
 	// agents pools the connections to each host's agent.
 	agents *api.HostClients
@@ -159,6 +163,9 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 	}
 	if cfg.Listen == "" && cfg.Socket == "" {
 		return nil, errors.New("the center needs somewhere to listen: --listen ADDR, --socket PATH or both")
+	}
+	if cfg.BalanceInterval <= 0 {
+		cfg.BalanceInterval = time.Minute
 	}
 	if cfg.HeartbeatTimeout <= 0 {
 		cfg.HeartbeatTimeout = 10 * time.Second
@@ -196,7 +203,7 @@ func New(ctx context.Context, cfg Config) (*Center, error) {
 		cfg.Registry = metrics.NewProcessRegistry()
 	}
 	c := &Center{cfg: cfg, log: cfg.Log, store: st, now: time.Now, newID: randomID, tasks: newBroadcaster(), limiter: lim, logins: newLoginLimiter(), hostCerts: newHostCerts(), sumSeed: maphash.MakeSeed(),
-		feeds: map[string]*feed{}, links: newLinks(), plans: newPlansOf()}
+		feeds: map[string]*feed{}, links: newLinks(), plans: newPlansOf(), balancer: newBalancerState()}
 	c.agents = api.NewHostClients(c.agentTLS)
 	if c.trail, err = audit.Open(ctx, st.DB(), audit.Options{Logger: cfg.Log, Now: func() time.Time { return c.now() }, Reader: st.ReadDB(), HeadReuse: auditHeadReuse}); err != nil {
 		st.Close()
@@ -272,7 +279,7 @@ func (c *Center) Run(ctx context.Context) error {
 	// caps follow the migrations admitted, until Run returns.
 	bgCtx, stopBG := context.WithCancel(ctx)
 	defer stopBG()
-	c.wg.Add(5)
+	c.wg.Add(6)
 	go func() {
 		defer c.wg.Done()
 		c.trail.Retain(bgCtx, c.cfg.AuditRetention)
@@ -292,6 +299,10 @@ func (c *Center) Run(ctx context.Context) error {
 	go func() {
 		defer c.wg.Done()
 		c.runPower(bgCtx)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.runBalancer(bgCtx)
 	}()
 	c.log.Info("center running", "listen", c.cfg.Listen, "socket", c.cfg.Socket, "data", c.cfg.DataDir, "ca", c.ca.Fingerprint())
 	runErr := c.cfg.HTTP.Serve(ctx, c.routes(false), lns...)

@@ -99,8 +99,8 @@ func (c *Center) planRound(ctx context.Context) {
 			return
 		}
 		var next api.Plan
-		if p.Kind == api.PlanReturn {
-			next = c.advanceReturn(ctx, p)
+		if p.Kind == api.PlanReturn || p.Kind == api.PlanBalance {
+			next = c.advanceMoves(ctx, p)
 		} else {
 			next = c.advancePlan(ctx, p)
 		}
@@ -644,10 +644,11 @@ func (c *Center) planReturn(ctx context.Context, host, initiator string) error {
 	return nil
 }
 
-// advanceReturn brings a return plan one step closer: each VM to the plan's host. A VM
-// that went elsewhere since, or was deleted, is left where it is; one stopped is not
-// moved; one whose migration failed twice the same way blocks the plan.
-func (c *Center) advanceReturn(ctx context.Context, p api.Plan) api.Plan {
+// advanceMoves brings a plan whose moves name their destinations (a return plan, a
+// balancer's move) one step closer: each VM from its move's From to its To. A VM that
+// went elsewhere since, or was deleted, is left where it is; one stopped is not moved;
+// one whose migration failed twice the same way blocks the plan.
+func (c *Center) advanceMoves(ctx context.Context, p api.Plan) api.Plan {
 	ms, err := c.store.PlanMigrations(ctx, p.ID)
 	if err != nil {
 		c.log.Warn("could not read a plan's migrations; tried again next round", "plan", p.ID, "err", err)
@@ -675,7 +676,7 @@ func (c *Center) advanceReturn(ctx context.Context, p api.Plan) api.Plan {
 		case len(vm) > 0 && !terminal(vm[0].State):
 			mv.State, mv.Code, mv.Error, mv.Prediction = api.MoveMigrating, "", "", vm[0].Prediction
 			continue
-		case r.Host == p.Host:
+		case r.Host == mv.To:
 			mv.State, mv.Code, mv.Error = api.MoveDone, "", ""
 			if len(vm) > 0 && vm[0].State == api.MigrationSucceeded {
 				mv.ActualTotalMS, mv.ActualDowntimeMS, mv.Prediction = vm[0].TotalMS, vm[0].DowntimeMS, vm[0].Prediction
@@ -695,10 +696,10 @@ func (c *Center) advanceReturn(ctx context.Context, p api.Plan) api.Plan {
 		if active, err := c.store.Migrations(ctx, mv.VM, true, 1); err != nil || len(active) > 0 {
 			continue // another migration of the VM: wait for it
 		}
-		pl, err := c.planMigration(ctx, mv.VM, api.MigrateRequest{To: p.Host})
+		pl, err := c.planMigration(ctx, mv.VM, api.MigrateRequest{To: mv.To})
 		if err == nil {
 			var m api.Migration
-			if m, err = c.submitMove(ctx, p, pl, p.Reason, fmt.Sprintf("plan %s: return to %s (by %s)", p.ID, p.Host, p.Initiator)); err == nil {
+			if m, err = c.submitMove(ctx, p, pl, p.Reason, fmt.Sprintf("plan %s: %s to %s (by %s)", p.ID, p.Kind, mv.To, p.Initiator)); err == nil {
 				mv.State, mv.Code, mv.Error = api.MoveMigrating, "", ""
 				mv.Migration, mv.Attempts, mv.Prediction = m.ID, mv.Attempts+1, m.Prediction
 				continue

@@ -214,6 +214,33 @@ func (c *Center) buildMux() (*api.Mux, error) {
 		p, err := c.getPlan(r.Context(), r.PathValue("id"))
 		writeResult(w, http.StatusOK, p, err)
 	})
+	mux.HandleFunc("POST /api/v1/plans/{id}/apply", func(w http.ResponseWriter, r *http.Request) {
+		p, err := c.applyPlan(r.Context(), r.PathValue("id"), audit.ActorOf(r).Name)
+		writeResult(w, http.StatusOK, p, err)
+	})
+	mux.HandleFunc("GET /api/v1/cluster/balancer", func(w http.ResponseWriter, r *http.Request) {
+		st, err := c.balancerStatus(r.Context())
+		writeResult(w, http.StatusOK, st, err)
+	})
+	mux.HandleFunc("PUT /api/v1/cluster/balancer", func(w http.ResponseWriter, r *http.Request) {
+		var req api.BalancerSettings
+		if err := api.Decode(w, r, &req); err != nil {
+			api.WriteError(w, err)
+			return
+		}
+		st, err := c.setBalancer(r.Context(), req)
+		writeResult(w, http.StatusOK, st, err)
+	})
+	mux.HandleFunc("GET /api/v1/cluster/recommendations", func(w http.ResponseWriter, r *http.Request) {
+		ps, err := c.store.Plans(r.Context(), "", false, 200)
+		out := []api.Plan{}
+		for _, p := range ps {
+			if p.State == api.PlanRecommended {
+				out = append(out, p)
+			}
+		}
+		writeResult(w, http.StatusOK, out, err)
+	})
 	mux.HandleFunc("GET /api/v1/tasks", func(w http.ResponseWriter, r *http.Request) {
 		f, err := taskFilter(r)
 		if err != nil {

@@ -62,6 +62,10 @@ func Routes() []api.Route {
 
 		{Method: "GET", Path: "/api/v1/plans", Access: viewer, Summary: "The center's plans (maintenance evacuations), newest first; state=open for the unfinished ones", Query: []string{"host", "state"}, Response: []api.Plan{}},
 		{Method: "GET", Path: "/api/v1/plans/{id}", Access: viewer, Summary: "One plan: its moves, each predicted against actual", Response: api.Plan{}},
+		{Method: "POST", Path: "/api/v1/plans/{id}/apply", Access: operator, Action: "plan.apply", Target: "id", Summary: "Carry out a recommended plan (the balancer's, in recommend mode)", Response: api.Plan{}},
+		{Method: "GET", Path: "/api/v1/cluster/balancer", Access: viewer, Summary: "The balancer's mode and level, and its last round: each host's load, the imbalance against its target", Response: api.BalancerStatus{}},
+		{Method: "PUT", Path: "/api/v1/cluster/balancer", Access: admin, Action: "cluster.balancer", Summary: "Set the balancer's mode (off, recommend, automatic) and level (1-5)", Request: api.BalancerSettings{}, Response: api.BalancerStatus{}},
+		{Method: "GET", Path: "/api/v1/cluster/recommendations", Access: viewer, Summary: "The balancer's recommended moves, each explained with numbers", Response: []api.Plan{}},
 
 		{Method: "GET", Path: "/api/v1/tasks", Access: viewer, Summary: "Tasks, newest first", Query: []string{"state", "target", "kind", "limit"}, Response: []api.Task{}},
 		{Method: "GET", Path: "/api/v1/tasks/stream", Access: viewer, Summary: "Every change of a task, as Server-Sent Events", Stream: true},

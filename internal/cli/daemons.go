@@ -56,6 +56,7 @@ func newCenterCmd(e *env) *cobra.Command {
 	f.Var(&limitFlag{cfg.MigrationLimits.Kinds, admission.KindDatastore}, "max-migrations-per-datastore", "concurrent migrations per datastore")
 	f.Var(&rateFlag{&cfg.LinkRate}, "migration-network-rate", "speed of the migration network, shared by concurrent migrations by priority (e.g. 1gbit, 10gbit; default 10gbit)")
 	f.DurationVar(&cfg.HostCertLifetime, "host-certificate-lifetime", 0, "how long host certificates are valid (default a year); hosts renew when a third is left")
+	f.DurationVar(&cfg.BalanceInterval, "balance-interval", time.Minute, "how often the balancer looks at the hosts' loads (it acts after 3 rounds over its target)")
 	f.StringVar(&cfg.CPUBaseline, "cpu-baseline", "qemu64", "the cluster's baseline CPU model, given to VMs created without one (like EVC)")
 	return cmd
 }

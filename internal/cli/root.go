@@ -82,7 +82,7 @@ func newRoot(e *env) *cobra.Command {
 		return nil
 	}
 	root.AddCommand(newCenterCmd(e), newAgentCmd(e), newHostCmd(e), newVMCmd(e), newLabCmd(e), newContextCmd(e), newProbeCmd(e), newMigrationCmd(e), newAuditCmd(e), newTaskCmd(e),
-		newLoginCmd(e), newUserCmd(e), newTokenCmd(e), newScheduleCmd(e), newPlanCmd(e))
+		newLoginCmd(e), newUserCmd(e), newTokenCmd(e), newScheduleCmd(e), newPlanCmd(e), newClusterCmd(e))
 	return root
 }
 

@@ -25,7 +25,47 @@ CREATE TABLE IF NOT EXISTS plans (
 );
 CREATE INDEX IF NOT EXISTS plans_host ON plans (host, created);
 CREATE INDEX IF NOT EXISTS migrations_plan ON migrations (json_extract(record, '$.plan'));
+CREATE TABLE IF NOT EXISTS settings (
+	name TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
 `
+
+// BalancerSettings returns the balancer's settings: off at level 3 until set.
+func (s *Store) BalancerSettings(ctx context.Context) (api.BalancerSettings, error) {
+	out := api.BalancerSettings{Mode: api.BalancerOff, Level: 3}
+	var v string
+	err := s.rdb.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = 'balancer'`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return out, nil
+	}
+	if err != nil {
+		return out, fmt.Errorf("read the balancer's settings: %w", err)
+	}
+	if err := json.Unmarshal([]byte(v), &out); err != nil {
+		return out, fmt.Errorf("decode the balancer's settings: %w", err)
+	}
+	return out, nil
+}
+
+// SetBalancerSettings stores the balancer's settings.
+func (s *Store) SetBalancerSettings(ctx context.Context, b api.BalancerSettings) error {
+	v, err := json.Marshal(b)
+	if err != nil {
+		return fmt.Errorf("encode the balancer's settings: %w", err)
+	}
+	return s.exec(ctx, "store the balancer's settings", `INSERT INTO settings (name, value) VALUES ('balancer', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`, string(v))
+}
+
+// UpdatePlanFrom rewrites a stored plan only if it is still in state from; it returns
+// ErrNotFound when it is not (someone changed it first).
+func (s *Store) UpdatePlanFrom(ctx context.Context, from string, p api.Plan) error {
+	rec, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode plan %s: %w", p.ID, err)
+	}
+	return s.exec1(ctx, "update plan "+p.ID, `UPDATE plans SET state = ?, record = ? WHERE id = ? AND state = ?`, p.State, string(rec), p.ID, from)
+}
 
 // ErrInMaintenance means a host is already in maintenance mode.
 var ErrInMaintenance = errors.New("the host is already in maintenance mode")

@@ -91,7 +91,7 @@ func stableSum(f api.HostFacts) (uint64, error) {
 	if len(f.VMs) > 0 {
 		vms := make([]api.VMStatus, len(f.VMs))
 		for i, v := range f.VMs {
-			v.Memory = nil
+			v.Memory, v.CPU = nil, 0
 			vms[i] = v
 		}
 		f.VMs = vms
