@@ -155,8 +155,13 @@ func (c *Center) balanceRound(ctx context.Context) {
 		left[k] = v
 	}
 	b.mu.Unlock()
-	res := balance.Recommend(hosts, balance.Params{Level: set.Level, Now: now, CooldownUntil: cool, Left: left,
+	level := set.Level
+	if set.Mode == api.BalancerOff {
+		level = 1 // the loads and the imbalance only, for the status: no move is looked for
+	}
+	res := balance.Recommend(hosts, balance.Params{Level: level, Now: now, CooldownUntil: cool, Left: left,
 		Allowed: func(vm, host string) (bool, string) { return c.balanceAllowed(ctx, vm, host) }})
+	res.Target = balance.Target(set.Level, len(hosts))
 	st := api.BalancerStatus{Imbalance: res.Imbalance, Target: res.Target, LastRound: &now, Hosts: []api.HostLoad{}}
 	if math.IsInf(st.Target, 1) {
 		st.Target = -1 // JSON has no infinity: level 1 or one host, nothing to even out
