@@ -163,52 +163,24 @@ func Recommend(hosts []Host, p Params) Result {
 			continue // only the busier hosts give VMs away
 		}
 		for _, v := range src.VMs {
-			for di, dst := range hosts {
+			for di := range hosts {
 				if di == si {
 					continue
 				}
-				reject := func(after float64, why string, args ...any) {
-					rejected = append(rejected, Rejected{VM: v.Name, To: dst.Name, After: after, Reason: fmt.Sprintf(why, args...)})
-				}
-				// The loads if v moved.
-				s2 := src
-				s2.VMs = slices.DeleteFunc(slices.Clone(src.VMs), func(x VM) bool { return x.Name == v.Name })
-				d2 := dst
-				d2.VMs = append(slices.Clone(dst.VMs), v)
-				copy(after, loads)
-				after[si], after[di] = Load(s2), Load(d2)
-				sigma := stddev(after)
-				if until, ok := p.CooldownUntil[v.Name]; ok && p.Now.Before(until) {
-					reject(sigma, "moved by the balancer lately; cooldown until %s", until.UTC().Format(time.RFC3339))
+				mv, why := evaluate(hosts, loads, si, di, v, res.Imbalance, p, after)
+				if why != "" {
+					rejected = append(rejected, Rejected{VM: v.Name, To: hosts[di].Name, After: mv.After, Reason: why})
 					continue
 				}
-				if until, ok := p.Left[v.Name][dst.Name]; ok && p.Now.Before(until) {
-					reject(sigma, "left %s lately; no move back before %s", dst.Name, until.UTC().Format(time.RFC3339))
-					continue
-				}
-				switch {
-				case after[di] > after[si]+1e-9:
-					reject(sigma, "would make %s (%.2f) busier than %s is left (%.2f): the hotspot would only move", dst.Name, after[di], src.Name, after[si])
-					continue
-				case (res.Imbalance-sigma)/res.Imbalance < p.Margin:
-					reject(sigma, "lowers the imbalance only from %.3f to %.3f, less than the %.0f %% margin", res.Imbalance, sigma, 100*p.Margin)
-					continue
-				}
-				if p.Allowed != nil {
-					if ok, why := p.Allowed(v.Name, dst.Name); !ok {
-						reject(sigma, "%s", why)
-						continue
-					}
-				}
+				sigma := mv.After
 				if res.Move == nil || sigma < res.Move.After-1e-12 {
 					if res.Move != nil {
 						prev := *res.Move
 						rejected = append(rejected, Rejected{VM: prev.VM, To: prev.To, After: prev.After, Reason: fmt.Sprintf("leaves more imbalance (%.3f) than the move chosen", prev.After)})
 					}
-					res.Move = &Move{VM: v.Name, From: src.Name, To: dst.Name, Before: res.Imbalance, After: sigma,
-						FromLoad: loads[si], FromAfter: after[si], ToLoad: loads[di], ToAfter: after[di]}
+					res.Move = &mv
 				} else {
-					reject(sigma, "leaves more imbalance (%.3f) than the move chosen", sigma)
+					rejected = append(rejected, Rejected{VM: v.Name, To: hosts[di].Name, After: sigma, Reason: fmt.Sprintf("leaves more imbalance (%.3f) than the move chosen", sigma)})
 				}
 			}
 		}
@@ -230,4 +202,70 @@ func Recommend(hosts []Host, p Params) Result {
 		res.Note = fmt.Sprintf("imbalance %.3f is over the target %.3f, but no move pays", res.Imbalance, res.Target)
 	}
 	return res
+}
+
+// evaluate is the move of v from hosts[si] to hosts[di], with the loads (loads) and the
+// imbalance as they are, and why it is turned down ("" when it is not). scratch holds
+// len(loads) floats.
+func evaluate(hosts []Host, loads []float64, si, di int, v VM, imbalance float64, p Params, scratch []float64) (Move, string) {
+	src, dst := hosts[si], hosts[di]
+	s2 := src
+	s2.VMs = slices.DeleteFunc(slices.Clone(src.VMs), func(x VM) bool { return x.Name == v.Name })
+	d2 := dst
+	d2.VMs = append(slices.Clone(dst.VMs), v)
+	copy(scratch, loads)
+	scratch[si], scratch[di] = Load(s2), Load(d2)
+	sigma := stddev(scratch)
+	mv := Move{VM: v.Name, From: src.Name, To: dst.Name, Before: imbalance, After: sigma,
+		FromLoad: loads[si], FromAfter: scratch[si], ToLoad: loads[di], ToAfter: scratch[di]}
+	if until, ok := p.CooldownUntil[v.Name]; ok && p.Now.Before(until) {
+		return mv, fmt.Sprintf("moved by the balancer lately; cooldown until %s", until.UTC().Format(time.RFC3339))
+	}
+	if until, ok := p.Left[v.Name][dst.Name]; ok && p.Now.Before(until) {
+		return mv, fmt.Sprintf("left %s lately; no move back before %s", dst.Name, until.UTC().Format(time.RFC3339))
+	}
+	switch {
+	case scratch[di] > scratch[si]+1e-9:
+		return mv, fmt.Sprintf("would make %s (%.2f) busier than %s is left (%.2f): the hotspot would only move", dst.Name, scratch[di], src.Name, scratch[si])
+	case imbalance <= 0 || (imbalance-sigma)/imbalance < p.Margin:
+		return mv, fmt.Sprintf("lowers the imbalance only from %.3f to %.3f, less than the %.0f %% margin", imbalance, sigma, 100*p.Margin)
+	}
+	if p.Allowed != nil {
+		if ok, why := p.Allowed(v.Name, dst.Name); !ok {
+			return mv, why
+		}
+	}
+	return mv, ""
+}
+
+// Check evaluates one given move — vm to host to — as Recommend would: its numbers, and
+// why it is turned down ("" when it still pays). A recommendation is kept while it does,
+// rather than replaced by one a little better each round.
+func Check(hosts []Host, p Params, vm, to string) (Move, string) {
+	if p.Margin <= 0 {
+		p.Margin = DefaultMargin
+	}
+	loads := make([]float64, len(hosts))
+	si, di := -1, -1
+	var v VM
+	for i, h := range hosts {
+		loads[i] = Load(h)
+		if h.Name == to {
+			di = i
+		}
+		for _, x := range h.VMs {
+			if x.Name == vm {
+				si, v = i, x
+			}
+		}
+	}
+	if si < 0 || di < 0 || si == di {
+		return Move{VM: vm, To: to}, fmt.Sprintf("%s no longer runs on a balanced host other than %s", vm, to)
+	}
+	imbalance := stddev(loads)
+	if imbalance <= Target(p.Level, len(hosts)) {
+		return Move{VM: vm, From: hosts[si].Name, To: to, Before: imbalance, After: imbalance},
+			fmt.Sprintf("the imbalance %.3f is within the target %.3f now", imbalance, Target(p.Level, len(hosts)))
+	}
+	return evaluate(hosts, loads, si, di, v, imbalance, p, make([]float64, len(loads)))
 }

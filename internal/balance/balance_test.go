@@ -102,3 +102,24 @@ func TestTarget(t *testing.T) {
 		t.Error("level 5 must tolerate nothing, level 1 and a single host everything")
 	}
 }
+
+// Check: a given move that still pays passes; one that would move the hotspot, one of a
+// VM no longer there, or any once the imbalance is within target, each say why not.
+func TestCheck(t *testing.T) {
+	now := time.Now()
+	hosts := []Host{host("h1", busy("a", 2), busy("b", 1.5)), host("h2")}
+	p := Params{Level: 3, Now: now}
+	if mv, why := Check(hosts, p, "b", "h2"); why != "" || mv.From != "h1" || !(mv.After < mv.Before) {
+		t.Errorf("b to h2: %+v %q; want it to pay", mv, why)
+	}
+	if _, why := Check(hosts, p, "a", "h2"); !strings.Contains(why, "hotspot") {
+		t.Errorf("a to h2: %q; want the hotspot refusal", why)
+	}
+	if _, why := Check(hosts, p, "gone", "h2"); why == "" {
+		t.Error("a VM no longer there passed")
+	}
+	even := []Host{host("h1", busy("a", 1)), host("h2", busy("b", 1))}
+	if _, why := Check(even, p, "a", "h2"); !strings.Contains(why, "within the target") {
+		t.Errorf("an even cluster: %q; want within the target", why)
+	}
+}

@@ -159,8 +159,9 @@ func (c *Center) balanceRound(ctx context.Context) {
 	if set.Mode == api.BalancerOff {
 		level = 1 // the loads and the imbalance only, for the status: no move is looked for
 	}
-	res := balance.Recommend(hosts, balance.Params{Level: level, Now: now, CooldownUntil: cool, Left: left,
-		Allowed: func(vm, host string) (bool, string) { return c.balanceAllowed(ctx, vm, host) }})
+	params := balance.Params{Level: level, Now: now, CooldownUntil: cool, Left: left,
+		Allowed: func(vm, host string) (bool, string) { return c.balanceAllowed(ctx, vm, host) }}
+	res := balance.Recommend(hosts, params)
 	res.Target = balance.Target(set.Level, len(hosts))
 	st := api.BalancerStatus{Imbalance: res.Imbalance, Target: res.Target, LastRound: &now, Hosts: []api.HostLoad{}}
 	if math.IsInf(st.Target, 1) {
@@ -188,7 +189,7 @@ func (c *Center) balanceRound(ctx context.Context) {
 			st.Note = fmt.Sprintf("imbalance %.3f over the target %.3f for %d of %d rounds", res.Imbalance, res.Target, rounds, holdRounds)
 		}
 		if rounds >= holdRounds && res.Move != nil {
-			st.Note = c.proposeBalance(ctx, set, res, rounds)
+			st.Note = c.proposeBalance(ctx, set, res, rounds, hosts, params)
 		}
 	}
 	b.mu.Lock()
@@ -262,7 +263,7 @@ func (c *Center) balanceAllowed(ctx context.Context, vm, host string) (bool, str
 // proposeBalance turns the round's move into a plan: recommended, or running in
 // automatic mode. Nothing new is proposed while a balance plan is under way, or while
 // the same move is already recommended. It says what it did.
-func (c *Center) proposeBalance(ctx context.Context, set api.BalancerSettings, res balance.Result, rounds int) string {
+func (c *Center) proposeBalance(ctx context.Context, set api.BalancerSettings, res balance.Result, rounds int, hosts []balance.Host, params balance.Params) string {
 	if err := c.plans.mu.lock(ctx); err != nil {
 		return "stopping"
 	}
@@ -280,9 +281,11 @@ func (c *Center) proposeBalance(ctx context.Context, set api.BalancerSettings, r
 		case api.PlanRunning, api.PlanBlocked:
 			return fmt.Sprintf("waits for balance plan %s to end (one move at a time)", p.ID)
 		case api.PlanRecommended:
-			if len(p.Moves) == 1 && p.Moves[0].VM == mv.VM && p.Moves[0].To == mv.To {
-				if set.Mode == api.BalancerRecommend {
-					return fmt.Sprintf("recommends plan %s: move %s from %s to %s", p.ID, mv.VM, mv.From, mv.To)
+			// A recommendation stands while it still pays, rather than give way to one a
+			// little better each round.
+			if set.Mode == api.BalancerRecommend && len(p.Moves) == 1 {
+				if _, why := balance.Check(hosts, params, p.Moves[0].VM, p.Moves[0].To); why == "" {
+					return fmt.Sprintf("recommends plan %s: move %s from %s to %s", p.ID, p.Moves[0].VM, p.Moves[0].From, p.Moves[0].To)
 				}
 			}
 			fin := c.now().UTC()
