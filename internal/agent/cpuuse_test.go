@@ -12,11 +12,11 @@ import (
 // with each next one, and starts afresh for a new process.
 func TestCPUSample(t *testing.T) {
 	line := []byte("4242 (qemu (x) y) S 1 4242 4242 0 -1 4194624 100 0 0 0 1500 500 0 0 20 0 3 0 100 1000 200 18446744073709551615")
-	ticks, err := parseStatTicks(line)
-	if err != nil || ticks != 2000 {
-		t.Fatalf("ticks %d %v; want 1500 + 500", ticks, err)
+	ticks, start, err := parseStatTicks(line)
+	if err != nil || ticks != 2000 || start != 100 {
+		t.Fatalf("ticks %d, start %d, %v; want 1500 + 500, started at 100", ticks, start, err)
 	}
-	if _, err := parseStatTicks([]byte("4242 (qemu) S 1")); err == nil {
+	if _, _, err := parseStatTicks([]byte("4242 (qemu) S 1")); err == nil {
 		t.Error("a short stat line was read")
 	}
 	t0 := time.Unix(1000, 0)
@@ -38,7 +38,7 @@ func TestCPUSample(t *testing.T) {
 		t.Fatalf("a new process: %+v; want the average started afresh", s)
 	}
 	// This test's own process: its ticks can be read.
-	if _, err := processTicks(os.Getpid()); err != nil {
-		t.Fatal(err)
+	if _, age, err := processTicks(os.Getpid()); err != nil || age < 0 || age > time.Hour {
+		t.Fatalf("this process: age %v, %v", age, err)
 	}
 }

@@ -11,8 +11,8 @@ import (
 )
 
 // TestBalancerEvensBusyHosts: two VMs on host-1 of two, the balancer in recommend mode
-// at level 3, a round every 2 s. Idle, they are no imbalance worth a move: no
-// recommendation. Made busy (each guest rewriting memory as fast as it can: a core
+// at level 3, a round every 2 s. Idle (and past their boot, which the agent does not
+// count), they are no imbalance worth a move: no recommendation. Made busy (each guest rewriting memory as fast as it can: a core
 // each), host-1 is loaded and host-2 empty: after three rounds over the target the
 // balancer recommends moving one VM to host-2, explained with numbers, and moves
 // nothing. Applied, the VM moves, and the move's records name the plan. In automatic
@@ -67,6 +67,23 @@ func TestBalancerEvensBusyHosts(t *testing.T) {
 	if _, errOut, err := l.Run("cluster", "balancer", "--level", "9"); err == nil || !strings.Contains(errOut, "level") {
 		t.Errorf("level 9: %v %q; want it refused", err, errOut)
 	}
+	// Idle, once their host measures them (a VM's first 30 s, its boot, do not count).
+	for start := time.Now(); ; time.Sleep(time.Second) {
+		var h api.Host
+		l.RunJSON(&h, "host", "show", "host-1")
+		measured := 0
+		for _, v := range h.VMs {
+			if v.CPU > 0 {
+				measured++
+			}
+		}
+		if measured == 2 {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatalf("host-1 does not report its VMs' CPU use: %+v", h.VMs)
+		}
+	}
 	if st := rounds(4); len(recommendations()) != 0 || st.RoundsOver >= 3 {
 		t.Fatalf("idle VMs: status %+v, recommendations %+v; want none", st, recommendations())
 	}
@@ -99,6 +116,8 @@ func TestBalancerEvensBusyHosts(t *testing.T) {
 	}
 	if out := l.MustRun("cluster", "recommendations", "-o", "table"); !strings.Contains(out, "Why: imbalance") {
 		t.Errorf("recommendations for people: %q; want the explanation", out)
+	} else {
+		t.Logf("the recommendation:\n%s", out)
 	}
 
 	l.MustRun("cluster", "apply", rec.ID)
