@@ -2,7 +2,6 @@ package center
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -48,16 +47,8 @@ func TestBalancerRecommendsThenApplies(t *testing.T) {
 	t.Cleanup(srv.Close)
 	call := func(method, path, body string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b := new(strings.Builder)
-		_, _ = io.Copy(b, resp.Body)
-		return resp.StatusCode, b.String()
+		st, b := apiCall(t, srv.URL, method, path, body)
+		return st, string(b)
 	}
 	for _, bad := range []string{`{"mode":"sometimes","level":3}`, `{"mode":"automatic","level":6}`, `{"mode":"automatic","level":0}`} {
 		if st, body := call("PUT", "/api/v1/cluster/balancer", bad); st != http.StatusBadRequest {

@@ -3,6 +3,7 @@ package center
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -172,17 +173,11 @@ func TestMaintenanceThroughTheAPI(t *testing.T) {
 	t.Cleanup(srv.Close)
 	call := func(method, path, body string, out any) int {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		st, b := apiCall(t, srv.URL, method, path, body)
 		if out != nil {
-			_ = json.NewDecoder(resp.Body).Decode(out)
+			_ = json.Unmarshal(b, out)
 		}
-		return resp.StatusCode
+		return st
 	}
 
 	var dry api.Plan
@@ -261,4 +256,25 @@ func TestMaintenanceThroughTheAPI(t *testing.T) {
 	if call("GET", "/api/v1/hosts/host-2", "", &h); h.Maintenance == nil || h.Maintenance.State != api.MaintenanceIn {
 		t.Fatalf("empty host after a round: %+v; want in maintenance", h.Maintenance)
 	}
+}
+
+// apiCall sends a JSON request to the test server at base and returns the status and
+// the body.
+func apiCall(t *testing.T, base, method, path, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
 }

@@ -20,11 +20,7 @@ import (
 func TestBalancerEvensBusyHosts(t *testing.T) {
 	t.Parallel()
 	l := labtest.NewWith(t, home, 2, "--center-arg=--balance-interval=2s")
-	var a, b api.VM
-	l.RunJSON(&a, "vm", "create", "bal-1", "--host", "host-1")
-	l.RunJSON(&b, "vm", "create", "bal-2", "--host", "host-1")
-	l.WaitHTTP("client", "http://"+a.IP+"/healthz", 90*time.Second)
-	l.WaitHTTP("client", "http://"+b.IP+"/healthz", 90*time.Second)
+	a, b := twoVMs(t, l, "host-1", "bal-1", "bal-2")
 	status := func() api.BalancerStatus {
 		t.Helper()
 		var st api.BalancerStatus

@@ -26,11 +26,7 @@ import (
 func TestMaintenanceEmptiesTheHost(t *testing.T) {
 	t.Parallel()
 	l := labtest.NewWith(t, home, 3, "--center-arg=--max-migrations-per-host=1")
-	var a, b api.VM
-	l.RunJSON(&a, "vm", "create", "mnt-a", "--host", "host-1")
-	l.RunJSON(&b, "vm", "create", "mnt-b", "--host", "host-1")
-	l.WaitHTTP("client", "http://"+a.IP+"/healthz", 90*time.Second)
-	l.WaitHTTP("client", "http://"+b.IP+"/healthz", 90*time.Second)
+	a, _ := twoVMs(t, l, "host-1", "mnt-a", "mnt-b")
 	hostShow := func(name string) api.Host {
 		t.Helper()
 		var h api.Host

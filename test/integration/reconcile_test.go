@@ -20,11 +20,7 @@ import (
 func TestQueuedMigrationSurvivesCenterRestart(t *testing.T) {
 	t.Parallel()
 	l := labtest.NewWith(t, home, 2, "--center-arg=--max-migrations-per-host=1")
-	var a, b api.VM
-	l.RunJSON(&a, "vm", "create", "first", "--host", "host-1")
-	l.RunJSON(&b, "vm", "create", "second", "--host", "host-1")
-	l.WaitHTTP("client", "http://"+a.IP+"/healthz", 90*time.Second)
-	l.WaitHTTP("client", "http://"+b.IP+"/healthz", 90*time.Second)
+	a, _ := twoVMs(t, l, "host-1", "first", "second")
 
 	show := func(id string) api.Migration {
 		t.Helper()
@@ -113,4 +109,15 @@ func TestQueuedMigrationSurvivesCenterRestart(t *testing.T) {
 		}
 		t.Errorf("the first VM's trail is %s; want the migration followed again after the restart (migration.resume)", fmt.Sprint(acts))
 	}
+}
+
+// twoVMs creates VMs x and y on host and waits until both guests answer.
+func twoVMs(t *testing.T, l *labtest.Lab, host, x, y string) (api.VM, api.VM) {
+	t.Helper()
+	var a, b api.VM
+	l.RunJSON(&a, "vm", "create", x, "--host", host)
+	l.RunJSON(&b, "vm", "create", y, "--host", host)
+	l.WaitHTTP("client", "http://"+a.IP+"/healthz", 90*time.Second)
+	l.WaitHTTP("client", "http://"+b.IP+"/healthz", 90*time.Second)
+	return a, b
 }
