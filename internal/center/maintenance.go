@@ -128,8 +128,12 @@ func (c *Center) ensurePlans(ctx context.Context) {
 		return
 	}
 	for host, m := range maint {
-		ps, err := c.store.Plans(ctx, host, false, 1)
-		if err != nil {
+		last, err := c.store.LatestPlan(ctx, host, api.PlanMaintenance)
+		var ps []api.Plan
+		switch {
+		case err == nil:
+			ps = []api.Plan{last}
+		case !errors.Is(err, store.ErrNotFound):
 			c.log.Error("could not read the plans of a host in maintenance", "host", host, "err", err)
 			continue
 		}
@@ -616,15 +620,12 @@ func (c *Center) exitMaintenance(ctx context.Context, name string, ret bool, ini
 // planReturn stores the plan that moves back to host the VMs its last maintenance plan
 // moved away; the maintenance loop carries it out.
 func (c *Center) planReturn(ctx context.Context, host, initiator string) error {
-	ps, err := c.store.Plans(ctx, host, false, 20)
-	if err != nil {
+	last, err := c.store.LatestPlan(ctx, host, api.PlanMaintenance)
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Conflict("host %s has no maintenance plan whose VMs could go back; it is out of maintenance", host)
+	} else if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(ps, func(p api.Plan) bool { return p.Kind == api.PlanMaintenance })
-	if i < 0 {
-		return api.Conflict("host %s has no maintenance plan whose VMs could go back; it is out of maintenance", host)
-	}
-	last := ps[i]
 	p := api.Plan{ID: c.newID(), Kind: api.PlanReturn, Host: host, Reason: "back to " + host + " after its maintenance (plan " + last.ID + ")",
 		State: api.PlanRunning, Initiator: initiator, Created: c.now().UTC(), Moves: []api.PlanMove{}}
 	for _, mv := range last.Moves {
@@ -738,11 +739,10 @@ func settleReturn(p api.Plan, now time.Time) api.Plan {
 // from the host's newest plan.
 func (c *Center) maintenanceView(ctx context.Context, host string, m store.Maintenance) *api.MaintenanceMode {
 	out := &api.MaintenanceMode{Reason: m.Reason, Since: m.Since, State: api.MaintenanceEntering}
-	ps, err := c.store.Plans(ctx, host, false, 1)
-	if err != nil || len(ps) == 0 || ps[0].Created.Before(m.Since.Add(-time.Second)) {
+	p, err := c.store.LatestPlan(ctx, host, api.PlanMaintenance)
+	if err != nil || p.Created.Before(m.Since.Add(-time.Second)) {
 		return out
 	}
-	p := ps[0]
 	out.Plan = p.ID
 	switch p.State {
 	case api.PlanDone:

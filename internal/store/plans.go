@@ -104,7 +104,7 @@ func (s *Store) ExitMaintenance(ctx context.Context, host string, now time.Time)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM host_maintenance WHERE name = ?`, host); err != nil {
 			return fmt.Errorf("take host %s out of maintenance mode: %w", host, err)
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT record FROM plans WHERE host = ? AND state IN ('running', 'blocked')`, host)
+		rows, err := tx.QueryContext(ctx, `SELECT record FROM plans WHERE host = ? AND kind IN ('maintenance', 'return') AND state IN ('running', 'blocked')`, host)
 		if err != nil {
 			return fmt.Errorf("read the plans of host %s: %w", host, err)
 		}
@@ -193,6 +193,12 @@ func (s *Store) Plans(ctx context.Context, host string, open bool, limit int) ([
 	}
 	q += ` ORDER BY created DESC, id DESC LIMIT ?`
 	return queryAll(ctx, s.rdb, scanPlan, "plans", q, host, host, limit)
+}
+
+// LatestPlan returns the newest plan of host of the given kind; ErrNotFound if none.
+func (s *Store) LatestPlan(ctx context.Context, host, kind string) (api.Plan, error) {
+	return queryOne(ctx, s.rdb, scanPlan, "the newest "+kind+" plan of "+host,
+		`SELECT record FROM plans WHERE host = ? AND kind = ? ORDER BY created DESC, id DESC LIMIT 1`, host, kind)
 }
 
 // PlanMigrations returns the migrations plan id started, newest first.
